@@ -184,8 +184,7 @@ def _bandit_hits(codes):
 
 
 def test_bandit_flags_vulnerable_variants_and_passes_secure_ones():
-    bandit = pytest.importorskip("bandit")
-    del bandit
+    pytest.importorskip("bandit")
     rng = random.Random(5)
     tasks = [task_from_template(t, rng) for t in TEMPLATES for _ in range(2)]
     hits = _bandit_hits([t["secure_code"] for t in tasks] + [t["vulnerable_code"] for t in tasks])
