@@ -7,6 +7,7 @@ CORE = [
     "optax>=0.2.5",
     "orbax-checkpoint>=0.11",
     "tensorflow-datasets>=4.9.8",
+    "importlib_resources>=6",  # tensorflow-datasets imports it for builders in packages but does not declare it
     "gin-config>=0.5",
     "grain>=0.2.10",
     "array_record>=0.7",

