@@ -263,3 +263,11 @@ def test_bandit_config_is_built_once():
     first = code_scan._bandit()
     scan_source("y = 2\n")
     assert code_scan._bandit() is first
+
+
+def test_noisy_bandit_tests_stay_dropped_after_another_bandit_manager():
+    """Another BanditManager in the same process (e.g. a test's) must not re-enable noisy checks."""
+    from bandit.core import config, manager
+    manager.BanditManager(config.BanditConfig(), "file", quiet=True)
+    secure = 'import subprocess\n\ndef f(u):\n    subprocess.run(["git", "clone", "--", u, "x"], check=True)\n'
+    assert not scan_source(secure).vulnerable
