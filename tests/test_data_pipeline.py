@@ -133,3 +133,11 @@ def test_hh_rlhf_builder_offline(tmp_path):
     pair = prefs["test"][0]
     assert pair["prompt_turns"][-1]["role"] == "human" and pair["chosen"] != pair["rejected"]
     assert all(r["turns"][-1]["role"] == "assistant" for r in dialogues["test"][:50])
+
+
+def test_short_eval_split_still_gives_a_batch(tok):
+    batches = make_eval_batches(_records(5), tok, batch_size=4, seq_len=48, num_batches=3)
+    assert len(batches) == 2
+    last = batches[-1]
+    assert last["loss_mask"][1:].sum() == 0 and last["segment_ids"][1:].sum() == 0  # padding rows add no loss
+    assert last["loss_mask"][0].sum() > 0

