@@ -241,9 +241,13 @@ def test_load_params_from_run_folder_and_step_folder(tmp_path):
         assert got.sharding == want.sharding
     assert_trees_equal(ckpt.load_params(tmp_path / "intact" / "1", target), make_state(1).params)
 
-    # Damage before the first read: TensorStore caches what it has read within a process.
+    # Damage the file-level structure (the OCDBT manifest) so detection does not depend on
+    # TensorStore's process-wide read cache, which made a deleted data file flaky here.
     save_steps(tmp_path / "damaged", [1, 2])
-    _largest_data_file(tmp_path / "damaged" / "2").unlink()
+    manifests = list((tmp_path / "damaged" / "2" / "state").rglob("manifest.ocdbt"))
+    assert manifests
+    for m in manifests:
+        m.unlink()
     assert_trees_equal(ckpt.load_params(tmp_path / "damaged", target), make_state(1).params)
     assert (tmp_path / "damaged" / "2").is_dir()  # load_params never moves another stage's files
 
