@@ -34,6 +34,7 @@ START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 def input_rows(root: Path) -> tuple[list[str], list[str]]:
     rows, failures = [], []
     for family, make in cases.ALL_FAMILIES.items():
+        (root / family).mkdir(parents=True)
         results = harness.run_cases(make(root / family))
         bad = [f"{family}: {c.name}: {why}" for c, _, why in results if why]
         slowest = max(got.seconds for _, got, _ in results)

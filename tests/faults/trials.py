@@ -73,10 +73,16 @@ def _resume_and_compare(trial: Trial, run: Path, ref: Reference) -> None:
         trial.problems.append(f"diverged: loss {trial.max_loss_diff:.2e}, params {trial.max_param_diff:.2e}")
 
 
-def _signal_at_random(run: Path, sig: int, delay: float, during_save: bool) -> tuple:
-    """Start a run, send `sig` after `delay` s (or as soon as a save is in flight); return (proc, Trial fields)."""
+def _signal_at_random(run: Path, sig: int, delay: float, during_save: bool, min_steps: int = 0) -> tuple:
+    """Start a run, send `sig` after `delay` s (or as soon as a save is in flight); return (proc, Trial fields).
+
+    With `min_steps`, the delay counts from the moment that many checkpoints exist.
+    """
     proc = harness.start_train(run)
     t0 = time.perf_counter()
+    if min_steps:
+        harness.wait_for(lambda: len(list_steps(run / "checkpoints")) >= min_steps or proc.poll() is not None,
+                         timeout=240)
     if during_save:
         harness.wait_for(lambda: harness.saving_now(run) or proc.poll() is not None, timeout=240, poll=0.002)
     else:
@@ -107,8 +113,9 @@ def kill_trial(root: Path, index: int, rng: random.Random, ref: Reference, *, du
     """SIGKILL at a random moment (or mid-save), optionally damage the newest step, resume, compare."""
     run = root / f"kill{index}"
     shutil.rmtree(run, ignore_errors=True)
-    delay = rng.uniform(0.5, ref.seconds)
-    proc, _, _, saving, finished, _, _ = _signal_at_random(run, signal.SIGKILL, delay, during_save)
+    delay = rng.uniform(0.0, 1.5) if damage else rng.uniform(0.5, 0.9 * ref.seconds)  # damage: after 2 steps
+    proc, _, _, saving, finished, _, _ = _signal_at_random(run, signal.SIGKILL, delay, during_save,
+                                                           min_steps=2 if damage else 0)
     trial = Trial("sigkill", delay, during_save=saving, finished_first=finished, exit_code=proc.returncode)
     if damage:
         trial.damaged = _damage_newest(run, rng)
@@ -125,7 +132,7 @@ def term_trial(root: Path, index: int, rng: random.Random, ref: Reference, *, du
     """SIGTERM at a random moment: prompt exit, a whole checkpoint set, a line saying where to resume."""
     run = root / f"term{index}"
     shutil.rmtree(run, ignore_errors=True)
-    delay = rng.uniform(0.5, ref.seconds)
+    delay = rng.uniform(0.5, 0.9 * ref.seconds)
     proc, stdout, stderr, saving, finished, _, exit_s = _signal_at_random(run, signal.SIGTERM, delay, during_save)
     trial = Trial("sigterm", delay, during_save=saving, finished_first=finished, exit_code=proc.returncode,
                   exit_s=exit_s)
