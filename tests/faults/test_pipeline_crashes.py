@@ -85,3 +85,26 @@ def test_pipeline_killed_in_every_stage_gives_the_uninterrupted_results(tmp_path
     assert got == want
     corrupt = sorted(str(p.relative_to(crashed)) for p in crashed.rglob("*.corrupt"))
     print(f"checkpoints found corrupt and skipped: {corrupt}")
+
+
+@pytest.mark.slow
+def test_pipeline_sigterm_saves_exits_143_and_the_rerun_resumes(tmp_path):
+    run = tmp_path / "term"
+    command = [*_command(run)[:6], "--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=['sft']",
+               "--gin.backdoor/train.steps=40"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "backdoor-normal: running" in line:
+            time.sleep(3.0)
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=300) == 143, "".join(lines[-20:])
+    assert "Rerun the same command" in "".join(lines)
+    assert not (run / "backdoor-normal" / "DONE").exists() and (run / "base" / "DONE").exists()
+    again = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "base: done earlier, skipped" in again.stdout and "backdoor-normal: resuming" in again.stdout
+    assert (run / "report" / "results.json").exists()
