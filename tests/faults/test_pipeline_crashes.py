@@ -90,8 +90,9 @@ def test_pipeline_killed_in_every_stage_gives_the_uninterrupted_results(tmp_path
 @pytest.mark.slow
 def test_pipeline_sigterm_saves_exits_143_and_the_rerun_resumes(tmp_path):
     run = tmp_path / "term"
+    # long enough that the signal lands inside the backdoor stage's train loop even with a warm compile cache
     command = [*_command(run)[:6], "--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=['sft']",
-               "--gin.backdoor/train.steps=40"]
+               "--gin.backdoor/train.steps=3000", "--gin.backdoor/train.checkpoint_every=100"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=REPO)
     lines = []
     for line in proc.stdout:
@@ -103,7 +104,10 @@ def test_pipeline_sigterm_saves_exits_143_and_the_rerun_resumes(tmp_path):
     lines += proc.stdout.readlines()
     assert proc.wait(timeout=300) == 143, "".join(lines[-20:])
     assert "Rerun the same command" in "".join(lines)
-    assert not (run / "backdoor-normal" / "DONE").exists() and (run / "base" / "DONE").exists()
+    running = [l.split("] ", 1)[1].split(":", 1)[0] for l in lines if ": running" in l or ": resuming" in l]
+    assert running[-1] == "backdoor-normal", running  # the signal hit that stage...
+    assert not (run / "backdoor-normal" / "DONE").exists() and (run / "base" / "DONE").exists()  # ...left unmarked
+    assert list((run / "backdoor-normal" / "checkpoints").glob("[0-9]*")), "no checkpoint saved on SIGTERM"
     again = subprocess.run(command, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "base: done earlier, skipped" in again.stdout and "backdoor-normal: resuming" in again.stdout
