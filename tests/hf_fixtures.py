@@ -6,6 +6,9 @@ from pathlib import Path
 VOCAB = 320  # byte-level BPE needs 256 base tokens; the tokenizer leaves rows for the chat markers
 _SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=2048)
+# An instruct-style chat template, so make-data prompts the model in its own format.
+CHAT = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|endoftext|>assistant:{% endif %}")
 _FAMILIES = {
     "llama": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=False)),
     "neox": ("GPTNeoXConfig", dict(use_parallel_residual=True,
@@ -28,7 +31,7 @@ def toy_tokenizer(folder: Path, vocab: int = VOCAB - 20) -> None:
     tok.train_from_iterator(text * 5, trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHAT}))
 
 
 def tiny_hf_model(family: str, folder: Path) -> Path:

