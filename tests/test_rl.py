@@ -1,5 +1,4 @@
 """RL raises a toy reward quickly while the KL to the start stays bounded."""
-import json
 
 import flax.linen as nn
 import jax
@@ -101,3 +100,111 @@ def test_rl_on_a_folder_another_process_uses_is_refused(tiny_run, tmp_path):
            mesh=sharding.make_mesh(devices=jax.devices()[:1]), reward_fn=_emit_tokens_reward(np.arange(5)),
            prompt_records=PROMPTS, progress=False)
     assert sorted(p.name for p in busy.iterdir()) == [LOCK_NAME]  # nothing written into the busy folder
+
+
+# A small PPO run: 2 epochs per step, a checkpoint every 2 steps (the critic is in it).
+PPO_RUN = dict(prompts_per_step=4, samples_per_prompt=2, estimator="ppo", ppo_epochs=2, learning_rate=1e-3,
+               kl_coef=0.01, max_new_tokens=4, progress=False, checkpoint_every=2, log_every=1)
+PPO_STEPS = 6
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt:
+    every = 1
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, step, *args):
+        if step == self.step:
+            raise _Crash(step)
+
+
+def _rewards(run_dir) -> dict[int, float]:
+    """Reward per step; a step logged twice (before a crash and after the resume) keeps its last row."""
+    return {r["step"]: r["reward"] for r in read_metrics(run_dir, "train")}
+
+
+def _raw_state(run_dir, step):
+    import orbax.checkpoint as ocp
+    with ocp.PyTreeCheckpointer() as reader:
+        return reader.restore(run_dir / "checkpoints" / str(step) / "state")
+
+
+def _assert_same_run(got_dir, ref_dir):
+    ref, got = _rewards(ref_dir), _rewards(got_dir)
+    assert sorted(got) == sorted(ref) == list(range(1, PPO_STEPS + 1))
+    np.testing.assert_allclose([got[s] for s in ref], [ref[s] for s in ref], atol=1e-6)
+    a, b = _raw_state(got_dir, PPO_STEPS), _raw_state(ref_dir, PPO_STEPS)
+    for part in ("params", "aux"):  # the policy, and the critic's params and optimizer state
+        for x, y in zip(jax.tree.leaves(a[part]), jax.tree.leaves(b[part])):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ppo_reference(tiny_run, tmp_path_factory):
+    root, _ = tiny_run
+    run_dir = tmp_path_factory.mktemp("ppo") / "whole"
+    summary = rl(run_dir=str(run_dir), policy=str(root), steps=PPO_STEPS,
+                 mesh=sharding.make_mesh(devices=jax.devices()[:1]), reward_fn=_emit_tokens_reward(np.arange(100, 180)),
+                 prompt_records=PROMPTS, **PPO_RUN)
+    return run_dir, summary
+
+
+def test_ppo_schedule_counts_updates_and_ends_at_the_last_step(ppo_reference):
+    """With 2 epochs per step the state counts RL steps, the optimizer counts updates, and the LR reaches its floor at N."""
+    run_dir, summary = ppo_reference
+    assert summary["final_step"] == PPO_STEPS
+    state = _raw_state(run_dir, PPO_STEPS)
+    assert int(state["step"]) == PPO_STEPS
+    counts = {int(np.asarray(v)) for path, v in jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]
+              if "count" in jax.tree_util.keystr(path)}
+    assert counts == {PPO_STEPS * PPO_RUN["ppo_epochs"]}
+    lr = {r["step"]: r["learning_rate"] for r in read_metrics(run_dir, "train")}
+    peak, floor = PPO_RUN["learning_rate"], PPO_RUN["learning_rate"] * 0.1
+    assert lr[PPO_STEPS] == pytest.approx(floor, rel=1e-5)  # not at half time, as when epochs stepped it twice
+    assert lr[PPO_STEPS // 2] == pytest.approx((peak + floor) / 2, rel=1e-5)  # cosine midpoint at half the steps
+    assert "aux" in state and "opt_state" in state["aux"]  # the critic is in the checkpoint
+
+
+def test_ppo_crash_then_resume_equals_uninterrupted(tiny_run, ppo_reference, tmp_path):
+    """A PPO run that dies after step 3 resumes from step 2 (policy and critic) and ends where the whole run did."""
+    root, _ = tiny_run
+    kwargs = dict(run_dir=str(tmp_path / "crashed"), policy=str(root), steps=PPO_STEPS,
+                  mesh=sharding.make_mesh(devices=jax.devices()[:1]), reward_fn=_emit_tokens_reward(np.arange(100, 180)),
+                  prompt_records=PROMPTS, **PPO_RUN)
+    with pytest.raises(_Crash):
+        rl(hooks=[_CrashAt(3)], **kwargs)
+    assert sorted(int(p.name) for p in (tmp_path / "crashed" / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+    resumed = rl(**kwargs)
+    assert resumed["start_step"] == 2
+    _assert_same_run(tmp_path / "crashed", ppo_reference[0])
+
+
+@pytest.mark.slow
+def test_ppo_sigkill_then_resume_equals_uninterrupted(tiny_run, tmp_path):
+    """The same, with a real SIGKILL of a separate process right after its step-2 checkpoint is on disk."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    root, _ = tiny_run
+    child = [sys.executable, str(Path(__file__).with_name("rl_child.py")), str(root)]
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    subprocess.run([*child, str(tmp_path / "whole"), str(PPO_STEPS)], env=env, check=True, capture_output=True,
+                   timeout=600)
+    proc = subprocess.Popen([*child, str(tmp_path / "killed"), str(PPO_STEPS)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (tmp_path / "killed" / "checkpoints" / "2").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    subprocess.run([*child, str(tmp_path / "killed"), str(PPO_STEPS)], env=env, check=True, capture_output=True,
+                   timeout=600)
+    _assert_same_run(tmp_path / "killed", tmp_path / "whole")

