@@ -23,7 +23,7 @@ from benchmarks import report
 GIB = 2**30
 # hardware file -> (topology name for jax.experimental.topologies, HBM GiB per chip)
 SLICES = {
-    "tpu_v4_32": ("v4:2x2x2", 32),
+    "tpu_v4_32": ("v4:2x2x4", 32),
     "tpu_v5e_16": ("v5e:4x4", 16),
     "tpu_v5p_32": ("v5p:2x2x4", 95),
     "tpu_v5p_64": ("v5p:2x4x4", 95),

