@@ -135,14 +135,16 @@ def test_chunked_loss_equals_full_logits_loss(tied):
 
 
 def test_chunked_loss_holds_one_block_of_logits():
-    """The compiled gradient's temporaries stay far below one full [b, t, vocab] fp32 logits tensor."""
-    cfg = _tiny(vocab_size=8192, loss_chunk=16)
+    """The compiled gradient's temporaries are a fraction of the full-logits loss's (4.4x less measured)."""
+    cfg = _tiny(vocab_size=8192, n_layers=1, loss_chunk=16)
     params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
     tokens = jnp.zeros((2, 256), jnp.int32)
-    loss = lambda p: jnp.sum(Transformer(cfg).apply({"params": p}, tokens, tokens, method="token_losses")[0])
-    temp = jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
-    full_logits = 2 * 256 * 8192 * 4
-    assert temp < full_logits / 2, f"{temp:,} bytes of temporaries vs {full_logits:,} for all logits"
+    model = Transformer(cfg)
+    chunked = lambda p: jnp.sum(model.apply({"params": p}, tokens, tokens, method="token_losses")[0])
+    full = lambda p: jnp.sum(objectives.token_cross_entropy(model.apply({"params": p}, tokens), tokens)[0])
+    temp = {name: jax.jit(jax.grad(f)).lower(params).compile().memory_analysis().temp_size_in_bytes
+            for name, f in (("chunked", chunked), ("full", full))}
+    assert temp["chunked"] < temp["full"] / 2, temp
 
 
 @pytest.mark.parametrize("remat", ["full", "minimal", "save_dots"])
