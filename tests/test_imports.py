@@ -24,7 +24,8 @@ LAYERS = [
     ("model", ["model.", "artifacts"]),
     ("data", ["data."]),
     ("foundations", ["config", "errors", "sharding", "checkpoint", "lora_tree", "run_folder", "tokenizer",
-                     "tokenizer_hf", "tokens", "jsonl", "report", "compile_cache", "distributed"]),
+                     "tokenizer_hf", "tokens", "jsonl", "report", "report_sections", "compile_cache",
+                     "distributed"]),
 ]
 
 

