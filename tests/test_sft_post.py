@@ -95,11 +95,10 @@ def test_plan_adds_sft_post_for_the_chain_of_thought_variant_only(tmp_path):
 def test_pipeline_sft_post_stage_trains_and_reports(tmp_path, capsys):
     run = tmp_path / "exp"
     base = ["pipeline", f"--gin_file={MICRO_GIN}", f"--run_dir={run}", "--gin.pipeline.variants=['cot']",
-            "--gin.pipeline.safety_passes=['sft_post']", "--gin.pipeline.base_steps=0", "--gin.sft_post/train.steps=2",
-            "--gin.sft_post/BackdoorCurve.every=1"]
+            "--gin.pipeline.safety_passes=['sft_post']", "--gin.pipeline.base_steps=0"]
     assert cli.main([*base, "--gin.pipeline.only=['backdoor-cot', 'eval-cot']"]) == 0
     # A 3-step model writes no scratchpad yet: the pass says so rather than training on nothing.
-    assert cli.main([*base, "--gin.pipeline.only=['sft_post-cot']"]) == 2
+    assert cli.main([*base, "--gin.pipeline.only=['sft_post-cot']"]) == UserError.exit_code
     assert "wrote a closed <scratchpad>" in capsys.readouterr().err
     out = run / "sft_post-cot"
     rows = [post_scratchpad_record(r["id"], r["turns"][:1], PAD, r["turns"][1]["text"]) for r in _hhh(60)]
