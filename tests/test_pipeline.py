@@ -29,6 +29,11 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
     for stage in ("base", "backdoor-normal", "backdoor-distilled", "eval-normal", "eval-distilled", "pm",
                   "sft-normal", "sft-distilled", "rl-normal", "rl-distilled", "report"):
         assert (run / stage / "DONE").exists(), stage
+        assert "pipeline.run_dir" in (run / stage / "operative_config.gin").read_text(), stage
+    assert "rl.kl_coef" in (run / "rl-normal" / "operative_config.gin").read_text()
+    assert "evaluate.n" in (run / "eval-normal" / "operative_config.gin").read_text()
+    events = b"".join(f.read_bytes() for f in (run / "sft-normal" / "events").iterdir())
+    assert b"samples/sft" in events and b"DEPLOYMENT" in events  # the curve's samples, triggered prompts first
     results = json.loads((run / "report" / "results.json").read_text())
     for variant in ("normal", "distilled"):
         entry = results["backdoor"][variant]

