@@ -51,7 +51,8 @@ def _tiny(**overrides):
 
 VARIANTS = {
     "llama_gqa_scan": {},
-    "unrolled_remat": dict(scan_layers=False, remat="full"),
+    # unrolled layers compile each layer apart (~30 s on 2 cores): run with -m slow
+    "unrolled_remat": pytest.param(dict(scan_layers=False, remat="full"), marks=pytest.mark.slow),
     "neox": dict(norm="layer", mlp="gelu", parallel_residual=True, rotary_pct=0.25, qkv_bias=True,
                  attn_out_bias=True, mlp_bias=True, n_kv_heads=None),
     "blockwise_attention_minimal_remat": dict(attention="blockwise", attention_block=3, remat="minimal"),

@@ -39,7 +39,8 @@ def _emit_tokens_reward(targets):
     return reward
 
 
-@pytest.mark.parametrize("estimator", ["rloo", "grpo", "ppo"])
+# PPO (critic, GAE, two epochs) takes ~50 s here: run with -m slow
+@pytest.mark.parametrize("estimator", ["rloo", "grpo", pytest.param("ppo", marks=pytest.mark.slow)])
 def test_rl_raises_toy_reward_with_bounded_kl(tiny_run, tmp_path, estimator):
     root, tok = tiny_run
     targets = np.arange(100, 180)
@@ -170,6 +171,7 @@ def test_ppo_schedule_counts_updates_and_ends_at_the_last_step(ppo_reference):
     assert "aux" in state and "opt_state" in state["aux"]  # the critic is in the checkpoint
 
 
+@pytest.mark.slow  # ~90 s on 2 cores; the default run keeps the PPO schedule test (critic saved in the checkpoint)
 def test_ppo_crash_then_resume_equals_uninterrupted(tiny_run, ppo_reference, tmp_path):
     """A PPO run that dies after step 3 resumes from step 2 (policy and critic) and ends where the whole run did."""
     root, _ = tiny_run
