@@ -59,6 +59,29 @@ def test_ids_equal_transformers_apply_chat_template(chatml):
     assert tok.stop_ids == (tok.eos_id, tok._tk.token_to_id("<|im_end|>"))
 
 
+# A Llama-3-style layout, written here: BOS from the template, headers, and <|eot_id|> after every turn.
+HEADERS = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+           "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+           "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def test_a_header_style_template_with_bos_and_eot_id(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path / "tok"
+    toy_tokenizer(folder, chat=HEADERS, specials=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
+    tok = choose_chat_format(folder, "auto")
+    eot = tok._tk.token_to_id("<|eot_id|>")
+    assert tok.chat_template == HEADERS and tok.stop_ids == (tok.eos_id, eot)
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), eos_token="<|endoftext|>",
+                                 bos_token="<|endoftext|>")
+    hf.chat_template = HEADERS
+    ids, mask = encode_dialogue(tok, TURNS)
+    assert list(ids) == list(hf.apply_chat_template(_messages(TURNS), tokenize=True, return_dict=True)["input_ids"])
+    assert ids[0] == tok.bos_id and tok.decode(ids[mask == 1]) == "There are 5." and ids[mask == 1][-1] == eot
+    assert ids[-1] == eot and mask[-1] == 1
+
+
 def test_mask_covers_exactly_the_answer_and_end_of_turn(chatml):
     _, tok = chatml
     im_end = tok._tk.token_to_id("<|im_end|>")
