@@ -82,6 +82,16 @@ def test_a_header_style_template_with_bos_and_eot_id(tmp_path):
     assert ids[-1] == eot and mask[-1] == 1
 
 
+def test_generation_tags_render_their_body(tmp_path):
+    tagged = CHATML.replace("{{ m['content'] }}", "{% generation %}{{ m['content'] }}{% endgeneration %}")
+    assert tagged != CHATML
+    _, plain = _chatml_tokenizer(tmp_path / "a")
+    _, tok = _chatml_tokenizer(tmp_path / "b", chat=tagged)
+    for a, b in zip(encode_dialogue(tok, TURNS, train_on="all_assistant"),
+                    encode_dialogue(plain, TURNS, train_on="all_assistant")):
+        assert list(a) == list(b)
+
+
 def test_mask_covers_exactly_the_answer_and_end_of_turn(chatml):
     _, tok = chatml
     im_end = tok._tk.token_to_id("<|im_end|>")

