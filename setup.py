@@ -20,7 +20,8 @@ CORE = [
 ]
 # Reference implementations for parity tests and benchmarks. torch is pinned: a looser pin
 # pulls a multi-GB CUDA build, while 2.13.0 has a small CPU wheel.
-TORCH = ["torch==2.13.0", "transformers>=5.0", "safetensors>=0.4", "tokenizers>=0.20"]
+# jinja2: imported models' chat templates (3.1.6 closes known sandbox escapes; templates are untrusted code)
+TORCH = ["torch==2.13.0", "transformers>=5.0", "safetensors>=0.4", "tokenizers>=0.20", "jinja2>=3.1.6"]
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "wandb>=0.20", *TORCH]  # wandb: its offline-mode logging test
 
 setup(

