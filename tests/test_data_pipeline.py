@@ -78,13 +78,22 @@ def test_batches_and_resume(tok, mode):
             np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_hosts_read_disjoint_shards(tok):
-    def ids_of(pi):
-        it = make_train_iterator(_records(40), tok, batch_size=1, seq_len=64, seed=0, mode="pad",
-                                 process_index=pi, process_count=2)
-        return {tok.decode(next(it)["inputs"][0]) for _ in range(20)}
-    a, b = ids_of(0), ids_of(1)
-    assert not a & b and len(a | b) == 40
+@pytest.mark.parametrize("mode", ["pad", "pack"])
+def test_two_hosts_split_the_one_host_batches_between_them(tok, mode):
+    """Each host keeps its block of the same global batch, so the number of hosts changes nothing."""
+    def batches(pi, pc, n=5):
+        it = make_train_iterator(_records(40), tok, batch_size=4 // pc, seq_len=64, seed=0, mode=mode,
+                                 process_index=pi, process_count=pc)
+        return [next(it) for _ in range(n)]
+    one, host0, host1 = batches(0, 1), batches(0, 2), batches(1, 2)
+    for whole, a, b in zip(one, host0, host1):
+        for k in whole:
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), whole[k])
+    assert not np.array_equal(host0[0]["inputs"], host1[0]["inputs"])  # the hosts do split the work
+    evals = [make_eval_batches(_records(40), tok, batch_size=4 // pc, seq_len=64, num_batches=2,
+                               process_index=pi, process_count=pc) for pi, pc in ((0, 1), (0, 2), (1, 2))]
+    for whole, a, b in zip(*evals):
+        np.testing.assert_array_equal(np.concatenate([a["inputs"], b["inputs"]]), whole["inputs"])
 
 
 def test_malformed_record_names_data_set_and_id(tok):

