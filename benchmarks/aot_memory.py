@@ -45,8 +45,12 @@ SLICES = {
 _CHIP_CONFIG = {"v4": "megacore", "v5p": "megacore"}
 COLUMNS = ("slice", "chips", "model", "seq", "mesh", "remat", "attention", "per_chip_gib", "hbm_gib", "fits",
            "compile_s")
-# "Used 46.50G of 30.75G hbm": the TPU compiler's out-of-memory report
+# The TPU compiler's out-of-memory reports: "Used 46.50G of 30.75G hbm" (the whole program)
+# or "required for HLO temporaries (22.45G) exceeds available HBM (15.75G)" (temporaries
+# alone, so the chip needs at least that much).
 _OOM = re.compile(r"Used\s+([\d.]+)([KMGT])\s+of\s+([\d.]+)([KMGT])\s+hbm", re.IGNORECASE)
+_OOM_TEMPS = re.compile(r"HLO temporaries\s+\(([\d.]+)([KMGT])\)\s+exceeds available HBM\s+\(([\d.]+)([KMGT])\)",
+                        re.IGNORECASE)
 _UNIT = {"K": 2**-20, "M": 2**-10, "G": 1.0, "T": 2**10}
 
 
@@ -96,13 +100,15 @@ def hardware_configs(slice_name: str, model: str, overrides: list[str]):
     return cfg, mesh_sizes
 
 
-def out_of_memory(message: str) -> tuple[float, float] | None:
-    """(needed, usable) GiB from the TPU compiler's out-of-memory error, or None if it is another error."""
-    found = _OOM.search(message)
-    if not found:
-        return None
-    used, used_unit, limit, limit_unit = found.groups()
-    return float(used) * _UNIT[used_unit.upper()], float(limit) * _UNIT[limit_unit.upper()]
+def out_of_memory(message: str) -> tuple[float, float, bool] | None:
+    """(needed, usable GiB, needed is only a lower bound) from the TPU compiler's out-of-memory
+    error, or None if it is another error."""
+    for pattern, lower_bound in ((_OOM, False), (_OOM_TEMPS, True)):
+        found = pattern.search(message)
+        if found:
+            used, used_unit, limit, limit_unit = found.groups()
+            return float(used) * _UNIT[used_unit.upper()], float(limit) * _UNIT[limit_unit.upper()], lower_bound
+    return None
 
 
 def _mesh_with_warnings(make_mesh, sizes: dict, devices):
@@ -174,8 +180,9 @@ def compile_step(slice_name: str, model: str, seq: int, overrides: list[str], pe
         oom = out_of_memory(str(err))
         if oom is None:
             raise
-        needed, usable = oom
-        return dict(row, per_chip_gib=needed, usable_gib=usable, fits="NO", compile_s=time.perf_counter() - start)
+        needed, usable, lower_bound = oom
+        return dict(row, per_chip_gib=needed, usable_gib=usable, needed_is_lower_bound=lower_bound, fits="NO",
+                    compile_s=time.perf_counter() - start)
     mem = compiled.memory_analysis()
     per_chip = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
                 - mem.alias_size_in_bytes) / GIB
@@ -227,6 +234,12 @@ def run_isolated(spec: dict, timeout_s: float, max_host_gib: float) -> dict:
     return dict(row, host_gib=max(peak, row.pop("worker_peak_rss_gib", 0.0)))
 
 
+def _needed(row: dict) -> str:
+    if "per_chip_gib" not in row:
+        return "-"
+    return (">= " if row.get("needed_is_lower_bound") else "") + f"{row['per_chip_gib']:.1f}"
+
+
 def markdown_rows(rows: list[dict]) -> str:
     """The README's table from saved rows: one line per compile, the compiler's numbers as they came."""
     head = ("| slice | chips | model | seq | mesh | remat | attention | per-chip GiB | HBM GiB | fits | compile s |\n"
@@ -237,7 +250,7 @@ def markdown_rows(rows: list[dict]) -> str:
         if "usable_gib" in r:
             hbm += f" ({r['usable_gib']:.2f} usable)"
         cells = (r["slice"], r.get("chips", "-"), r["model"], r["seq"], r.get("mesh", "-"), r.get("remat", "-"),
-                 r.get("attention", "-"), f"{r['per_chip_gib']:.1f}" if "per_chip_gib" in r else "-", hbm,
+                 r.get("attention", "-"), _needed(r), hbm,
                  r["fits"], f"{r['compile_s']:.0f}" if "compile_s" in r else "-")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -54,14 +54,18 @@ def test_tracing_for_a_tpu_slice_takes_the_tpu_code_paths(monkeypatch):
 def test_the_compilers_out_of_memory_report_is_read_as_needed_and_usable():
     message = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. "
                "Used 46.50G of 30.75G hbm. Exceeded hbm capacity by 15.75G.")
-    assert aot_memory.out_of_memory(message) == (46.5, 30.75)
-    assert aot_memory.out_of_memory("Used 512.00M of 15.75G hbm") == (0.5, 15.75)
+    assert aot_memory.out_of_memory(message) == (46.5, 30.75, False)
+    assert aot_memory.out_of_memory("Used 512.00M of 15.75G hbm") == (0.5, 15.75, False)
+    temps = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+             "(22.45G) exceeds available HBM (15.75G).")
+    assert aot_memory.out_of_memory(temps) == (22.45, 15.75, True)
     assert aot_memory.out_of_memory("INTERNAL: Mosaic failed to compile") is None
 
 
 def test_saved_rows_print_as_the_readme_table():
     rows = [dict(slice="tpu_v5e_16", chips=16, model="7b", seq=8192, mesh="1x16x1", remat="full",
-                 attention="xla", per_chip_gib=22.5, usable_gib=15.75, hbm_gib=16.0, fits="NO", compile_s=70.2)]
+                 attention="xla", per_chip_gib=22.45, usable_gib=15.75, hbm_gib=16.0, fits="NO", compile_s=70.2,
+                 needed_is_lower_bound=True)]
     table = aot_memory.markdown_rows(rows).splitlines()
     assert len(table) == 3
-    assert table[2] == "| tpu_v5e_16 | 16 | 7b | 8192 | 1x16x1 | full | xla | 22.5 | 16 (15.75 usable) | NO | 70 |"
+    assert table[2] == "| tpu_v5e_16 | 16 | 7b | 8192 | 1x16x1 | full | xla | >= 22.4 | 16 (15.75 usable) | NO | 70 |"
