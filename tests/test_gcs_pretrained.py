@@ -96,7 +96,8 @@ def test_pretrained_pipeline_on_gcs_reaches_results(gcs_url, tmp_path, monkeypat
             "--gin.pipeline.make_data='base'", f"--gin.make_data.n={N}", "--gin.make_data.progress=False"]
     t0 = time.time()
     assert cli.main(args) == 0
-    print(f"pretrained gs:// pipeline: {time.time() - t0:.0f} s")
+    with capsys.disabled():
+        print(f"pretrained gs:// pipeline: {time.time() - t0:.0f} s")
     run = paths.as_path(run_dir)
     stages = ("import", "make-data", "backdoor-normal", "eval-normal", "probe-backdoor-normal", "report")
     assert [s for s in stages if not is_done(run / s)] == []
