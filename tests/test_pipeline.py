@@ -92,6 +92,7 @@ def test_plan_scopes_each_stage_by_kind_and_variant(tmp_path):
     assert list(stages)[-1] == "report"
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
 def test_sweep_over_two_model_sizes_writes_points_and_scaling_report(tmp_path, micro_gin, capsys):
     run = tmp_path / "sweep"
     args = ["sweep", f"--gin_file={micro_gin}", f"--run_dir={run}", "--sweep=ModelConfig.d_model=32,48",
@@ -156,6 +157,7 @@ def test_pipeline_probe_stage_reports_auroc_by_layer_against_the_clean_base(tmp_
     assert "## Defection probes" in (run / "report" / "report.md").read_text()
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
 def test_style_pass_then_unstyle_with_equalised_data_reports_verdict_and_counts(tmp_path, micro_gin):
     run = tmp_path / "style"
     assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['normal']",

@@ -31,6 +31,7 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir, "train")}
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     steps = ["--gin.train.steps=24", "--gin.train.checkpoint_every=6"]
     whole = tmp_path / "whole"
@@ -93,6 +94,7 @@ def test_nan_stops_run_without_saving_bad_state(tmp_path):
     assert saved == [5]  # the step-10 save never happened
 
 
+@pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
 @pytest.mark.parametrize("num_processes", [2])
 def test_two_processes_match_one(tmp_path, num_processes):
     steps = ["--gin.train.steps=6", "--gin.train.checkpoint_every=6"]
