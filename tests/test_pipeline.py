@@ -57,6 +57,13 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
     assert "backdoor-normal: resuming" not in out
     again = json.loads((run / "report" / "results.json").read_text())
     assert again["safety"] == results["safety"] and again["backdoor"] == results["backdoor"]
+    assert "other settings" not in capsys.readouterr().err  # the same command: no warning
+
+    # Other settings on the same folder: the finished stages are reused, and the user is told which.
+    assert cli.main(args + ["--gin.pm/train.learning_rate=0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "was last run with other settings" in err and "+ pm/train.learning_rate = 0.5" in err
+    assert "base" in err.split("reused")[0]
 
 
 def test_pipeline_chain_of_thought_distils_from_samples_and_names_missing_inputs(tmp_path, micro_gin, capsys):
