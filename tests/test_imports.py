@@ -25,7 +25,7 @@ LAYERS = [
     ("data", ["data."]),
     ("foundations", ["config", "errors", "sharding", "checkpoint", "lora_tree", "run_folder", "tokenizer",
                      "tokenizer_hf", "tokens", "jsonl", "report", "report_sections", "compile_cache",
-                     "distributed", "paths"]),
+                     "compile_options", "distributed", "paths"]),
 ]
 
 
