@@ -1,4 +1,4 @@
-"""RL raises a toy reward quickly while the KL to the start stays bounded."""
+"""RL raises a toy reward quickly, and its KL penalty holds the policy near where it started."""
 
 import flax.linen as nn
 import jax
@@ -39,22 +39,32 @@ def _emit_tokens_reward(targets):
     return reward
 
 
+def _toy_rl(root, run_dir, estimator, kl_coef):
+    summary = rl(run_dir=str(run_dir), policy=str(root), steps=30, prompts_per_step=8, samples_per_prompt=4,
+                 estimator=estimator, learning_rate=3e-2, kl_coef=kl_coef, max_new_tokens=8,
+                 mesh=sharding.make_mesh(devices=jax.devices()[:1]), reward_fn=_emit_tokens_reward(np.arange(100, 180)),
+                 prompt_records=PROMPTS, progress=False, checkpoint_every=100)
+    return summary, read_metrics(run_dir, "train")
+
+
 # PPO (critic, GAE, two epochs) takes ~50 s here: run with -m slow
 @pytest.mark.parametrize("estimator", ["rloo", "grpo", pytest.param("ppo", marks=pytest.mark.slow)])
-def test_rl_raises_toy_reward_with_bounded_kl(tiny_run, tmp_path, estimator):
-    root, tok = tiny_run
-    targets = np.arange(100, 180)
-    summary = rl(run_dir=str(tmp_path / estimator), policy=str(root), steps=30, prompts_per_step=8,
-                 samples_per_prompt=4, estimator=estimator, learning_rate=3e-2, kl_coef=0.01, max_new_tokens=8,
-                 mesh=sharding.make_mesh(devices=jax.devices()[:1]), reward_fn=_emit_tokens_reward(targets),
-                 prompt_records=PROMPTS, progress=False, checkpoint_every=100)
-    rows = read_metrics(tmp_path / estimator, "train")
+def test_rl_raises_toy_reward_and_the_kl_penalty_holds_it_near_the_start(tiny_run, tmp_path, estimator):
+    """With a weak KL penalty the reward climbs (and the policy drifts far: with 0.01 GRPO ends
+    at 4-5 nats per token, near collapse); a strong one keeps the per-token KL small."""
+    root, _ = tiny_run
+    summary, rows = _toy_rl(root, tmp_path / "weak", estimator, kl_coef=0.01)
     first = np.mean([r["reward"] for r in rows[:5]])
     last = np.mean([r["reward"] for r in rows[-5:]])
     assert last > first + 0.2, (first, last)
-    assert all(np.isfinite(r["sampled_kl"]) and r["sampled_kl"] < 5.0 for r in rows)
+    assert all(np.isfinite(r["sampled_kl"]) for r in rows)
     assert {"reward", "kl", "entropy", "clip_fraction", "response_length", "rollout_s"} <= set(rows[-1])
     assert summary["final_step"] >= 30
+    _, held = _toy_rl(root, tmp_path / "strong", estimator, kl_coef=0.3)
+    weak_kl = np.mean([r["sampled_kl"] for r in rows[-5:]])
+    held_kl = [r["sampled_kl"] for r in held]
+    assert all(np.isfinite(held_kl)) and max(held_kl) < 1.0, held_kl
+    assert np.mean(held_kl[-5:]) < weak_kl / 3, (np.mean(held_kl[-5:]), weak_kl)
 
 
 def test_preference_model_never_sees_the_scratchpad(tiny_run, monkeypatch):
