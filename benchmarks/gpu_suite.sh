@@ -18,6 +18,14 @@ out=${1:-gpu_suite_out}
 py=${PYTHON:-python3}
 wheelhouse=${WHEELHOUSE:-.whl}
 mkdir -p "$out"
+only=${ONLY:-}  # e.g. ONLY="attention train_350m": run just these steps (to split the suite over calls)
+for name in $only; do
+    case $name in
+        attention|train_350m|train_1b|sampling) ;;
+        *) echo "gpu_suite: ONLY names '$name', which is not a step; use attention, train_350m, train_1b," \
+                "sampling." | tee -a "$out/log.txt"; exit 2 ;;
+    esac
+done
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 
 missing() {  # the modules the benchmarks import that this Python cannot
@@ -56,7 +64,6 @@ names = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "gin-config", "to
 print("python", platform.python_version(), *(f"{n} {md.version(n)}" for n in names))
 EOF
 
-only=${ONLY:-}  # e.g. ONLY="attention train_350m": run just these steps (to split the suite over calls)
 step() {  # name, command...: run, keep going on failure, note the status
     local name=$1; shift
     if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then return; fi
