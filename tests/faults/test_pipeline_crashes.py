@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from where import MICRO_PIPELINE
 
-MICRO_GIN = Path(__file__).resolve().parents[1] / "micro_pipeline.gin"
+MICRO_GIN = MICRO_PIPELINE
 REPO = Path(__file__).resolve().parents[2]
 FLAGS = ["--gin.pipeline.variants=['normal', 'cot', 'distilled']", "--gin.pipeline.safety_passes=['sft', 'rl']",
          "--gin.pipeline.distill_from='data'"]

