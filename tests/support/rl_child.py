@@ -1,6 +1,6 @@
 """A tiny PPO run in its own process, for the SIGKILL-and-resume test of `test_rl.py`.
 
-Usage: python tests/rl_child.py POLICY_DIR RUN_DIR STEPS
+Usage: python tests/support/rl_child.py POLICY_DIR RUN_DIR STEPS
 """
 import os
 import sys
