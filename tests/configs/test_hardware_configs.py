@@ -1,5 +1,5 @@
-"""The TPU hardware files: each parses with the model sizes it is meant for, into a ModelConfig
-and a mesh that the slice can hold, so a typo'd remat or attention default cannot land."""
+"""The TPU hardware files: each parses with the model sizes it is meant for, into a ModelConfig,
+a ComputeConfig and a mesh that the slice can hold, so a typo'd remat or attention default cannot land."""
 from pathlib import Path
 
 import jax
@@ -25,14 +25,14 @@ def test_every_tpu_file_is_in_the_aot_table():
 def test_tpu_file_builds_a_model_config_and_mesh(path):
     name = path.stem
     text = path.read_text()
-    assert "ModelConfig.remat" in text, f"{path.name} must choose a remat policy for its slice"
+    assert "ComputeConfig.remat" in text, f"{path.name} must choose a remat policy for its slice"
     for model in aot_memory.SLICES[name][2]:
-        cfg, mesh = aot_memory.hardware_configs(name, model, [])  # ModelConfig() validates every field
-        if cfg.remat != "none":
-            remat_policy(cfg.remat)  # a name ModelConfig accepts must also have a checkpoint policy
+        cfg, compute, mesh = aot_memory.hardware_configs(name, model, [])  # both configs validate every field
+        if compute.remat != "none":
+            remat_policy(compute.remat)  # a name ComputeConfig accepts must also have a checkpoint policy
         q = jax.ShapeDtypeStruct((1, 2048, cfg.n_heads, cfg.dim_per_head), jnp.bfloat16)
         k = jax.ShapeDtypeStruct((1, 2048, cfg.kv_heads, cfg.dim_per_head), jnp.bfloat16)
-        assert attention.resolve(cfg.attention, "tpu", q, k, 0) == "splash", f"{name}/{model}"
+        assert attention.resolve(compute.attention, "tpu", q, k, 0) == "splash", f"{name}/{model}"
         sizes = list(mesh.values())
         fixed = 1
         for s in sizes:
@@ -42,7 +42,7 @@ def test_tpu_file_builds_a_model_config_and_mesh(path):
             assert fixed == aot_memory.chips(name), (name, sizes)
 
 
-@pytest.mark.parametrize("binding", ["ModelConfig.remat='save_dot'", "ModelConfig.attention='flash'"])
+@pytest.mark.parametrize("binding", ["ComputeConfig.remat='save_dot'", "ComputeConfig.attention='flash'"])
 def test_a_typo_in_a_hardware_default_is_refused(binding):
     with pytest.raises(ConfigError):
         aot_memory.hardware_configs("tpu_v5e_16", "1b", [binding])

