@@ -205,7 +205,7 @@ def consumption_rows(mfu: float, seq_len: int, pack_rates: dict[str, float]) -> 
     rows, flops = [], {}
     for name, n_chips, hosts, kind, model in pairs:
         if model not in flops:
-            flops[model] = flops_per_token(model_config(model, "bfloat16"), seq_len)
+            flops[model] = flops_per_token(model_config(model), seq_len)
         per_host = n_chips * peak_flops_of_kind(kind) * mfu / flops[model] / hosts
         row = {"table": "consumption", "hardware": name, "chips": n_chips, "hosts": hosts, "model": model,
                "seq_len": seq_len, "mfu": mfu, "flops_per_token": flops[model], "tokens_per_s_per_host": per_host}
