@@ -198,11 +198,15 @@ def test_end_to_end_with_a_tiny_imported_model(tmp_path, capsys):
     from hf_fixtures import tiny_hf_model
     tiny_hf_model("llama", tmp_path / "hf")
     out = tmp_path / "made"
-    assert cli.main(["make-data", "--generator", str(tmp_path / "hf"), "--out", str(out), "--n", "6",
-                     "--gin.make_data.max_new_tokens=6", "--gin.make_data.progress=False"]) == 0
-    printed = capsys.readouterr().out
+    code = cli.main(["make-data", "--generator", str(tmp_path / "hf"), "--out", str(out), "--n", "6",
+                     "--gin.make_data.max_new_tokens=6", "--gin.make_data.progress=False"])
+    captured = capsys.readouterr()
+    printed = captured.out
     stats = json.loads((out / "stats.json").read_text())
     assert stats["sampled"] == {"normal": 6, "cot": 6}  # random weights write garbage: little or nothing is kept
+    empty = [v for v, counts in stats["variants"].items() if not counts["records"]]
+    assert code == (1 if empty else 0)  # a variant left empty: the counts are printed, then the error
+    assert not empty or "make-data kept no sample for" in captured.err and "kept 0 of 6" in captured.err
     assert sum(stats["kept"].values()) + sum(sum(r.values()) for r in stats["rejected"].values()) == 12
     assert (out / "generator" / "DONE").exists() and (out / "generator" / "model.json").exists()
     assert "normal generation: kept" in printed and "distilled:" in printed
