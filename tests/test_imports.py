@@ -18,7 +18,7 @@ LAYERS = [
     ("cli", ["cli", "registry"]),
     ("experiment", ["experiment.", "launch."]),
     ("passes", ["passes."]),
-    ("stages", ["safety.", "probes.", "datagen.", "evals.run", "evals.curve"]),
+    ("stages", ["safety.", "probes.", "datagen.", "evals.run", "evals.curve", "evals.reasoning"]),
     ("backdoors", ["backdoors."]),
     ("evals", ["evals."]),
     ("sampling", ["sampling."]),

