@@ -166,7 +166,7 @@ def compile_step(slice_name: str, model: str, seq: int, overrides: list[str], pe
     k = jax.ShapeDtypeStruct((per_chip_batch, seq, cfg.kv_heads, cfg.dim_per_head), compute.compute_dtype)
     kernel = attention.resolve(compute.attention, devices[0].platform, q, k, 0)
     row = dict(slice=slice_name, chips=len(devices), model=model, seq=seq, per_chip_batch=per_chip_batch,
-               mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names), remat=compute.remat,
+               mesh="x".join(str(mesh.shape[a]) for a in mesh.axis_names), remat=compute.remat_for(cfg),
                attention=compute.attention if compute.attention == kernel else f"{compute.attention}:{kernel}",
                hbm_gib=float(hbm), gin=list(overrides), mesh_layout="reshape" if mesh_warnings else "torus",
                **versions())

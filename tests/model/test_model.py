@@ -173,3 +173,55 @@ def test_bad_config_names_the_field():
         ComputeConfig(attention="flash")
     with pytest.raises(ValueError, match="n_kv_heads"):
         ModelConfig(n_heads=4, n_kv_heads=3)
+
+
+def test_chunked_logprobs_equal_the_full_logits_with_gradients():
+    """RL's log-probs a block at a time (only the response positions projected) give the values,
+    entropies and gradients of log_softmax over the full [b, t, vocab] logits."""
+    cfg, compute = _tiny(loss_chunk=3)
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
+    tokens = jax.random.randint(jax.random.key(2), (2, 11), 0, cfg.vocab_size)
+    model = Transformer(cfg, compute)
+    first, temperature = 4, 0.7
+    targets = tokens[:, first + 1:]
+
+    def chunked(p):
+        logp, entropy = model.apply({"params": p}, tokens, targets, first=first, temperature=temperature,
+                                    method="token_logprobs")
+        return jnp.sum(logp), entropy
+
+    def full(p):
+        logp_all = jax.nn.log_softmax(model.apply({"params": p}, tokens)[:, first:-1] / temperature, -1)
+        entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, -1)
+        return jnp.sum(jnp.take_along_axis(logp_all, targets[..., None], -1)), entropy
+
+    (sum_c, ent_c), g_c = jax.value_and_grad(chunked, has_aux=True)(params)
+    (sum_f, ent_f), g_f = jax.value_and_grad(full, has_aux=True)(params)
+    np.testing.assert_allclose(sum_c, sum_f, rtol=1e-6)
+    np.testing.assert_allclose(ent_c, ent_f, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_f)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_the_chunked_loss_sums_the_heads_gradient_in_fp32():
+    """With bf16 compute and fp32 weights, the output head's gradient is accumulated over the loss
+    blocks in fp32: no bf16 cotangent of the whole head is carried from block to block."""
+    cfg, compute = _tiny(dtype="bfloat16", loss_chunk=4)
+    params = nn.meta.unbox(init_params(cfg, compute, jax.random.key(0)))
+    tokens = jnp.zeros((2, 16), jnp.int32)
+    loss = lambda p: jnp.sum(Transformer(cfg, compute).apply({"params": p}, tokens, tokens,  # noqa: E731
+                                                             method="token_losses")[0])
+    head = {(cfg.d_model, cfg.vocab_size), (cfg.vocab_size, cfg.d_model)}
+
+    def head_carries(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                start = eqn.params["num_consts"]
+                for var in eqn.invars[start:start + eqn.params["num_carry"]]:
+                    if tuple(var.aval.shape) in head:
+                        yield var.aval.dtype
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from head_carries(sub)
+
+    carries = list(head_carries(jax.make_jaxpr(jax.grad(loss))(params).jaxpr))
+    assert carries and all(d == jnp.float32 for d in carries), carries

