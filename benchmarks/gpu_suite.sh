@@ -92,5 +92,5 @@ step train_350m "$py" -m benchmarks.train_step --json --device gpu --sizes 350m 
 step train_1b "$py" -m benchmarks.train_step --json --device gpu --sizes 1b --dtypes bfloat16 \
     --batch 4 --seq 2048 --steps 5 --warmup 2 --peers eager compile --packing unpacked packed
 step sampling "$py" -m benchmarks.sampling --json --device gpu --model 350m --dtypes bfloat16 \
-    --batch 64 --prompt 128 --new 256 --repeats 2 --no-naive
+    --batch 64 --prompt 128 --new 256 --repeats 2 --rounds 1 --no-naive
 echo "results in $out/"

