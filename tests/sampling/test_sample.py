@@ -40,7 +40,8 @@ def test_rows_stop_at_eos(params):
     cfg0 = SamplingConfig(max_new_tokens=8, temperature=0.0, eos_id=-1)
     free = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), cfg0)
     eos = int(free.tokens[1, 2])  # make row 1's third token the EOS
-    out = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0), SamplingConfig(8, 0.0, eos_id=eos, logprobs=True))
+    out = Sampler(CFG, FLOAT32).generate(params, PROMPTS, jax.random.key(0),
+                                         SamplingConfig(8, 0.0, eos_id=eos, logprobs=True))
     row = list(out.tokens[1])
     stop = row.index(eos)
     assert out.mask[1].sum() == stop + 1 == out.lengths[1]
